@@ -1,0 +1,3 @@
+//! micromesh control plane (library).
+
+pub mod compile;
