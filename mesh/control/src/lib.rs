@@ -1,3 +1,88 @@
-//! micromesh control plane (library).
+//! micromesh's control plane: the service registry, the config store, the
+//! snapshot compiler and the watch API that pushes config to every proxy.
+//!
+//! It plays istiod's part. Sidecars announce themselves and heartbeat
+//! (`registry.rs`), learners apply Istio resources (`config_api.rs`), and
+//! every change becomes a new config version that each proxy picks up with a
+//! long-poll (`watch.rs`), compiled for it by `compile.rs`. Registry and
+//! config survive a restart (`store.rs`).
+//!
+//! ```text
+//! sidecar --PUT announce / heartbeat--> registry --\
+//! meshctl --POST /v1/config/apply-----> config ----+--> version N --> compile --> GET snapshot (long-poll)
+//!                                                         \--> .mesh/state/*.json
+//! ```
+//!
+//! # Running it in-process
+//!
+//! The binary is a thin wrapper around [`Server::start`]; tests run the same
+//! server on a free port:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mesh_control::Error> {
+//! use mesh_control::{Server, Settings};
+//!
+//! let mut settings = Settings::local("/tmp/mesh-state"); // 127.0.0.1:0
+//! settings.lease = std::time::Duration::from_millis(300); // expire quickly in tests
+//! let control = Server::start(settings).await?;
+//! let base = control.url(); // "http://127.0.0.1:PORT"
+//! // ... PUT {base}/v1/proxies/{instance}, GET {base}/v1/services ...
+//! assert!(control.version() >= 1);
+//! control.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Settings`] has public fields (listen address, state dir, lease,
+//! forget-after, long-poll cap) and `Default` is what the binary uses.
+//! [`ServerHandle`] gives [`addr`](ServerHandle::addr),
+//! [`url`](ServerHandle::url), [`version`](ServerHandle::version),
+//! [`state_dir`](ServerHandle::state_dir) and
+//! [`shutdown`](ServerHandle::shutdown); dropping it stops the server
+//! without waiting. The HTTP API itself is listed in `api.rs` and typed in
+//! `mesh_api::xds` and `mesh_api::config`.
 
+use std::io;
+use std::net::SocketAddr;
+
+mod api;
+mod args;
 pub mod compile;
+mod config_api;
+pub mod registry;
+mod server;
+mod state;
+pub mod store;
+mod watch;
+
+pub use args::Args;
+pub use server::{DEFAULT_STATE_DIR, MAX_WATCH_WAIT, Server, ServerHandle, Settings};
+pub use store::StoreError;
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state directory cannot be used (corrupt file, not writable...).
+    #[error(transparent)]
+    State(#[from] StoreError),
+
+    #[error(
+        "cannot listen on {addr}: {source}; is another mesh-control (or `meshctl up`) \
+         already running? Choose another address with --listen or MESH_CONTROL_LISTEN"
+    )]
+    Bind { addr: SocketAddr, source: io::Error },
+
+    #[error("the control plane's HTTP server failed: {0}")]
+    Serve(io::Error),
+
+    #[error("a control plane task failed: {0}")]
+    Task(tokio::task::JoinError),
+
+    #[error(
+        "invalid log filter {filter:?} (--log or MESH_LOG): {message}; \
+         write for example `info` or `info,mesh_control=debug`"
+    )]
+    LogFilter { filter: String, message: String },
+
+    #[error("{0}")]
+    Usage(String),
+}

@@ -1,0 +1,137 @@
+//! Command-line arguments of the `mesh-control` binary; each one can also be
+//! set from the environment, which is how `meshctl up`, a container and a
+//! Kubernetes Deployment configure it.
+//!
+//! ```text
+//! mesh-control --listen 127.0.0.1:15010 --state-dir .mesh/state
+//! MESH_CONTROL_LISTEN=0.0.0.0:15010 MESH_LOG=debug mesh-control
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use mesh_api::xds::LEASE_MS;
+use tracing_subscriber::EnvFilter;
+
+use crate::server::DEFAULT_STATE_DIR;
+use crate::{Error, Server, Settings};
+
+/// micromesh control plane: service registry, config store, and the watch
+/// API that pushes a config snapshot to every sidecar.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "mesh-control", version)]
+pub struct Args {
+    /// Address of the HTTP API (proxies, meshctl, curl). Port 0 picks a free port.
+    #[arg(long, env = "MESH_CONTROL_LISTEN", default_value = "127.0.0.1:15010")]
+    pub listen: SocketAddr,
+
+    /// Directory for the registry and the applied config (created if missing).
+    #[arg(long, env = "MESH_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// How long an announce keeps an instance in traffic without a heartbeat.
+    #[arg(long, env = "MESH_LEASE_MS", default_value_t = LEASE_MS)]
+    pub lease_ms: u64,
+
+    /// Log filter, in tracing's EnvFilter syntax: `info`, `debug`,
+    /// `info,mesh_control=debug`.
+    #[arg(long = "log", env = "MESH_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Args {
+    /// Parse the command line (and environment), then run until Ctrl-C or
+    /// SIGTERM.
+    pub async fn parse_and_run() -> Result<(), Error> {
+        Args::parse().run().await
+    }
+
+    pub async fn run(self) -> Result<(), Error> {
+        let filter = EnvFilter::try_new(&self.log).map_err(|e| Error::LogFilter {
+            filter: self.log.clone(),
+            message: e.to_string(),
+        })?;
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+
+        if self.lease_ms == 0 {
+            return Err(Error::Usage(
+                "--lease-ms (MESH_LEASE_MS) is 0: every instance would expire at once; \
+                 use at least a few heartbeats' worth, e.g. 1500"
+                    .into(),
+            ));
+        }
+        let settings = Settings {
+            listen: self.listen,
+            state_dir: self.state_dir,
+            lease: Duration::from_millis(self.lease_ms),
+            ..Settings::default()
+        };
+        let server = Server::start(settings).await?;
+        tracing::info!(
+            "mesh-control listening on {}, state in {}",
+            server.url(),
+            server.state_dir().display()
+        );
+
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await
+    }
+}
+
+/// Ctrl-C, or SIGTERM from `meshctl down`, docker or the kubelet.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!("cannot listen for SIGTERM ({e}); stop with Ctrl-C"),
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::warn!("cannot listen for Ctrl-C ({e}); stop by killing the process");
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_istiods_port_and_the_local_state_dir() {
+        let args = Args::try_parse_from(["mesh-control"]).unwrap();
+        assert_eq!(args.listen, "127.0.0.1:15010".parse().unwrap());
+        assert_eq!(args.state_dir, PathBuf::from(".mesh/state"));
+        assert_eq!(args.lease_ms, LEASE_MS);
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let args = Args::try_parse_from([
+            "mesh-control",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            "/tmp/x",
+            "--lease-ms",
+            "300",
+            "--log",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(args.listen.port(), 0);
+        assert_eq!(args.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(args.lease_ms, 300);
+        assert_eq!(args.log, "debug");
+    }
+}
