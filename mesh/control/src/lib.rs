@@ -36,6 +36,7 @@
 //! forget-after, long-poll cap) and `Default` is what the binary uses.
 //! [`ServerHandle`] gives [`addr`](ServerHandle::addr),
 //! [`url`](ServerHandle::url), [`version`](ServerHandle::version),
+//! [`watching`](ServerHandle::watching),
 //! [`state_dir`](ServerHandle::state_dir) and
 //! [`shutdown`](ServerHandle::shutdown); dropping it stops the server
 //! without waiting. The HTTP API itself is listed in `api.rs` and typed in
@@ -66,10 +67,10 @@ pub enum Error {
     State(#[from] StoreError),
 
     #[error(
-        "cannot listen on {addr}: {source}; is another mesh-control (or `meshctl up`) \
+        "cannot listen on {addr}: {error}; is another mesh-control (or `meshctl up`) \
          already running? Choose another address with --listen or MESH_CONTROL_LISTEN"
     )]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind { addr: SocketAddr, error: io::Error },
 
     #[error("the control plane's HTTP server failed: {0}")]
     Serve(io::Error),

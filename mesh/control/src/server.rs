@@ -82,19 +82,20 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<ServerHandle, Error> {
         let shutdown = CancellationToken::new();
         let listen = settings.listen;
-        let shared = Arc::new(Shared::load(settings, shutdown.clone())?);
-
+        // Bind first: a second control plane started by mistake on the same
+        // port then fails before it touches the first one's state files.
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|source| Error::Bind {
+            .map_err(|error| Error::Bind {
                 addr: listen,
-                source,
+                error,
             })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind {
+        let addr = listener.local_addr().map_err(|error| Error::Bind {
             addr: listen,
-            source,
+            error,
         })?;
 
+        let shared = Arc::new(Shared::load(settings, shutdown.clone())?);
         let app = api::router(shared.clone());
         // Graceful: stop accepting, let in-flight requests finish. Long-polls
         // watch the same token and answer at once, so this is quick.
@@ -136,6 +137,12 @@ impl ServerHandle {
     /// The current config version.
     pub fn version(&self) -> u64 {
         self.shared.version()
+    }
+
+    /// How many proxy long-polls are open right now: a dashboard number,
+    /// and how a test knows a watch is parked before it changes something.
+    pub fn watching(&self) -> usize {
+        self.shared.watching()
     }
 
     /// The state directory in use.

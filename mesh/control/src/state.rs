@@ -149,6 +149,11 @@ impl Shared {
         *self.versions.borrow()
     }
 
+    /// How many long-polls are waiting right now (each holds a receiver).
+    pub fn watching(&self) -> usize {
+        self.versions.receiver_count()
+    }
+
     fn publish(&self, version: u64) {
         tracing::debug!(version, "new config version");
         // `send_replace` stores the value even when nobody is watching.

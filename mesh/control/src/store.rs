@@ -35,33 +35,33 @@ pub const CONFIG_FILE: &str = "config.json";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "cannot create the state directory {dir}: {source}; \
+        "cannot create the state directory {dir}: {error}; \
          choose another one with --state-dir or MESH_STATE_DIR"
     )]
-    CreateDir { dir: PathBuf, source: io::Error },
+    CreateDir { dir: PathBuf, error: io::Error },
 
-    #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read state file {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
 
     #[error(
-        "state file {path} is corrupt: {source}. mesh-control replaces this file \
+        "state file {path} is corrupt: {error}. mesh-control replaces this file \
          atomically, so it was damaged from outside (edited by hand, disk full?). \
          Fix the JSON, or delete the file to start over: {consequence}"
     )]
     Corrupt {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
         /// What deleting the file costs, so the user can decide.
         consequence: &'static str,
     },
 
-    #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write state file {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
 
-    #[error("cannot encode state for {path}: {source}")]
+    #[error("cannot encode state for {path}: {error}")]
     Encode {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -109,9 +109,9 @@ impl Store {
     /// Use `dir`, creating it if needed.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+        fs::create_dir_all(&dir).map_err(|error| StoreError::CreateDir {
             dir: dir.clone(),
-            source,
+            error,
         })?;
         Ok(Store { dir })
     }
@@ -154,13 +154,13 @@ impl Store {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Read { path, source }),
+            Err(error) => return Err(StoreError::Read { path, error }),
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|source| StoreError::Corrupt {
+            .map_err(|error| StoreError::Corrupt {
                 path,
-                source,
+                error,
                 consequence,
             })
     }
@@ -169,16 +169,16 @@ impl Store {
     /// fsync the directory so the rename itself survives a power cut.
     fn write<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         let path = self.dir.join(name);
-        let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode {
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|error| StoreError::Encode {
             path: path.clone(),
-            source,
+            error,
         })?;
         bytes.push(b'\n');
 
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let write_err = |source| StoreError::Write {
+        let write_err = |error| StoreError::Write {
             path: path.clone(),
-            source,
+            error,
         };
         let mut file = File::create(&tmp).map_err(write_err)?;
         file.write_all(&bytes).map_err(write_err)?;
