@@ -70,7 +70,7 @@ async fn change(
 
     let mut model = shared.lock().await;
     let (config, changes) = edit(&model.config, resources);
-    if config != model.config {
+    if config != *model.config {
         shared
             .replace_config(&mut model, config)
             .await

@@ -1,5 +1,5 @@
 //! Starting and stopping the control plane: settings, the listening socket,
-//! and the background lease ticker.
+//! and the background tasks (lease ticker, registry writer).
 //!
 //! The binary (`args.rs`) and the tests use the same entry point,
 //! [`Server::start`], so what the tests exercise is what `meshctl up` runs.
@@ -103,12 +103,17 @@ impl Server {
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { serve.await });
         let ticker = tokio::spawn(shared.clone().expire_leases());
+        let writer = tokio::spawn(shared.clone().write_registry());
 
         Ok(ServerHandle {
             addr,
             shared,
             shutdown,
-            tasks: Some((server, ticker)),
+            tasks: Some(Tasks {
+                server,
+                ticker,
+                writer,
+            }),
         })
     }
 }
@@ -120,7 +125,15 @@ pub struct ServerHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    tasks: Option<(JoinHandle<io::Result<()>>, JoinHandle<()>)>,
+    tasks: Option<Tasks>,
+}
+
+/// The control plane's tasks, awaited on shutdown.
+#[derive(Debug)]
+struct Tasks {
+    server: JoinHandle<io::Result<()>>,
+    ticker: JoinHandle<()>,
+    writer: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -151,13 +164,16 @@ impl ServerHandle {
     }
 
     /// Stop accepting requests, answer pending long-polls, and wait until
-    /// the server and the lease ticker have stopped. State is already on
-    /// disk: every change is persisted before it is acknowledged.
+    /// the server and the background tasks have stopped. Applied config is
+    /// on disk before an apply is answered; the registry writer makes its
+    /// last write before this returns.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.shutdown.cancel();
-        if let Some((server, ticker)) = self.tasks.take() {
-            let served = server.await.map_err(Error::Task)?;
-            ticker.await.map_err(Error::Task)?;
+        if let Some(tasks) = self.tasks.take() {
+            let served = tasks.server.await.map_err(Error::Task)?;
+            tasks.ticker.await.map_err(Error::Task)?;
+            // The writer makes its last registry write before it returns.
+            tasks.writer.await.map_err(Error::Task)?;
             served.map_err(Error::Serve)?;
         }
         tracing::info!(addr = %self.addr, "control plane stopped");

@@ -1,5 +1,5 @@
 //! The control plane's shared state: the registry, the applied config and
-//! the config version, behind one lock, plus the channel that wakes every
+//! the config version, behind one lock, plus the channels that wake every
 //! proxy's long-poll when the version moves.
 //!
 //! The version is the heart of the push protocol. Whatever a snapshot is
@@ -7,21 +7,26 @@
 //! applied config) changes only together with a version bump, so "version N"
 //! names exactly one snapshot per proxy. A proxy that already has N is told
 //! "304 Not Modified"; anything else gets the current snapshot. istiod does
-//! the same with xDS nonces and version_info.
+//! the same with xDS `version_info`.
 //!
-//! The lock is a `tokio::sync::Mutex` because we hold it across the file
-//! write that persists a change: that keeps the files written in version
-//! order, and it means no proxy ever receives a config that a crash could
-//! take back (the config is on disk before the new version is published).
+//! A version is only ever handed to a proxy once it is on disk (see
+//! [`Shared::durable`]): after a crash and restart the counter continues
+//! above it, so no proxy's `version=N` can look current by accident.
+//! The config is written before its version exists at all (an apply answers
+//! 200 only once it is safe). Registry changes are written by a background
+//! task that coalesces them: at start-up a thousand sidecars may announce
+//! within a second, and one file write per announce would be a thousand
+//! fsyncs of an ever larger file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_api::config::ConfigSet;
-use tokio::sync::{Mutex, MutexGuard, watch};
+use tokio::sync::{Mutex, MutexGuard, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
+use crate::compile::Workload;
 use crate::registry::Registry;
 use crate::store::{ConfigFile, RegistryFile, Store, StoreError};
 
@@ -29,16 +34,24 @@ use crate::store::{ConfigFile, RegistryFile, Store, StoreError};
 #[derive(Debug)]
 pub struct Model {
     pub registry: Registry,
-    pub config: ConfigSet,
+    /// Shared with in-flight compiles, which run without the lock.
+    pub config: Arc<ConfigSet>,
+    /// The compiler's view of the registry, rebuilt only when the registry
+    /// changes (not on every heartbeat and not on every compile).
+    pub workloads: Arc<Vec<Workload>>,
     pub version: u64,
 }
 
-/// Shared by every request handler and the lease ticker.
+/// Shared by every request handler and the background tasks.
 #[derive(Debug)]
 pub struct Shared {
     model: Mutex<Model>,
     /// The current version; long-polls wait on a receiver of this.
     versions: watch::Sender<u64>,
+    /// The highest version known to be on disk.
+    durable: watch::Sender<u64>,
+    /// Wakes the registry writer.
+    registry_dirty: Notify,
     store: Store,
     pub settings: Settings,
     /// Cancelled on shutdown: long-polls return at once instead of holding
@@ -69,13 +82,17 @@ impl Shared {
         })?;
 
         let (versions, _) = watch::channel(version);
+        let (durable, _) = watch::channel(version);
         Ok(Shared {
             model: Mutex::new(Model {
+                workloads: Arc::new(registry.workloads()),
                 registry,
-                config: loaded.config.config,
+                config: Arc::new(loaded.config.config),
                 version,
             }),
             versions,
+            durable,
+            registry_dirty: Notify::new(),
             store,
             settings,
             shutdown,
@@ -90,28 +107,17 @@ impl Shared {
     pub async fn lock(&self) -> MutexGuard<'_, Model> {
         let mut model = self.model.lock().await;
         if model.registry.refresh(Instant::now()) {
-            self.registry_changed(&mut model).await;
+            self.registry_changed(&mut model);
         }
         model
     }
 
-    /// The registry changed in a way snapshots can see: new version, persist,
-    /// wake the watchers.
-    ///
-    /// A failed write is logged and not returned: the registry is a cache of
-    /// what the sidecars keep telling us, and they will tell us again.
-    pub async fn registry_changed(&self, model: &mut Model) {
+    /// The registry changed in a way snapshots can see: new version, wake
+    /// the watchers, and have the writer persist it.
+    pub fn registry_changed(&self, model: &mut Model) {
         model.version += 1;
-        let file = RegistryFile {
-            config_version: model.version,
-            proxies: model.registry.announces(),
-        };
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.save_registry(&file)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("{e}; the registry will be rebuilt from heartbeats"),
-            Err(e) => tracing::error!("writing the registry failed: {e}"),
-        }
+        model.workloads = Arc::new(model.registry.workloads());
+        self.registry_dirty.notify_one();
         self.publish(model.version);
     }
 
@@ -133,8 +139,9 @@ impl Shared {
             // The closure does not panic (it only does I/O and returns its
             // errors), so a JoinError here is a bug worth crashing on.
             .expect("the config write task panicked")?;
-        model.config = file.config;
+        model.config = Arc::new(file.config);
         model.version = version;
+        self.made_durable(version);
         self.publish(version);
         Ok(())
     }
@@ -142,6 +149,12 @@ impl Shared {
     /// A receiver that sees every version published from now on.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.versions.subscribe()
+    }
+
+    /// A receiver of the highest version on disk: the watch API waits on it
+    /// before answering with a version.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
     }
 
     /// The current version, without taking the lock.
@@ -160,6 +173,18 @@ impl Shared {
         self.versions.send_replace(version);
     }
 
+    fn made_durable(&self, version: u64) {
+        self.durable.send_if_modified(|durable| {
+            let newer = version > *durable;
+            if newer {
+                *durable = version;
+            }
+            newer
+        });
+    }
+
+    // === background tasks ===
+
     /// Expire leases in the background, so a killed instance leaves every
     /// proxy's endpoints within about one lease even if no request comes in.
     pub async fn expire_leases(self: Arc<Self>) {
@@ -171,6 +196,40 @@ impl Shared {
                 _ = tick.tick() => drop(self.lock().await),
             }
         }
+    }
+
+    /// Persist the registry whenever it changed, coalescing changes that
+    /// arrive while a write is in progress; a last write on shutdown.
+    pub async fn write_registry(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = self.registry_dirty.notified() => self.flush_registry().await,
+            }
+        }
+        self.flush_registry().await;
+    }
+
+    async fn flush_registry(&self) {
+        let file = {
+            let model = self.model.lock().await;
+            RegistryFile {
+                config_version: model.version,
+                proxies: model.registry.announces(),
+            }
+        };
+        let version = file.config_version;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.save_registry(&file)).await {
+            Ok(Ok(())) => {}
+            // The registry is a cache of what the sidecars keep telling us,
+            // so we keep serving; but a restart may now reuse this version.
+            Ok(Err(e)) => tracing::error!("{e}; the registry will be rebuilt from heartbeats"),
+            Err(e) => tracing::error!("writing the registry failed: {e}"),
+        }
+        // Even after a failed write: holding every proxy back until the disk
+        // recovers would turn a persistence problem into an outage.
+        self.made_durable(version);
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mesh_api::snapshot::Snapshot;
+use mesh_api::config::ConfigSet;
 use mesh_api::xds::{
     AckRequest, AnnounceResponse, DEFAULT_WATCH_WAIT_MS, ProxyAnnounce, ProxyMode, ProxyStatus,
     ServiceStatus,
@@ -31,7 +31,7 @@ use mesh_api::xds::{
 use serde::Deserialize;
 
 use crate::api::{ApiFailure, JsonBody, Pretty, QueryParams};
-use crate::compile;
+use crate::compile::{self, Workload};
 use crate::registry::Announced;
 use crate::state::{Model, Shared};
 
@@ -67,7 +67,7 @@ pub async fn announce(
     // A plain heartbeat changes nothing a snapshot shows: no new version,
     // or every heartbeat of every sidecar would wake every proxy.
     if outcome != Announced::Renewed || health_changed {
-        shared.registry_changed(&mut model).await;
+        shared.registry_changed(&mut model);
     }
     Ok(Pretty(AnnounceResponse {
         version: model.version,
@@ -122,7 +122,7 @@ pub async fn leave(
         return Err(unknown_instance(&instance));
     }
     tracing::info!(instance, "proxy left");
-    shared.registry_changed(&mut model).await;
+    shared.registry_changed(&mut model);
     Ok(Pretty(AnnounceResponse {
         version: model.version,
         lease_ms: millis(shared.settings.lease),
@@ -150,47 +150,78 @@ pub async fn snapshot(
     // Subscribe before looking at the version: a bump between the look and
     // the wait is then still seen by `changed()`, never lost.
     let mut versions = shared.subscribe();
-    {
+    let stale = {
         let model = shared.lock().await;
-        if query.version != Some(model.version) {
-            return compile_for(&model, &instance).map(IntoResponse::into_response);
+        let inputs = Inputs::of(&model, &instance)?;
+        (query.version != Some(model.version)).then_some(inputs)
+    };
+    let inputs = match stale {
+        // The proxy is behind (or has nothing yet): answer at once.
+        Some(inputs) => inputs,
+        // Up to date: wait for the next version, without holding the lock.
+        None => {
+            let wait = Duration::from_millis(query.wait_ms.unwrap_or(DEFAULT_WATCH_WAIT_MS))
+                .min(shared.settings.max_watch_wait);
+            tokio::select! {
+                changed = versions.changed() => {
+                    if changed.is_err() {
+                        return Err(shutting_down());
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {
+                    // Nothing new: the proxy keeps what it has and asks again.
+                    return Ok(StatusCode::NOT_MODIFIED.into_response());
+                }
+                _ = shared.shutdown.cancelled() => return Err(shutting_down()),
+            }
+            let model = shared.lock().await;
+            Inputs::of(&model, &instance)?
         }
-        // Known proxy, up to date: fall through to wait, without the lock.
-        if !model.registry.contains(&instance) {
-            return Err(unknown_instance(&instance));
-        }
-    }
+    };
 
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(DEFAULT_WATCH_WAIT_MS))
-        .min(shared.settings.max_watch_wait);
+    // Hand out a version only once it is on disk (see state.rs): usually it
+    // already is, at worst this waits for one registry write.
+    let mut durable = shared.durable();
     tokio::select! {
-        changed = versions.changed() => {
-            if changed.is_err() {
+        written = durable.wait_for(|durable| *durable >= inputs.version) => {
+            if written.is_err() {
                 return Err(shutting_down());
             }
         }
-        _ = tokio::time::sleep(wait) => {
-            // Nothing new: the proxy keeps what it has and asks again.
-            return Ok(StatusCode::NOT_MODIFIED.into_response());
-        }
         _ = shared.shutdown.cancelled() => return Err(shutting_down()),
     }
-    let model = shared.lock().await;
-    compile_for(&model, &instance).map(IntoResponse::into_response)
+    // Compile without the lock: with hundreds of proxies waking on the same
+    // version, each compiles its own snapshot in parallel.
+    let snapshot = compile::compile(
+        &inputs.config,
+        &inputs.workloads,
+        &inputs.proxy,
+        inputs.version,
+    );
+    Ok(Pretty(snapshot).into_response())
 }
 
-/// The snapshot for one proxy at the model's version.
-fn compile_for(model: &Model, instance: &str) -> Result<Pretty<Snapshot>, ApiFailure> {
-    let proxy = model
-        .registry
-        .get(instance)
-        .ok_or_else(|| unknown_instance(instance))?;
-    Ok(Pretty(compile::compile(
-        &model.config,
-        &model.registry.workloads(),
-        &proxy.announce,
-        model.version,
-    )))
+/// What one proxy's snapshot is compiled from, taken under the lock.
+struct Inputs {
+    config: Arc<ConfigSet>,
+    workloads: Arc<Vec<Workload>>,
+    proxy: ProxyAnnounce,
+    version: u64,
+}
+
+impl Inputs {
+    fn of(model: &Model, instance: &str) -> Result<Inputs, ApiFailure> {
+        let proxy = model
+            .registry
+            .get(instance)
+            .ok_or_else(|| unknown_instance(instance))?;
+        Ok(Inputs {
+            config: model.config.clone(),
+            workloads: model.workloads.clone(),
+            proxy: proxy.announce.clone(),
+            version: model.version,
+        })
+    }
 }
 
 /// `POST /v1/proxies/{instance}/ack`: the proxy's verdict on a version.

@@ -718,6 +718,33 @@ async fn a_restart_keeps_registrations_and_config_and_moves_the_version_up() {
 }
 
 #[tokio::test]
+async fn a_version_reaches_a_proxy_only_once_it_is_on_disk() {
+    let dir = StateDir::new("durable");
+    let mesh = Mesh::with_defaults(&dir).await;
+    mesh.announce(&sidecar("ui-1", "guestbook-ui", "v1", 40000))
+        .await;
+    mesh.announce(&sidecar("hw-1", "helloworld-service", "v1", 40001))
+        .await;
+
+    // Read the file while the control plane runs, as a crash would leave it.
+    let (_, snapshot) = mesh.watch("ui-1", 0, 0).await;
+    let version = snapshot.unwrap().version;
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("registry.json")).unwrap()).unwrap();
+    assert!(
+        on_disk["configVersion"].as_u64().unwrap() >= version,
+        "a restart continues above every version a proxy has seen: {on_disk}"
+    );
+    let instances: Vec<&str> = on_disk["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances, ["hw-1", "ui-1"]);
+}
+
+#[tokio::test]
 async fn a_corrupt_state_file_stops_the_start_with_a_clear_error() {
     let dir = StateDir::new("corrupt");
     let mesh = Mesh::with_defaults(&dir).await;
