@@ -1,1 +1,48 @@
-fn main() {}
+//! The `mesh-proxy` binary: read the settings from the environment (see
+//! `config.rs`), run the sidecar or gateway until SIGTERM or Ctrl-C, then
+//! leave the mesh and drain.
+//!
+//! ```text
+//! MESH_SERVICE=helloworld-service MESH_APP_ADDR=127.0.0.1:8081 mesh-proxy
+//! ```
+
+use anyhow::Context;
+use mesh_proxy::{Config, Proxy};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid proxy settings")?;
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("MESH_LOG={:?} is not a valid tracing filter", config.log))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let proxy = Proxy::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C anywhere, SIGTERM on Unix (what `docker stop` and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        // If the handler cannot be installed we only lose this one way out.
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,87 @@
+//! The admin listener (Envoy's admin port, 15000): what the proxy is doing.
+//!
+//! - `GET /ready`: 200 once a snapshot is in use and, for a sidecar, the app
+//!   accepts connections; 503 with the reason otherwise. meshctl, Kubernetes
+//!   readiness probes and the tests wait on it.
+//! - `GET /config_dump`: the snapshot in use as pretty JSON, its version,
+//!   and the last rejected version and why (Envoy's `/config_dump`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use mesh_api::xds::ProxyMode;
+
+use crate::body::{Rsp, full, text_response};
+use crate::proxy::Shared;
+
+/// How long `/ready` waits for the app to accept a connection.
+pub const APP_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Rsp, Infallible> {
+    if req.method() != http::Method::GET {
+        return Ok(text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the admin port only answers GET\n",
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/ready" => ready(&shared).await,
+        "/config_dump" => config_dump(&shared),
+        _ => text_response(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: GET /ready, GET /config_dump\n",
+        ),
+    })
+}
+
+async fn ready(shared: &Shared) -> Rsp {
+    if shared.current.load().is_none() {
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no config from the control plane yet\n",
+        );
+    }
+    if shared.config.mode == ProxyMode::Sidecar && !probe_app(shared.config.app_addr).await {
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the app does not accept connections at {} (MESH_APP_ADDR)\n",
+                shared.config.app_addr
+            ),
+        );
+    }
+    text_response(StatusCode::OK, "ready\n")
+}
+
+/// Whether the app accepts a TCP connection (a Kubernetes `tcpSocket` probe).
+pub async fn probe_app(addr: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(APP_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+fn config_dump(shared: &Shared) -> Rsp {
+    let current = shared.current.load_full();
+    let status = shared.status();
+    let dump = serde_json::json!({
+        "instance": shared.config.instance,
+        "mode": shared.config.mode,
+        "version": current.as_ref().map(|c| c.snapshot.version),
+        "snapshot": current.as_ref().map(|c| c.snapshot.as_ref()),
+        "lastRejected": status.last_rejected.as_ref().map(|(version, error)| {
+            serde_json::json!({ "version": version, "error": error })
+        }),
+    });
+    // Serializing a `serde_json::Value` cannot fail.
+    let body = serde_json::to_string_pretty(&dump).unwrap_or_default() + "\n";
+    let mut rsp = http::Response::new(full(body));
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}

@@ -1,0 +1,176 @@
+//! Load balancing: which endpoint of the chosen cluster gets this attempt
+//! (DestinationRule `trafficPolicy.loadBalancer.simple`).
+//!
+//! - `ROUND_ROBIN`: endpoints take turns; the position is kept per cluster
+//!   and survives new snapshots.
+//! - `LEAST_REQUEST`: Envoy's "power of two choices": pick two endpoints at
+//!   random and send to the one with fewer requests in flight. Nearly as good
+//!   as scanning them all, at constant cost.
+//! - `RANDOM`: any endpoint, uniformly.
+//!
+//! Candidates are the cluster's endpoints minus those outlier detection has
+//! ejected and, on a retry, minus those earlier attempts of the same request
+//! used (Envoy's `previous_hosts` retry predicate, which Istio configures on
+//! every route) as long as another endpoint is left. No candidate at all:
+//! 503 "no healthy upstream", flag UH. (Envoy would, below 50% healthy hosts,
+//! ignore health and use them all, its "panic mode"; micromesh does not.)
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use mesh_api::snapshot::LoadBalancer;
+use tokio::time::Instant;
+
+use crate::body::{ProxyService, Req, Rsp, RspFuture};
+use crate::cluster::{ClusterRt, EndpointRt, EndpointState};
+use crate::error::ProxyError;
+use crate::log::{RequestLog, Upstream};
+use crate::rng::Rng;
+
+/// Picks an endpoint of the `Arc<ClusterRt>` in the request's extensions and
+/// puts the `Arc<EndpointRt>` next to it.
+#[derive(Clone, Debug)]
+pub struct Balance<S> {
+    inner: S,
+    rng: Rng,
+}
+
+impl<S> Balance<S> {
+    pub fn new(inner: S, rng: Rng) -> Self {
+        Balance { inner, rng }
+    }
+}
+
+/// Pick an endpoint index of `cluster` for one attempt.
+pub fn pick(
+    cluster: &ClusterRt,
+    log: Option<&RequestLog>,
+    rng: &Rng,
+    now: Instant,
+) -> Option<usize> {
+    let endpoints = &cluster.endpoints;
+    let healthy = |e: &EndpointRt| !e.state.outlier.is_ejected(now);
+    let untried = |e: &EndpointRt| healthy(e) && !log.is_some_and(|l| l.tried(&e.address));
+    // Prefer endpoints this request has not tried; fall back to any healthy one.
+    choose(cluster, rng, untried)
+        .or_else(|| choose(cluster, rng, healthy))
+        .filter(|&i| i < endpoints.len())
+}
+
+fn choose(cluster: &ClusterRt, rng: &Rng, eligible: impl Fn(&EndpointRt) -> bool) -> Option<usize> {
+    let endpoints = &cluster.endpoints;
+    let n = endpoints.len();
+    if n == 0 {
+        return None;
+    }
+    match cluster.load_balancer {
+        LoadBalancer::RoundRobin => {
+            // Walk on from the cluster's position and take the first
+            // eligible endpoint: no allocation, and turns stay fair while
+            // everyone is eligible.
+            let start = cluster.state.next.fetch_add(1, Ordering::Relaxed);
+            (0..n)
+                .map(|k| (start.wrapping_add(k)) % n)
+                .find(|&i| eligible(&endpoints[i]))
+        }
+        LoadBalancer::Random => {
+            let count = endpoints.iter().filter(|e| eligible(e)).count();
+            if count == 0 {
+                return None;
+            }
+            nth_eligible(endpoints, &eligible, rng.below(count as u64) as usize)
+        }
+        LoadBalancer::LeastRequest => {
+            let count = endpoints.iter().filter(|e| eligible(e)).count();
+            match count {
+                0 => None,
+                1 => nth_eligible(endpoints, &eligible, 0),
+                _ => {
+                    // Two distinct random candidates.
+                    let a = rng.below(count as u64) as usize;
+                    let mut b = rng.below(count as u64 - 1) as usize;
+                    if b >= a {
+                        b += 1;
+                    }
+                    let a = nth_eligible(endpoints, &eligible, a)?;
+                    let b = nth_eligible(endpoints, &eligible, b)?;
+                    let load = |i: usize| endpoints[i].state.in_flight.load(Ordering::Relaxed);
+                    Some(if load(b) < load(a) { b } else { a })
+                }
+            }
+        }
+    }
+}
+
+fn nth_eligible(
+    endpoints: &[Arc<EndpointRt>],
+    eligible: &impl Fn(&EndpointRt) -> bool,
+    nth: usize,
+) -> Option<usize> {
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| eligible(e))
+        .nth(nth)
+        .map(|(i, _)| i)
+}
+
+/// Counts a request in flight on an endpoint until dropped.
+struct InFlight(Arc<EndpointState>);
+
+impl InFlight {
+    fn new(state: &Arc<EndpointState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: ProxyService> tower::Service<Req> for Balance<S> {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = RspFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> RspFuture {
+        let Some(cluster) = req.extensions().get::<Arc<ClusterRt>>().cloned() else {
+            return Box::pin(async {
+                Err(ProxyError::Internal(
+                    "balance needs a cluster in the request",
+                ))
+            });
+        };
+        let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+        let Some(index) = pick(&cluster, log.as_deref(), &self.rng, Instant::now()) else {
+            let error = ProxyError::NoHealthyUpstream {
+                cluster: cluster.name.to_string(),
+            };
+            return Box::pin(async move { Err(error) });
+        };
+        let endpoint = cluster.endpoints[index].clone();
+        if let Some(log) = &log {
+            log.record_upstream(Upstream {
+                address: endpoint.address.clone(),
+                instance: endpoint.instance.clone(),
+            });
+        }
+        // In flight until the response headers arrive.
+        let in_flight = InFlight::new(&endpoint.state);
+        req.extensions_mut().insert(endpoint);
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let result = future.await;
+            drop(in_flight);
+            result
+        })
+    }
+}

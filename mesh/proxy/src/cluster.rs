@@ -1,0 +1,152 @@
+//! Clusters and endpoints as the request path sees them, and the state that
+//! outlives a snapshot.
+//!
+//! A snapshot's `Cluster` is compiled into a [`ClusterRt`]: its policy plus a
+//! list of [`EndpointRt`]. The split layer puts the chosen `Arc<ClusterRt>`
+//! into the request's extensions and the balancer the chosen
+//! `Arc<EndpointRt>`, so the layers below know their target (linkerd2-proxy
+//! calls these "targets").
+//!
+//! Some state must survive a new snapshot: the round-robin position, each
+//! endpoint's in-flight count, outlier ejections and pooled connections.
+//! Envoy keeps a host's state when a cluster update still lists the host; we
+//! do the same with a [`StateStore`] keyed by cluster name and endpoint
+//! address, consulted only when a snapshot is compiled, never per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use mesh_api::snapshot::{ConnectionPool, LoadBalancer, OutlierDetection};
+
+use crate::outlier::OutlierState;
+use crate::pool::ConnPool;
+
+/// One cluster of the snapshot in use.
+#[derive(Debug)]
+pub struct ClusterRt {
+    /// `helloworld-service` or `helloworld-service|v2`.
+    pub name: Arc<str>,
+    pub load_balancer: LoadBalancer,
+    pub connection_pool: ConnectionPool,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub endpoints: Vec<Arc<EndpointRt>>,
+    pub state: Arc<ClusterState>,
+}
+
+/// Per-cluster state that survives snapshot swaps.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// Next round-robin position.
+    pub next: AtomicUsize,
+    /// Requests waiting for a connection (circuit breaker: pending requests).
+    pub pending: Arc<AtomicU32>,
+    /// Requests in flight (circuit breaker: max concurrent requests).
+    pub active_requests: Arc<AtomicU32>,
+}
+
+/// One endpoint of a cluster: an instance's sidecar inbound address.
+#[derive(Debug)]
+pub struct EndpointRt {
+    /// `ip:port` (or `host:port`) dialled for this endpoint.
+    pub address: Arc<str>,
+    pub instance: Arc<str>,
+    pub labels: BTreeMap<String, String>,
+    pub state: Arc<EndpointState>,
+}
+
+/// Per-endpoint state that survives snapshot swaps.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    /// Requests sent and not yet answered (least-request reads it).
+    pub in_flight: AtomicUsize,
+    pub outlier: OutlierState,
+    pub pool: ConnPool,
+}
+
+/// Where per-cluster and per-endpoint state lives between snapshots.
+#[derive(Debug, Default)]
+pub struct StateStore {
+    inner: Mutex<StoreInner>,
+}
+
+#[derive(Debug, Default)]
+struct StoreInner {
+    clusters: HashMap<String, Arc<ClusterState>>,
+    endpoints: HashMap<(String, String), Arc<EndpointState>>,
+}
+
+impl StateStore {
+    /// The state of cluster `name`: the existing one, or a new one.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterState> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.clusters.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The state of the endpoint at `address` in cluster `cluster`.
+    ///
+    /// Keyed per cluster, as Envoy does: `helloworld-service` and
+    /// `helloworld-service|v1` each keep their own pool to the same instance.
+    pub fn endpoint(&self, cluster: &str, address: &str) -> Arc<EndpointState> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .endpoints
+            .entry((cluster.to_string(), address.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Forget the state of every cluster and endpoint not in `clusters` (the
+    /// snapshot now in use): their pooled connections close once the last
+    /// in-flight request lets go of them.
+    pub fn retain<'a>(&self, clusters: impl IntoIterator<Item = &'a ClusterRt>) {
+        let mut keep_clusters = std::collections::HashSet::new();
+        let mut keep_endpoints = std::collections::HashSet::new();
+        for cluster in clusters {
+            keep_clusters.insert(cluster.name.to_string());
+            for endpoint in &cluster.endpoints {
+                keep_endpoints.insert((cluster.name.to_string(), endpoint.address.to_string()));
+            }
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .clusters
+            .retain(|name, _| keep_clusters.contains(name));
+        inner
+            .endpoints
+            .retain(|key, _| keep_endpoints.contains(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn state_is_shared_until_retain_drops_it() {
+        let store = StateStore::default();
+        let a = store.endpoint("hw", "127.0.0.1:1");
+        a.in_flight.store(3, Ordering::Relaxed);
+        let again = store.endpoint("hw", "127.0.0.1:1");
+        assert_eq!(
+            again.in_flight.load(Ordering::Relaxed),
+            3,
+            "same state for the same endpoint"
+        );
+        let other = store.endpoint("hw|v1", "127.0.0.1:1");
+        assert_eq!(
+            other.in_flight.load(Ordering::Relaxed),
+            0,
+            "each cluster has its own"
+        );
+
+        store.retain(std::iter::empty());
+        let fresh = store.endpoint("hw", "127.0.0.1:1");
+        assert_eq!(
+            fresh.in_flight.load(Ordering::Relaxed),
+            0,
+            "forgotten once unused"
+        );
+    }
+}

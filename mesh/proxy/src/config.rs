@@ -1,0 +1,420 @@
+//! The proxy's settings, read from the environment.
+//!
+//! As in linkerd2-proxy, the environment is reached through a tiny trait,
+//! [`Strings`], that a `HashMap` implements too: every rule below is
+//! unit-tested without touching the process environment. A bad value stops
+//! the proxy at start with an error that names the variable.
+//!
+//! | variable | default |
+//! | --- | --- |
+//! | `MESH_MODE` | `sidecar` (or `gateway`) |
+//! | `MESH_SERVICE` | required for a sidecar; `ingressgateway` for a gateway |
+//! | `MESH_VERSION` | `v1` |
+//! | `MESH_INSTANCE` | `<service>-<version>-<5 random hex>` |
+//! | `MESH_LABELS` | none; `k=v,k=v`; `app` and `version` always added |
+//! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
+//! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
+//! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
+//! | `MESH_ADVERTISE_ADDR` | the inbound address, 0.0.0.0 replaced by this host's IP |
+//! | `MESH_APP_ADDR` | `127.0.0.1:8080` |
+//! | `MESH_ADMIN_ADDR` | `127.0.0.1:15000` |
+//! | `MESH_GATEWAY_ADDR` | `0.0.0.0:8080` |
+//! | `MESH_LOG` | `info` (a tracing filter) |
+//! | `MESH_SEED` | none; a number makes every random choice reproducible |
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+
+use mesh_api::xds::{ProxyMode, ports};
+
+/// A source of named string settings: the process environment, or a map.
+pub trait Strings {
+    /// The value of `key`, or `None` when it is unset (an empty value counts
+    /// as unset, so `MESH_LABELS=` in a shell script means "none").
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl Strings for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string())
+    }
+}
+
+/// A setting has a value the proxy cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Everything the proxy needs to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub mode: ProxyMode,
+    /// The workload's service name (`app` label), or the gateway's name.
+    pub service: String,
+    pub version: String,
+    /// Unique name of this proxy, like a pod name.
+    pub instance: String,
+    /// Workload labels; always includes `app` and `version`.
+    pub labels: BTreeMap<String, String>,
+    /// `None`: run without a control plane, on snapshots given through
+    /// [`ProxyHandle::apply_snapshot`](crate::ProxyHandle::apply_snapshot).
+    pub control_url: Option<String>,
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    /// `None`: derived from the bound inbound address at start.
+    pub advertise_addr: Option<SocketAddr>,
+    pub app_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    /// tracing filter, for the binary.
+    pub log: String,
+    /// Seed for every random choice (`MESH_SEED`); `None`: truly random.
+    pub seed: Option<u64>,
+}
+
+impl Config {
+    /// Read the settings from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_strings(&Env)
+    }
+
+    /// Read the settings from any [`Strings`].
+    pub fn from_strings(strings: &impl Strings) -> Result<Config, ConfigError> {
+        let mode = match strings.get("MESH_MODE").as_deref() {
+            None | Some("sidecar") => ProxyMode::Sidecar,
+            Some("gateway") => ProxyMode::Gateway,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "MESH_MODE",
+                    value: other.to_string(),
+                    reason: "expected `sidecar` or `gateway`".into(),
+                });
+            }
+        };
+        let service = match (strings.get("MESH_SERVICE"), mode) {
+            (Some(service), _) => service,
+            (None, ProxyMode::Gateway) => "ingressgateway".to_string(),
+            (None, ProxyMode::Sidecar) => {
+                return Err(ConfigError {
+                    var: "MESH_SERVICE",
+                    value: String::new(),
+                    reason: "a sidecar needs the name of its workload's service, \
+                             for example MESH_SERVICE=helloworld-service"
+                        .into(),
+                });
+            }
+        };
+        check_name("MESH_SERVICE", &service)?;
+        let version = strings.get("MESH_VERSION").unwrap_or_else(|| "v1".into());
+        check_name("MESH_VERSION", &version)?;
+        let instance = match strings.get("MESH_INSTANCE") {
+            Some(instance) => instance,
+            None => random_instance(&service, &version),
+        };
+        check_name("MESH_INSTANCE", &instance)?;
+
+        let mut labels = match strings.get("MESH_LABELS") {
+            Some(text) => parse_labels(&text)?,
+            None => BTreeMap::new(),
+        };
+        labels.insert("app".into(), service.clone());
+        labels.insert("version".into(), version.clone());
+        if mode == ProxyMode::Gateway {
+            // Istio's ingress gateway pods carry this label, and Gateway
+            // resources select it with `selector: {istio: ingressgateway}`.
+            labels.insert("istio".into(), "ingressgateway".into());
+        }
+
+        let control_url = strings
+            .get("MESH_CONTROL_URL")
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", ports::CONTROL));
+        if !(control_url.starts_with("http://") || control_url.starts_with("https://")) {
+            return Err(ConfigError {
+                var: "MESH_CONTROL_URL",
+                value: control_url,
+                reason: "expected a URL like http://127.0.0.1:15010".into(),
+            });
+        }
+        let control_url = control_url.trim_end_matches('/').to_string();
+
+        let seed = match strings.get("MESH_SEED") {
+            Some(text) => Some(text.parse::<u64>().map_err(|e| ConfigError {
+                var: "MESH_SEED",
+                value: text.clone(),
+                reason: format!("expected a whole number: {e}"),
+            })?),
+            None => None,
+        };
+
+        Ok(Config {
+            mode,
+            service,
+            version,
+            instance,
+            labels,
+            control_url: Some(control_url),
+            outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
+            inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
+            advertise_addr: match strings.get("MESH_ADVERTISE_ADDR") {
+                Some(_) => Some(addr(strings, "MESH_ADVERTISE_ADDR", any(0))?),
+                None => None,
+            },
+            app_addr: addr(strings, "MESH_APP_ADDR", local(ports::SERVICE))?,
+            admin_addr: addr(strings, "MESH_ADMIN_ADDR", local(ports::ADMIN))?,
+            gateway_addr: addr(strings, "MESH_GATEWAY_ADDR", any(ports::GATEWAY))?,
+            log: strings.get("MESH_LOG").unwrap_or_else(|| "info".into()),
+            seed,
+        })
+    }
+
+    /// A sidecar for tests: every listener on 127.0.0.1:0, no control plane.
+    pub fn local_sidecar(service: &str, app_addr: SocketAddr) -> Config {
+        let mut config = Config::from_strings(&HashMap::from([
+            ("MESH_SERVICE", service),
+            ("MESH_OUTBOUND_ADDR", "127.0.0.1:0"),
+            ("MESH_INBOUND_ADDR", "127.0.0.1:0"),
+            ("MESH_ADMIN_ADDR", "127.0.0.1:0"),
+            ("MESH_GATEWAY_ADDR", "127.0.0.1:0"),
+        ]))
+        .expect("the test defaults are valid settings");
+        config.app_addr = app_addr;
+        config.control_url = None;
+        config
+    }
+
+    /// A gateway for tests: every listener on 127.0.0.1:0, no control plane.
+    pub fn local_gateway() -> Config {
+        let mut config = Config::from_strings(&HashMap::from([
+            ("MESH_MODE", "gateway"),
+            ("MESH_ADMIN_ADDR", "127.0.0.1:0"),
+            ("MESH_GATEWAY_ADDR", "127.0.0.1:0"),
+        ]))
+        .expect("the test defaults are valid settings");
+        config.control_url = None;
+        config
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
+fn addr(
+    strings: &impl Strings,
+    var: &'static str,
+    default: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    match strings.get(var) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|_| ConfigError {
+            var,
+            value: text.clone(),
+            reason: "expected ip:port, for example 127.0.0.1:15001 (port 0 picks a free port)"
+                .into(),
+        }),
+    }
+}
+
+fn check_name(var: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            var,
+            value: value.to_string(),
+            reason: "use letters, digits, `-`, `_` and `.` only".into(),
+        })
+    }
+}
+
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                labels.insert(key.trim().to_string(), value.trim().to_string());
+            }
+            _ => {
+                return Err(ConfigError {
+                    var: "MESH_LABELS",
+                    value: text.to_string(),
+                    reason: format!(
+                        "{pair:?} is not key=value; write MESH_LABELS=track=canary,zone=a"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(labels)
+}
+
+/// `helloworld-service-v1-7f3c2`: unique enough for a laptop's mesh, and
+/// readable in logs like a pod name.
+fn random_instance(service: &str, version: &str) -> String {
+    format!("{service}-{version}-{:05x}", fastrand::u32(..0x10_0000))
+}
+
+/// The address other sidecars dial for this proxy's inbound listener:
+/// the bound address, with an unspecified IP replaced by this host's.
+pub fn advertise_for(bound: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    SocketAddr::new(
+        host_ip().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        bound.port(),
+    )
+}
+
+/// This host's outward-facing IP, found the classic way: "connect" a UDP
+/// socket (no packet is sent) and read which local address the OS chose.
+fn host_ip() -> Option<IpAddr> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((Ipv4Addr::new(10, 255, 255, 255), 9)).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_sidecar_gets_istios_ports_by_default() {
+        let config = Config::from_strings(&env(&[("MESH_SERVICE", "helloworld-service")])).unwrap();
+        assert_eq!(config.mode, ProxyMode::Sidecar);
+        assert_eq!(config.version, "v1");
+        assert_eq!(config.outbound_addr, "127.0.0.1:15001".parse().unwrap());
+        assert_eq!(config.inbound_addr, "0.0.0.0:15006".parse().unwrap());
+        assert_eq!(config.admin_addr, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(config.app_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            config.control_url.as_deref(),
+            Some("http://127.0.0.1:15010")
+        );
+        assert_eq!(config.advertise_addr, None);
+        assert!(config.instance.starts_with("helloworld-service-v1-"));
+        assert_eq!(config.instance.len(), "helloworld-service-v1-".len() + 5);
+        assert_eq!(config.labels["app"], "helloworld-service");
+        assert_eq!(config.labels["version"], "v1");
+        assert_eq!(config.log, "info");
+    }
+
+    #[test]
+    fn a_gateway_is_named_and_labelled_like_istios() {
+        let config = Config::from_strings(&env(&[("MESH_MODE", "gateway")])).unwrap();
+        assert_eq!(config.mode, ProxyMode::Gateway);
+        assert_eq!(config.service, "ingressgateway");
+        assert_eq!(config.labels["istio"], "ingressgateway");
+        assert_eq!(config.gateway_addr, "0.0.0.0:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn labels_are_parsed_and_app_version_win() {
+        let config = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_VERSION", "v2"),
+            ("MESH_LABELS", "track=canary, app=other ,zone=a"),
+        ]))
+        .unwrap();
+        assert_eq!(config.labels["track"], "canary");
+        assert_eq!(config.labels["zone"], "a");
+        assert_eq!(config.labels["app"], "hw");
+        assert_eq!(config.labels["version"], "v2");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[(&'static str, &'static str)], &str)] = &[
+            (&[("MESH_MODE", "mesh")], "MESH_MODE"),
+            (&[], "MESH_SERVICE"),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_INBOUND_ADDR", "15006")],
+                "MESH_INBOUND_ADDR",
+            ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_LABELS", "canary")],
+                "MESH_LABELS",
+            ),
+            (
+                &[
+                    ("MESH_SERVICE", "hw"),
+                    ("MESH_CONTROL_URL", "localhost:15010"),
+                ],
+                "MESH_CONTROL_URL",
+            ),
+            (&[("MESH_SERVICE", "hw"), ("MESH_SEED", "abc")], "MESH_SEED"),
+            (&[("MESH_SERVICE", "hello world")], "MESH_SERVICE"),
+        ];
+        for (pairs, var) in cases {
+            let err = Config::from_strings(&env(pairs)).unwrap_err();
+            assert_eq!(err.var, *var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn explicit_values_and_port_zero_are_taken() {
+        let config = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_INSTANCE", "hw-1"),
+            ("MESH_OUTBOUND_ADDR", "127.0.0.1:0"),
+            ("MESH_ADVERTISE_ADDR", "10.0.0.7:15006"),
+            ("MESH_CONTROL_URL", "http://cp:15010/"),
+            ("MESH_SEED", "42"),
+        ]))
+        .unwrap();
+        assert_eq!(config.instance, "hw-1");
+        assert_eq!(config.outbound_addr.port(), 0);
+        assert_eq!(
+            config.advertise_addr,
+            Some("10.0.0.7:15006".parse().unwrap())
+        );
+        assert_eq!(config.control_url.as_deref(), Some("http://cp:15010"));
+        assert_eq!(config.seed, Some(42));
+    }
+
+    #[test]
+    fn advertise_replaces_only_the_unspecified_ip() {
+        let bound: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(advertise_for(bound), bound);
+        let any: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        let advertised = advertise_for(any);
+        assert_eq!(advertised.port(), 4000);
+        assert!(!advertised.ip().is_unspecified());
+    }
+}

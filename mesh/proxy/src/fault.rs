@@ -1,0 +1,121 @@
+//! Fault injection: delay or abort a share of a route's requests, to test how
+//! the callers cope (VirtualService `http[].fault`, Envoy's fault filter).
+//!
+//! Sits right under routing, before the timeout, retry and any upstream: an
+//! aborted request never leaves the proxy, and a delay counts against the
+//! route's timeout, as in Envoy. The delay comes first, then the abort, so a
+//! rule with both delays and then aborts the unlucky requests.
+//!
+//! Istio: a fault with no percentage injects nothing (the control plane
+//! writes 0 then), and a route with a fault gets no retries. Because this
+//! layer is above the retry layer, an injected abort is never retried anyway.
+//! Delayed requests get flag `DI`, aborted ones `FI`, and an abort's body is
+//! Envoy's `fault filter abort`.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mesh_api::snapshot::Fault as FaultSpec;
+
+use crate::body::{ProxyService, Req, Rsp, RspFuture, text_response};
+use crate::error::ProxyError;
+use crate::log::{RequestLog, ResponseFlags};
+use crate::rng::Rng;
+use crate::route::check_percentage;
+use crate::table::CompileError;
+
+/// A route's fault, compiled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FaultPolicy {
+    /// Delay and the percentage of requests delayed.
+    pub delay: Option<(Duration, f64)>,
+    /// Status and the percentage of requests aborted.
+    pub abort: Option<(http::StatusCode, f64)>,
+}
+
+impl FaultPolicy {
+    pub fn compile(route: &str, spec: &FaultSpec) -> Result<FaultPolicy, CompileError> {
+        let delay = match &spec.delay {
+            Some(d) => {
+                check_percentage(route, "fault.delay.percentage", d.percentage)?;
+                Some((Duration::from_millis(d.fixed_delay_ms), d.percentage))
+            }
+            None => None,
+        };
+        let abort = match &spec.abort {
+            Some(a) => {
+                check_percentage(route, "fault.abort.percentage", a.percentage)?;
+                let status = http::StatusCode::from_u16(a.http_status)
+                    .ok()
+                    .filter(|_| (100..=599).contains(&a.http_status))
+                    .ok_or_else(|| CompileError::BadAbortStatus {
+                        route: route.to_string(),
+                        status: a.http_status,
+                    })?;
+                Some((status, a.percentage))
+            }
+            None => None,
+        };
+        Ok(FaultPolicy { delay, abort })
+    }
+}
+
+/// Delays and aborts requests as the route's [`FaultPolicy`] says.
+#[derive(Clone, Debug)]
+pub struct Fault<S> {
+    inner: S,
+    policy: Option<FaultPolicy>,
+    rng: Rng,
+}
+
+impl<S> Fault<S> {
+    /// `policy: None` passes every request straight through.
+    pub fn new(inner: S, policy: Option<FaultPolicy>, rng: Rng) -> Self {
+        Fault { inner, policy, rng }
+    }
+}
+
+impl<S: ProxyService> tower::Service<Req> for Fault<S> {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = RspFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // The inner service is made ready in the future, after the delay.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> RspFuture {
+        let Some(policy) = self.policy else {
+            let inner = self.inner.clone();
+            return Box::pin(tower::ServiceExt::oneshot(inner, req));
+        };
+        // Decide both now, with independent draws, like Envoy.
+        let delay = policy
+            .delay
+            .filter(|(_, percent)| self.rng.chance(*percent))
+            .map(|(delay, _)| delay);
+        let abort = policy
+            .abort
+            .filter(|(_, percent)| self.rng.chance(*percent))
+            .map(|(status, _)| status);
+        let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                if let Some(log) = &log {
+                    log.flag(ResponseFlags::DI);
+                }
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(status) = abort {
+                if let Some(log) = &log {
+                    log.flag(ResponseFlags::FI);
+                }
+                return Ok(text_response(status, "fault filter abort"));
+            }
+            tower::ServiceExt::oneshot(inner, req).await
+        })
+    }
+}

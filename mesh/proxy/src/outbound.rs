@@ -1,0 +1,193 @@
+//! The outbound and gateway listeners' request handling: from the app (or a
+//! user, at the gateway) to another service.
+//!
+//! For each request: note the start time and make a `RequestLog`; strip
+//! hop-by-hop headers; give it an `x-request-id` if it has none; read the
+//! body into memory (so retries can resend it); load the compiled snapshot
+//! once; route it through [`route_stack`]; turn a failure into Envoy's
+//! response and flag; add `x-envoy-upstream-service-time`; write one
+//! access-log line.
+//!
+//! The app uses the outbound listener as its HTTP proxy (`HTTP_PROXY`), so it
+//! sends absolute-form requests (`GET http://helloworld-service:8080/hello
+//! HTTP/1.1`); origin-form requests with a `Host` header work too. Either way
+//! the authority picks the route, nothing is resolved by DNS.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+
+use crate::balance::Balance;
+use crate::body::{MAX_REQUEST_BODY, ProxyService, Rsp, buffer};
+use crate::error::ProxyError;
+use crate::fault::Fault;
+use crate::log::{AccessLog, Direction, RequestLog};
+use crate::outlier::Outlier;
+use crate::pool::Pool;
+use crate::proxy::Shared;
+use crate::retry::Retry;
+use crate::rng::Rng;
+use crate::route::{RouteRt, Router, authority_of};
+use crate::split::Split;
+use crate::timeout::Timeout;
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const UPSTREAM_SERVICE_TIME: &str = "x-envoy-upstream-service-time";
+
+/// One route's stack, outermost first, along the request path:
+/// fault -> timeout -> retry -> split -> balance -> outlier -> pool.
+pub fn route_stack(route: &Arc<RouteRt>, rng: &Rng) -> impl ProxyService + use<> {
+    let endpoint = Outlier::new(Pool::new());
+    let balance = Balance::new(endpoint, rng.clone());
+    let split = Split::new(balance, route.destinations.clone(), rng.clone());
+    let retry = Retry::new(split, route.retry.clone(), rng.clone());
+    let timeout = Timeout::new(retry, route.timeout);
+    Fault::new(timeout, route.fault, rng.clone())
+}
+
+/// Handle one request on the outbound (or gateway) listener.
+pub async fn handle(
+    shared: Arc<Shared>,
+    direction: Direction,
+    req: http::Request<Incoming>,
+) -> Result<Rsp, Infallible> {
+    let start = Instant::now();
+    let log = RequestLog::new();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let request_id = ensure_request_id(&mut parts.headers);
+    let method = parts.method.clone();
+    let probe = http::Request::from_parts(parts, ());
+    let authority = authority_of(&probe).to_string();
+    let (parts, ()) = probe.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".to_string());
+
+    let result = async {
+        let body = buffer(body, MAX_REQUEST_BODY).await?;
+        let mut req = http::Request::from_parts(parts, body);
+        req.extensions_mut().insert(log.clone());
+        // The one read of shared config on the request path.
+        let compiled = shared.current.load_full().ok_or(ProxyError::NoConfig)?;
+        let rng = shared.rng.clone();
+        let router = Router::new(
+            compiled,
+            direction,
+            rng.clone(),
+            move |route: &Arc<RouteRt>| route_stack(route, &rng),
+        );
+        router.oneshot(req).await
+    }
+    .await;
+
+    let rsp = finish(result, &log, start);
+    AccessLog {
+        direction,
+        method: &method,
+        authority: &authority,
+        path: &path,
+        status: rsp.status().as_u16(),
+        duration: start.elapsed(),
+        request_id: &request_id,
+        log: &log,
+    }
+    .emit();
+    Ok(rsp)
+}
+
+/// Turn the stack's result into the response the client gets.
+pub(crate) fn finish(result: Result<Rsp, ProxyError>, log: &RequestLog, start: Instant) -> Rsp {
+    match result {
+        Ok(mut rsp) => {
+            strip_hop_by_hop(rsp.headers_mut());
+            if log.upstream().is_some() {
+                rsp.headers_mut().insert(
+                    UPSTREAM_SERVICE_TIME,
+                    HeaderValue::from(start.elapsed().as_millis() as u64),
+                );
+            }
+            rsp
+        }
+        Err(error) => {
+            log.flag(error.flags());
+            tracing::debug!(%error, "request failed in the proxy");
+            error.to_response()
+        }
+    }
+}
+
+/// Headers that describe one hop's connection, not the request: a proxy
+/// must not forward them (RFC 9110, section 7.6.1).
+pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for name in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Keep the caller's `x-request-id`, or make one (a random UUID v4, as Envoy).
+pub(crate) fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
+    if let Some(id) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        return id.to_string();
+    }
+    let id = uuid_v4();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    id
+}
+
+/// A random UUID, version 4, in its usual text form.
+pub fn uuid_v4() -> String {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(uuid_v4(), id);
+    }
+
+    #[test]
+    fn an_existing_request_id_is_kept() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc"));
+        assert_eq!(ensure_request_id(&mut headers), "abc");
+        let mut empty = http::HeaderMap::new();
+        let id = ensure_request_id(&mut empty);
+        assert_eq!(empty[REQUEST_ID], id.as_str());
+    }
+}

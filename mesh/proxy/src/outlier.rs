@@ -1,0 +1,228 @@
+//! Outlier detection: take an endpoint that keeps failing out of the
+//! balancer's choices for a while (Istio's DestinationRule
+//! `trafficPolicy.outlierDetection`, Envoy's outlier detector).
+//!
+//! Sits between the balancer and the connection pool, so it sees each
+//! attempt's result for the endpoint it went to:
+//!
+//! - a 5xx response, a connection failure or a reset adds one to the
+//!   endpoint's consecutive-5xx counter; a 502/503/504 or connection failure
+//!   adds one to its consecutive-gateway-errors counter; any other response
+//!   resets both (Envoy treats locally seen connection failures as 503s too);
+//! - reaching `consecutive5xxErrors` or `consecutiveGatewayErrors` (0 turns a
+//!   check off) ejects the endpoint for `baseEjectionTime` times the number of
+//!   times it has been ejected (capped at 300 s, Envoy's `max_ejection_time`);
+//! - never more than `maxEjectionPercent` of the cluster is ejected at once,
+//!   but, as in Envoy, one endpoint may always be ejected when the percentage
+//!   is above zero.
+//!
+//! Envoy un-ejects hosts on a timer every `interval`. micromesh checks lazily
+//! instead: the balancer asks [`OutlierState::is_ejected`] at pick time and an
+//! endpoint whose ejection has run out comes back right then, counters reset.
+//! So `interval` has no effect here; an endpoint returns up to one interval
+//! sooner than in Envoy.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::body::{ProxyService, Req, RspFuture};
+use crate::cluster::{ClusterRt, EndpointRt};
+use crate::error::ProxyError;
+
+/// Envoy's default cap on one ejection.
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+// === impl OutlierState ===
+
+/// One endpoint's failure counters and ejection.
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    /// Fast path for the balancer: most endpoints are never ejected, and
+    /// checking them costs one atomic load, no lock.
+    ejected: AtomicBool,
+    inner: Mutex<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+/// What one attempt's result means for its endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A 5xx that is not a gateway error (500, 501, ...).
+    ServerError,
+    /// 502/503/504, a connection failure, a reset or a per-try timeout.
+    GatewayError,
+    /// Nothing to learn about the endpoint (overflow, or our own failure).
+    Ignore,
+}
+
+impl Outcome {
+    pub fn of(result: &Result<crate::body::Rsp, ProxyError>) -> Outcome {
+        match result {
+            Ok(rsp) => match rsp.status().as_u16() {
+                502..=504 => Outcome::GatewayError,
+                500..=599 => Outcome::ServerError,
+                _ => Outcome::Success,
+            },
+            Err(ProxyError::ConnectFailure { .. })
+            | Err(ProxyError::Reset { .. })
+            | Err(ProxyError::PerTryTimeout) => Outcome::GatewayError,
+            Err(_) => Outcome::Ignore,
+        }
+    }
+}
+
+impl OutlierState {
+    /// Whether the endpoint is ejected at `now`; an ejection that has run out
+    /// ends here (lazily, see the module doc).
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        if !self.ejected.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut counters = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match counters.ejected_until {
+            Some(until) if now < until => true,
+            _ => {
+                counters.ejected_until = None;
+                counters.consecutive_5xx = 0;
+                counters.consecutive_gateway = 0;
+                self.ejected.store(false, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    /// How many times the endpoint has been ejected.
+    pub fn times_ejected(&self) -> u32 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .times_ejected
+    }
+}
+
+/// Count `outcome` for `endpoint` and eject it if it crossed a threshold.
+/// Returns whether this call ejected it.
+pub fn record(cluster: &ClusterRt, endpoint: &EndpointRt, outcome: Outcome, now: Instant) -> bool {
+    let Some(policy) = &cluster.outlier_detection else {
+        return false;
+    };
+    let state = &endpoint.state.outlier;
+    let tripped = {
+        let mut c = state.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Outcome::Ignore => return false,
+            Outcome::Success => {
+                c.consecutive_5xx = 0;
+                c.consecutive_gateway = 0;
+                return false;
+            }
+            Outcome::ServerError => {
+                c.consecutive_5xx += 1;
+                c.consecutive_gateway = 0;
+            }
+            Outcome::GatewayError => {
+                c.consecutive_5xx += 1;
+                c.consecutive_gateway += 1;
+            }
+        }
+        let over_5xx =
+            policy.consecutive_5xx_errors > 0 && c.consecutive_5xx >= policy.consecutive_5xx_errors;
+        let over_gateway = policy.consecutive_gateway_errors > 0
+            && c.consecutive_gateway >= policy.consecutive_gateway_errors;
+        (over_5xx || over_gateway) && c.ejected_until.is_none()
+    };
+    if !tripped {
+        return false;
+    }
+
+    // The lock on this endpoint is released before looking at the others:
+    // two endpoints failing at once must not wait on each other's locks.
+    let total = cluster.endpoints.len() as u64;
+    let ejected = cluster
+        .endpoints
+        .iter()
+        .filter(|e| !Arc::ptr_eq(&e.state, &endpoint.state) && e.state.outlier.is_ejected(now))
+        .count() as u64;
+    let allowed = match policy.max_ejection_percent {
+        0 => 0,
+        percent => (total * u64::from(percent.min(100)) / 100).max(1),
+    };
+    if ejected >= allowed {
+        tracing::debug!(
+            endpoint = %endpoint.address,
+            cluster = %cluster.name,
+            "outlier not ejected: maxEjectionPercent reached"
+        );
+        return false;
+    }
+
+    let mut c = state.inner.lock().unwrap_or_else(|e| e.into_inner());
+    c.times_ejected += 1;
+    let base = Duration::from_millis(policy.base_ejection_time_ms);
+    let time = (base * c.times_ejected).min(MAX_EJECTION_TIME.max(base));
+    c.ejected_until = Some(now + time);
+    c.consecutive_5xx = 0;
+    c.consecutive_gateway = 0;
+    state.ejected.store(true, Ordering::Release);
+    tracing::info!(
+        endpoint = %endpoint.address,
+        instance = %endpoint.instance,
+        cluster = %cluster.name,
+        ejection_ms = time.as_millis() as u64,
+        times = c.times_ejected,
+        "outlier detection ejected an endpoint"
+    );
+    true
+}
+
+// === impl Outlier ===
+
+/// Records each attempt's result for the endpoint it went to.
+#[derive(Clone, Debug)]
+pub struct Outlier<S> {
+    inner: S,
+}
+
+impl<S> Outlier<S> {
+    pub fn new(inner: S) -> Self {
+        Outlier { inner }
+    }
+}
+
+impl<S: ProxyService> tower::Service<Req> for Outlier<S> {
+    type Response = crate::body::Rsp;
+    type Error = ProxyError;
+    type Future = RspFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> RspFuture {
+        let cluster = req.extensions().get::<Arc<ClusterRt>>().cloned();
+        let endpoint = req.extensions().get::<Arc<EndpointRt>>().cloned();
+        let future = self.inner.call(req);
+        match (cluster, endpoint) {
+            (Some(cluster), Some(endpoint)) if cluster.outlier_detection.is_some() => {
+                Box::pin(async move {
+                    let result = future.await;
+                    record(&cluster, &endpoint, Outcome::of(&result), Instant::now());
+                    result
+                })
+            }
+            _ => Box::pin(future),
+        }
+    }
+}

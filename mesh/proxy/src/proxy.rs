@@ -1,0 +1,367 @@
+//! Starting and stopping a proxy: bind the listeners, start the control-plane
+//! client, hold the snapshot in use, shut down cleanly.
+//!
+//! A sidecar runs three listeners (outbound, inbound, admin), a gateway two
+//! (gateway, admin). All of them share one [`Shared`]: the config, the
+//! compiled snapshot behind an `ArcSwapOption` (a request loads it once, with
+//! no lock), and the state that outlives snapshots.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use mesh_api::snapshot::{Cluster, Snapshot};
+use mesh_api::xds::{ProxyAnnounce, ProxyMode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{ClusterRt, EndpointRt, StateStore};
+use crate::config::{Config, advertise_for};
+use crate::log::Direction;
+use crate::rng::Rng;
+use crate::table::{CompileError, Compiled};
+
+/// How long shutdown waits for requests in flight to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot listen on {addr} for the {listener} listener ({var}): {source}. \
+         Is another proxy using the port? Set {var} to another address, or port 0 for any free port."
+    )]
+    Bind {
+        listener: &'static str,
+        var: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the control-plane client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Everything the listeners and the control-plane client share.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    /// The snapshot in use; `None` until the first one is accepted.
+    pub current: ArcSwapOption<Compiled>,
+    pub rng: Rng,
+    /// The inbound listener's target: the app, as a one-endpoint cluster.
+    pub app: (Arc<ClusterRt>, Arc<EndpointRt>),
+    pub advertise: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    store: StateStore,
+    status: Mutex<ApplyStatus>,
+}
+
+/// What `/config_dump` reports besides the snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStatus {
+    pub last_rejected: Option<(u64, String)>,
+}
+
+impl Shared {
+    /// Compile `snapshot` and swap it in; on error keep the current one.
+    pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
+        // One snapshot at a time: the state store is reconciled against the
+        // snapshot that wins.
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let version = snapshot.version;
+        match Compiled::compile(snapshot, &self.store) {
+            Ok(compiled) => {
+                let compiled = Arc::new(compiled);
+                self.current.store(Some(compiled.clone()));
+                self.store
+                    .retain(compiled.clusters.values().map(|c| c.as_ref()));
+                tracing::info!(version, "snapshot accepted");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(version, %error, "snapshot rejected; keeping the last good one");
+                status.last_rejected = Some((version, error.to_string()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Record a snapshot that could not even be read.
+    pub fn reject(&self, version: u64, reason: &str) {
+        tracing::warn!(
+            version,
+            reason,
+            "snapshot rejected; keeping the last good one"
+        );
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_rejected = Some((version, reason.to_string()));
+    }
+
+    pub fn status(&self) -> ApplyStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The actual addresses a started proxy listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyAddrs {
+    /// Sidecar only: the app's HTTP proxy.
+    pub outbound: Option<SocketAddr>,
+    /// Sidecar only: where other sidecars send this workload's traffic.
+    pub inbound: Option<SocketAddr>,
+    /// What other sidecars dial for `inbound` (announced to the control plane).
+    pub advertise: Option<SocketAddr>,
+    /// Gateway only: where users connect.
+    pub gateway: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// Starts proxies; see the crate docs.
+pub struct Proxy;
+
+impl Proxy {
+    /// Bind every listener, start serving, and (with a `control_url`) start
+    /// the control-plane client. Returns once the listeners are bound.
+    pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let admin = bind("admin", "MESH_ADMIN_ADDR", config.admin_addr).await?;
+        let (outbound, inbound, gateway) = match config.mode {
+            ProxyMode::Sidecar => (
+                Some(bind("outbound", "MESH_OUTBOUND_ADDR", config.outbound_addr).await?),
+                Some(bind("inbound", "MESH_INBOUND_ADDR", config.inbound_addr).await?),
+                None,
+            ),
+            ProxyMode::Gateway => (
+                None,
+                None,
+                Some(bind("gateway", "MESH_GATEWAY_ADDR", config.gateway_addr).await?),
+            ),
+        };
+        let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let inbound_addr = local(&inbound);
+        let addrs = ProxyAddrs {
+            outbound: local(&outbound),
+            inbound: inbound_addr,
+            advertise: config.advertise_addr.or(inbound_addr.map(advertise_for)),
+            gateway: local(&gateway),
+            admin: admin.local_addr().unwrap_or(config.admin_addr),
+        };
+
+        let shared = Arc::new(Shared {
+            rng: Rng::from_seed(config.seed),
+            app: app_target(&config),
+            advertise: addrs.advertise,
+            admin_addr: addrs.admin,
+            current: ArcSwapOption::empty(),
+            store: StateStore::default(),
+            status: Mutex::new(ApplyStatus::default()),
+            config,
+        });
+
+        let s = shared.clone();
+        crate::listener::serve(
+            "admin",
+            admin,
+            shutdown.clone(),
+            tasks.clone(),
+            move |req| crate::admin::handle(s.clone(), req),
+        );
+        if let Some(listener) = outbound {
+            let s = shared.clone();
+            crate::listener::serve(
+                "outbound",
+                listener,
+                shutdown.clone(),
+                tasks.clone(),
+                move |req| crate::outbound::handle(s.clone(), Direction::Outbound, req),
+            );
+        }
+        if let Some(listener) = inbound {
+            let s = shared.clone();
+            crate::listener::serve(
+                "inbound",
+                listener,
+                shutdown.clone(),
+                tasks.clone(),
+                move |req| crate::inbound::handle(s.clone(), req),
+            );
+        }
+        if let Some(listener) = gateway {
+            let s = shared.clone();
+            crate::listener::serve(
+                "gateway",
+                listener,
+                shutdown.clone(),
+                tasks.clone(),
+                move |req| crate::outbound::handle(s.clone(), Direction::Gateway, req),
+            );
+        }
+
+        let control = match shared.config.control_url.clone() {
+            Some(base) => {
+                let client = crate::control::client()?;
+                tasks.spawn(crate::control::run(
+                    shared.clone(),
+                    client.clone(),
+                    base.clone(),
+                    shutdown.clone(),
+                ));
+                Some((client, base))
+            }
+            None => None,
+        };
+        tracing::info!(
+            instance = %shared.config.instance,
+            mode = ?shared.config.mode,
+            ?addrs,
+            control_plane = shared.config.control_url.as_deref().unwrap_or("none (static snapshots)"),
+            "proxy started"
+        );
+        Ok(ProxyHandle {
+            shared,
+            addrs,
+            shutdown,
+            tasks,
+            control,
+        })
+    }
+}
+
+async fn bind(
+    listener: &'static str,
+    var: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            var,
+            addr,
+            source,
+        })
+}
+
+/// The inbound side's one destination: the local app.
+fn app_target(config: &Config) -> (Arc<ClusterRt>, Arc<EndpointRt>) {
+    let name = format!("inbound|{}", Cluster::name_for(&config.service, None));
+    let endpoint = Arc::new(EndpointRt {
+        address: config.app_addr.to_string().into(),
+        instance: config.instance.as_str().into(),
+        labels: config.labels.clone(),
+        state: Default::default(),
+    });
+    let cluster = Arc::new(ClusterRt {
+        name: name.into(),
+        load_balancer: Default::default(),
+        connection_pool: Default::default(),
+        outlier_detection: None,
+        endpoints: vec![endpoint.clone()],
+        state: Default::default(),
+    });
+    (cluster, endpoint)
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    addrs: ProxyAddrs,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    control: Option<(reqwest::Client, String)>,
+}
+
+impl ProxyHandle {
+    pub fn addrs(&self) -> ProxyAddrs {
+        self.addrs
+    }
+
+    /// The outbound listener (sidecar): point the app's `HTTP_PROXY` here.
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        self.addrs.outbound
+    }
+
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.addrs.inbound
+    }
+
+    /// The address announced for the inbound listener.
+    pub fn advertise_addr(&self) -> Option<SocketAddr> {
+        self.addrs.advertise
+    }
+
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.addrs.gateway
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.addrs.admin
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.shared.config.instance
+    }
+
+    /// What this proxy announces to the control plane (with `ready` as
+    /// given): handy for building a `Snapshot` endpoint in tests.
+    pub fn announce(&self, ready: bool) -> ProxyAnnounce {
+        crate::control::announce_of(&self.shared, ready)
+    }
+
+    /// The snapshot in use, if any.
+    pub fn current_snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .map(|c| c.snapshot.clone())
+    }
+
+    /// Compile and swap in `snapshot`, as if the control plane had pushed it:
+    /// `Ok` is an ACK; `Err` a NACK, and the previous snapshot stays in use.
+    pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), CompileError> {
+        self.shared.apply(snapshot)
+    }
+
+    /// The last rejected version and why, if any.
+    pub fn last_rejected(&self) -> Option<(u64, String)> {
+        self.shared.status().last_rejected
+    }
+
+    /// Leave the mesh (`DELETE` at the control plane), stop accepting, and
+    /// let requests in flight finish for up to [`DRAIN_TIMEOUT`].
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Some((client, base)) = &self.control {
+            crate::control::leave(&self.shared, client, base).await;
+        }
+        self.tasks.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: closing connections with requests still in flight");
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    /// A handle dropped without `shutdown()` still stops its listeners.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

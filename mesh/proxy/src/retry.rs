@@ -1,0 +1,180 @@
+//! Retries: try again when an attempt fails in a way the route says is worth
+//! retrying (VirtualService `http[].retries`, Envoy's retry policy).
+//!
+//! Sits under the route timeout and above the split and balancer, so every
+//! attempt picks again. For each attempt it:
+//!
+//! - sets `x-envoy-attempt-count: N` on the upstream request;
+//! - bounds it by `perTryTimeout`, if set;
+//! - classifies the result with `retryOn`: `5xx` (any 5xx, connection
+//!   failure, reset or per-try timeout), `gateway-error` (502/503/504 and the
+//!   same local failures), `connect-failure`, `reset`, `refused-stream` (an
+//!   HTTP/2 condition that HTTP/1.1 never produces), and
+//!   `retriable-status-codes` (the listed statuses). `unavailable`,
+//!   `cancelled` and the other gRPC conditions are accepted and never match
+//!   plain HTTP;
+//! - waits a fully jittered exponential backoff before the next attempt:
+//!   random in `[0, 25ms * 2^(n-1)]`, capped at 250 ms, Envoy's defaults.
+//!
+//! The balancer avoids endpoints earlier attempts used (Envoy's
+//! previous-hosts predicate) through the request's shared `RequestLog`.
+//! When the last allowed attempt still fails in a retriable way, the client
+//! gets that failure with flag `URX`. Requests are buffered before the stack,
+//! so each attempt sends the same body.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderValue;
+use mesh_api::snapshot::RetryPolicy;
+use tower::ServiceExt;
+
+use crate::body::{ProxyService, Req, Rsp, RspFuture, clone_request};
+use crate::error::ProxyError;
+use crate::log::{RequestLog, ResponseFlags};
+use crate::rng::Rng;
+use crate::table::CompileError;
+
+/// Envoy's base retry back-off interval.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// Envoy's default cap: ten times the base.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+pub const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
+
+/// A route's retry policy, compiled: conditions as booleans.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetryPolicyRt {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_status: Vec<u16>,
+}
+
+impl RetryPolicyRt {
+    pub fn compile(route: &str, policy: &RetryPolicy) -> Result<RetryPolicyRt, CompileError> {
+        let mut rt = RetryPolicyRt {
+            attempts: policy.attempts,
+            per_try_timeout: policy.per_try_timeout_ms.map(Duration::from_millis),
+            ..Default::default()
+        };
+        for condition in &policy.retry_on {
+            match condition.as_str() {
+                "5xx" => rt.on_5xx = true,
+                "gateway-error" => rt.on_gateway_error = true,
+                "connect-failure" => rt.on_connect_failure = true,
+                "reset" => rt.on_reset = true,
+                "retriable-status-codes" => rt.on_status = policy.retriable_status_codes.clone(),
+                // HTTP/2 and gRPC conditions: valid, never met by HTTP/1.1.
+                "refused-stream" | "unavailable" | "cancelled" | "deadline-exceeded"
+                | "resource-exhausted" | "internal" | "retriable-4xx" => {}
+                other => {
+                    return Err(CompileError::BadRetryOn {
+                        route: route.to_string(),
+                        condition: other.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(rt)
+    }
+
+    /// Whether this attempt's result is worth another attempt.
+    pub fn is_retriable(&self, result: &Result<Rsp, ProxyError>) -> bool {
+        match result {
+            Ok(rsp) => {
+                let status = rsp.status().as_u16();
+                (self.on_5xx && (500..=599).contains(&status))
+                    || (self.on_gateway_error && matches!(status, 502..=504))
+                    || self.on_status.contains(&status)
+            }
+            Err(ProxyError::ConnectFailure { .. }) => {
+                self.on_connect_failure || self.on_5xx || self.on_gateway_error || self.on_reset
+            }
+            Err(ProxyError::Reset { .. }) | Err(ProxyError::PerTryTimeout) => {
+                self.on_5xx || self.on_gateway_error || self.on_reset
+            }
+            // Overflow, no healthy upstream, no route: trying again right
+            // away cannot help (Envoy does not retry overflows either).
+            Err(_) => false,
+        }
+    }
+}
+
+/// Tries the inner service up to `1 + attempts` times.
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    policy: Arc<RetryPolicyRt>,
+    rng: Rng,
+}
+
+impl<S> Retry<S> {
+    pub fn new(inner: S, policy: Arc<RetryPolicyRt>, rng: Rng) -> Self {
+        Retry { inner, policy, rng }
+    }
+}
+
+/// Fully jittered exponential backoff before retry number `retry` (1-based).
+pub fn backoff(retry: u32, rng: &Rng) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << retry.saturating_sub(1).min(10))
+        .min(BACKOFF_MAX);
+    Duration::from_micros(rng.below(ceiling.as_micros() as u64 + 1))
+}
+
+impl<S: ProxyService> tower::Service<Req> for Retry<S> {
+    type Response = Rsp;
+    type Error = ProxyError;
+    type Future = RspFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        // Each attempt readies its own clone of the inner service.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> RspFuture {
+        let inner = self.inner.clone();
+        let policy = self.policy.clone();
+        let rng = self.rng.clone();
+        Box::pin(async move {
+            let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+            let tries = policy.attempts.saturating_add(1);
+            let mut attempt = 1;
+            loop {
+                let mut try_req = clone_request(&req);
+                try_req
+                    .headers_mut()
+                    .insert(ATTEMPT_COUNT, HeaderValue::from(attempt));
+                let future = inner.clone().oneshot(try_req);
+                let result = match policy.per_try_timeout {
+                    Some(limit) => tokio::time::timeout(limit, future)
+                        .await
+                        .unwrap_or(Err(ProxyError::PerTryTimeout)),
+                    None => future.await,
+                };
+                if !policy.is_retriable(&result) {
+                    return result;
+                }
+                if attempt >= tries {
+                    if policy.attempts > 0
+                        && let Some(log) = &log
+                    {
+                        log.flag(ResponseFlags::URX);
+                    }
+                    return result;
+                }
+                // The failed response is dropped unread; its connection is
+                // closed rather than reused (see pool.rs).
+                drop(result);
+                tokio::time::sleep(backoff(attempt, &rng)).await;
+                attempt += 1;
+            }
+        })
+    }
+}
