@@ -119,3 +119,99 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn policy(delay: Option<(u64, f64)>, abort: Option<(u16, f64)>) -> Option<FaultPolicy> {
+        Some(FaultPolicy {
+            delay: delay.map(|(ms, p)| (Duration::from_millis(ms), p)),
+            abort: abort.map(|(s, p)| (http::StatusCode::from_u16(s).unwrap(), p)),
+        })
+    }
+
+    fn logged(path: &str) -> (Req, Arc<RequestLog>) {
+        let mut req = request(path);
+        let log = RequestLog::new();
+        req.extensions_mut().insert(log.clone());
+        (req, log)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abort_answers_without_calling_upstream() {
+        let (inner, mut handle) = mock();
+        let (req, log) = logged("/");
+        let fault = Fault::new(inner, policy(None, Some((503, 100.0))), Rng::seeded(1));
+        let rsp = fault.oneshot(req).await.unwrap();
+        assert_eq!(rsp.status(), 503);
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body.to_bytes(), "fault filter abort");
+        assert_eq!(log.flags(), ResponseFlags::FI);
+        // Every clone of the mock is gone and it never saw a request.
+        assert!(handle.next_request().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_holds_the_request_then_sends_it() {
+        let (inner, mut handle) = mock();
+        let (req, log) = logged("/");
+        let fault = Fault::new(inner, policy(Some((5_000, 100.0)), None), Rng::seeded(1));
+        let start = tokio::time::Instant::now();
+        let call = tokio::spawn(fault.oneshot(req));
+        let (_, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(5),
+            "upstream saw it after the delay"
+        );
+        send.send_response(response(200));
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+        assert_eq!(log.flags(), ResponseFlags::DI);
+    }
+
+    #[tokio::test]
+    async fn half_the_requests_are_aborted_within_the_binomial_spread() {
+        let upstream = tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) });
+        let fault = Fault::new(upstream, policy(None, Some((500, 50.0))), Rng::seeded(42));
+        let n = 2_000;
+        let mut aborted = 0;
+        for _ in 0..n {
+            if fault.clone().oneshot(request("/")).await.unwrap().status() == 500 {
+                aborted += 1;
+            }
+        }
+        let (p, n) = (0.5, n as f64);
+        let tolerance = 4.0 * (n * p * (1.0 - p)).sqrt();
+        assert!(
+            (aborted as f64 - n * p).abs() <= tolerance,
+            "{aborted} aborted of {n}, expected {} ± {tolerance:.0}",
+            n * p
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_percent_and_no_policy_inject_nothing() {
+        let upstream = tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) });
+        let never = Fault::new(
+            upstream,
+            policy(Some((1_000, 0.0)), Some((500, 0.0))),
+            Rng::seeded(3),
+        );
+        let none = Fault::new(upstream, None, Rng::seeded(3));
+        for _ in 0..100 {
+            let (req, log) = logged("/");
+            assert_eq!(never.clone().oneshot(req).await.unwrap().status(), 200);
+            assert!(log.flags().is_empty());
+            assert_eq!(
+                none.clone().oneshot(request("/")).await.unwrap().status(),
+                200
+            );
+        }
+    }
+}

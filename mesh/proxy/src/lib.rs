@@ -94,6 +94,9 @@ pub mod split;
 pub mod table;
 pub mod timeout;
 
+#[cfg(test)]
+mod test_util;
+
 pub use config::{Config, ConfigError, Env, Strings};
 pub use error::ProxyError;
 pub use log::{Direction, ResponseFlags};

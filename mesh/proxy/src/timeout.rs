@@ -49,3 +49,43 @@ impl<S: ProxyService> tower::Service<Req> for Timeout<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_upstream_gets_504_at_the_deadline() {
+        let (inner, mut handle) = mock();
+        let timeout = Timeout::new(inner, Some(Duration::from_millis(300)));
+        let start = tokio::time::Instant::now();
+        let call = tokio::spawn(timeout.oneshot(request("/")));
+        // Upstream receives the request and never answers.
+        let (_req, _send) = handle.next_request().await.unwrap();
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ProxyError::Timeout));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert_eq!(err.to_response().status(), 504);
+        assert_eq!(err.flags(), crate::log::ResponseFlags::UT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_answer_and_no_timeout_pass_through() {
+        let (inner, mut handle) = mock();
+        let timeout = Timeout::new(inner.clone(), Some(Duration::from_millis(300)));
+        let call = tokio::spawn(timeout.oneshot(request("/")));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(response(200));
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+
+        // Without a timeout an hour-long answer is still awaited (Istio's default).
+        let forever = Timeout::new(inner, None);
+        let call = tokio::spawn(forever.oneshot(request("/")));
+        let (_, send) = handle.next_request().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        send.send_response(response(200));
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+}

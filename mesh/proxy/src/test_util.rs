@@ -1,0 +1,81 @@
+//! Helpers for the layer tests: tower-test mocks that speak the proxy's
+//! request, response and error types, and small clusters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mesh_api::snapshot::{ConnectionPool, LoadBalancer, OutlierDetection};
+use tower::ServiceExt;
+use tower_test::mock;
+
+use crate::body::{Req, Rsp, full};
+use crate::cluster::{ClusterRt, EndpointRt};
+use crate::error::ProxyError;
+
+pub type Handle = mock::Handle<Req, Rsp>;
+
+/// A mock inner service whose errors are `ProxyError`s (send them with
+/// `handle.send_error(ProxyError::...)`).
+pub fn mock() -> (impl crate::body::ProxyService, Handle) {
+    let (service, handle) = mock::pair::<Req, Rsp>();
+    let service = service.map_err(|e: Box<dyn std::error::Error + Send + Sync>| {
+        match e.downcast::<ProxyError>() {
+            Ok(e) => *e,
+            Err(_) => ProxyError::Internal("mock error"),
+        }
+    });
+    (service, handle)
+}
+
+pub fn request(path: &str) -> Req {
+    http::Request::builder()
+        .uri(path)
+        .header("host", "hw:8080")
+        .body(bytes::Bytes::new())
+        .unwrap()
+}
+
+pub fn response(status: u16) -> Rsp {
+    let mut rsp = http::Response::new(full("ok"));
+    *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    rsp
+}
+
+pub fn cluster(name: &str, endpoints: usize, lb: LoadBalancer) -> Arc<ClusterRt> {
+    cluster_with(name, endpoints, lb, None, ConnectionPool::default())
+}
+
+pub fn cluster_with(
+    name: &str,
+    endpoints: usize,
+    lb: LoadBalancer,
+    outlier: Option<OutlierDetection>,
+    pool: ConnectionPool,
+) -> Arc<ClusterRt> {
+    Arc::new(ClusterRt {
+        name: name.into(),
+        load_balancer: lb,
+        connection_pool: pool,
+        outlier_detection: outlier,
+        endpoints: (0..endpoints)
+            .map(|i| {
+                Arc::new(EndpointRt {
+                    address: format!("10.0.0.{i}:15006").into(),
+                    instance: format!("{name}-{i}").into(),
+                    labels: BTreeMap::new(),
+                    state: Default::default(),
+                })
+            })
+            .collect(),
+        state: Default::default(),
+    })
+}
+
+/// The endpoint a request was sent to, by its address.
+pub fn endpoint_of(req: &Req) -> Arc<str> {
+    req.extensions()
+        .get::<Arc<EndpointRt>>()
+        .expect("balance put an endpoint in the request")
+        .address
+        .clone()
+}
