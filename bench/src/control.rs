@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mesh_api::config::{ApplyRequest, SourceFile};
-use mesh_api::snapshot::{Cluster, VirtualHost};
-use mesh_api::xds::{AckRequest, ProxyAnnounce, ProxyMode};
+use mesh_api::snapshot::{Cluster, Destination, Endpoint, HttpRoute, Snapshot, VirtualHost};
+use mesh_api::xds::{AckRequest, ProxyAnnounce, ProxyMode, ports};
 use serde::{Deserialize, Serialize};
 
 use crate::http::{Conn, Response, request};
@@ -165,10 +165,22 @@ impl Board {
             }
             let now = Instant::now();
             if now >= deadline {
+                let held: std::collections::BTreeSet<String> = state
+                    .marker
+                    .iter()
+                    .map(|m| {
+                        m.map_or("no weighted route".to_string(), |w| {
+                            format!("v1 weight {w}")
+                        })
+                    })
+                    .collect();
                 bail!(
                     "{behind} of {} simulated proxies never received the snapshot with the \
-                     new weights (v1 weight {marker}); first watcher error: {}",
+                     new weights (v1 weight {marker}) for {CANARY_SERVICE}; they hold: {}. \
+                     Does mesh-control compile the applied VirtualService into the snapshots? \
+                     First watcher error: {}",
                     state.marker.len(),
+                    held.into_iter().collect::<Vec<_>>().join(", "),
                     state.first_error.as_deref().unwrap_or("none")
                 );
             }
@@ -318,6 +330,42 @@ pub fn run(config: &ControlConfig) -> anyhow::Result<ControlReport> {
         first_error: state.first_error.clone(),
         process,
     })
+}
+
+/// A snapshot that routes `upstream` / `upstream:8080` straight to `upstream`:
+/// what mesh-control would compile for a sidecar whose app calls `upstream`,
+/// with the upstream registered without a sidecar of its own. Built from the
+/// real `mesh_api` types, so it cannot drift from the contract.
+pub fn static_snapshot(instance: &str, upstream: SocketAddr) -> Snapshot {
+    Snapshot {
+        version: 1,
+        proxy: instance.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: "upstream".into(),
+            domains: vec!["upstream".into(), format!("upstream:{}", ports::SERVICE)],
+            routes: vec![HttpRoute {
+                name: "default".into(),
+                destinations: vec![Destination {
+                    cluster: "upstream".into(),
+                    weight: 100,
+                }],
+                ..Default::default()
+            }],
+        }],
+        clusters: vec![Cluster {
+            name: "upstream".into(),
+            service: "upstream".into(),
+            endpoints: vec![Endpoint {
+                instance: "upstream-1".into(),
+                address: upstream.to_string(),
+                labels: [("app", "upstream"), ("version", "v1")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            }],
+            ..Default::default()
+        }],
+        gateway: None,
+    }
 }
 
 /// The v1 weight apply `k` sets: 1..=98, never the same as the previous apply's.
@@ -574,7 +622,23 @@ fn nanos(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_api::snapshot::{Destination, HttpRoute};
+
+    #[test]
+    fn the_static_snapshot_routes_upstream_8080_to_the_upstream() {
+        let snapshot = static_snapshot("c-1", "127.0.0.1:9999".parse().unwrap());
+        let json = serde_json::to_string(&snapshot).unwrap();
+        let back: Snapshot = serde_json::from_str(&json).unwrap();
+        assert!(
+            back.virtual_hosts[0]
+                .domains
+                .contains(&"upstream:8080".to_string())
+        );
+        assert_eq!(back.clusters[0].endpoints[0].address, "127.0.0.1:9999");
+        assert_eq!(
+            back.virtual_hosts[0].routes[0].destinations[0].cluster,
+            back.clusters[0].name
+        );
+    }
 
     #[test]
     fn neighbouring_applies_never_share_a_marker_and_weights_sum_to_100() {

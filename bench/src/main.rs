@@ -3,6 +3,7 @@
 //! ```text
 //! mesh-bench load --addr 127.0.0.1:15001 --host upstream:8080 --rate 1000 --duration 10
 //! mesh-bench control --control 127.0.0.1:15010 --pid 1234 --proxies 100 --endpoints 1000
+//! mesh-bench snapshot --upstream 127.0.0.1:8081 > snapshot.json
 //! ```
 //!
 //! Each prints one JSON report on stdout; `bench/bench.py` runs them and
@@ -52,6 +53,17 @@ enum Command {
         /// Microseconds to spin before each send instead of sleeping.
         #[arg(long, default_value_t = 30)]
         spin_us: u64,
+    },
+    /// Print a static proxy snapshot (JSON) that routes `upstream:8080` to
+    /// `--upstream`: what mesh-proxy reads from MESH_SNAPSHOT_FILE when it
+    /// runs without a control plane.
+    Snapshot {
+        /// The upstream's address, `127.0.0.1:PORT`.
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// The proxy instance the snapshot is for.
+        #[arg(long, default_value = "bench-client-1")]
+        instance: String,
     },
     /// Config propagation from `apply` to simulated proxies.
     Control {
@@ -108,6 +120,10 @@ fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(5),
             });
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::Snapshot { upstream, instance } => {
+            let snapshot = control::static_snapshot(&instance, upstream);
+            println!("{}", serde_json::to_string_pretty(&snapshot)?);
         }
         Command::Control {
             control,

