@@ -1,0 +1,600 @@
+//! `meshctl get`: what the control plane knows, as kubectl-style tables (or
+//! JSON / YAML).
+//!
+//! - `services`, `endpoints`: the registry, built from what every sidecar
+//!   announces (Kubernetes: Services and EndpointSlices);
+//! - `proxies`: every connected proxy and the config version it accepted
+//!   (`istioctl proxy-status`);
+//! - `virtualservices`, `destinationrules`, `gateways`: the applied Istio
+//!   resources, with the `meshctl analyze` findings that concern them.
+
+use std::fmt;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use mesh_api::config::Diagnostic;
+use mesh_api::xds::{ProxyStatus, ServiceStatus};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::analyze::format_diagnostic;
+use crate::cli::Ctx;
+use crate::table::Table;
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// services (svc), endpoints (ep), proxies, virtualservices (vs),
+    /// destinationrules (dr) or gateways (gw).
+    pub kind: Kind,
+    /// Only this one: a service name (services, endpoints), a proxy instance,
+    /// or a resource name.
+    pub name: Option<String>,
+    /// Output format instead of a table.
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+/// What `meshctl get` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Services,
+    Endpoints,
+    Proxies,
+    VirtualServices,
+    DestinationRules,
+    Gateways,
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    /// kubectl's spellings: plural, singular and short name, any case.
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "services" | "service" | "svc" => Kind::Services,
+            "endpoints" | "endpoint" | "ep" => Kind::Endpoints,
+            "proxies" | "proxy" => Kind::Proxies,
+            "virtualservices" | "virtualservice" | "vs" => Kind::VirtualServices,
+            "destinationrules" | "destinationrule" | "dr" => Kind::DestinationRules,
+            "gateways" | "gateway" | "gw" => Kind::Gateways,
+            _ => {
+                return Err(format!(
+                    "unknown kind {text:?}; meshctl can get services (svc), endpoints (ep), proxies, \
+                     virtualservices (vs), destinationrules (dr), gateways (gw)"
+                ));
+            }
+        })
+    }
+}
+
+impl Kind {
+    /// The Istio kind of an applied-resource kind, as the config API names it.
+    pub fn resource_kind(self) -> Option<&'static str> {
+        match self {
+            Kind::VirtualServices => Some("VirtualService"),
+            Kind::DestinationRules => Some("DestinationRule"),
+            Kind::Gateways => Some("Gateway"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Services => "services",
+            Kind::Endpoints => "endpoints",
+            Kind::Proxies => "proxies",
+            Kind::VirtualServices => "virtualservices",
+            Kind::DestinationRules => "destinationrules",
+            Kind::Gateways => "gateways",
+        })
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
+    let control = ctx.control();
+    let name = args.name.as_deref();
+    match args.kind {
+        Kind::Services | Kind::Endpoints => {
+            let mut services: Vec<ServiceStatus> = control.get("/v1/services").await?;
+            if let Some(name) = name {
+                services.retain(|s| s.name == name);
+                if services.is_empty() {
+                    bail!(
+                        "service {name:?} not found; `meshctl get services` lists what is registered"
+                    );
+                }
+            }
+            match args.output {
+                Some(format) => print_structured(&services, format)?,
+                None if args.kind == Kind::Services => print_table(services_table(&services)),
+                None => print_table(endpoints_table(&services)),
+            }
+        }
+        Kind::Proxies => {
+            let mut proxies: Vec<ProxyStatus> = control.get("/v1/proxies").await?;
+            if let Some(name) = name {
+                proxies.retain(|p| p.announce.instance == name);
+                if proxies.is_empty() {
+                    bail!(
+                        "proxy {name:?} not found; `meshctl get proxies` lists the connected ones"
+                    );
+                }
+            }
+            match args.output {
+                Some(format) => print_structured(&proxies, format)?,
+                None => print_table(proxies_table(&proxies)),
+            }
+        }
+        Kind::VirtualServices | Kind::DestinationRules | Kind::Gateways => {
+            let kind = args.kind.resource_kind().expect("a resource kind");
+            let mut resources: Vec<Value> = control.get(&format!("/v1/config?kind={kind}")).await?;
+            if let Some(name) = name {
+                resources.retain(|r| ResourceView(r).name() == name);
+                if resources.is_empty() {
+                    bail!("{} {name:?} not found", args.kind);
+                }
+            }
+            // The findings that concern what is listed; a failing analysis
+            // must not hide the listing itself.
+            let diagnostics: Vec<Diagnostic> = control.get("/v1/analyze").await.unwrap_or_default();
+            let relevant = diagnostics_for(&resources, &diagnostics);
+            match (args.output, name) {
+                (Some(format), Some(_)) => print_structured(&resources[0], format)?,
+                (Some(Output::Yaml), None) => print_yaml_documents(&resources)?,
+                (Some(Output::Json), None) => print_structured(&resources, Output::Json)?,
+                (None, _) => {
+                    if resources.is_empty() {
+                        println!("No {} applied.", args.kind);
+                    } else {
+                        print_table(resources_table(args.kind, &resources));
+                    }
+                }
+            }
+            if !relevant.is_empty() {
+                eprintln!();
+                for d in relevant {
+                    eprintln!("{}", format_diagnostic(d));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(table: Table) {
+    print!("{}", table.render());
+}
+
+fn print_structured<T: Serialize + ?Sized>(value: &T, format: Output) -> Result<()> {
+    match format {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+    }
+    Ok(())
+}
+
+/// Several resources as one multi-document YAML stream: `meshctl get vs -o
+/// yaml > saved.yaml` can be applied again as it is.
+fn print_yaml_documents(resources: &[Value]) -> Result<()> {
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            println!("---");
+        }
+        print!("{}", serde_yaml::to_string(r)?);
+    }
+    Ok(())
+}
+
+// === tables ===
+
+pub fn services_table(services: &[ServiceStatus]) -> Table {
+    let mut table = Table::new(["NAME", "PORT", "VERSIONS", "ENDPOINTS"]);
+    for s in services {
+        let healthy = s.endpoints.iter().filter(|e| e.healthy).count();
+        table.row([
+            s.name.clone(),
+            s.port.to_string(),
+            dash_if_empty(s.versions.join(",")),
+            format!("{healthy}/{}", s.endpoints.len()),
+        ]);
+    }
+    table
+}
+
+pub fn endpoints_table(services: &[ServiceStatus]) -> Table {
+    let mut table = Table::new(["SERVICE", "INSTANCE", "VERSION", "ADDRESS", "HEALTHY"]);
+    for s in services {
+        for e in &s.endpoints {
+            table.row([
+                s.name.clone(),
+                e.instance.clone(),
+                e.version.clone(),
+                e.address.clone(),
+                if e.healthy { "true" } else { "false" }.to_string(),
+            ]);
+        }
+    }
+    table
+}
+
+/// Every proxy, its identity and whether it took the latest config.
+pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
+    let mut table = Table::new([
+        "NAME",
+        "MODE",
+        "SERVICE",
+        "VERSION",
+        "ADDRESS",
+        "READY",
+        "LIVE",
+        "ACKED",
+        "LAST SEEN",
+        "REJECTED",
+    ]);
+    for p in proxies {
+        let a = &p.announce;
+        let mode = serde_json::to_value(a.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        table.row([
+            a.instance.clone(),
+            mode,
+            a.service.clone(),
+            dash_if_empty(a.version.clone()),
+            dash_if_empty(a.address.clone()),
+            a.ready.to_string(),
+            p.live.to_string(),
+            p.acked_version.map_or("-".to_string(), |v| v.to_string()),
+            format_age(p.last_seen_ms),
+            p.rejected
+                .clone()
+                .map_or("-".to_string(), |r| ellipsize(&r, 60)),
+        ]);
+    }
+    table
+}
+
+/// VirtualService: hosts and gateways; DestinationRule: host and subsets;
+/// Gateway: selector and server hosts. The NAMESPACE column appears only
+/// when some resource is outside `default`.
+pub fn resources_table(kind: Kind, resources: &[Value]) -> Table {
+    let namespaced = resources
+        .iter()
+        .any(|r| ResourceView(r).namespace() != "default");
+    let columns: &[&str] = match kind {
+        Kind::VirtualServices => &["NAME", "GATEWAYS", "HOSTS"],
+        Kind::DestinationRules => &["NAME", "HOST", "SUBSETS"],
+        _ => &["NAME", "SELECTOR", "HOSTS"],
+    };
+    let mut headers: Vec<&str> = Vec::new();
+    if namespaced {
+        headers.push("NAMESPACE");
+    }
+    headers.extend(columns);
+    let mut table = Table::new(headers);
+    for r in resources {
+        let view = ResourceView(r);
+        let spec = r.get("spec").unwrap_or(&Value::Null);
+        let mut row: Vec<String> = Vec::new();
+        if namespaced {
+            row.push(view.namespace().to_string());
+        }
+        row.push(view.name().to_string());
+        match kind {
+            Kind::VirtualServices => {
+                row.push(list(spec.get("gateways")));
+                row.push(list(spec.get("hosts")));
+            }
+            Kind::DestinationRules => {
+                row.push(dash_if_empty(str_of(spec.get("host")).to_string()));
+                let subsets: Vec<&str> = spec
+                    .get("subsets")
+                    .and_then(Value::as_array)
+                    .map(|subsets| {
+                        subsets
+                            .iter()
+                            .filter_map(|s| s.get("name").and_then(Value::as_str))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                row.push(dash_if_empty(subsets.join(",")));
+            }
+            _ => {
+                let selector: Vec<String> = spec
+                    .get("selector")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                row.push(dash_if_empty(selector.join(",")));
+                let hosts: Vec<&str> = spec
+                    .get("servers")
+                    .and_then(Value::as_array)
+                    .map(|servers| {
+                        servers
+                            .iter()
+                            .filter_map(|s| s.get("hosts").and_then(Value::as_array))
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                row.push(dash_if_empty(hosts.join(",")));
+            }
+        }
+        table.row(row);
+    }
+    table
+}
+
+/// The diagnostics whose resource is one of `resources`
+/// (`VirtualService default/guestbook-ui`).
+pub fn diagnostics_for<'a>(
+    resources: &[Value],
+    diagnostics: &'a [Diagnostic],
+) -> Vec<&'a Diagnostic> {
+    let ids: Vec<String> = resources.iter().map(|r| ResourceView(r).id()).collect();
+    diagnostics
+        .iter()
+        .filter(|d| ids.contains(&d.resource))
+        .collect()
+}
+
+/// Reads an applied resource in its Istio shape (`kind`, `metadata`, `spec`).
+struct ResourceView<'a>(&'a Value);
+
+impl ResourceView<'_> {
+    fn kind(&self) -> &str {
+        str_of(self.0.get("kind"))
+    }
+    fn name(&self) -> &str {
+        str_of(self.0.pointer("/metadata/name"))
+    }
+    fn namespace(&self) -> &str {
+        match str_of(self.0.pointer("/metadata/namespace")) {
+            "" => "default",
+            ns => ns,
+        }
+    }
+    /// How diagnostics name a resource.
+    fn id(&self) -> String {
+        format!("{} {}/{}", self.kind(), self.namespace(), self.name())
+    }
+}
+
+fn str_of(value: Option<&Value>) -> &str {
+    value.and_then(Value::as_str).unwrap_or("")
+}
+
+fn list(value: Option<&Value>) -> String {
+    let items: Vec<&str> = value
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    dash_if_empty(items.join(","))
+}
+
+fn dash_if_empty(text: String) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text
+    }
+}
+
+fn ellipsize(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// `250ms`, `3.2s`, `4m`, like kubectl's ages but finer (leases are short).
+pub fn format_age(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m", ms / 60_000),
+        _ => format!("{}h", ms / 3_600_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::xds::{EndpointStatus, ProxyAnnounce, ProxyMode};
+    use serde_json::json;
+
+    fn hello() -> ServiceStatus {
+        ServiceStatus {
+            name: "helloworld-service".into(),
+            port: 8080,
+            versions: vec!["v1".into(), "v2".into()],
+            endpoints: vec![
+                EndpointStatus {
+                    instance: "helloworld-service-v1-aaaaa".into(),
+                    version: "v1".into(),
+                    address: "127.0.0.1:40001".into(),
+                    healthy: true,
+                },
+                EndpointStatus {
+                    instance: "helloworld-service-v2-bbbbb".into(),
+                    version: "v2".into(),
+                    address: "127.0.0.1:40002".into(),
+                    healthy: false,
+                },
+            ],
+        }
+    }
+
+    fn words(table: &Table) -> Vec<Vec<String>> {
+        table
+            .render()
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    }
+
+    #[test]
+    fn kinds_accept_kubectl_spellings() {
+        for (text, kind) in [
+            ("svc", Kind::Services),
+            ("Services", Kind::Services),
+            ("ep", Kind::Endpoints),
+            ("proxies", Kind::Proxies),
+            ("vs", Kind::VirtualServices),
+            ("virtualservice", Kind::VirtualServices),
+            ("dr", Kind::DestinationRules),
+            ("gw", Kind::Gateways),
+        ] {
+            assert_eq!(text.parse::<Kind>().unwrap(), kind, "{text}");
+        }
+        let err = "pods".parse::<Kind>().unwrap_err();
+        assert!(err.contains("virtualservices (vs)"), "{err}");
+    }
+
+    #[test]
+    fn services_count_healthy_endpoints() {
+        assert_eq!(
+            words(&services_table(&[hello()])),
+            [
+                vec!["NAME", "PORT", "VERSIONS", "ENDPOINTS"],
+                vec!["helloworld-service", "8080", "v1,v2", "1/2"]
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_list_every_instance() {
+        let rows = words(&endpoints_table(&[hello()]));
+        assert_eq!(
+            rows[0],
+            ["SERVICE", "INSTANCE", "VERSION", "ADDRESS", "HEALTHY"]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                "helloworld-service",
+                "helloworld-service-v2-bbbbb",
+                "v2",
+                "127.0.0.1:40002",
+                "false"
+            ]
+        );
+    }
+
+    #[test]
+    fn proxies_show_sync_state() {
+        let proxy = ProxyStatus {
+            announce: ProxyAnnounce {
+                instance: "ingressgateway-12345".into(),
+                mode: ProxyMode::Gateway,
+                service: "ingressgateway".into(),
+                ready: true,
+                ..Default::default()
+            },
+            acked_version: Some(7),
+            rejected: None,
+            last_seen_ms: 120,
+            live: true,
+        };
+        let rows = words(&proxies_table(&[proxy]));
+        assert_eq!(
+            rows[1],
+            [
+                "ingressgateway-12345",
+                "gateway",
+                "ingressgateway",
+                "-",
+                "-",
+                "true",
+                "true",
+                "7",
+                "120ms",
+                "-"
+            ]
+        );
+    }
+
+    #[test]
+    fn resources_render_istio_columns() {
+        let vs = json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "guestbook-ui"},
+            "spec": {"hosts": ["*"], "gateways": ["guestbook-gateway"], "http": []}
+        });
+        assert_eq!(
+            words(&resources_table(Kind::VirtualServices, &[vs])),
+            [
+                vec!["NAME", "GATEWAYS", "HOSTS"],
+                vec!["guestbook-ui", "guestbook-gateway", "*"]
+            ]
+        );
+        let dr = json!({
+            "kind": "DestinationRule",
+            "metadata": {"name": "helloworld-service", "namespace": "labs"},
+            "spec": {"host": "helloworld-service", "subsets": [{"name": "v1"}, {"name": "v2"}]}
+        });
+        assert_eq!(
+            words(&resources_table(Kind::DestinationRules, &[dr])),
+            [
+                vec!["NAMESPACE", "NAME", "HOST", "SUBSETS"],
+                vec!["labs", "helloworld-service", "helloworld-service", "v1,v2"]
+            ]
+        );
+        let gw = json!({
+            "kind": "Gateway", "metadata": {"name": "guestbook-gateway"},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": 80}, "hosts": ["*"]}]}
+        });
+        assert_eq!(
+            words(&resources_table(Kind::Gateways, &[gw]))[1],
+            ["guestbook-gateway", "istio=ingressgateway", "*"]
+        );
+    }
+
+    #[test]
+    fn only_diagnostics_of_listed_resources_are_shown() {
+        let vs = json!({"kind": "VirtualService", "metadata": {"name": "helloworld-service"}});
+        let diagnostic = |resource: &str| Diagnostic {
+            level: "Warning".into(),
+            code: "ReferencedResourceNotFound".into(),
+            resource: resource.into(),
+            field: String::new(),
+            message: "m".into(),
+        };
+        let all = [
+            diagnostic("VirtualService default/helloworld-service"),
+            diagnostic("VirtualService default/other"),
+            diagnostic("DestinationRule default/helloworld-service"),
+        ];
+        let shown = diagnostics_for(&[vs], &all);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(
+            shown[0].resource,
+            "VirtualService default/helloworld-service"
+        );
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(format_age(250), "250ms");
+        assert_eq!(format_age(3_240), "3.2s");
+        assert_eq!(format_age(240_000), "4m");
+        assert_eq!(format_age(7_200_000), "2h");
+    }
+}
