@@ -178,3 +178,140 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+
+    fn policy(attempts: u32, retry_on: &[&str], codes: &[u16]) -> Arc<RetryPolicyRt> {
+        let spec = RetryPolicy {
+            attempts,
+            per_try_timeout_ms: None,
+            retry_on: retry_on.iter().map(|s| s.to_string()).collect(),
+            retriable_status_codes: codes.to_vec(),
+        };
+        Arc::new(RetryPolicyRt::compile("test", &spec).unwrap())
+    }
+
+    fn logged() -> (Req, Arc<RequestLog>) {
+        let mut req = request("/");
+        let log = RequestLog::new();
+        req.extensions_mut().insert(log.clone());
+        (req, log)
+    }
+
+    fn connect_failure() -> ProxyError {
+        ProxyError::ConnectFailure {
+            endpoint: "10.0.0.1:15006".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn istios_default_retries_a_503_and_counts_attempts() {
+        let (inner, mut handle) = mock();
+        let istio = Arc::new(RetryPolicyRt::compile("test", &RetryPolicy::default()).unwrap());
+        let (req, log) = logged();
+        let call = tokio::spawn(Retry::new(inner, istio, Rng::seeded(1)).oneshot(req));
+
+        let (first, send) = handle.next_request().await.unwrap();
+        assert_eq!(first.headers()[ATTEMPT_COUNT], "1");
+        send.send_response(response(503));
+        let (second, send) = handle.next_request().await.unwrap();
+        assert_eq!(second.headers()[ATTEMPT_COUNT], "2");
+        send.send_response(response(200));
+
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+        assert!(log.flags().is_empty(), "a retry that succeeds sets no flag");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_retries_return_the_last_failure_with_urx() {
+        let (inner, mut handle) = mock();
+        let (req, log) = logged();
+        let retry = Retry::new(inner, policy(3, &["5xx"], &[]), Rng::seeded(1));
+        let call = tokio::spawn(retry.oneshot(req));
+        for attempt in 1..=4 {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.headers()[ATTEMPT_COUNT], attempt.to_string().as_str());
+            send.send_response(response(500));
+        }
+        assert_eq!(call.await.unwrap().unwrap().status(), 500);
+        assert_eq!(log.flags(), ResponseFlags::URX);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_listed_conditions_are_retried() {
+        let (inner, mut handle) = mock();
+        // 500 is not in retriable-status-codes [503]: one attempt only.
+        let retry = Retry::new(
+            inner.clone(),
+            policy(2, &["retriable-status-codes"], &[503]),
+            Rng::seeded(1),
+        );
+        let call = tokio::spawn(retry.oneshot(request("/")));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(response(500));
+        assert_eq!(call.await.unwrap().unwrap().status(), 500);
+
+        // A connection failure is retried under connect-failure...
+        let retry = Retry::new(
+            inner.clone(),
+            policy(2, &["connect-failure"], &[]),
+            Rng::seeded(1),
+        );
+        let call = tokio::spawn(retry.oneshot(request("/")));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(connect_failure());
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(response(200));
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+
+        // ...but an overflow never is: the breaker is there to shed load.
+        let retry = Retry::new(
+            inner,
+            policy(2, &["5xx", "reset", "connect-failure"], &[]),
+            Rng::seeded(1),
+        );
+        let call = tokio::spawn(retry.oneshot(request("/")));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(ProxyError::Overflow {
+            cluster: "hw".into(),
+            limit: "test",
+        });
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(ProxyError::Overflow { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_attempt_is_cut_by_the_per_try_timeout_and_retried() {
+        let (inner, mut handle) = mock();
+        let mut spec = (*policy(1, &["gateway-error"], &[])).clone();
+        spec.per_try_timeout = Some(Duration::from_millis(100));
+        let start = tokio::time::Instant::now();
+        let call =
+            tokio::spawn(Retry::new(inner, Arc::new(spec), Rng::seeded(1)).oneshot(request("/")));
+        let (_hung, _never_answered) = handle.next_request().await.unwrap();
+        let (_, send) = handle.next_request().await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(start.elapsed() <= Duration::from_millis(100) + BACKOFF_BASE);
+        send.send_response(response(200));
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_envoys_ceiling() {
+        let rng = Rng::seeded(9);
+        for retry in 1..10 {
+            let ceiling = (BACKOFF_BASE * 2u32.pow(retry - 1)).min(BACKOFF_MAX);
+            for _ in 0..50 {
+                assert!(backoff(retry, &rng) <= ceiling);
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(1, &rng)).collect();
+        assert!(spread.len() > 10, "jittered, not fixed");
+    }
+}

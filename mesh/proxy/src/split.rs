@@ -85,3 +85,74 @@ impl<S: ProxyService> tower::Service<Req> for Split<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use mesh_api::snapshot::LoadBalancer;
+    use tower::ServiceExt;
+
+    fn split_of(weights: &[u32], seed: u64) -> Split<impl ProxyService> {
+        let destinations: Vec<_> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| WeightedCluster {
+                cluster: cluster(&format!("hw|v{}", i + 1), 1, LoadBalancer::RoundRobin),
+                weight,
+            })
+            .collect();
+        let upstream = tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) });
+        Split::new(upstream, destinations.into(), Rng::seeded(seed))
+    }
+
+    #[test]
+    fn an_80_20_split_is_within_the_binomial_spread() {
+        let split = split_of(&[80, 20], 7);
+        let n = 10_000;
+        let v1 = (0..n)
+            .filter(|_| &*split.choose().unwrap().cluster.name == "hw|v1")
+            .count();
+        let (p, n) = (0.8, n as f64);
+        let tolerance = 4.0 * (n * p * (1.0 - p)).sqrt();
+        assert!(
+            (v1 as f64 - n * p).abs() <= tolerance,
+            "{v1} of {n} went to v1"
+        );
+    }
+
+    #[test]
+    fn weights_are_relative_and_zero_gets_nothing() {
+        let split = split_of(&[0, 4, 1], 11);
+        let mut counts = [0usize; 3];
+        for _ in 0..5_000 {
+            let name = split.choose().unwrap().cluster.name.clone();
+            counts[name.trim_start_matches("hw|v").parse::<usize>().unwrap() - 1] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        let share = counts[1] as f64 / 5_000.0;
+        let tolerance = 4.0 * (0.8f64 * 0.2 / 5_000.0).sqrt();
+        assert!((share - 0.8).abs() <= tolerance, "4:1 is 80%: {share}");
+    }
+
+    #[tokio::test]
+    async fn the_chosen_cluster_travels_in_the_request() {
+        let (inner, mut handle) = mock();
+        let only = cluster("hw", 1, LoadBalancer::RoundRobin);
+        let split = Split::new(
+            inner,
+            vec![WeightedCluster {
+                cluster: only.clone(),
+                weight: 100,
+            }]
+            .into(),
+            Rng::seeded(1),
+        );
+        let call = tokio::spawn(split.oneshot(request("/")));
+        let (req, send) = handle.next_request().await.unwrap();
+        let chosen = req.extensions().get::<Arc<ClusterRt>>().unwrap();
+        assert!(Arc::ptr_eq(chosen, &only));
+        send.send_response(response(200));
+        call.await.unwrap().unwrap();
+    }
+}
