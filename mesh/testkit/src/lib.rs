@@ -1,1 +1,497 @@
-//! placeholder
+//! Test helpers: a whole mesh in one test process, on 127.0.0.1:0.
+//!
+//! linkerd2-proxy tests its proxy by starting it in-process next to fake
+//! upstreams and clients; micromesh does the same with every part:
+//!
+//! ```text
+//! test client --HTTP proxy--> [client sidecar] --> [sidecar] --> Upstream (fake app)
+//!                                   ^                  ^
+//!                                   '--- Mesh: mesh-control in-process ---'
+//! ```
+//!
+//! - [`Mesh::start`]: a control plane with its state in a temp dir.
+//! - [`Mesh::instance`]: one "pod": a fake app ([`Upstream`]) and its sidecar,
+//!   announced to the control plane exactly as a real one is.
+//! - [`Mesh::client`]: a sidecar for the test to send requests through.
+//! - [`Mesh::apply`]: Istio YAML, through the same API meshctl uses.
+//! - [`eventually`]: poll a condition with a deadline (never a bare sleep).
+//! - [`binomial_tolerance`]: how far a count may stray from its expectation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use mesh_api::config::{ApplyRequest, ApplyResponse, ConfigErrors, SourceFile};
+use mesh_api::xds::ServiceStatus;
+use mesh_control::{Server, ServerHandle, Settings};
+use mesh_proxy::{Config, Proxy, ProxyHandle};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// How long the helpers wait for the mesh to converge before failing.
+pub const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Log to the test's output (`cargo test -- --nocapture` shows it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+// === impl Mesh ===
+
+/// A control plane plus the proxies and apps a test starts around it.
+pub struct Mesh {
+    control: Option<ServerHandle>,
+    control_addr: SocketAddr,
+    state: tempfile::TempDir,
+    lease: Duration,
+    http: reqwest::Client,
+}
+
+impl Mesh {
+    /// A control plane on a free port, state in a fresh temp dir, with a
+    /// short lease so a killed instance leaves quickly.
+    pub async fn start() -> Result<Mesh> {
+        Self::start_with_lease(Duration::from_millis(1_000)).await
+    }
+
+    pub async fn start_with_lease(lease: Duration) -> Result<Mesh> {
+        init_tracing();
+        let state = tempfile::tempdir().context("creating a temp state dir")?;
+        let mut settings = Settings::local(state.path());
+        settings.lease = lease;
+        let control = Server::start(settings).await?;
+        Ok(Mesh {
+            control_addr: control.addr(),
+            control: Some(control),
+            state,
+            lease,
+            http: plain_client(),
+        })
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control_addr)
+    }
+
+    /// Stop the control plane (proxies keep their last snapshot).
+    pub async fn stop_control(&mut self) -> Result<()> {
+        if let Some(control) = self.control.take() {
+            control.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Start the control plane again, same address, same state dir.
+    pub async fn restart_control(&mut self) -> Result<()> {
+        self.stop_control().await?;
+        let mut settings = Settings::local(self.state.path());
+        settings.listen = self.control_addr;
+        settings.lease = self.lease;
+        self.control = Some(Server::start(settings).await?);
+        Ok(())
+    }
+
+    /// One pod: a fake app answering as `service`/`version`, and its sidecar.
+    pub async fn instance(&self, service: &str, version: &str) -> Result<Instance> {
+        let name = format!("{service}-{version}-{:05x}", fastrand::u32(..0xfffff));
+        let upstream = Upstream::start(&name, version).await?;
+        let sidecar = self.sidecar(service, version, &name, upstream.addr).await?;
+        Ok(Instance {
+            name,
+            upstream,
+            sidecar,
+        })
+    }
+
+    /// A sidecar for the test's own requests (it is an instance of
+    /// `test-client`, whose app is a fake that nobody calls).
+    pub async fn client(&self) -> Result<Instance> {
+        self.instance("test-client", "v1").await
+    }
+
+    /// A gateway proxy on a free port.
+    pub async fn gateway(&self) -> Result<ProxyHandle> {
+        let settings = HashMap::from([
+            ("MESH_MODE", "gateway".to_string()),
+            ("MESH_CONTROL_URL", self.control_url()),
+            ("MESH_ADMIN_ADDR", "127.0.0.1:0".to_string()),
+            ("MESH_GATEWAY_ADDR", "127.0.0.1:0".to_string()),
+        ]);
+        Ok(Proxy::start(config_from(settings)?).await?)
+    }
+
+    async fn sidecar(
+        &self,
+        service: &str,
+        version: &str,
+        instance: &str,
+        app: SocketAddr,
+    ) -> Result<ProxyHandle> {
+        let settings = HashMap::from([
+            ("MESH_SERVICE", service.to_string()),
+            ("MESH_VERSION", version.to_string()),
+            ("MESH_INSTANCE", instance.to_string()),
+            ("MESH_CONTROL_URL", self.control_url()),
+            ("MESH_APP_ADDR", app.to_string()),
+            ("MESH_OUTBOUND_ADDR", "127.0.0.1:0".to_string()),
+            ("MESH_INBOUND_ADDR", "127.0.0.1:0".to_string()),
+            ("MESH_ADMIN_ADDR", "127.0.0.1:0".to_string()),
+        ]);
+        Ok(Proxy::start(config_from(settings)?).await?)
+    }
+
+    /// Apply Istio YAML through the control plane's API (as `meshctl apply`).
+    pub async fn apply(&self, yaml: &str) -> Result<ApplyResponse> {
+        self.config_call("apply", yaml).await
+    }
+
+    /// Delete the resources named in `yaml` (as `meshctl delete -f`).
+    pub async fn delete(&self, yaml: &str) -> Result<ApplyResponse> {
+        self.config_call("delete", yaml).await
+    }
+
+    async fn config_call(&self, verb: &str, yaml: &str) -> Result<ApplyResponse> {
+        let request = ApplyRequest {
+            files: vec![SourceFile {
+                name: "test.yaml".into(),
+                content: yaml.into(),
+            }],
+        };
+        let response = self
+            .http
+            .post(format!("{}/v1/config/{verb}", self.control_url()))
+            .json(&request)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(response.json().await?);
+        }
+        let status = response.status();
+        let body = response.text().await?;
+        match serde_json::from_str::<ConfigErrors>(&body) {
+            Ok(errors) if !errors.errors.is_empty() => Err(anyhow!(
+                "{verb} rejected ({status}): {}",
+                errors
+                    .errors
+                    .iter()
+                    .map(|e| format!("{} {} {}: {}", e.file, e.resource, e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            _ => Err(anyhow!("{verb} failed ({status}): {body}")),
+        }
+    }
+
+    /// The registry as `meshctl get services` shows it.
+    pub async fn services(&self) -> Result<Vec<ServiceStatus>> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/services", self.control_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The control plane's current config version.
+    pub fn version(&self) -> Option<u64> {
+        self.control.as_ref().map(|c| c.version())
+    }
+}
+
+/// Proxy settings from `(variable, value)` pairs, as the environment would give them.
+fn config_from(settings: HashMap<&str, String>) -> Result<Config> {
+    let settings: HashMap<String, String> = settings
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    Ok(Config::from_strings(&settings)?)
+}
+
+/// Wait until `proxy` runs a snapshot at least as new as the control plane's
+/// current version, and whose cluster `cluster` has `endpoints` endpoints.
+pub async fn wait_for_endpoints(
+    proxy: &ProxyHandle,
+    cluster: &str,
+    endpoints: usize,
+) -> Result<()> {
+    eventually(
+        &format!(
+            "{} to see {endpoints} endpoint(s) of {cluster}",
+            proxy.instance()
+        ),
+        CONVERGE,
+        || async {
+            let snapshot = proxy
+                .current_snapshot()
+                .ok_or_else(|| anyhow!("no snapshot yet"))?;
+            let found = snapshot
+                .clusters
+                .iter()
+                .find(|c| c.name == cluster)
+                .map(|c| c.endpoints.len())
+                .unwrap_or(0);
+            if found == endpoints {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "{found} endpoint(s) at version {}",
+                    snapshot.version
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// Wait until `proxy` runs snapshot `version` or newer.
+pub async fn wait_for_version(proxy: &ProxyHandle, version: u64) -> Result<()> {
+    eventually(
+        &format!("{} to run version {version}", proxy.instance()),
+        CONVERGE,
+        || async {
+            match proxy.current_snapshot() {
+                Some(s) if s.version >= version => Ok(()),
+                Some(s) => Err(anyhow!("still at version {}", s.version)),
+                None => Err(anyhow!("no snapshot yet")),
+            }
+        },
+    )
+    .await
+}
+
+// === impl Instance ===
+
+/// A fake app and its sidecar, registered like a pod.
+pub struct Instance {
+    pub name: String,
+    pub upstream: Upstream,
+    pub sidecar: ProxyHandle,
+}
+
+impl Instance {
+    /// A client that sends every request through this sidecar's outbound
+    /// listener, the way the app's `HTTP_PROXY` does.
+    pub fn http(&self) -> reqwest::Client {
+        client_via(
+            self.sidecar
+                .outbound_addr()
+                .expect("a sidecar has an outbound listener"),
+        )
+    }
+}
+
+// === impl Upstream ===
+
+/// A fake app: answers every request with JSON naming its instance and
+/// version, and echoing the path and headers it received. Knobs make it
+/// fail or slow down, like helloworld-service's FAILURE_RATE and DELAY_MS.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    _server: Arc<tokio::task::AbortHandle>,
+}
+
+struct UpstreamState {
+    instance: String,
+    version: String,
+    hits: AtomicU64,
+    /// Share of requests answered 503, in millionths.
+    failure_ppm: AtomicU64,
+    delay_ms: AtomicU64,
+}
+
+impl Upstream {
+    pub async fn start(instance: &str, version: &str) -> Result<Upstream> {
+        let state = Arc::new(UpstreamState {
+            instance: instance.to_string(),
+            version: version.to_string(),
+            hits: AtomicU64::new(0),
+            failure_ppm: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Upstream {
+            addr,
+            state,
+            _server: Arc::new(server.abort_handle()),
+        })
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> u64 {
+        self.state.hits.load(Ordering::Relaxed)
+    }
+
+    /// Answer this share (0.0..=1.0) of requests with 503.
+    pub fn set_failure_rate(&self, rate: f64) {
+        let ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0) as u64;
+        self.state.failure_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Stop answering: the port refuses connections from now on.
+    pub fn stop(&self) {
+        self._server.abort();
+    }
+}
+
+async fn answer(State(state): State<Arc<UpstreamState>>, uri: Uri, headers: HeaderMap) -> Response {
+    state.hits.fetch_add(1, Ordering::Relaxed);
+    let delay = state.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let failure = state.failure_ppm.load(Ordering::Relaxed);
+    let status = if failure > 0 && fastrand::u64(0..1_000_000) < failure {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let headers: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = json!({
+        "instance": state.instance,
+        "version": state.version,
+        "path": uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "headers": headers,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+// === clients ===
+
+/// A client that talks straight to its target (ignoring any HTTP_PROXY the
+/// test runner's environment may carry).
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a plain reqwest client builds")
+}
+
+/// A client whose every request goes through the proxy at `proxy`, as an
+/// app's does with `HTTP_PROXY`.
+pub fn client_via(proxy: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).expect("a valid proxy URL"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a proxied reqwest client builds")
+}
+
+/// What the fake app answered: which instance and version took the request.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Answer {
+    pub instance: String,
+    pub version: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+// === waiting and statistics ===
+
+/// Poll `check` until it succeeds or `deadline` passes; the error says what
+/// was awaited and the last reason it was not there yet.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(error) if start.elapsed() >= deadline => {
+                bail!("gave up after {deadline:?} waiting for {what}: {error:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The tolerance for a count of successes in `n` trials of probability `p`:
+/// `sigmas` standard deviations of the binomial distribution,
+/// `sigmas * sqrt(n p (1 - p))`. Four sigmas fail a correct proxy about once
+/// in 16,000 runs.
+pub fn binomial_tolerance(n: u64, p: f64, sigmas: f64) -> f64 {
+    sigmas * (n as f64 * p * (1.0 - p)).sqrt()
+}
+
+/// Assert that `count` of `n` is within `sigmas` binomial deviations of `p`.
+pub fn assert_binomial(what: &str, count: u64, n: u64, p: f64, sigmas: f64) {
+    let expected = n as f64 * p;
+    let tolerance = binomial_tolerance(n, p, sigmas);
+    assert!(
+        (count as f64 - expected).abs() <= tolerance,
+        "{what}: {count} of {n}, expected {expected:.0} +/- {tolerance:.1} ({sigmas} sigma, p = {p})"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_is_the_binomial_spread() {
+        // 1,000 trials at 80%: sd = sqrt(1000 * 0.8 * 0.2) = 12.65
+        let t = binomial_tolerance(1000, 0.8, 4.0);
+        assert!((t - 50.596).abs() < 0.01, "{t}");
+        assert_eq!(binomial_tolerance(1000, 1.0, 4.0), 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "expected 800")]
+    fn a_count_far_from_expectation_fails() {
+        assert_binomial("split", 700, 1000, 0.8, 4.0);
+    }
+
+    #[tokio::test]
+    async fn eventually_reports_what_it_waited_for() {
+        let error = eventually("the impossible", Duration::from_millis(50), || async {
+            Err::<(), _>(anyhow!("not yet"))
+        })
+        .await
+        .unwrap_err();
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("the impossible") && text.contains("not yet"),
+            "{text}"
+        );
+    }
+}
