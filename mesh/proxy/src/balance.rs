@@ -174,3 +174,138 @@ impl<S: ProxyService> tower::Service<Req> for Balance<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use mesh_api::snapshot::OutlierDetection;
+    use tower::ServiceExt;
+
+    /// Send one request through Balance and return the endpoint it got.
+    async fn pick_one(
+        cluster: &Arc<ClusterRt>,
+        log: Option<Arc<RequestLog>>,
+    ) -> Result<Arc<str>, ProxyError> {
+        let upstream = tower::service_fn(|req: Req| async move {
+            let mut rsp = response(200);
+            rsp.extensions_mut().insert(endpoint_of(&req));
+            Ok::<_, ProxyError>(rsp)
+        });
+        let mut req = request("/");
+        req.extensions_mut().insert(cluster.clone());
+        if let Some(log) = log {
+            req.extensions_mut().insert(log);
+        }
+        let rsp = Balance::new(upstream, Rng::seeded(5)).oneshot(req).await?;
+        Ok(rsp.extensions().get::<Arc<str>>().unwrap().clone())
+    }
+
+    #[tokio::test]
+    async fn round_robin_takes_turns() {
+        let cluster = cluster("hw", 3, LoadBalancer::RoundRobin);
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            picks.push(pick_one(&cluster, None).await.unwrap());
+        }
+        assert_eq!(picks[..3], picks[3..]);
+        assert_ne!(picks[0], picks[1]);
+        assert_ne!(picks[1], picks[2]);
+        assert_ne!(picks[0], picks[2]);
+    }
+
+    #[tokio::test]
+    async fn least_request_avoids_the_busy_endpoint() {
+        let cluster = cluster("hw", 2, LoadBalancer::LeastRequest);
+        cluster.endpoints[0]
+            .state
+            .in_flight
+            .store(100, Ordering::Relaxed);
+        for _ in 0..50 {
+            // With two endpoints the two random choices are always both.
+            assert_eq!(
+                pick_one(&cluster, None).await.unwrap(),
+                cluster.endpoints[1].address
+            );
+        }
+        // The in-flight count went back down after each request.
+        assert_eq!(
+            cluster.endpoints[1].state.in_flight.load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn random_reaches_every_endpoint() {
+        let cluster = cluster("hw", 3, LoadBalancer::Random);
+        let rng = Rng::seeded(3);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            seen.insert(pick(&cluster, None, &rng, Instant::now()).unwrap());
+        }
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_to_an_endpoint_not_tried_yet_when_one_exists() {
+        let cluster = cluster("hw", 2, LoadBalancer::Random);
+        let log = RequestLog::new();
+        let first = pick_one(&cluster, Some(log.clone())).await.unwrap();
+        for _ in 0..20 {
+            let fresh = RequestLog::new();
+            fresh.record_upstream(log.upstream().unwrap());
+            assert_ne!(pick_one(&cluster, Some(fresh)).await.unwrap(), first);
+        }
+        // With a single endpoint the retry goes back to it.
+        let single = crate::test_util::cluster("one", 1, LoadBalancer::RoundRobin);
+        let log = RequestLog::new();
+        let a = pick_one(&single, Some(log.clone())).await.unwrap();
+        assert_eq!(pick_one(&single, Some(log)).await.unwrap(), a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_skipped_and_none_left_is_uh() {
+        let outlier = OutlierDetection {
+            consecutive_5xx_errors: 1,
+            consecutive_gateway_errors: 0,
+            interval_ms: 1_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 100,
+        };
+        let cluster = cluster_with(
+            "hw",
+            2,
+            LoadBalancer::RoundRobin,
+            Some(outlier),
+            Default::default(),
+        );
+        let now = Instant::now();
+        assert!(crate::outlier::record(
+            &cluster,
+            &cluster.endpoints[0],
+            crate::outlier::Outcome::ServerError,
+            now
+        ));
+        for _ in 0..4 {
+            assert_eq!(
+                pick_one(&cluster, None).await.unwrap(),
+                cluster.endpoints[1].address
+            );
+        }
+        crate::outlier::record(
+            &cluster,
+            &cluster.endpoints[1],
+            crate::outlier::Outcome::ServerError,
+            now,
+        );
+        let err = pick_one(&cluster, None).await.unwrap_err();
+        assert!(matches!(err, ProxyError::NoHealthyUpstream { .. }));
+        assert_eq!(err.to_response().status(), 503);
+
+        let empty = crate::test_util::cluster("empty", 0, LoadBalancer::RoundRobin);
+        assert!(matches!(
+            pick_one(&empty, None).await,
+            Err(ProxyError::NoHealthyUpstream { .. })
+        ));
+    }
+}

@@ -226,3 +226,158 @@ impl<S: ProxyService> tower::Service<Req> for Outlier<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use mesh_api::snapshot::{LoadBalancer, OutlierDetection};
+    use tower::ServiceExt;
+
+    fn detection(consecutive_5xx: u32, gateway: u32, max_percent: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx_errors: consecutive_5xx,
+            consecutive_gateway_errors: gateway,
+            interval_ms: 1_000,
+            base_ejection_time_ms: 10_000,
+            max_ejection_percent: max_percent,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_5xx_eject_and_the_endpoint_returns_after_base_times_n() {
+        let cluster = cluster_with(
+            "hw",
+            2,
+            LoadBalancer::RoundRobin,
+            Some(detection(3, 0, 100)),
+            Default::default(),
+        );
+        let ep = &cluster.endpoints[0];
+        let state = &ep.state.outlier;
+        let now = Instant::now();
+
+        // A success in between resets the count.
+        record(&cluster, ep, Outcome::ServerError, now);
+        record(&cluster, ep, Outcome::ServerError, now);
+        record(&cluster, ep, Outcome::Success, now);
+        record(&cluster, ep, Outcome::ServerError, now);
+        record(&cluster, ep, Outcome::ServerError, now);
+        assert!(!state.is_ejected(now));
+        assert!(record(&cluster, ep, Outcome::ServerError, now));
+        assert!(state.is_ejected(now));
+
+        // First ejection: base time.
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(state.is_ejected(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !state.is_ejected(Instant::now()),
+            "back after baseEjectionTime"
+        );
+
+        // Second ejection: twice as long.
+        for _ in 0..3 {
+            record(&cluster, ep, Outcome::GatewayError, Instant::now());
+        }
+        assert_eq!(state.times_ejected(), 2);
+        tokio::time::advance(Duration::from_millis(19_999)).await;
+        assert!(state.is_ejected(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!state.is_ejected(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gateway_errors_count_separately_from_other_5xx() {
+        let cluster = cluster_with(
+            "hw",
+            2,
+            LoadBalancer::RoundRobin,
+            Some(detection(0, 2, 100)),
+            Default::default(),
+        );
+        let ep = &cluster.endpoints[0];
+        let now = Instant::now();
+        for _ in 0..5 {
+            record(&cluster, ep, Outcome::ServerError, now);
+        }
+        assert!(
+            !ep.state.outlier.is_ejected(now),
+            "500s are not gateway errors"
+        );
+        record(&cluster, ep, Outcome::GatewayError, now);
+        assert!(record(&cluster, ep, Outcome::GatewayError, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_caps_ejections_but_one_is_always_allowed() {
+        let cluster = cluster_with(
+            "hw",
+            3,
+            LoadBalancer::RoundRobin,
+            Some(detection(1, 0, 10)),
+            Default::default(),
+        );
+        let now = Instant::now();
+        // 10% of 3 rounds down to 0, but Envoy always allows one.
+        assert!(record(
+            &cluster,
+            &cluster.endpoints[0],
+            Outcome::ServerError,
+            now
+        ));
+        assert!(!record(
+            &cluster,
+            &cluster.endpoints[1],
+            Outcome::ServerError,
+            now
+        ));
+        assert!(!cluster.endpoints[1].state.outlier.is_ejected(now));
+
+        let off = cluster_with(
+            "hw",
+            3,
+            LoadBalancer::RoundRobin,
+            Some(detection(1, 0, 0)),
+            Default::default(),
+        );
+        assert!(
+            !record(&off, &off.endpoints[0], Outcome::ServerError, now),
+            "0% ejects nobody"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_records_what_the_endpoint_answered() {
+        let cluster = cluster_with(
+            "hw",
+            2,
+            LoadBalancer::RoundRobin,
+            Some(detection(0, 1, 100)),
+            Default::default(),
+        );
+        let (inner, mut handle) = mock();
+        let mut req = request("/");
+        req.extensions_mut().insert(cluster.clone());
+        req.extensions_mut().insert(cluster.endpoints[1].clone());
+        let call = tokio::spawn(Outlier::new(inner).oneshot(req));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_error(ProxyError::ConnectFailure {
+            endpoint: cluster.endpoints[1].address.to_string(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        });
+        assert!(call.await.unwrap().is_err());
+        assert!(
+            cluster.endpoints[1]
+                .state
+                .outlier
+                .is_ejected(Instant::now())
+        );
+        assert!(
+            !cluster.endpoints[0]
+                .state
+                .outlier
+                .is_ejected(Instant::now())
+        );
+    }
+}

@@ -566,3 +566,227 @@ fn mirror(req: &Req, cluster: Arc<ClusterRt>, rng: Rng) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::*;
+    use mesh_api::snapshot::{Destination, Mirror};
+    use std::collections::BTreeMap;
+
+    fn clusters() -> HashMap<String, Arc<ClusterRt>> {
+        ["hw|v1", "hw|v2", "shadow"]
+            .into_iter()
+            .map(|name| (name.to_string(), cluster(name, 1, Default::default())))
+            .collect()
+    }
+
+    fn route_to(name: &str, cluster: &str, matches: Vec<RouteMatch>) -> HttpRoute {
+        HttpRoute {
+            name: name.into(),
+            matches,
+            destinations: vec![Destination {
+                cluster: cluster.into(),
+                weight: 100,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn table(routes: Vec<HttpRoute>) -> RouteTable {
+        let vh = VirtualHost {
+            name: "hw".into(),
+            domains: vec!["hw".into(), "hw:8080".into()],
+            routes,
+        };
+        RouteTable::compile(&[vh], &clusters()).unwrap()
+    }
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> Req {
+        let mut builder = http::Request::builder().uri(path).header("host", "hw:8080");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(bytes::Bytes::new()).unwrap()
+    }
+
+    fn routed(table: &RouteTable, req: &Req) -> Option<String> {
+        let vh = table.find(authority_of(req))?;
+        vh.route_for(req).map(|(r, _)| r.name.clone())
+    }
+
+    fn header_match(name: &str, m: StringMatch) -> RouteMatch {
+        RouteMatch {
+            headers: BTreeMap::from([(name.to_string(), m)]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chrome_users_get_v2_and_everyone_else_v1() {
+        // The talk's canary: `user-agent` regex `.*Chrome.*` -> v2.
+        let table = table(vec![
+            route_to(
+                "chrome",
+                "hw|v2",
+                vec![header_match(
+                    "user-agent",
+                    StringMatch::Regex(".*Chrome.*".into()),
+                )],
+            ),
+            route_to("default", "hw|v1", vec![]),
+        ]);
+        let chrome =
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+        assert_eq!(
+            routed(&table, &req("/", &[("user-agent", chrome)])).unwrap(),
+            "chrome"
+        );
+        assert_eq!(
+            routed(&table, &req("/", &[("user-agent", "curl/8.0")])).unwrap(),
+            "default"
+        );
+        assert_eq!(routed(&table, &req("/", &[])).unwrap(), "default");
+    }
+
+    #[test]
+    fn a_regex_must_match_the_whole_value() {
+        let table = table(vec![route_to(
+            "chrome",
+            "hw|v2",
+            vec![header_match(
+                "user-agent",
+                StringMatch::Regex("Chrome".into()),
+            )],
+        )]);
+        assert!(routed(&table, &req("/", &[("user-agent", "Mozilla Chrome/1")])).is_none());
+        assert!(routed(&table, &req("/", &[("user-agent", "Chrome")])).is_some());
+    }
+
+    #[test]
+    fn uri_method_query_and_without_headers_all_must_hold() {
+        let m = RouteMatch {
+            uri: Some(StringMatch::Prefix("/hello".into())),
+            method: Some(StringMatch::Exact("GET".into())),
+            query_params: BTreeMap::from([("debug".to_string(), StringMatch::Exact("1".into()))]),
+            without_headers: BTreeMap::from([(
+                "x-skip".to_string(),
+                StringMatch::Prefix("".into()),
+            )]),
+            ..Default::default()
+        };
+        let table = table(vec![route_to("r", "hw|v1", vec![m])]);
+        assert!(routed(&table, &req("/hello/ray?debug=1", &[])).is_some());
+        assert!(routed(&table, &req("/hello/ray?debug=2", &[])).is_none());
+        assert!(routed(&table, &req("/bye?debug=1", &[])).is_none());
+        assert!(routed(&table, &req("/hello?debug=1", &[("x-skip", "yes")])).is_none());
+        let mut post = req("/hello?debug=1", &[]);
+        *post.method_mut() = http::Method::POST;
+        assert!(routed(&table, &post).is_none());
+    }
+
+    #[test]
+    fn domains_are_exact_then_without_port_then_wildcard() {
+        let vhs = [
+            VirtualHost {
+                name: "exact".into(),
+                domains: vec!["hw:8080".into()],
+                routes: vec![route_to("a", "hw|v1", vec![])],
+            },
+            VirtualHost {
+                name: "hostonly".into(),
+                domains: vec!["hw".into()],
+                routes: vec![route_to("b", "hw|v1", vec![])],
+            },
+            VirtualHost {
+                name: "any".into(),
+                domains: vec!["*".into()],
+                routes: vec![route_to("c", "hw|v1", vec![])],
+            },
+        ];
+        let table = RouteTable::compile(&vhs, &clusters()).unwrap();
+        assert_eq!(table.find("hw:8080").unwrap().name, "exact");
+        assert_eq!(table.find("hw:9090").unwrap().name, "hostonly");
+        assert_eq!(table.find("elsewhere").unwrap().name, "any");
+    }
+
+    #[tokio::test]
+    async fn the_router_rewrites_sets_headers_and_calls_the_routes_stack() {
+        let mut rule = route_to(
+            "rewrite",
+            "hw|v1",
+            vec![RouteMatch {
+                uri: Some(StringMatch::Prefix("/old".into())),
+                ..Default::default()
+            }],
+        );
+        rule.rewrite_uri = Some("/new".into());
+        rule.request_headers
+            .set
+            .insert("x-canary".into(), "yes".into());
+        rule.request_headers.remove.push("x-remove-me".into());
+        rule.response_headers
+            .add
+            .insert("x-served-by".into(), "mesh".into());
+        let compiled = Arc::new(crate::table::Compiled {
+            snapshot: Default::default(),
+            outbound: table(vec![rule]),
+            gateway: None,
+            clusters: clusters(),
+        });
+        let (inner, mut handle) = mock();
+        let router = Router::new(
+            compiled.clone(),
+            Direction::Outbound,
+            Rng::seeded(1),
+            move |_: &Arc<RouteRt>| inner.clone(),
+        );
+        let call = tokio::spawn(router.oneshot(req("/old/page?q=1", &[("x-remove-me", "1")])));
+        let (upstream, send) = handle.next_request().await.unwrap();
+        assert_eq!(upstream.uri().path_and_query().unwrap(), "/new/page?q=1");
+        assert_eq!(upstream.headers()["x-canary"], "yes");
+        assert!(!upstream.headers().contains_key("x-remove-me"));
+        send.send_response(response(200));
+        let rsp = call.await.unwrap().unwrap();
+        assert_eq!(rsp.headers()["x-served-by"], "mesh");
+
+        // No route matches: 404 NR; unknown authority: 503 NR.
+        let router = Router::new(
+            compiled,
+            Direction::Outbound,
+            Rng::seeded(1),
+            |_: &Arc<RouteRt>| {
+                tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) })
+            },
+        );
+        let err = router
+            .clone()
+            .oneshot(req("/other", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_response().status(), 404);
+        let mut unknown = req("/", &[]);
+        unknown
+            .headers_mut()
+            .insert("host", HeaderValue::from_static("nope:8080"));
+        let err = router.oneshot(unknown).await.unwrap_err();
+        assert_eq!(err.to_response().status(), 503);
+        assert_eq!(err.flags(), crate::log::ResponseFlags::NR);
+    }
+
+    #[test]
+    fn a_mirror_to_an_unknown_cluster_is_rejected() {
+        let mut rule = route_to("m", "hw|v1", vec![]);
+        rule.mirror = Some(Mirror {
+            cluster: "nowhere".into(),
+            percentage: 100.0,
+        });
+        let vh = VirtualHost {
+            name: "hw".into(),
+            domains: vec!["hw".into()],
+            routes: vec![rule],
+        };
+        let err = RouteTable::compile(&[vh], &clusters()).unwrap_err();
+        assert!(matches!(err, CompileError::UnknownCluster { .. }));
+    }
+}
