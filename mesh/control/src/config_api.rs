@@ -7,6 +7,7 @@
 //! ```text
 //! POST /v1/config/apply  {files}
 //!   -> ConfigSet::parse      every document of every file, all or nothing
+//!                            (delete: parse_identities, the spec is not checked)
 //!                            (invalid: 400 with every error, nothing changes)
 //!   -> ConfigSet::apply      the new set and what changed
 //!   -> persist config.json   on disk before anyone sees it
@@ -21,7 +22,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use mesh_api::config::{ApplyRequest, ApplyResponse, Change, ConfigSet, Diagnostic, Resource};
+use mesh_api::config::{
+    ApplyRequest, ApplyResponse, Change, ConfigErrors, ConfigSet, Diagnostic, Kind, Resource,
+    SourceFile,
+};
 use serde::Deserialize;
 
 use crate::api::{ApiFailure, JsonBody, Pretty, QueryParams};
@@ -32,10 +36,8 @@ pub async fn apply(
     State(shared): State<Arc<Shared>>,
     JsonBody(request): JsonBody<ApplyRequest>,
 ) -> Result<Pretty<ApplyResponse>, ApiFailure> {
-    change(&shared, "apply", &request, |config, resources| {
-        config.apply(resources)
-    })
-    .await
+    let resources = parse(&request, "apply", ConfigSet::parse)?;
+    change(&shared, "apply", &request, |config| config.apply(resources)).await
 }
 
 /// `POST /v1/config/delete`: delete every resource named in the files.
@@ -43,33 +45,47 @@ pub async fn delete(
     State(shared): State<Arc<Shared>>,
     JsonBody(request): JsonBody<ApplyRequest>,
 ) -> Result<Pretty<ApplyResponse>, ApiFailure> {
-    change(&shared, "delete", &request, |config, resources| {
+    // Like `kubectl delete -f`: only apiVersion, kind and metadata have to
+    // be right; a spec that no longer validates must not block its removal.
+    let resources = parse(&request, "delete", ConfigSet::parse_identities)?;
+    change(&shared, "delete", &request, |config| {
         config.delete(&resources)
     })
     .await
 }
 
-/// The shared path of apply and delete: parse everything first, then change
-/// the set under the lock, persist, and publish, or change nothing at all.
-async fn change(
-    shared: &Shared,
-    verb: &str,
+/// Parse every document of every file, all or nothing. This is pure and may
+/// be slow on big files, so it runs before the lock is taken.
+fn parse(
     request: &ApplyRequest,
-    edit: impl FnOnce(&ConfigSet, Vec<Resource>) -> (ConfigSet, Vec<Change>),
-) -> Result<Pretty<ApplyResponse>, ApiFailure> {
-    let files: Vec<&str> = request.files.iter().map(|f| f.name.as_str()).collect();
-    // Parsing is pure and may be slow on big files: do it before the lock.
-    let resources = ConfigSet::parse(&request.files).map_err(|errors| {
+    verb: &str,
+    parse: impl FnOnce(&[SourceFile]) -> Result<Vec<Resource>, ConfigErrors>,
+) -> Result<Vec<Resource>, ApiFailure> {
+    parse(&request.files).map_err(|errors| {
         tracing::info!(
-            ?files,
+            files = ?file_names(request),
             problems = errors.errors.len(),
             "{verb} rejected: invalid config, the last good config keeps serving"
         );
         ApiFailure::InvalidConfig(errors)
-    })?;
+    })
+}
 
+fn file_names(request: &ApplyRequest) -> Vec<&str> {
+    request.files.iter().map(|f| f.name.as_str()).collect()
+}
+
+/// The shared path of apply and delete: change the set under the lock,
+/// persist, and publish, or change nothing at all.
+async fn change(
+    shared: &Shared,
+    verb: &str,
+    request: &ApplyRequest,
+    edit: impl FnOnce(&ConfigSet) -> (ConfigSet, Vec<Change>),
+) -> Result<Pretty<ApplyResponse>, ApiFailure> {
+    let files = file_names(request);
     let mut model = shared.lock().await;
-    let (config, changes) = edit(&model.config, resources);
+    let (config, changes) = edit(&model.config);
     if config != *model.config {
         shared
             .replace_config(&mut model, config)
@@ -92,7 +108,9 @@ async fn change(
         // idempotent): report "unchanged", wake nobody.
         tracing::debug!(?files, "config {verb}: nothing changed");
     }
-    let diagnostics = model.config.analyze(&model.registry.service_names());
+    let diagnostics = model
+        .config
+        .analyze_proxies(&model.registry.live_announces());
     Ok(Pretty(ApplyResponse {
         changes,
         diagnostics,
@@ -115,17 +133,27 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/config?kind=K`: the applied resources, as the user wrote them.
+/// `K` is what a user types: `vs`, `VirtualService`, `destinationrules`...
 pub async fn list(
     State(shared): State<Arc<Shared>>,
     QueryParams(query): QueryParams<ListQuery>,
-) -> Pretty<Vec<Resource>> {
+) -> Result<Pretty<Vec<Resource>>, ApiFailure> {
+    if let Some(kind) = &query.kind {
+        // An unknown kind is a typo, not an empty list.
+        Kind::parse(kind).map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    }
     let model = shared.lock().await;
-    Pretty(model.config.list(query.kind.as_deref()))
+    Ok(Pretty(model.config.list(query.kind.as_deref())))
 }
 
 /// `GET /v1/analyze`: cross-reference findings against the live registry
-/// (a route to a subset no DestinationRule defines, a host nobody serves...).
+/// (a route to a subset no DestinationRule defines, a host nobody serves, a
+/// subset no running instance matches...).
 pub async fn analyze(State(shared): State<Arc<Shared>>) -> Pretty<Vec<Diagnostic>> {
     let model = shared.lock().await;
-    Pretty(model.config.analyze(&model.registry.service_names()))
+    Pretty(
+        model
+            .config
+            .analyze_proxies(&model.registry.live_announces()),
+    )
 }

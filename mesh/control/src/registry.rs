@@ -264,6 +264,16 @@ impl Registry {
         services.into_values().collect()
     }
 
+    /// The announces of every live proxy (sidecars and gateways): what
+    /// `istioctl analyze` would see as running pods.
+    pub fn live_announces(&self) -> Vec<ProxyAnnounce> {
+        self.instances
+            .values()
+            .filter(|instance| instance.live)
+            .map(|instance| instance.announce.clone())
+            .collect()
+    }
+
     /// Names of the services that have at least one sidecar, sorted.
     pub fn service_names(&self) -> Vec<String> {
         let names: BTreeSet<&str> = self

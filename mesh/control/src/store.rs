@@ -45,8 +45,9 @@ pub enum StoreError {
 
     #[error(
         "state file {path} is corrupt: {error}. mesh-control replaces this file \
-         atomically, so it was damaged from outside (edited by hand, disk full?). \
-         Fix the JSON, or delete the file to start over: {consequence}"
+         atomically, so it was damaged from outside (edited by hand, disk full?) or \
+         written by another micromesh version. Fix it, or delete the file to start \
+         over: {consequence}"
     )]
     Corrupt {
         path: PathBuf,

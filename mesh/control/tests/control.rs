@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use mesh_api::config::{ApplyRequest, ApplyResponse, Resource, SourceFile};
+use mesh_api::config::{
+    ApplyRequest, ApplyResponse, ConfigErrors, Diagnostic, Resource, SourceFile,
+};
 use mesh_api::snapshot::Snapshot;
 use mesh_api::xds::{
     AckRequest, AnnounceResponse, ApiError, ProxyAnnounce, ProxyMode, ProxyStatus, ServiceStatus,
@@ -632,36 +634,198 @@ fn canary() -> ApplyRequest {
     }
 }
 
+fn file(name: &str, content: &str) -> ApplyRequest {
+    ApplyRequest {
+        files: vec![SourceFile {
+            name: name.into(),
+            content: content.into(),
+        }],
+    }
+}
+
+fn actions(response: &ApplyResponse) -> Vec<&str> {
+    response.changes.iter().map(|c| c.action.as_str()).collect()
+}
+
+fn names(resources: &[Resource]) -> Vec<String> {
+    resources
+        .iter()
+        .map(|r| format!("{} {}", r.kind, r.metadata.name))
+        .collect()
+}
+
 #[tokio::test]
-async fn config_apply_answers_with_changes_and_diagnostics_and_lists_back() {
+async fn config_apply_reports_changes_lists_back_and_deletes() {
     let dir = StateDir::new("apply");
     let mesh = Mesh::with_defaults(&dir).await;
     mesh.announce(&sidecar("hw-1", "helloworld-service", "v1", 40001))
         .await;
+    let before = mesh.control.version();
 
     let response = mesh.post("/v1/config/apply", &canary()).await;
     assert_eq!(response.status(), StatusCode::OK);
     let applied: ApplyResponse = response.json().await.unwrap();
+    assert_eq!(actions(&applied), ["created", "created"]);
+    let version = mesh.control.version();
+    assert!(version > before, "a config change is a new version");
 
     // Applying the same files again changes nothing, so no new version.
-    let version = mesh.control.version();
-    let again = mesh.post("/v1/config/apply", &canary()).await;
-    assert_eq!(again.status(), StatusCode::OK);
+    let again: ApplyResponse = mesh
+        .post("/v1/config/apply", &canary())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(actions(&again), ["unchanged", "unchanged"]);
     assert_eq!(mesh.control.version(), version);
 
     let all: Vec<Resource> = mesh.get("/v1/config").await;
-    let services: Vec<Resource> = mesh.get("/v1/config?kind=VirtualService").await;
-    assert!(services.len() <= all.len());
-    let diagnostics: Vec<mesh_api::config::Diagnostic> = mesh.get("/v1/analyze").await;
+    assert_eq!(
+        names(&all),
+        [
+            "VirtualService helloworld-service",
+            "DestinationRule helloworld-service"
+        ]
+    );
+    let services: Vec<Resource> = mesh.get("/v1/config?kind=vs").await;
+    assert_eq!(names(&services), ["VirtualService helloworld-service"]);
+    let diagnostics: Vec<Diagnostic> = mesh.get("/v1/analyze").await;
     assert_eq!(diagnostics, applied.diagnostics, "analysis is stable");
 
-    let response = mesh.post("/v1/config/delete", &canary()).await;
-    assert_eq!(response.status(), StatusCode::OK);
+    let deleted: ApplyResponse = mesh
+        .post("/v1/config/delete", &canary())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(actions(&deleted), ["deleted", "deleted"]);
     let left: Vec<Resource> = mesh.get("/v1/config").await;
-    assert!(
-        left.is_empty(),
-        "deleting what was applied leaves nothing: {left:?}"
+    assert!(left.is_empty(), "{left:?}");
+    assert!(mesh.control.version() > version);
+}
+
+#[tokio::test]
+async fn an_invalid_apply_changes_nothing_and_names_the_file() {
+    let dir = StateDir::new("invalid-apply");
+    let mesh = Mesh::with_defaults(&dir).await;
+    assert_eq!(
+        mesh.post("/v1/config/apply", &canary()).await.status(),
+        StatusCode::OK
     );
+    let config_before: Vec<Resource> = mesh.get("/v1/config").await;
+    let version_before = mesh.control.version();
+
+    // One good document and one in the talk's old shape: all or nothing.
+    let broken = file(
+        "broken.yaml",
+        "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: guestbook-ui
+spec:
+  hosts: [guestbook-ui]
+  http:
+  - route:
+    - destination:
+        host: guestbook-ui
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: helloworld-service
+spec:
+  hosts: [helloworld-service]
+  http:
+  - fault:
+      abort:
+        percent: 50
+        httpStatus: 503
+    route:
+    - destination:
+        host: helloworld-service
+",
+    );
+    let response = mesh.post("/v1/config/apply", &broken).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = response.json().await.unwrap();
+    // Both shapes in one body: ApiError's `error`, ConfigErrors' `errors`.
+    let summary = body["error"].as_str().unwrap();
+    assert!(summary.contains("nothing was applied"), "{summary}");
+    let errors: ConfigErrors = serde_json::from_value(body.clone()).unwrap();
+    assert!(!errors.errors.is_empty());
+    assert!(
+        errors.errors.iter().all(|e| e.file == "broken.yaml"),
+        "{errors:?}"
+    );
+    assert!(
+        errors.errors.iter().any(|e| e.field.contains("percent")),
+        "{errors:?}"
+    );
+
+    let config_after: Vec<Resource> = mesh.get("/v1/config").await;
+    assert_eq!(
+        config_after, config_before,
+        "the good document was not applied either"
+    );
+    assert_eq!(mesh.control.version(), version_before, "no new version");
+}
+
+#[tokio::test]
+async fn listing_an_unknown_kind_is_a_typo_not_an_empty_list() {
+    let dir = StateDir::new("kind");
+    let mesh = Mesh::with_defaults(&dir).await;
+    let response = mesh
+        .http
+        .get(mesh.url("/v1/config?kind=VirtualServce"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: ApiError = response.json().await.unwrap();
+    assert!(error.error.contains("VirtualServce"), "{}", error.error);
+}
+
+#[tokio::test]
+async fn analysis_reports_a_route_to_a_subset_nobody_defined() {
+    let dir = StateDir::new("analyze");
+    let mesh = Mesh::with_defaults(&dir).await;
+    mesh.announce(&sidecar("hw-1", "helloworld-service", "v1", 40001))
+        .await;
+    // Istio would answer this route with a silent 503: no DestinationRule
+    // defines subset v3.
+    let dangling = file(
+        "dangling.yaml",
+        "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: helloworld-service
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - destination:
+        host: helloworld-service
+        subset: v3
+",
+    );
+    let applied: ApplyResponse = mesh
+        .post("/v1/config/apply", &dangling)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        applied
+            .diagnostics
+            .iter()
+            .any(|d| d.field.contains("subset")),
+        "{:?}",
+        applied.diagnostics
+    );
+    let diagnostics: Vec<Diagnostic> = mesh.get("/v1/analyze").await;
+    assert_eq!(diagnostics, applied.diagnostics);
 }
 
 // === persistence ===
@@ -679,6 +843,7 @@ async fn a_restart_keeps_registrations_and_config_and_moves_the_version_up() {
         StatusCode::OK
     );
     let config_before: Vec<Resource> = mesh.get("/v1/config").await;
+    assert_eq!(config_before.len(), 2);
     let version_before = mesh.control.version();
     mesh.control.shutdown().await.unwrap();
 
