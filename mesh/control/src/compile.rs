@@ -6,13 +6,37 @@
 //!
 //! With no VirtualService a service gets one virtual host whose single route
 //! sends everything to the whole service, round-robin, with Istio's default
-//! retries: exactly what a fresh Istio mesh does.
+//! retries: exactly what a fresh Istio mesh does. Config changes that:
+//!
+//! ```text
+//! VirtualService (bound to `mesh`)  -> one VirtualHost per host, its http[] rules as routes
+//! VirtualService (bound to Gateway) -> the gateway's VirtualHosts, for the Gateway's hosts
+//! DestinationRule                   -> one Cluster per subset (`service|v2`), traffic policies
+//! Gateway                           -> which gateway proxies serve what
+//! ```
+//!
+//! A few rules worth knowing, all Istio's:
+//! - weights are relative; a single destination gets 100 whatever it says;
+//! - a fault with no `percentage` injects nothing;
+//! - no `retries` means Istio's default retry policy, `attempts: 0` none;
+//! - the route timeout is off unless set.
+//!
+//! And micromesh's own choices, each explained where it is made:
+//! - one VirtualService per host: the oldest wins (analysis names the others);
+//! - a route with a fault gets no retries;
+//! - a destination no instance serves still gets a cluster, an empty one, so
+//!   the proxy answers 503 "no healthy upstream" (and `meshctl analyze` says
+//!   why) instead of rejecting the whole snapshot;
+//! - with no Gateway resource at all, the gateway sends everything to the
+//!   Guestbook UI, so `meshctl up` serves the Guestbook on :8080 out of the box.
 
 use std::collections::BTreeMap;
 
-use mesh_api::config::ConfigSet;
+use mesh_api::config::virtual_service::{self as vs, VirtualService};
+use mesh_api::config::{ConfigSet, Gateway, Resource, host_key, intersect_hosts, service_of_host};
 use mesh_api::snapshot::{
-    Cluster, Destination, Endpoint, GatewayConfig, HttpRoute, RetryPolicy, Snapshot, VirtualHost,
+    Cluster, Destination, Endpoint, Fault, FaultAbort, FaultDelay, GatewayConfig, HttpRoute,
+    Mirror, RetryPolicy, Snapshot, VirtualHost,
 };
 use mesh_api::xds::{ProxyAnnounce, ProxyMode, ports};
 
@@ -29,7 +53,7 @@ pub const DEFAULT_INGRESS_SERVICE: &str = "guestbook-ui";
 
 /// Compile the snapshot for `proxy` at `version`.
 pub fn compile(
-    _config: &ConfigSet,
+    config: &ConfigSet,
     workloads: &[Workload],
     proxy: &ProxyAnnounce,
     version: u64,
@@ -49,35 +73,60 @@ pub fn compile(
         }
     }
 
-    let clusters = services
-        .iter()
-        .map(|(service, endpoints)| Cluster {
-            name: Cluster::name_for(service, None),
-            service: service.to_string(),
-            subset: None,
-            policy: Default::default(),
-            endpoints: endpoints.clone(),
-        })
-        .collect();
-    let virtual_hosts = services
-        .keys()
-        .map(|service| default_virtual_host(service))
-        .collect();
+    let mut clusters = Clusters {
+        config,
+        services: &services,
+        built: BTreeMap::new(),
+    };
+    // Envoy (via istiod) gets a cluster per service and per subset whether
+    // or not a route uses it; so does micromesh's proxy.
+    for service in services.keys() {
+        clusters.cluster(service, None);
+        if let Some((_, dr)) = config.destination_rule_for(service) {
+            for subset in &dr.subsets {
+                clusters.cluster(service, Some(&subset.name));
+            }
+        }
+    }
 
-    let gateway = (proxy.mode == ProxyMode::Gateway).then(|| GatewayConfig {
-        gateways: Vec::new(),
-        virtual_hosts: vec![VirtualHost {
-            name: format!("ingress -> {DEFAULT_INGRESS_SERVICE}"),
-            domains: vec!["*".to_string()],
-            routes: vec![default_route(DEFAULT_INGRESS_SERVICE)],
-        }],
-    });
+    // --- outbound: what this proxy's app may call ---
+    let mut virtual_hosts = Vec::new();
+    let mut covered: Vec<String> = Vec::new();
+    for (resource, virtual_service, hosts) in config.mesh_virtual_services() {
+        for host in hosts {
+            let routes = compile_routes(resource, virtual_service, &mut clusters);
+            let (name, domains) = match service_of_host(host) {
+                Some(service) => (service.to_string(), domains_for(service)),
+                // A host that is no service of the mesh (`example.com`):
+                // the app may still call it through its sidecar.
+                None => (
+                    host.to_string(),
+                    vec![host.to_string(), format!("{host}:{}", ports::SERVICE)],
+                ),
+            };
+            covered.push(host_key(host));
+            virtual_hosts.push(VirtualHost {
+                name,
+                domains,
+                routes,
+            });
+        }
+    }
+    for service in services.keys() {
+        if !covered.iter().any(|c| c == service) {
+            virtual_hosts.push(default_virtual_host(service));
+        }
+    }
+
+    // --- ingress, for a gateway proxy ---
+    let gateway =
+        (proxy.mode == ProxyMode::Gateway).then(|| compile_gateway(config, proxy, &mut clusters));
 
     Snapshot {
         version,
         proxy: proxy.instance.clone(),
         virtual_hosts,
-        clusters,
+        clusters: clusters.built.into_values().collect(),
         gateway,
     }
 }
@@ -95,6 +144,204 @@ pub fn domains_for(service: &str) -> Vec<String> {
         .iter()
         .flat_map(|name| [name.clone(), format!("{name}:{}", ports::SERVICE)])
         .collect()
+}
+
+// === gateway ===
+
+/// What the gateway serves: the VirtualServices bound to the Gateways that
+/// select this proxy, for the hosts those Gateways serve.
+///
+/// Istio builds one Envoy listener per Gateway server port; micromesh's
+/// gateway has one HTTP listener (8080 locally, 80 in a cluster), so every
+/// HTTP server of a selected Gateway is served there and only its hosts
+/// matter (gateway.rs in mesh-api explains the choice).
+fn compile_gateway(
+    config: &ConfigSet,
+    proxy: &ProxyAnnounce,
+    clusters: &mut Clusters,
+) -> GatewayConfig {
+    let gateways: Vec<(&Resource, &Gateway)> =
+        config.gateways().filter(|(r, _)| r.is_routed()).collect();
+    if gateways.is_empty() {
+        // No Gateway resource yet: keep the quick start working. (Istio's
+        // gateway would listen on nothing and refuse connections.)
+        return GatewayConfig {
+            gateways: Vec::new(),
+            virtual_hosts: vec![VirtualHost {
+                name: format!("ingress -> {DEFAULT_INGRESS_SERVICE}"),
+                domains: vec!["*".to_string()],
+                routes: vec![default_route(DEFAULT_INGRESS_SERVICE)],
+            }],
+        };
+    }
+
+    let mut labels = proxy.labels.clone();
+    labels
+        .entry("app".to_string())
+        .or_insert_with(|| proxy.service.clone());
+    let selected: Vec<(&Resource, &Gateway)> = gateways
+        .into_iter()
+        .filter(|(_, gw)| gw.selects(&labels))
+        .collect();
+
+    let mut virtual_hosts = Vec::new();
+    let mut claimed: Vec<String> = Vec::new();
+    for (resource, virtual_service) in config.virtual_services().filter(|(r, _)| r.is_routed()) {
+        // The selected Gateways this VirtualService binds to.
+        let bound: Vec<&Gateway> = virtual_service
+            .bound_gateways(&resource.metadata.namespace)
+            .filter_map(|(ns, name)| {
+                selected
+                    .iter()
+                    .find(|(r, _)| r.metadata.namespace == ns && r.metadata.name == name)
+                    .map(|(_, gw)| *gw)
+            })
+            .collect();
+        if bound.is_empty() {
+            continue;
+        }
+        for host in &virtual_service.hosts {
+            // Each server host the VirtualService host meets gives a domain:
+            // `*` on the server keeps the VirtualService's host, `*` in the
+            // VirtualService takes the server's.
+            let mut domains: Vec<String> = Vec::new();
+            for server_host in bound.iter().flat_map(|gw| gw.hosts()) {
+                if let Some(domain) = intersect_hosts(server_host, host) {
+                    let domain = domain.to_ascii_lowercase();
+                    // One VirtualService per host: the oldest wins, as for sidecars.
+                    if !claimed.contains(&domain) && !domains.contains(&domain) {
+                        domains.push(domain);
+                    }
+                }
+            }
+            if domains.is_empty() {
+                continue;
+            }
+            claimed.extend(domains.iter().cloned());
+            virtual_hosts.push(VirtualHost {
+                name: format!("{} ({})", domains.join(", "), resource.metadata.name),
+                domains,
+                routes: compile_routes(resource, virtual_service, clusters),
+            });
+        }
+    }
+
+    GatewayConfig {
+        gateways: selected
+            .iter()
+            .map(|(r, _)| format!("{}/{}", r.metadata.namespace, r.metadata.name))
+            .collect(),
+        virtual_hosts,
+    }
+}
+
+// === routes ===
+
+fn compile_routes(
+    resource: &Resource,
+    virtual_service: &VirtualService,
+    clusters: &mut Clusters,
+) -> Vec<HttpRoute> {
+    virtual_service
+        .http
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| compile_route(&resource.metadata.name, index, rule, clusters))
+        .collect()
+}
+
+/// One `http[]` rule of a VirtualService, resolved against the clusters.
+fn compile_route(
+    vs_name: &str,
+    index: usize,
+    rule: &vs::HttpRoute,
+    clusters: &mut Clusters,
+) -> HttpRoute {
+    // Istio: a single destination takes all the traffic whatever its weight;
+    // with several, an unset weight is 0 and the rest are relative shares.
+    let single = rule.route.len() == 1;
+    let destinations = rule
+        .route
+        .iter()
+        .map(|d| Destination {
+            cluster: clusters.for_destination(&d.destination),
+            weight: if single { 100 } else { d.weight.unwrap_or(0) },
+        })
+        .collect();
+
+    // Istio: a fault without `percentage` injects into 0% of requests.
+    let fault = rule.fault.as_ref().map(|f| Fault {
+        delay: f.delay.as_ref().map(|d| FaultDelay {
+            fixed_delay_ms: d.fixed_delay_ms,
+            percentage: d.percentage.unwrap_or(0.0),
+        }),
+        abort: f.abort.as_ref().map(|a| FaultAbort {
+            http_status: a.http_status,
+            percentage: a.percentage.unwrap_or(0.0),
+        }),
+    });
+
+    let mirror = rule.mirror.as_ref().map(|m| Mirror {
+        cluster: clusters.for_destination(&m.destination),
+        // Istio mirrors every request when `mirrorPercentage` is not set.
+        percentage: m.percentage.unwrap_or(100.0),
+    });
+
+    HttpRoute {
+        name: rule
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{vs_name}[{index}]")),
+        matches: rule.matches.clone(),
+        destinations,
+        retries: retry_policy(rule),
+        fault,
+        timeout_ms: rule.timeout_ms,
+        request_headers: rule.request_headers.clone(),
+        response_headers: rule.response_headers.clone(),
+        rewrite_uri: rule.rewrite_uri.clone(),
+        mirror,
+    }
+}
+
+/// istiod's `retry.ConvertPolicy`, plus one micromesh rule for faults.
+fn retry_policy(rule: &vs::HttpRoute) -> RetryPolicy {
+    // In Envoy the fault filter runs before the router, so an injected abort
+    // or delay is never retried. micromesh's proxy runs fault inside the
+    // route's stack; turning retries off for a route with a fault keeps what
+    // the learner sees equal to the percentage they wrote.
+    if rule.fault.is_some() {
+        return RetryPolicy::none();
+    }
+    let Some(retries) = &rule.retries else {
+        // Nothing written: Istio's default policy.
+        return RetryPolicy::default();
+    };
+    // Istio reads a missing `attempts` as 0, which turns retries off.
+    let attempts = retries.attempts.unwrap_or(0);
+    if attempts == 0 {
+        return RetryPolicy::none();
+    }
+    let mut policy = RetryPolicy {
+        attempts,
+        per_try_timeout_ms: retries.per_try_timeout_ms,
+        ..RetryPolicy::default()
+    };
+    if let Some(on) = &retries.retry_on {
+        // A written `retryOn` replaces the default conditions *and* the
+        // default status codes; plain codes in it are retriable status codes.
+        policy.retry_on = on.conditions.clone();
+        policy.retriable_status_codes = on.status_codes.clone();
+        if !on.status_codes.is_empty()
+            && !policy
+                .retry_on
+                .iter()
+                .any(|c| c == "retriable-status-codes")
+        {
+            policy.retry_on.push("retriable-status-codes".to_string());
+        }
+    }
+    policy
 }
 
 fn default_virtual_host(service: &str) -> VirtualHost {
@@ -118,6 +365,81 @@ fn default_route(service: &str) -> HttpRoute {
     }
 }
 
+// === clusters ===
+
+/// The clusters of one snapshot, built on demand so every route destination
+/// has one (a snapshot that names a missing cluster is rejected by the proxy).
+struct Clusters<'a> {
+    config: &'a ConfigSet,
+    /// Registered services and their healthy endpoints.
+    services: &'a BTreeMap<&'a str, Vec<Endpoint>>,
+    built: BTreeMap<String, Cluster>,
+}
+
+impl Clusters<'_> {
+    /// The cluster for a route destination or mirror.
+    fn for_destination(&mut self, destination: &vs::Destination) -> String {
+        match service_of_host(&destination.host) {
+            Some(service) => self.cluster(service, destination.subset.as_deref()),
+            None => {
+                // A host outside the mesh: an empty cluster, so the request
+                // gets 503 instead of the proxy rejecting the snapshot.
+                let host = destination.host.to_ascii_lowercase();
+                let name = Cluster::name_for(&host, destination.subset.as_deref());
+                self.built.entry(name.clone()).or_insert_with(|| Cluster {
+                    name: name.clone(),
+                    service: host,
+                    subset: destination.subset.clone(),
+                    policy: Default::default(),
+                    endpoints: Vec::new(),
+                });
+                name
+            }
+        }
+    }
+
+    /// The cluster of a service, or of one of its subsets: endpoints whose
+    /// labels the subset selects, and the DestinationRule's merged policy.
+    fn cluster(&mut self, service: &str, subset: Option<&str>) -> String {
+        let name = Cluster::name_for(service, subset);
+        if self.built.contains_key(&name) {
+            return name;
+        }
+        let rule = self.config.destination_rule_for(service).map(|(_, dr)| dr);
+        let all = self
+            .services
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let endpoints = match subset {
+            None => all.to_vec(),
+            Some(subset_name) => match rule.and_then(|dr| dr.subset(subset_name)) {
+                Some(subset) => all
+                    .iter()
+                    .filter(|e| subset.selects(&e.labels))
+                    .cloned()
+                    .collect(),
+                // No DestinationRule defines this subset: no endpoints, so
+                // the proxy answers 503 "no healthy upstream" (UH), as Envoy
+                // does for Istio; `meshctl analyze` reports the missing subset.
+                None => Vec::new(),
+            },
+        };
+        let policy = rule.map(|dr| dr.policy_for(subset)).unwrap_or_default();
+        self.built.insert(
+            name.clone(),
+            Cluster {
+                name: name.clone(),
+                service: service.to_string(),
+                subset: subset.map(str::to_string),
+                policy,
+                endpoints,
+            },
+        );
+        name
+    }
+}
+
 fn endpoint_of(announce: &ProxyAnnounce) -> Endpoint {
     let mut labels = announce.labels.clone();
     labels
@@ -136,6 +458,8 @@ fn endpoint_of(announce: &ProxyAnnounce) -> Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_api::config::SourceFile;
+    use mesh_api::snapshot::{LoadBalancer, StringMatch};
 
     fn sidecar(instance: &str, service: &str, version: &str, port: u16) -> ProxyAnnounce {
         ProxyAnnounce {
@@ -147,6 +471,102 @@ mod tests {
             address: format!("127.0.0.1:{port}"),
             ready: true,
             admin_address: String::new(),
+        }
+    }
+
+    fn gateway_proxy() -> ProxyAnnounce {
+        ProxyAnnounce {
+            mode: ProxyMode::Gateway,
+            labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            address: String::new(),
+            ..sidecar("gw", "ingressgateway", "", 0)
+        }
+    }
+
+    /// Two versions of helloworld-service and one guestbook-ui, all healthy.
+    fn guestbook() -> Vec<Workload> {
+        [
+            sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            sidecar("hw-1", "helloworld-service", "v1", 1001),
+            sidecar("hw-2", "helloworld-service", "v2", 1002),
+        ]
+        .into_iter()
+        .map(|announce| Workload {
+            announce,
+            healthy: true,
+        })
+        .collect()
+    }
+
+    /// A ConfigSet from YAML, through the same parse + apply as the API.
+    fn config(yaml: &str) -> ConfigSet {
+        let resources = ConfigSet::parse(&[SourceFile {
+            name: "test.yaml".into(),
+            content: yaml.into(),
+        }])
+        .unwrap_or_else(|e| panic!("test YAML is invalid:\n{e}"));
+        ConfigSet::default().apply(resources).0
+    }
+
+    const HW_SUBSETS: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld-service}
+spec:
+  host: helloworld-service
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+    fn outbound(snapshot: &Snapshot, name: &str) -> VirtualHost {
+        snapshot
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no virtual host {name}: {:#?}", snapshot.virtual_hosts))
+            .clone()
+    }
+
+    fn cluster<'a>(snapshot: &'a Snapshot, name: &str) -> &'a Cluster {
+        snapshot
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+
+    /// Every destination and mirror of every route names a cluster of the
+    /// snapshot, and no domain is in two virtual hosts: what the proxy
+    /// checks before it accepts a snapshot.
+    fn assert_consistent(snapshot: &Snapshot) {
+        let names: Vec<&str> = snapshot.clusters.iter().map(|c| c.name.as_str()).collect();
+        let tables = std::iter::once(&snapshot.virtual_hosts)
+            .chain(snapshot.gateway.as_ref().map(|g| &g.virtual_hosts));
+        for table in tables {
+            let mut domains = Vec::new();
+            for vh in table {
+                for d in &vh.domains {
+                    assert!(!domains.contains(d), "domain {d} twice");
+                    domains.push(d.clone());
+                }
+                for route in &vh.routes {
+                    for dest in &route.destinations {
+                        assert!(
+                            names.contains(&dest.cluster.as_str()),
+                            "missing cluster {}",
+                            dest.cluster
+                        );
+                    }
+                    if let Some(m) = &route.mirror {
+                        assert!(
+                            names.contains(&m.cluster.as_str()),
+                            "missing cluster {}",
+                            m.cluster
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -204,5 +624,496 @@ mod tests {
             gateway.virtual_hosts[0].routes[0].destinations[0].cluster,
             "guestbook-ui"
         );
+    }
+
+    #[test]
+    fn canary_weights_split_between_subset_clusters() {
+        let config = config(&format!(
+            "{HW_SUBSETS}---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: helloworld-service}}
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - destination: {{host: helloworld-service, subset: v1}}
+      weight: 80
+    - destination: {{host: helloworld-service, subset: v2}}
+      weight: 20
+"
+        ));
+        let ui = sidecar("ui-1", "guestbook-ui", "v1", 1000);
+        let snapshot = compile(&config, &guestbook(), &ui, 1);
+        assert_consistent(&snapshot);
+        let vh = outbound(&snapshot, "helloworld-service");
+        assert_eq!(vh.domains, domains_for("helloworld-service"));
+        let route = &vh.routes[0];
+        assert_eq!(route.name, "helloworld-service[0]");
+        let split: Vec<(&str, u32)> = route
+            .destinations
+            .iter()
+            .map(|d| (d.cluster.as_str(), d.weight))
+            .collect();
+        assert_eq!(
+            split,
+            vec![("helloworld-service|v1", 80), ("helloworld-service|v2", 20)]
+        );
+        // The other service keeps its default route.
+        assert_eq!(
+            outbound(&snapshot, "guestbook-ui").routes[0].name,
+            "default"
+        );
+    }
+
+    #[test]
+    fn subset_clusters_hold_the_instances_whose_labels_match() {
+        let snapshot = compile(
+            &config(HW_SUBSETS),
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert_consistent(&snapshot);
+        let instances = |name: &str| -> Vec<String> {
+            cluster(&snapshot, name)
+                .endpoints
+                .iter()
+                .map(|e| e.instance.clone())
+                .collect()
+        };
+        assert_eq!(instances("helloworld-service"), vec!["hw-1", "hw-2"]);
+        assert_eq!(instances("helloworld-service|v1"), vec!["hw-1"]);
+        assert_eq!(instances("helloworld-service|v2"), vec!["hw-2"]);
+        assert_eq!(
+            cluster(&snapshot, "helloworld-service|v2")
+                .subset
+                .as_deref(),
+            Some("v2")
+        );
+    }
+
+    #[test]
+    fn header_match_routes_chrome_to_v2_first() {
+        let config = config(&format!(
+            "{HW_SUBSETS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: helloworld-service}}
+spec:
+  hosts: [helloworld-service.default.svc.cluster.local]
+  http:
+  - match:
+    - headers: {{user-agent: {{regex: '.*Chrome.*'}}}}
+    route:
+    - destination: {{host: helloworld-service, subset: v2}}
+  - route:
+    - destination: {{host: helloworld-service, subset: v1}}
+"
+        ));
+        let snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        let vh = outbound(&snapshot, "helloworld-service");
+        assert!(
+            vh.domains.contains(&"helloworld-service".to_string()),
+            "the FQDN host covers the short name"
+        );
+        assert_eq!(vh.routes.len(), 2);
+        assert_eq!(
+            vh.routes[0].matches[0].headers["user-agent"],
+            StringMatch::Regex(".*Chrome.*".into())
+        );
+        assert_eq!(
+            vh.routes[0].destinations[0].cluster,
+            "helloworld-service|v2"
+        );
+        assert!(
+            vh.routes[1].matches.is_empty(),
+            "the fallback rule matches everything"
+        );
+        assert_eq!(
+            vh.routes[1].destinations[0].cluster,
+            "helloworld-service|v1"
+        );
+    }
+
+    #[test]
+    fn destination_rule_policies_merge_subset_over_service() {
+        let config = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld-service}
+spec:
+  host: helloworld-service
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    connectionPool: {tcp: {maxConnections: 10}}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5s}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST}
+",
+        );
+        let snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        let whole = &cluster(&snapshot, "helloworld-service").policy;
+        assert_eq!(whole.load_balancer, LoadBalancer::Random);
+        assert_eq!(whole.connection_pool.max_connections, Some(10));
+        assert_eq!(
+            whole
+                .outlier_detection
+                .as_ref()
+                .unwrap()
+                .consecutive_5xx_errors,
+            2
+        );
+        let v1 = &cluster(&snapshot, "helloworld-service|v1").policy;
+        assert_eq!(v1, whole, "a subset without a policy inherits the rule's");
+        let v2 = &cluster(&snapshot, "helloworld-service|v2").policy;
+        assert_eq!(
+            v2.load_balancer,
+            LoadBalancer::LeastRequest,
+            "the subset's setting wins"
+        );
+        assert_eq!(
+            v2.connection_pool.max_connections,
+            Some(10),
+            "the rest is inherited"
+        );
+        assert_eq!(v2.outlier_detection, whole.outlier_detection);
+        // A service without a DestinationRule: round robin, no limits, no ejection.
+        let ui = &cluster(&snapshot, "guestbook-ui").policy;
+        assert_eq!(*ui, Default::default());
+    }
+
+    fn route_of(yaml_rule: &str) -> HttpRoute {
+        let config = config(&format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: hw}}
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - destination: {{host: helloworld-service}}
+{yaml_rule}"
+        ));
+        let snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert_consistent(&snapshot);
+        outbound(&snapshot, "helloworld-service").routes[0].clone()
+    }
+
+    #[test]
+    fn retries_default_to_istios_and_follow_what_is_written() {
+        let route = route_of("");
+        assert_eq!(route.retries, RetryPolicy::default());
+        assert_eq!(route.timeout_ms, None, "no timeout unless set");
+        assert_eq!(route.destinations[0].weight, 100);
+
+        let route = route_of("    retries: {attempts: 3, perTryTimeout: 2s}\n    timeout: 10s\n");
+        assert_eq!(route.retries.attempts, 3);
+        assert_eq!(route.retries.per_try_timeout_ms, Some(2_000));
+        assert_eq!(
+            route.retries.retry_on,
+            RetryPolicy::default().retry_on,
+            "default conditions"
+        );
+        assert_eq!(route.timeout_ms, Some(10_000));
+
+        let route = route_of("    retries: {attempts: 2, retryOn: '5xx,429'}\n");
+        assert_eq!(
+            route.retries.retry_on,
+            vec!["5xx", "retriable-status-codes"]
+        );
+        assert_eq!(route.retries.retriable_status_codes, vec![429]);
+
+        assert_eq!(
+            route_of("    retries: {attempts: 0}\n").retries,
+            RetryPolicy::none()
+        );
+        assert_eq!(
+            route_of("    retries: {perTryTimeout: 1s}\n").retries,
+            RetryPolicy::none(),
+            "Istio reads a missing attempts as 0"
+        );
+    }
+
+    #[test]
+    fn a_fault_disables_retries_and_no_percentage_injects_nothing() {
+        let route = route_of(
+            "    fault: {abort: {httpStatus: 503, percentage: {value: 50}}}\n    retries: {attempts: 3}\n",
+        );
+        assert_eq!(route.retries, RetryPolicy::none());
+        let abort = route.fault.unwrap().abort.unwrap();
+        assert_eq!((abort.http_status, abort.percentage), (503, 50.0));
+
+        let route = route_of("    fault: {delay: {fixedDelay: 5s}}\n");
+        let delay = route.fault.unwrap().delay.unwrap();
+        assert_eq!((delay.fixed_delay_ms, delay.percentage), (5_000, 0.0));
+    }
+
+    #[test]
+    fn headers_rewrite_and_mirror_are_carried_over() {
+        let route = route_of(
+            "    headers: {request: {set: {x-canary: 'yes'}}, response: {remove: [server]}}
+    rewrite: {uri: /v2}
+    mirror: {host: helloworld-service, subset: v2}
+",
+        );
+        assert_eq!(route.request_headers.set["x-canary"], "yes");
+        assert_eq!(route.response_headers.remove, vec!["server"]);
+        assert_eq!(route.rewrite_uri.as_deref(), Some("/v2"));
+        let mirror = route.mirror.unwrap();
+        assert_eq!(
+            (mirror.cluster.as_str(), mirror.percentage),
+            ("helloworld-service|v2", 100.0)
+        );
+    }
+
+    #[test]
+    fn an_undefined_subset_compiles_to_an_empty_cluster() {
+        let route = route_of(
+            "    - destination: {host: helloworld-service, subset: v3}\n      weight: 10\n",
+        );
+        assert_eq!(route.destinations[1].cluster, "helloworld-service|v3");
+        let snapshot = compile(
+            &config(
+                "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hw}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service, subset: v3}}]}]
+",
+            ),
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert!(
+            cluster(&snapshot, "helloworld-service|v3")
+                .endpoints
+                .is_empty(),
+            "503 no healthy upstream, as Envoy"
+        );
+    }
+
+    #[test]
+    fn one_virtual_service_may_cover_several_hosts() {
+        let config = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backends}
+spec:
+  hosts: [helloworld-service, guestbook-service, guestbook-service.default.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /hello}}]
+    route: [{destination: {host: helloworld-service}}]
+  - route: [{destination: {host: guestbook-service}}]
+",
+        );
+        let snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert_consistent(&snapshot);
+        let hw = outbound(&snapshot, "helloworld-service");
+        let gs = outbound(&snapshot, "guestbook-service");
+        assert_eq!(hw.routes, gs.routes, "both hosts get the same rules");
+        assert_eq!(hw.routes[0].name, "backends[0]");
+        assert!(
+            gs.domains
+                .contains(&"guestbook-service.default.svc.cluster.local:8080".to_string())
+        );
+        // guestbook-service has no instance: its cluster exists, empty.
+        assert!(cluster(&snapshot, "guestbook-service").endpoints.is_empty());
+        assert_eq!(
+            snapshot
+                .virtual_hosts
+                .iter()
+                .filter(|v| v.name == "guestbook-service")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_oldest_virtual_service_wins_a_host() {
+        let older = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service}}], timeout: 1s}]
+",
+        );
+        let newer = ConfigSet::parse(&[SourceFile {
+            name: "b.yaml".into(),
+            content: "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: second}
+spec:
+  hosts: [helloworld-service.default]
+  http: [{route: [{destination: {host: helloworld-service}}], timeout: 2s}]
+"
+            .into(),
+        }])
+        .unwrap();
+        let (config, _) = older.apply(newer);
+        let snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert_consistent(&snapshot);
+        let hw = outbound(&snapshot, "helloworld-service");
+        assert_eq!(hw.routes[0].timeout_ms, Some(1_000));
+    }
+
+    const GATEWAY: &str = "
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata: {name: guestbook-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ['*']
+";
+
+    #[test]
+    fn gateway_serves_the_virtual_services_bound_to_it() {
+        let config = config(&format!(
+            "{GATEWAY}---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: guestbook-ui}}
+spec:
+  hosts: ['*']
+  gateways: [guestbook-gateway]
+  http:
+  - match: [{{uri: {{prefix: /}}}}]
+    route: [{{destination: {{host: guestbook-ui}}}}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: hello-api}}
+spec:
+  hosts: [api.example.com]
+  gateways: [default/guestbook-gateway]
+  http:
+  - route: [{{destination: {{host: helloworld-service}}}}]
+"
+        ));
+        let snapshot = compile(&config, &guestbook(), &gateway_proxy(), 1);
+        assert_consistent(&snapshot);
+        let gateway = snapshot.gateway.as_ref().unwrap();
+        assert_eq!(gateway.gateways, vec!["default/guestbook-gateway"]);
+        let hosts: Vec<&Vec<String>> = gateway.virtual_hosts.iter().map(|v| &v.domains).collect();
+        assert_eq!(
+            hosts,
+            vec![&vec!["*".to_string()], &vec!["api.example.com".to_string()]]
+        );
+        assert_eq!(
+            gateway.virtual_hosts[1].routes[0].destinations[0].cluster,
+            "helloworld-service"
+        );
+        // Gateway-only VirtualServices leave the sidecars' routes alone.
+        assert_eq!(
+            outbound(&snapshot, "guestbook-ui").routes[0].name,
+            "default"
+        );
+
+        // A sidecar gets no gateway section, whatever is applied.
+        let sidecar_snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert!(sidecar_snapshot.gateway.is_none());
+    }
+
+    #[test]
+    fn gateway_only_serves_gateways_that_select_it_and_hosts_they_list() {
+        let config = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: other}
+spec:
+  selector: {istio: egressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [shop.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all}
+spec:
+  hosts: ['*']
+  gateways: [shop, other]
+  http: [{route: [{destination: {host: guestbook-ui}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere}
+spec:
+  hosts: [blog.example.com]
+  gateways: [shop]
+  http: [{route: [{destination: {host: helloworld-service}}]}]
+",
+        );
+        let snapshot = compile(&config, &guestbook(), &gateway_proxy(), 1);
+        let gateway = snapshot.gateway.unwrap();
+        assert_eq!(gateway.gateways, vec!["default/shop"]);
+        // `*` meets the server's host and narrows to it; blog.example.com
+        // meets no server host and is not served.
+        assert_eq!(gateway.virtual_hosts.len(), 1);
+        assert_eq!(gateway.virtual_hosts[0].domains, vec!["shop.example.com"]);
+    }
+
+    #[test]
+    fn applied_gateways_replace_the_quick_start_fallback() {
+        // A Gateway that selects no proxy here: the gateway serves nothing
+        // (404), like Istio's, rather than silently falling back.
+        let config = config(&GATEWAY.replace("ingressgateway", "someone-else"));
+        let gateway = compile(&config, &guestbook(), &gateway_proxy(), 1)
+            .gateway
+            .unwrap();
+        assert!(gateway.gateways.is_empty());
+        assert!(gateway.virtual_hosts.is_empty());
     }
 }

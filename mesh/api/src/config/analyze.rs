@@ -10,7 +10,6 @@
 //! | --- | --- | --- |
 //! | `ReferencedResourceNotFound` | Error | a subset or a Gateway that nothing defines |
 //! | `ReferencedResourceNotFound` | Warning | a destination host with no service |
-//! | `AllWeightsZero` | Error | every destination of a rule has weight 0 |
 //! | `ConflictingMeshGatewayVirtualServiceHosts` | Warning | two VirtualServices for one host (sidecars) |
 //! | `ConflictingGatewayVirtualServiceHosts` | Warning | two VirtualServices for one host on one Gateway |
 //! | `ConflictingDestinationRulesHost` | Warning | two DestinationRules for one host |
@@ -19,6 +18,7 @@
 //! | `SubsetSelectsNoInstances` | Warning | a subset whose labels no running instance has |
 //! | `GatewaySelectsNoProxy` | Warning | a Gateway whose selector no gateway proxy matches |
 //! | `GatewayHasNoRoutes` | Warning | a Gateway no VirtualService binds to |
+//! | `WildcardHostNotSupported` | Warning | a `*.example.com` host (the gateway matches exact hosts or `*`) |
 //! | `PortNotFound` | Warning | a destination port other than the services' 8080 |
 //! | `NamespaceNotRouted` | Warning | a resource outside namespace `default` |
 //! | `FaultInjectsNothing` | Info | a fault with no `percentage` (Istio injects 0%) |
@@ -190,6 +190,15 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
         }
         if !bound_gateways.is_empty() {
             for (i, host) in vs.hosts.iter().enumerate() {
+                if host.starts_with("*.") {
+                    out.add(
+                        "Warning",
+                        "WildcardHostNotSupported",
+                        resource,
+                        &format!("spec.hosts[{i}]"),
+                        format!("micromesh's gateway matches hosts exactly, or everything with `*`; `{host}` matches no request. Name each host, or use `'*'`"),
+                    );
+                }
                 let served = bound_gateways
                     .iter()
                     .any(|(_, gw)| gw.hosts().any(|h| intersect_hosts(h, host).is_some()));
@@ -378,6 +387,19 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
                 format!("no VirtualService binds to this Gateway, so the gateway proxies it selects answer 404 to every request; add `gateways: [{}]` to a VirtualService", resource.metadata.name),
             );
         }
+        for (s, server) in gateway.servers.iter().enumerate() {
+            for (h, host) in server.hosts.iter().enumerate() {
+                if super::gateway::strip_namespace(host).starts_with("*.") {
+                    out.add(
+                        "Warning",
+                        "WildcardHostNotSupported",
+                        resource,
+                        &format!("spec.servers[{s}].hosts[{h}]"),
+                        format!("micromesh's gateway matches hosts exactly, or everything with `*`; `{host}` only serves VirtualService hosts it names exactly"),
+                    );
+                }
+            }
+        }
         if let Some(proxies) = registry.gateways.as_ref()
             && !proxies.iter().any(|labels| gateway.selects(labels))
         {
@@ -466,16 +488,6 @@ fn analyze_rule(
     }
     if let Some(mirror) = &rule.mirror {
         check_destination(out, format!("{at}.mirror"), &mirror.destination);
-    }
-
-    if rule.route.len() > 1 && rule.route.iter().all(|d| d.weight.unwrap_or(0) == 0) {
-        out.add(
-            "Error",
-            "AllWeightsZero",
-            resource,
-            &format!("{at}.route"),
-            "every destination of this rule has weight 0 (an unset weight is 0 when there are several destinations): requests matching it have nowhere to go and get 503. Give at least one destination a weight".into(),
-        );
     }
 
     if let Some(fault) = &rule.fault {

@@ -541,6 +541,16 @@ fn decode_http_route(d: &mut Decoder, path: &Path, value: &Value) -> Option<Http
         Some((p, v)) => {
             let empty = matches!(v, Value::Sequence(s) if s.is_empty());
             rule.route = d.list(&p, v, decode_route_destination).unwrap_or_default();
+            // Istio once required weights to sum to 100; now they are
+            // relative, but all zero still leaves nowhere to send a request
+            // (and a proxy would reject the snapshot), so refuse it here.
+            let several = matches!(v, Value::Sequence(s) if s.len() > 1);
+            if several && !rule.route.is_empty() && rule.route.iter().all(|r| r.weight.unwrap_or(0) == 0) {
+                d.error(
+                    &p,
+                    "every destination of this rule has weight 0 (an unset weight counts as 0 when there are several destinations): requests would have nowhere to go. Give at least one destination a weight",
+                );
+            }
             if empty {
                 d.error(&p, "an http route needs at least one destination, like `route: [{destination: {host: guestbook-ui}}]`");
             }
@@ -906,20 +916,44 @@ fn decode_retries(d: &mut Decoder, path: &Path, value: &Value) -> Option<Retries
 fn decode_header_ops(d: &mut Decoder, path: &Path, value: &Value) -> Option<HeaderOps> {
     let object = d.object(path, value, &HEADER_OPERATIONS)?;
     let mut ops = HeaderOps::default();
+    // RFC 9110 field names are "tokens"; values may not hold line breaks.
+    let is_token = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+    };
     let check_names = |d: &mut Decoder, p: &Path, names: Vec<&String>| {
         for name in names {
-            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ':') {
-                d.error(p, format!("`{name}` is not a header name"));
+            if !is_token(name) {
+                d.error(
+                    p,
+                    format!("`{name}` is not a header name: use letters, digits and `-`, like `x-request-source`"),
+                );
+            }
+        }
+    };
+    let check_values = |d: &mut Decoder, p: &Path, values: Vec<&String>| {
+        for value in values {
+            if value.contains(['\r', '\n', '\0']) {
+                d.error(
+                    p,
+                    format!(
+                        "header value {value:?} holds a line break; header values are one line"
+                    ),
+                );
             }
         }
     };
     if let Some((p, v)) = object.get("set") {
         ops.set = d.string_map(&p, v).unwrap_or_default();
         check_names(d, &p, ops.set.keys().collect());
+        check_values(d, &p, ops.set.values().collect());
     }
     if let Some((p, v)) = object.get("add") {
         ops.add = d.string_map(&p, v).unwrap_or_default();
         check_names(d, &p, ops.add.keys().collect());
+        check_values(d, &p, ops.add.values().collect());
     }
     if let Some((p, v)) = object.get("remove") {
         ops.remove = d.string_list(&p, v).unwrap_or_default();
