@@ -20,8 +20,9 @@ already run, on one machine, in one run:
   per case   max throughput (wrk, keep-alive, closed loop); latency at fixed
              rates, open loop with coordinated-omission correction
              (mesh-bench load, wrk2's model); the proxy's CPU time per request
-             (/proc/<pid>/stat utime+stime); its memory (/proc/<pid>/status
-             VmRSS idle and under load, VmHWM).
+             (/proc: every thread's schedstat run time, and utime+stime from
+             /proc/<pid>/stat as a cross-check); its memory
+             (/proc/<pid>/status VmRSS idle and under load, VmHWM).
   fairness   every proxy gets one worker thread (nginx worker_processes 1,
              HAProxy nbthread 1, Envoy --concurrency 1, tokio one worker) and
              is pinned to its own core with taskset; the load generator, the
@@ -156,6 +157,31 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def runtime_seconds(pids):
+    """Time on CPU of every thread of these processes, to the nanosecond.
+
+    /proc/<pid>/task/<tid>/schedstat's first field is the scheduler's own
+    sum of the thread's run time (what `perf stat -e task-clock` counts).
+    utime+stime in /proc/<pid>/stat count whole 10 ms clock ticks (and, on
+    kernels that sample at the tick, charge a tick to whoever happens to run
+    when it fires), too coarse for a short smoke run. Both are recorded; they
+    agree within a few percent over 10 s, and the table uses this one.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that just ended
+    return total / 1e9
+
+
 def memory_kb(pids):
     """(VmRSS, VmHWM) summed over these processes, in kB."""
     rss = hwm = 0
@@ -260,7 +286,8 @@ class Tools:
         self.nginx = shutil.which("nginx")
         self.haproxy = shutil.which("haproxy")
         self.envoy = self._envoy()
-        target = REPO / "target" / profile
+        # Where cargo put the binaries: CARGO_TARGET_DIR, as cargo itself reads it.
+        target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / profile
         self.mesh_bench = target / "mesh-bench"
         self.mesh_proxy = target / "mesh-proxy"
         self.mesh_control = target / "mesh-control"
@@ -611,6 +638,15 @@ class Bench:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
         return parse_wrk(out.stdout + out.stderr)
 
+    def start_perf(self, pids):
+        """`perf stat` on the proxy's processes for the next fixed-rate run."""
+        if not shutil.which("perf"):
+            fail("--perf needs perf (apt-get install linux-perf)")
+        events = "task-clock,context-switches,cpu-migrations,page-faults,cycles,instructions"
+        return subprocess.Popen(self.pinned(["perf", "stat", "-x", ",", "-e", events,
+                                             "-p", ",".join(map(str, pids))]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
     def fixed_rate(self, port, rate):
         argv = self.pinned([str(self.tools.mesh_bench), "load", "--addr", f"127.0.0.1:{port}",
                             "--host", UPSTREAM_HOST, "--rate", str(rate),
@@ -641,23 +677,29 @@ class Bench:
 
             self.wrk(running.port, self.args.warmup_wrk)  # warm pools, caches, JITs: discarded
             pids = running.proxy_pids()
-            cpu0 = cpu_seconds(pids)
+            cpu0, ticks0 = runtime_seconds(pids), cpu_seconds(pids)
             requests, seconds, errors = self.wrk(running.port, self.args.duration)
-            cpu = cpu_seconds(pids) - cpu0
+            cpu, ticks = runtime_seconds(pids) - cpu0, cpu_seconds(pids) - ticks0
             result["max_rps"] = requests / seconds
             result["max_errors"] = errors
             if pids:
                 result["cpu_us_per_req_max"] = cpu * 1e6 / max(requests, 1)
+                result["stat_cpu_us_per_req_max"] = ticks * 1e6 / max(requests, 1)
                 result["proxy_core_busy"] = cpu / seconds
 
             for rate in self.args.rates:
-                cpu0 = cpu_seconds(pids)
+                perf = self.start_perf(pids) if self.args.perf and pids else None
+                cpu0, ticks0 = runtime_seconds(pids), cpu_seconds(pids)
                 report = self.fixed_rate(running.port, rate)
-                cpu = cpu_seconds(pids) - cpu0
+                cpu, ticks = runtime_seconds(pids) - cpu0, cpu_seconds(pids) - ticks0
+                if perf:
+                    result[f"perf_{rate}"] = stop_perf(perf, report["corrected"]["count"]
+                                                       + rate * self.args.warmup)
                 sent = report["corrected"]["count"] + rate * self.args.warmup
                 result[f"lat_{rate}"] = report
                 if pids:
                     result[f"cpu_us_per_req_{rate}"] = cpu * 1e6 / max(sent, 1)
+                    result[f"stat_cpu_us_per_req_{rate}"] = ticks * 1e6 / max(sent, 1)
 
             stop.set()
             sampler.join()
@@ -697,6 +739,29 @@ class Bench:
             return json.loads(out.stdout)
         finally:
             proc.stop()
+
+
+def stop_perf(perf, requests):
+    """Stop `perf stat` and return each counter per request (None where the
+    machine has no such counter: a VM often lacks cycles and instructions)."""
+    perf.send_signal(signal.SIGINT)
+    _, err = perf.communicate(timeout=10)
+    per_request = {}
+    for line in err.splitlines():
+        # CSV: value,unit,event,... ; "<not supported>" where the PMU lacks it
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[2]:
+            continue
+        name, unit = fields[2], fields[1]
+        try:
+            value = float(fields[0])
+        except ValueError:
+            per_request[name] = None
+            continue
+        if unit == "msec":  # task-clock: report microseconds per request
+            name, value = f"{name} µs", value * 1000
+        per_request[name] = value / max(requests, 1)
+    return per_request
 
 
 def parse_wrk(text):
@@ -870,6 +935,22 @@ def print_targets(summary, rates, out):
         print("\n".join(checks), file=out)
 
 
+def print_perf(rounds, cases, rates, out):
+    """perf stat counters per request, median over rounds."""
+    print("\nperf stat of the proxies, per request (median over rounds):", file=out)
+    for case in cases:
+        for rate in rates:
+            samples = [r[case].get(f"perf_{rate}") for r in rounds if r[case].get(f"perf_{rate}")]
+            if not samples:
+                continue
+            events = sorted({e for s in samples for e in s})
+            cells = []
+            for event in events:
+                values = [s.get(event) for s in samples if s.get(event) is not None]
+                cells.append(f"{event} {statistics.median(values):.3g}" if values else f"{event} n/a")
+            print(f"- {case} @{rate}/s: " + ", ".join(cells), file=out)
+
+
 def summarise_control(results):
     def col(path):
         values = []
@@ -952,6 +1033,9 @@ def parse_args(argv):
     p.add_argument("--cases", default=",".join(ALL_CASES),
                    help=f"comma-separated subset of {','.join(ALL_CASES)}")
     p.add_argument("--no-control-plane", action="store_true", help="skip the control-plane benchmark")
+    p.add_argument("--perf", action="store_true",
+                   help="also count the proxies' context switches, page faults (and cycles and "
+                        "instructions where the CPU exposes them) per request with `perf stat`")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of unrecorded load before a fixed-rate run")
@@ -1039,13 +1123,19 @@ def main(argv=None):
     print_table(summary, args.cases, args.rates, out)
     print("\nLatency in µs, open loop with coordinated-omission correction; `+` is added versus "
           "`direct` in the same round. CPU is the proxy's (every hop, every thread) from "
-          "/proc/<pid>/stat; RSS is per proxy instance. `proxy core` under 100% at max req/s "
+          "/proc/<pid>/task/*/schedstat; RSS is per proxy instance. `proxy core` under 100% at max req/s "
           "means the load generator's core, not the proxy, was the limit.\n", file=out)
     print_ratios(summary, args.cases, args.rates, out)
     if control_results:
         summary["control-plane"] = print_control(control_results, out)
     print_targets(summary, args.rates, out)
+    if args.perf:
+        print_perf(rounds, args.cases, args.rates, out)
     for case in args.cases:
+        lags = [r[case][f"lat_{rate}"]["send_lag"]["p50_us"] for r in rounds for rate in args.rates]
+        if statistics.median(lags) > 10:
+            print(f"warning: {case}: the load generator sent requests {statistics.median(lags):.0f} µs "
+                  "late (median): its core is busy, latencies are inflated", file=out)
         failures = sum(sum(v for v in summary[case][f"unsent_{rate}"] if v) for rate in args.rates)
         if failures:
             print(f"warning: {case}: {failures} requests failed or could not be sent at the fixed rates",

@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
         /// Microseconds to spin before each send instead of sleeping.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 50)]
         spin_us: u64,
     },
     /// Print a static proxy snapshot (JSON) that routes `upstream:8080` to
