@@ -20,7 +20,7 @@ pub async fn run(ctx: &Ctx) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for d in &diagnostics {
-        println!("{}", format_diagnostic(d));
+        println!("{d}");
     }
     let errors = diagnostics.iter().filter(|d| is_error(d)).count();
     if errors > 0 {
@@ -37,43 +37,18 @@ pub fn is_error(d: &Diagnostic) -> bool {
     d.level.eq_ignore_ascii_case("error")
 }
 
-/// `Warning [ReferencedResourceNotFound] (VirtualService default/guestbook-ui spec.http[0].route[1].destination.subset) message`
-pub fn format_diagnostic(d: &Diagnostic) -> String {
-    let place = match (d.resource.is_empty(), d.field.is_empty()) {
-        (false, false) => format!(" ({} {})", d.resource, d.field),
-        (false, true) => format!(" ({})", d.resource),
-        (true, false) => format!(" ({})", d.field),
-        (true, true) => String::new(),
-    };
-    format!("{} [{}]{place} {}", d.level, d.code, d.message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn formats_like_istioctl() {
-        let d = Diagnostic {
-            level: "Warning".into(),
-            code: "ReferencedResourceNotFound".into(),
-            resource: "VirtualService default/helloworld-service".into(),
-            field: "spec.http[0].route[0].destination.subset".into(),
-            message: "subset v3 is not defined by any DestinationRule".into(),
-        };
-        assert_eq!(
-            format_diagnostic(&d),
-            "Warning [ReferencedResourceNotFound] (VirtualService default/helloworld-service \
-             spec.http[0].route[0].destination.subset) subset v3 is not defined by any DestinationRule"
-        );
-        assert!(!is_error(&d));
-        let bare = Diagnostic {
-            level: "Error".into(),
-            code: "X".into(),
-            message: "m".into(),
+    fn only_error_level_fails_the_command() {
+        let level = |level: &str| Diagnostic {
+            level: level.into(),
             ..Default::default()
         };
-        assert_eq!(format_diagnostic(&bare), "Error [X] m");
-        assert!(is_error(&bare));
+        assert!(is_error(&level("Error")));
+        assert!(!is_error(&level("Warning")));
+        assert!(!is_error(&level("Info")));
     }
 }

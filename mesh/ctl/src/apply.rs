@@ -18,10 +18,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use mesh_api::config::{
-    ApplyRequest, ApplyResponse, Change, ConfigError, ConfigErrors, ConfigSet, SourceFile,
+    ApplyRequest, ApplyResponse, ConfigErrors, ConfigSet, Kind, NETWORKING_GROUP, SourceFile,
 };
 
-use crate::analyze::format_diagnostic;
 use crate::cli::Ctx;
 use crate::client::Validated;
 
@@ -100,31 +99,90 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<SourceFile>> {
     Ok(sources)
 }
 
+/// `meshctl delete -f FILE` or `meshctl delete KIND NAME...`, as kubectl.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// A YAML file, a directory, or - for standard input (repeatable): delete
+    /// what it defines (only apiVersion, kind and metadata are read).
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub files: Vec<PathBuf>,
+    /// Instead of files: the kind (vs, dr, gw...) and names to delete.
+    #[arg(
+        value_name = "KIND",
+        conflicts_with = "files",
+        required_unless_present = "files"
+    )]
+    pub kind: Option<String>,
+    #[arg(value_name = "NAME", requires = "kind")]
+    pub names: Vec<String>,
+    /// Namespace of the named resources.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
 pub async fn apply(ctx: &Ctx, args: FileArgs) -> Result<ExitCode> {
-    send(ctx, args, "/v1/config/apply").await
+    send(ctx, read_sources(&args.files)?, "/v1/config/apply").await
 }
 
-pub async fn delete(ctx: &Ctx, args: FileArgs) -> Result<ExitCode> {
-    send(ctx, args, "/v1/config/delete").await
-}
-
-async fn send(ctx: &Ctx, args: FileArgs, path: &str) -> Result<ExitCode> {
-    let request = ApplyRequest {
-        files: read_sources(&args.files)?,
+pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<ExitCode> {
+    let files = match &args.kind {
+        None => read_sources(&args.files)?,
+        Some(kind) => vec![reference_file(kind, &args.names, &args.namespace)?],
     };
+    send(ctx, files, "/v1/config/delete").await
+}
+
+/// `meshctl delete vs a b` as the YAML `kubectl delete` would read: one
+/// document per name with only apiVersion, kind and metadata, which is all
+/// the control plane looks at to delete.
+fn reference_file(kind: &str, names: &[String], namespace: &str) -> Result<SourceFile> {
+    let kind = Kind::parse(kind)?;
+    if names.is_empty() {
+        bail!(
+            "name the {} to delete: meshctl delete {} NAME...",
+            kind.plural(),
+            kind.short_name()
+        );
+    }
+    let content = names
+        .iter()
+        .map(|name| {
+            format!(
+                "apiVersion: {NETWORKING_GROUP}/v1\nkind: {}\nmetadata:\n  name: {}\n  namespace: {}\n",
+                kind.as_str(),
+                yaml_string(name),
+                yaml_string(namespace)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    Ok(SourceFile {
+        name: "<command line>".to_string(),
+        content,
+    })
+}
+
+/// A name as a YAML string, quoted so no name can change the document.
+fn yaml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+async fn send(ctx: &Ctx, files: Vec<SourceFile>, path: &str) -> Result<ExitCode> {
+    let request = ApplyRequest { files };
     match ctx
         .control()
         .post_validated::<_, ApplyResponse>(path, &request)
         .await?
     {
         Validated::Ok(response) => {
+            // `virtualservice.networking.istio.io/guestbook-ui configured`
             for change in &response.changes {
-                println!("{}", describe_change(change));
+                println!("{change}");
             }
             // Like kubectl's admission warnings: the change is made, but
             // something will not work as written.
             for d in &response.diagnostics {
-                eprintln!("Warning: {}", format_diagnostic(d));
+                eprintln!("Warning: {d}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -170,48 +228,10 @@ pub fn validate(args: FileArgs) -> Result<ExitCode> {
     })
 }
 
+/// `FILE: Kind ns/name: field: message`, one line per error.
 fn print_errors(errors: &ConfigErrors) {
     for e in &errors.errors {
-        eprintln!("{}", format_error(e));
-    }
-}
-
-/// `labs/04/vs.yaml: VirtualService default/helloworld-service: spec.http[0].fault.abort.percent: message`
-pub fn format_error(e: &ConfigError) -> String {
-    [
-        e.file.as_str(),
-        e.resource.as_str(),
-        e.field.as_str(),
-        e.message.as_str(),
-    ]
-    .into_iter()
-    .filter(|part| !part.is_empty())
-    .collect::<Vec<_>>()
-    .join(": ")
-}
-
-/// `virtualservice.networking.istio.io/guestbook-ui configured`
-pub fn describe_change(change: &Change) -> String {
-    let kind = change.kind.to_ascii_lowercase();
-    let group = api_group(&change.kind);
-    if group.is_empty() {
-        format!("{kind}/{} {}", change.name, change.action)
-    } else {
-        format!("{kind}.{group}/{} {}", change.name, change.action)
-    }
-}
-
-/// The API group of an Istio kind, as kubectl prints it.
-fn api_group(kind: &str) -> &'static str {
-    match kind {
-        "VirtualService" | "DestinationRule" | "Gateway" | "ServiceEntry" | "Sidecar" => {
-            "networking.istio.io"
-        }
-        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
-            "security.istio.io"
-        }
-        "Telemetry" => "telemetry.istio.io",
-        _ => "",
+        eprintln!("{e}");
     }
 }
 
@@ -268,47 +288,48 @@ mod tests {
     }
 
     #[test]
-    fn changes_print_like_kubectl() {
-        let change = |kind: &str, action: &str| Change {
-            kind: kind.into(),
-            namespace: "default".into(),
-            name: "guestbook-ui".into(),
-            action: action.into(),
-        };
+    fn delete_by_name_writes_reference_documents() {
+        let file = reference_file("vs", &["a".into(), "b".into()], "default").unwrap();
         assert_eq!(
-            describe_change(&change("VirtualService", "configured")),
-            "virtualservice.networking.istio.io/guestbook-ui configured"
+            file.content,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: \"a\"\n  namespace: \"default\"\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: \"b\"\n  namespace: \"default\"\n"
         );
+        // The control plane reads it with the same parser delete uses.
+        let resources = ConfigSet::parse_identities(&[file]).unwrap();
+        let ids: Vec<_> = resources.iter().map(|r| r.id()).collect();
         assert_eq!(
-            describe_change(&change("AuthorizationPolicy", "created")),
-            "authorizationpolicy.security.istio.io/guestbook-ui created"
+            ids,
+            ["VirtualService default/a", "VirtualService default/b"]
         );
-        assert_eq!(
-            describe_change(&change("Thing", "deleted")),
-            "thing/guestbook-ui deleted"
-        );
+
+        assert!(reference_file("pods", &["a".into()], "default").is_err());
+        let err = reference_file("dr", &[], "default")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("meshctl delete dr NAME"), "{err}");
     }
 
     #[test]
-    fn errors_name_file_resource_and_field() {
-        let e = ConfigError {
-            file: "labs/05/fault.yaml".into(),
-            resource: "VirtualService default/helloworld-service".into(),
-            field: "spec.http[0].fault.abort.percent".into(),
-            message: "`percent` is the v1alpha3 field; write `percentage: {value: 50}`".into(),
+    fn validate_reports_each_file() {
+        let dir = scratch_dir(&[
+            (
+                "good.yaml",
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: helloworld-service\nspec:\n  host: helloworld-service\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n",
+            ),
+            (
+                "old.yaml",
+                "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata:\n  name: hw\nspec:\n  hosts: [helloworld-service]\n  http:\n  - fault:\n      abort:\n        percent: 50\n        httpStatus: 503\n    route:\n    - destination:\n        host: helloworld-service\n",
+            ),
+        ]);
+        let good = FileArgs {
+            files: vec![dir.join("good.yaml")],
         };
-        assert_eq!(
-            format_error(&e),
-            "labs/05/fault.yaml: VirtualService default/helloworld-service: \
-             spec.http[0].fault.abort.percent: `percent` is the v1alpha3 field; write `percentage: {value: 50}`"
-        );
-        let no_field = ConfigError {
-            field: String::new(),
-            ..e
+        assert_eq!(validate(good).unwrap(), ExitCode::SUCCESS);
+        let all = FileArgs {
+            files: vec![dir.clone()],
         };
-        assert_eq!(
-            format_error(&no_field),
-            "labs/05/fault.yaml: VirtualService default/helloworld-service: `percent` is the v1alpha3 field; write `percentage: {value: 50}`"
-        );
+        assert_eq!(validate(all).unwrap(), ExitCode::FAILURE);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,7 +14,7 @@ use mesh_api::xds::ports;
 
 use crate::client::Client;
 use crate::runfile::RunState;
-use crate::{analyze, apply, get, locate, logs, scale, up};
+use crate::{analyze, apply, get, locate, logs, process, scale, up};
 
 /// micromesh's command line.
 #[derive(Debug, Parser)]
@@ -59,8 +59,8 @@ pub enum Command {
     Get(get::GetArgs),
     /// Apply Istio resources (VirtualService, DestinationRule, Gateway) to the mesh.
     Apply(apply::FileArgs),
-    /// Delete the Istio resources named in files from the mesh.
-    Delete(apply::FileArgs),
+    /// Delete Istio resources: those defined in files (-f), or KIND NAME...
+    Delete(apply::DeleteArgs),
     /// Check files offline, without a control plane (for CI and editors).
     Validate(apply::FileArgs),
     /// Report problems in the applied configuration, like `istioctl analyze`.
@@ -123,16 +123,28 @@ impl Ctx {
     /// The control plane: `--control-url`, else the one `meshctl up` runs,
     /// else the well-known port.
     pub fn control(&self) -> Client {
-        let url = match &self.control_url {
-            Some(url) => url.clone(),
-            None => self
-                .run_state()
-                .ok()
-                .flatten()
-                .map(|s| s.control_url)
-                .unwrap_or_else(|| format!("http://127.0.0.1:{}", ports::CONTROL)),
-        };
-        Client::control_plane(&url)
+        if let Some(url) = &self.control_url {
+            return Client::control_plane(url);
+        }
+        match self.run_state().ok().flatten() {
+            Some(state) if process::runs_program(state.pid, "meshctl") => {
+                Client::started_control_plane(&state.control_url)
+            }
+            Some(stale) => Client::control_plane(&stale.control_url),
+            None => Client::control_plane(&format!("http://127.0.0.1:{}", ports::CONTROL)),
+        }
+    }
+
+    /// Print to stdout. A reader that goes away (`meshctl logs | head`) is
+    /// not an error: it returns `Ok(false)`, and the command stops printing.
+    pub fn emit(text: &str) -> Result<bool> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The work dir as a user would type it (relative when under the cwd).

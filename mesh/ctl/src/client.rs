@@ -44,6 +44,18 @@ impl Client {
         )
     }
 
+    /// The control plane a running `meshctl up` started: when it does not
+    /// answer, it died (or was killed in a lab) while the rest runs on.
+    pub fn started_control_plane(base: &str) -> Client {
+        Client::new(
+            base,
+            "the control plane",
+            "`meshctl up` runs, but its control plane is down (the proxies keep routing with their last config); \
+             bring it back with `meshctl restart control-plane`",
+            Duration::from_secs(15),
+        )
+    }
+
     /// The supervisor of a running `meshctl up` at `addr` (`127.0.0.1:PORT`).
     /// Scaling waits for new instances to be ready, so the timeout is long.
     pub fn supervisor(addr: &str) -> Client {

@@ -13,12 +13,11 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
-use mesh_api::config::Diagnostic;
+use mesh_api::config::{self, Diagnostic};
 use mesh_api::xds::{ProxyStatus, ServiceStatus};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::analyze::format_diagnostic;
 use crate::cli::Ctx;
 use crate::table::Table;
 
@@ -47,9 +46,8 @@ pub enum Kind {
     Services,
     Endpoints,
     Proxies,
-    VirtualServices,
-    DestinationRules,
-    Gateways,
+    /// An applied Istio kind (VirtualService, DestinationRule, Gateway).
+    Resource(config::Kind),
 }
 
 impl FromStr for Kind {
@@ -61,28 +59,13 @@ impl FromStr for Kind {
             "services" | "service" | "svc" => Kind::Services,
             "endpoints" | "endpoint" | "ep" => Kind::Endpoints,
             "proxies" | "proxy" => Kind::Proxies,
-            "virtualservices" | "virtualservice" | "vs" => Kind::VirtualServices,
-            "destinationrules" | "destinationrule" | "dr" => Kind::DestinationRules,
-            "gateways" | "gateway" | "gw" => Kind::Gateways,
-            _ => {
-                return Err(format!(
+            _ => Kind::Resource(config::Kind::parse(text).map_err(|_| {
+                format!(
                     "unknown kind {text:?}; meshctl can get services (svc), endpoints (ep), proxies, \
                      virtualservices (vs), destinationrules (dr), gateways (gw)"
-                ));
-            }
+                )
+            })?),
         })
-    }
-}
-
-impl Kind {
-    /// The Istio kind of an applied-resource kind, as the config API names it.
-    pub fn resource_kind(self) -> Option<&'static str> {
-        match self {
-            Kind::VirtualServices => Some("VirtualService"),
-            Kind::DestinationRules => Some("DestinationRule"),
-            Kind::Gateways => Some("Gateway"),
-            _ => None,
-        }
     }
 }
 
@@ -92,9 +75,7 @@ impl fmt::Display for Kind {
             Kind::Services => "services",
             Kind::Endpoints => "endpoints",
             Kind::Proxies => "proxies",
-            Kind::VirtualServices => "virtualservices",
-            Kind::DestinationRules => "destinationrules",
-            Kind::Gateways => "gateways",
+            Kind::Resource(kind) => kind.plural(),
         })
     }
 }
@@ -115,8 +96,8 @@ pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
             }
             match args.output {
                 Some(format) => print_structured(&services, format)?,
-                None if args.kind == Kind::Services => print_table(services_table(&services)),
-                None => print_table(endpoints_table(&services)),
+                None if args.kind == Kind::Services => print_table(services_table(&services))?,
+                None => print_table(endpoints_table(&services))?,
             }
         }
         Kind::Proxies => {
@@ -131,11 +112,10 @@ pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
             }
             match args.output {
                 Some(format) => print_structured(&proxies, format)?,
-                None => print_table(proxies_table(&proxies)),
+                None => print_table(proxies_table(&proxies))?,
             }
         }
-        Kind::VirtualServices | Kind::DestinationRules | Kind::Gateways => {
-            let kind = args.kind.resource_kind().expect("a resource kind");
+        Kind::Resource(kind) => {
             let mut resources: Vec<Value> = control.get(&format!("/v1/config?kind={kind}")).await?;
             if let Some(name) = name {
                 resources.retain(|r| ResourceView(r).name() == name);
@@ -155,14 +135,14 @@ pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
                     if resources.is_empty() {
                         println!("No {} applied.", args.kind);
                     } else {
-                        print_table(resources_table(args.kind, &resources));
+                        print_table(resources_table(kind, &resources))?;
                     }
                 }
             }
             if !relevant.is_empty() {
                 eprintln!();
                 for d in relevant {
-                    eprintln!("{}", format_diagnostic(d));
+                    eprintln!("{d}");
                 }
             }
         }
@@ -170,28 +150,29 @@ pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(table: Table) {
-    print!("{}", table.render());
+fn print_table(table: Table) -> Result<()> {
+    Ctx::emit(&table.render()).map(drop)
 }
 
 fn print_structured<T: Serialize + ?Sized>(value: &T, format: Output) -> Result<()> {
-    match format {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
-    }
-    Ok(())
+    let text = match format {
+        Output::Json => serde_json::to_string_pretty(value)? + "\n",
+        Output::Yaml => serde_yaml::to_string(value)?,
+    };
+    Ctx::emit(&text).map(drop)
 }
 
 /// Several resources as one multi-document YAML stream: `meshctl get vs -o
 /// yaml > saved.yaml` can be applied again as it is.
 fn print_yaml_documents(resources: &[Value]) -> Result<()> {
+    let mut text = String::new();
     for (i, r) in resources.iter().enumerate() {
         if i > 0 {
-            println!("---");
+            text.push_str("---\n");
         }
-        print!("{}", serde_yaml::to_string(r)?);
+        text.push_str(&serde_yaml::to_string(r)?);
     }
-    Ok(())
+    Ctx::emit(&text).map(drop)
 }
 
 // === tables ===
@@ -267,14 +248,14 @@ pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
 /// VirtualService: hosts and gateways; DestinationRule: host and subsets;
 /// Gateway: selector and server hosts. The NAMESPACE column appears only
 /// when some resource is outside `default`.
-pub fn resources_table(kind: Kind, resources: &[Value]) -> Table {
+pub fn resources_table(kind: config::Kind, resources: &[Value]) -> Table {
     let namespaced = resources
         .iter()
         .any(|r| ResourceView(r).namespace() != "default");
     let columns: &[&str] = match kind {
-        Kind::VirtualServices => &["NAME", "GATEWAYS", "HOSTS"],
-        Kind::DestinationRules => &["NAME", "HOST", "SUBSETS"],
-        _ => &["NAME", "SELECTOR", "HOSTS"],
+        config::Kind::VirtualService => &["NAME", "GATEWAYS", "HOSTS"],
+        config::Kind::DestinationRule => &["NAME", "HOST", "SUBSETS"],
+        config::Kind::Gateway => &["NAME", "SELECTOR", "HOSTS"],
     };
     let mut headers: Vec<&str> = Vec::new();
     if namespaced {
@@ -291,11 +272,11 @@ pub fn resources_table(kind: Kind, resources: &[Value]) -> Table {
         }
         row.push(view.name().to_string());
         match kind {
-            Kind::VirtualServices => {
+            config::Kind::VirtualService => {
                 row.push(list(spec.get("gateways")));
                 row.push(list(spec.get("hosts")));
             }
-            Kind::DestinationRules => {
+            config::Kind::DestinationRule => {
                 row.push(dash_if_empty(str_of(spec.get("host")).to_string()));
                 let subsets: Vec<&str> = spec
                     .get("subsets")
@@ -309,7 +290,7 @@ pub fn resources_table(kind: Kind, resources: &[Value]) -> Table {
                     .unwrap_or_default();
                 row.push(dash_if_empty(subsets.join(",")));
             }
-            _ => {
+            config::Kind::Gateway => {
                 let selector: Vec<String> = spec
                     .get("selector")
                     .and_then(Value::as_object)
@@ -456,10 +437,13 @@ mod tests {
             ("Services", Kind::Services),
             ("ep", Kind::Endpoints),
             ("proxies", Kind::Proxies),
-            ("vs", Kind::VirtualServices),
-            ("virtualservice", Kind::VirtualServices),
-            ("dr", Kind::DestinationRules),
-            ("gw", Kind::Gateways),
+            ("vs", Kind::Resource(config::Kind::VirtualService)),
+            (
+                "virtualservice",
+                Kind::Resource(config::Kind::VirtualService),
+            ),
+            ("dr", Kind::Resource(config::Kind::DestinationRule)),
+            ("gw", Kind::Resource(config::Kind::Gateway)),
         ] {
             assert_eq!(text.parse::<Kind>().unwrap(), kind, "{text}");
         }
@@ -538,7 +522,7 @@ mod tests {
             "spec": {"hosts": ["*"], "gateways": ["guestbook-gateway"], "http": []}
         });
         assert_eq!(
-            words(&resources_table(Kind::VirtualServices, &[vs])),
+            words(&resources_table(config::Kind::VirtualService, &[vs])),
             [
                 vec!["NAME", "GATEWAYS", "HOSTS"],
                 vec!["guestbook-ui", "guestbook-gateway", "*"]
@@ -550,7 +534,7 @@ mod tests {
             "spec": {"host": "helloworld-service", "subsets": [{"name": "v1"}, {"name": "v2"}]}
         });
         assert_eq!(
-            words(&resources_table(Kind::DestinationRules, &[dr])),
+            words(&resources_table(config::Kind::DestinationRule, &[dr])),
             [
                 vec!["NAMESPACE", "NAME", "HOST", "SUBSETS"],
                 vec!["labs", "helloworld-service", "helloworld-service", "v1,v2"]
@@ -562,7 +546,7 @@ mod tests {
                      "servers": [{"port": {"number": 80}, "hosts": ["*"]}]}
         });
         assert_eq!(
-            words(&resources_table(Kind::Gateways, &[gw]))[1],
+            words(&resources_table(config::Kind::Gateway, &[gw]))[1],
             ["guestbook-gateway", "istio=ingressgateway", "*"]
         );
     }

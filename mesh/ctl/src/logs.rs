@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,12 +58,10 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<ExitCode> {
         Some(query) => {
             let stem = resolve(&stems, query, args.container)?;
             let path = dir.join(format!("{stem}.log"));
-            let mut out = std::io::stdout().lock();
-            let text = read_tail(&path, args.tail)?;
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
+            if !Ctx::emit(&read_tail(&path, args.tail)?)? {
+                return Ok(ExitCode::SUCCESS);
+            }
             if args.follow {
-                drop(out);
                 let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 let mut follower = Follower::new(dir, Some(stem), false);
                 follower.files.insert(path, Tracked::at(offset));
@@ -73,11 +71,15 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<ExitCode> {
         None => {
             let tail = args.tail.unwrap_or(10);
             let color = color_enabled();
+            let mut text = String::new();
             for stem in &stems {
                 let path = dir.join(format!("{stem}.log"));
                 for line in read_tail(&path, Some(tail))?.lines() {
-                    println!("{} {line}", prefix(stem, color));
+                    text.push_str(&format!("{} {line}\n", prefix(stem, color)));
                 }
+            }
+            if !Ctx::emit(&text)? {
+                return Ok(ExitCode::SUCCESS);
             }
             if args.follow {
                 follow_dir(&dir).await;
@@ -224,14 +226,15 @@ impl Follower {
         }
     }
 
+    /// Until the reader of our output goes away.
     async fn run(&mut self) {
-        loop {
-            self.poll();
+        while self.poll() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    fn poll(&mut self) {
+    /// Print what is new; false once stdout is closed.
+    fn poll(&mut self) -> bool {
         if self.only.is_none() {
             // New processes (scale, restart) get a log of their own.
             for stem in log_stems(&self.dir).unwrap_or_default() {
@@ -240,7 +243,7 @@ impl Follower {
                     .or_default();
             }
         }
-        let mut out = std::io::stdout().lock();
+        let mut text = String::new();
         for (path, tracked) in &mut self.files {
             let Some(bytes) = read_new(path, tracked) else {
                 continue;
@@ -255,14 +258,15 @@ impl Follower {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             for line in String::from_utf8_lossy(&complete).lines() {
-                let _ = if self.prefixed {
-                    writeln!(out, "{} {line}", prefix(&stem, self.color))
-                } else {
-                    writeln!(out, "{line}")
-                };
+                if self.prefixed {
+                    text.push_str(&prefix(&stem, self.color));
+                    text.push(' ');
+                }
+                text.push_str(line);
+                text.push('\n');
             }
         }
-        let _ = out.flush();
+        text.is_empty() || Ctx::emit(&text).unwrap_or(false)
     }
 }
 

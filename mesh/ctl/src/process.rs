@@ -103,6 +103,9 @@ impl Proc {
                 command.env_remove(&name);
             }
         }
+        // Logs go to files: no terminal colour codes in them
+        // (https://no-color.org; tracing-subscriber honours it).
+        command.env("NO_COLOR", "1");
         command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         if let Some(cwd) = &spec.cwd {
             command.current_dir(cwd);

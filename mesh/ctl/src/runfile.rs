@@ -120,17 +120,9 @@ impl RunState {
         let mut table = Table::new([
             "SERVICE", "VERSION", "INSTANCE", "APP", "OUTBOUND", "INBOUND", "ADMIN",
         ]);
-        if let Some(control) = &self.control_plane {
+        if self.control_plane.is_some() {
             let port = self.control_url.rsplit(':').next().unwrap_or("");
-            table.row([
-                "mesh-control",
-                "-",
-                &format!("pid {}", control.pid),
-                port,
-                "-",
-                "-",
-                "-",
-            ]);
+            table.row(["mesh-control", "-", "mesh-control", port, "-", "-", "-"]);
         }
         let mut instances: Vec<_> = self.instances.iter().collect();
         instances.sort_by(|a, b| {

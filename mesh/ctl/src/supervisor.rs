@@ -28,7 +28,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mesh_api::xds::ApiError;
+use mesh_api::xds::{ApiError, ServiceStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -110,8 +110,19 @@ pub struct Probe {
     pub name: String,
     /// `GET` must answer 2xx: the app's `/health`, the sidecar's `/ready`...
     pub urls: Vec<String>,
+    /// For an instance: the control plane must list it as a healthy
+    /// endpoint, which is when other sidecars start sending it traffic
+    /// (Kubernetes: the pod's address appears in the EndpointSlice).
+    pub registered: Option<Registration>,
     /// If any of these exits, the instance will never be ready.
     pub exits: Vec<(String, watch::Receiver<Option<String>>, PathBuf)>,
+}
+
+/// Where an instance must show up as a healthy endpoint.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub control_url: String,
+    pub service: String,
 }
 
 /// The running mesh. Lives behind a mutex in `Supervisor`.
@@ -171,6 +182,7 @@ impl Mesh {
         let probe = Probe {
             name: "mesh-control".into(),
             urls: vec![format!("{}/v1/services", self.config.control_url())],
+            registered: None,
             exits: vec![("mesh-control".into(), proc.exit_watch(), log)],
         };
         self.control = Some(proc);
@@ -190,7 +202,7 @@ impl Mesh {
             admin: self.free_port()?,
         };
         let instance = self.spawn_instance(workload.clone(), name, ports)?;
-        let probe = instance_probe(&instance);
+        let probe = instance_probe(&instance, &self.config.control_url());
         self.instances.push(instance);
         self.save()?;
         Ok(probe)
@@ -400,6 +412,7 @@ impl Mesh {
         let probe = Probe {
             name: instance.clone(),
             urls: vec![format!("http://127.0.0.1:{}/ready", ports.admin)],
+            registered: None,
             exits: vec![(instance.clone(), proc.exit_watch(), log)],
         };
         self.gateway = Some(Gateway {
@@ -509,7 +522,7 @@ impl Mesh {
     /// Start an instance again after `take_for_restart` stopped it.
     pub fn restart_instance(&mut self, old: Instance) -> Result<Probe> {
         let instance = self.spawn_instance(old.workload, old.name, old.ports)?;
-        let probe = instance_probe(&instance);
+        let probe = instance_probe(&instance, &self.config.control_url());
         self.instances.push(instance);
         self.save()?;
         Ok(probe)
@@ -617,9 +630,13 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn instance_probe(i: &Instance) -> Probe {
+fn instance_probe(i: &Instance, control_url: &str) -> Probe {
     Probe {
         name: i.name.clone(),
+        registered: Some(Registration {
+            control_url: control_url.to_string(),
+            service: i.workload.service.clone(),
+        }),
         urls: vec![
             format!("http://127.0.0.1:{}/health", i.ports.app),
             format!("http://127.0.0.1:{}/ready", i.ports.admin),
@@ -672,7 +689,7 @@ pub async fn wait_ready(
 ) -> Result<(), NotReady> {
     let mut ready = vec![false; probes.len()];
     loop {
-        for (probe, ready) in probes.iter().zip(ready.iter_mut()) {
+        for probe in probes {
             for (what, exit, log) in &probe.exits {
                 if let Some(status) = exit.borrow().clone() {
                     return Err(NotReady {
@@ -684,9 +701,28 @@ pub async fn wait_ready(
                     });
                 }
             }
-            if !*ready {
-                *ready = all_answer(http, &probe.urls).await;
+        }
+        let mut endpoints: Option<Vec<ServiceStatus>> = None;
+        for (probe, ready) in probes.iter().zip(ready.iter_mut()) {
+            if *ready || !all_answer(http, &probe.urls).await {
+                continue;
             }
+            *ready = match &probe.registered {
+                None => true,
+                Some(registration) => {
+                    // One registry read per round serves every probe.
+                    if endpoints.is_none() {
+                        endpoints = Some(registry(http, &registration.control_url).await);
+                    }
+                    let services = endpoints.as_deref().unwrap_or_default();
+                    services.iter().any(|s| {
+                        s.name == registration.service
+                            && s.endpoints
+                                .iter()
+                                .any(|e| e.instance == probe.name && e.healthy)
+                    })
+                }
+            };
         }
         let waiting: Vec<&str> = probes
             .iter()
@@ -707,9 +743,16 @@ pub async fn wait_ready(
                 .map(|(p, _)| p)
             {
                 message.push_str(&format!(
-                    "{} is not ready: no 2xx from {}\n",
+                    "{} is not ready: no 2xx from {}{}\n",
                     probe.name,
-                    probe.urls.join(" and ")
+                    probe.urls.join(" and "),
+                    match &probe.registered {
+                        Some(r) => format!(
+                            ", or not a healthy endpoint at {}/v1/services",
+                            r.control_url
+                        ),
+                        None => String::new(),
+                    }
                 ));
                 for (what, _, log) in &probe.exits {
                     message.push_str(&format!(
@@ -722,6 +765,15 @@ pub async fn wait_ready(
             return Err(NotReady { message });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The control plane's services, or none while it does not answer.
+async fn registry(http: &reqwest::Client, control_url: &str) -> Vec<ServiceStatus> {
+    let url = format!("{control_url}/v1/services");
+    match http.get(&url).send().await {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+        _ => Vec::new(),
     }
 }
 
