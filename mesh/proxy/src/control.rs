@@ -67,9 +67,12 @@ pub async fn run(
     base: String,
     shutdown: CancellationToken,
 ) {
+    // The watch starts after the first announce succeeds: before it, the
+    // control plane does not know this instance and would answer 404.
+    let (announced_tx, announced_rx) = tokio::sync::watch::channel(false);
     tokio::join!(
-        announce_loop(&shared, &client, &base, &shutdown),
-        watch_loop(&shared, &client, &base, &shutdown),
+        announce_loop(&shared, &client, &base, &shutdown, announced_tx),
+        watch_loop(&shared, &client, &base, &shutdown, announced_rx),
     );
 }
 
@@ -92,6 +95,7 @@ async fn announce_loop(
     client: &reqwest::Client,
     base: &str,
     shutdown: &CancellationToken,
+    announced: tokio::sync::watch::Sender<bool>,
 ) {
     let url = format!("{base}/v1/proxies/{}", shared.config.instance);
     let mut backoff = Backoff::new("announce");
@@ -116,6 +120,7 @@ async fn announce_loop(
         let delay = match result {
             Ok(_) => {
                 backoff.succeeded(base);
+                announced.send_replace(true);
                 Duration::from_millis(HEARTBEAT_INTERVAL_MS)
             }
             Err(error) => backoff.failed(base, &error),
@@ -132,7 +137,13 @@ async fn watch_loop(
     client: &reqwest::Client,
     base: &str,
     shutdown: &CancellationToken,
+    mut announced: tokio::sync::watch::Receiver<bool>,
 ) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        // Err only if the announce loop ended, which it does on shutdown.
+        _ = announced.wait_for(|done| *done) => {}
+    }
     let instance = &shared.config.instance;
     let mut backoff = Backoff::new("watch");
     // The last version seen, accepted or not: asking again with a rejected

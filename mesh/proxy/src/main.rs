@@ -15,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid proxy settings")?;
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("MESH_LOG={:?} is not a valid tracing filter", config.log))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr, like Envoy's; stdout stays free for the app's own
+    // output when both share a terminal under meshctl.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let proxy = Proxy::start(config).await?;
     shutdown_signal().await;

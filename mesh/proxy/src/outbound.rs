@@ -71,6 +71,15 @@ pub async fn handle(
         .unwrap_or_else(|| "/".to_string());
 
     let result = async {
+        if method == http::Method::CONNECT {
+            // HTTPS through the proxy would be an opaque tunnel: nothing to
+            // route, retry or observe. The mesh carries plain HTTP (mTLS
+            // between sidecars comes later), so apps call http:// URLs.
+            return Err(ProxyError::BadRequest(format!(
+                "CONNECT {authority}: the sidecar proxies plain HTTP only; call the service \
+                 as http://{authority} (the mesh secures traffic between sidecars itself)"
+            )));
+        }
         let body = buffer(body, MAX_REQUEST_BODY).await?;
         let mut req = http::Request::from_parts(parts, body);
         req.extensions_mut().insert(log.clone());
