@@ -331,16 +331,25 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
         base_ejection_time_ms: ejection.as_millis() as u64,
         max_ejection_percent: 100,
     });
-    let proxy = sidecar(snap(host(vec![route(vec![to("hw", 100)])]), vec![hw])).await;
+    let proxy = sidecar(snap(
+        host(vec![route(vec![to("hw", 100)])]),
+        vec![hw.clone()],
+    ))
+    .await;
     let client = client_via(proxy.outbound_addr().unwrap());
 
     // Round robin: the bad endpoint fails twice within four requests...
+    // (taken before the requests, so the ejection is no older than this)
+    let ejected_at = Instant::now();
     for _ in 0..4 {
         get(&client, "http://hw:8080/").await;
     }
     assert_eq!(bad.hits(), 2);
+    // A new snapshot version keeps the ejection: the endpoint stays.
+    let mut next = snap(host(vec![route(vec![to("hw", 100)])]), vec![hw]);
+    next.version = 2;
+    proxy.apply_snapshot(next).unwrap();
     // ...and is ejected: everything goes to the good one now.
-    let ejected_at = Instant::now();
     for _ in 0..10 {
         let reply = get(&client, "http://hw:8080/").await;
         if ejected_at.elapsed() < ejection {
@@ -367,7 +376,7 @@ async fn a_full_connection_pool_overflows_with_503_uo() {
     let slow = Upstream::with_delay(
         "slow",
         Arc::new(|_, _| (200, "slow".into())),
-        Duration::from_millis(400),
+        Duration::from_millis(800),
     )
     .await;
     let mut hw = cluster("hw", vec![slow.endpoint()]);
