@@ -10,6 +10,7 @@
 //! - every `<!-- lab:check ... -->` comment (invisible on GitHub): a shell
 //!   check that must succeed; it is retried for a few seconds, because a
 //!   rule takes a moment to reach every proxy.
+//!
 //! At the end of a lab the runner stops the mesh with `meshctl down`.
 //!
 //! Run one lab: `LAB=03 cargo test -p mesh-testkit --test labs -- --nocapture`.
