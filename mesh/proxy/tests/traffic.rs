@@ -443,3 +443,30 @@ async fn a_mirror_gets_a_shadow_copy() {
     assert_eq!(parts.headers["host"], "hw-shadow:8080");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_are_kept_alive_and_retired_after_max_requests() {
+    let v1 = Upstream::start("v1").await;
+    let proxy = sidecar(snap(
+        host(vec![route(vec![to("hw", 100)])]),
+        vec![cluster("hw", vec![v1.endpoint()])],
+    ))
+    .await;
+    let client = client_via(proxy.outbound_addr().unwrap());
+    for _ in 0..10 {
+        assert_eq!(get(&client, "http://hw:8080/").await.status, 200);
+    }
+    assert_eq!(v1.connections(), 1, "one pooled keep-alive connection");
+    proxy.shutdown().await;
+
+    let v2 = Upstream::start("v2").await;
+    let mut hw = cluster("hw", vec![v2.endpoint()]);
+    hw.policy.connection_pool.max_requests_per_connection = Some(2);
+    let proxy = sidecar(snap(host(vec![route(vec![to("hw", 100)])]), vec![hw])).await;
+    let client = client_via(proxy.outbound_addr().unwrap());
+    for _ in 0..10 {
+        assert_eq!(get(&client, "http://hw:8080/").await.status, 200);
+    }
+    assert_eq!(v2.connections(), 5, "maxRequestsPerConnection: 2");
+    proxy.shutdown().await;
+}

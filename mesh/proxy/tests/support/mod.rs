@@ -26,6 +26,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     pub last_request: Arc<Mutex<Option<http::request::Parts>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -45,6 +46,8 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let last_request = Arc::new(Mutex::new(None));
         let (h, l) = (hits.clone(), last_request.clone());
         let task = tokio::spawn(async move {
@@ -52,6 +55,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (hits, last, behaviour) = (h.clone(), l.clone(), behaviour.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -81,6 +85,7 @@ impl Upstream {
             addr,
             name: name.to_string(),
             hits,
+            connections,
             last_request,
             task,
         }
@@ -88,6 +93,11 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn endpoint(&self) -> Endpoint {
