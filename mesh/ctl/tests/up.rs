@@ -1,0 +1,590 @@
+//! End to end: the real `meshctl up`, with the real control plane, sidecars,
+//! gateway and Guestbook services (Rust, Python, Java) as child processes,
+//! driven the way a workshop attendee drives it.
+//!
+//! It needs every binary of the workspace beside meshctl: run
+//! `cargo build --workspace --bins` first (./scripts/test.sh does), and
+//! python3 and a JDK, like `meshctl up` itself.
+//!
+//! One test function: starting the mesh takes a few seconds, and each step
+//! builds on the one before (a scaled service, a killed control plane...).
+//! Every wait polls with a deadline; no sleep stands in for a check.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Starting the JVM (compiling Sentiment.java) on a busy two-core CI machine
+/// is the slow part.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+// === harness ===
+
+/// A running `meshctl up`. Dropping it (also when a check fails) stops the
+/// mesh, so a failing test leaves no process behind.
+struct Up {
+    child: Option<Child>,
+    workdir: PathBuf,
+    gateway_port: u16,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Up {
+    fn start() -> Up {
+        let bin = meshctl_bin();
+        let missing: Vec<_> = [
+            "mesh-control",
+            "mesh-proxy",
+            "guestbook-ui",
+            "guestbook-service",
+        ]
+        .into_iter()
+        .filter(|name| !bin.parent().unwrap().join(name).is_file())
+        .collect();
+        assert!(
+            missing.is_empty(),
+            "{missing:?} not built beside {}: this test runs the real binaries; \
+             run `cargo build --workspace --bins` first (./scripts/test.sh does)",
+            bin.display()
+        );
+
+        let workdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "meshctl-up-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _ = std::fs::remove_dir_all(&workdir);
+        std::fs::create_dir_all(&workdir).unwrap();
+        let control_port = free_port();
+        let gateway_port = free_port();
+        let stdout_path = workdir.with_extension("stdout");
+        let stderr_path = workdir.with_extension("stderr");
+        let child = Command::new(&bin)
+            .args(["up", "--control-port", &control_port.to_string()])
+            .args(["--gateway-port", &gateway_port.to_string()])
+            .arg("--workdir")
+            .arg(&workdir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("meshctl starts");
+        Up {
+            child: Some(child),
+            workdir,
+            gateway_port,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    fn gateway(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway_port)
+    }
+
+    /// `meshctl ARGS` against this mesh's work dir.
+    fn meshctl(&self, args: &[&str]) -> Output {
+        Command::new(meshctl_bin())
+            .args(args)
+            .arg("--workdir")
+            .arg(&self.workdir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("meshctl runs")
+    }
+
+    /// `meshctl ARGS`, which must succeed; returns its stdout.
+    fn meshctl_ok(&self, args: &[&str]) -> String {
+        let out = self.meshctl(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The run file `meshctl up` keeps current.
+    fn run_file(&self) -> Value {
+        let text = std::fs::read_to_string(self.workdir.join("run/up.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.workdir.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+
+    /// What `meshctl up` printed, for failure messages.
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Fail at once, with its output, if `meshctl up` is gone.
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("meshctl up exited ({status}):\n{}", self.output());
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = self.meshctl(&["down"]);
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn meshctl_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshctl"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `check` until it returns `Ok`, or fail with its last error.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// An app's view of the mesh: a client whose HTTP proxy is that instance's
+/// sidecar outbound port, exactly what the app gets as HTTP_PROXY.
+fn through_sidecar(outbound_port: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://127.0.0.1:{outbound_port}")).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
+    let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await.map_err(|e| e.to_string())?))
+}
+
+fn instances_of<'a>(run: &'a Value, service: &str) -> Vec<&'a Value> {
+    run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["service"] == service)
+        .collect()
+}
+
+fn pids(run: &Value) -> Vec<u64> {
+    let mut pids = vec![
+        run["pid"].as_u64().unwrap(),
+        run["controlPlane"]["pid"].as_u64().unwrap(),
+        run["gateway"]["process"]["pid"].as_u64().unwrap(),
+    ];
+    for i in run["instances"].as_array().unwrap() {
+        pids.push(i["app"]["pid"].as_u64().unwrap());
+        pids.push(i["sidecar"]["pid"].as_u64().unwrap());
+    }
+    pids
+}
+
+/// A process exists and is not a zombie.
+fn running(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => {
+            // No /proc (macOS): ask the kernel whether the pid exists.
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+        }
+    }
+}
+
+fn line_with<'a>(log: &'a str, parts: &[&str]) -> Option<&'a str> {
+    log.lines().find(|l| parts.iter().all(|p| l.contains(p)))
+}
+
+// === the test ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
+    let mut up = Up::start();
+    let http = client();
+
+    // --- meshctl up says the mesh is up; the page answers through the gateway ---
+    eventually("meshctl up reports the mesh is up", START_TIMEOUT, || {
+        up.assert_running();
+        let stdout = std::fs::read_to_string(&up.stdout_path).unwrap_or_default();
+        async move {
+            if stdout.contains("micromesh is up") {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
+    })
+    .await;
+    let (status, body) = get_text(&http, &up.gateway("/")).await.unwrap();
+    assert_eq!(
+        status, 200,
+        "the Guestbook answers through the gateway: {body}"
+    );
+    let summary = std::fs::read_to_string(&up.stdout_path).unwrap();
+    assert!(
+        summary.contains(&format!("http://localhost:{}", up.gateway_port)),
+        "up prints the Guestbook's URL:\n{summary}"
+    );
+    let run = up.run_file();
+    let ui = instances_of(&run, "guestbook-ui")[0].clone();
+    let hello = instances_of(&run, "helloworld-service")[0].clone();
+    let store = instances_of(&run, "guestbook-service")[0].clone();
+    let ui_name = ui["instance"].as_str().unwrap().to_string();
+    let hello_name = hello["instance"].as_str().unwrap().to_string();
+    let store_name = store["instance"].as_str().unwrap().to_string();
+    assert!(
+        hello_name.starts_with("helloworld-service-v1-") && hello_name.len() == 27,
+        "instance names look like pod names: {hello_name}"
+    );
+
+    // --- a guest signs the book: message, sentiment, v1 greeting ---
+    let message = format!("I love this wonderful mesh {}", fastrand::u32(..));
+    let posted = http
+        .post(up.gateway("/greet"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=Ray&message={}", message.replace(' ', "+")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        posted.status().as_u16(),
+        303,
+        "POST /greet redirects to the page"
+    );
+    let cookie = posted
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let page = eventually("the page shows the message", STEP_TIMEOUT, || {
+        let request = http.get(up.gateway("/")).header("cookie", cookie.clone());
+        let message = message.clone();
+        async move {
+            let page = request.send().await.map_err(|e| e.to_string())?;
+            let page = page.text().await.map_err(|e| e.to_string())?;
+            if page.contains(&message) {
+                Ok(page)
+            } else {
+                Err(page)
+            }
+        }
+    })
+    .await;
+    assert!(
+        page.contains("positive"),
+        "the message's sentiment is shown:\n{page}"
+    );
+    assert!(
+        page.contains("Hello Ray"),
+        "helloworld v1 greets in English:\n{page}"
+    );
+    assert!(
+        page.contains(&hello_name),
+        "the page names the helloworld instance:\n{page}"
+    );
+
+    // --- the sidecars' access logs show every hop ---
+    eventually("every hop is in an access log", STEP_TIMEOUT, || {
+        let ui_sidecar = up.log(&format!("{ui_name}.sidecar"));
+        let store_sidecar = up.log(&format!("{store_name}.sidecar"));
+        let hello_sidecar = up.log(&format!("{hello_name}.sidecar"));
+        async move {
+            let hops: [(&str, &str, &[&str]); 4] = [
+                (
+                    "ui -> helloworld",
+                    &ui_sidecar,
+                    &["outbound", "helloworld-service:8080/hello/Ray"],
+                ),
+                (
+                    "ui -> guestbook-service",
+                    &ui_sidecar,
+                    &["outbound", "POST", "guestbook-service:8080/messages"],
+                ),
+                (
+                    "guestbook-service -> sentiment",
+                    &store_sidecar,
+                    &["outbound", "POST", "sentiment-service:8080/sentiment"],
+                ),
+                (
+                    "helloworld inbound",
+                    &hello_sidecar,
+                    &["inbound", "helloworld-service:8080/hello/Ray"],
+                ),
+            ];
+            match hops
+                .iter()
+                .find(|(_, log, parts)| line_with(log, parts).is_none())
+            {
+                None => Ok(()),
+                Some((hop, _, parts)) => {
+                    Err(format!("no access line for {hop} (looked for {parts:?})"))
+                }
+            }
+        }
+    })
+    .await;
+
+    // --- the ui sidecar's config knows helloworld-service ---
+    let admin = ui["adminPort"].as_u64().unwrap();
+    let (status, dump) = get_text(&http, &format!("http://127.0.0.1:{admin}/config_dump"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        dump.contains("helloworld-service"),
+        "config_dump lists helloworld-service:\n{dump}"
+    );
+
+    // --- scale helloworld to 3: round robin reaches all three ---
+    let scaled = up.meshctl_ok(&["scale", "helloworld-service=3"]);
+    assert!(
+        scaled.contains("helloworld-service@v1 scaled to 3"),
+        "{scaled}"
+    );
+    let run = up.run_file();
+    let expected: BTreeSet<String> = instances_of(&run, "helloworld-service")
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        expected.len(),
+        3,
+        "up.json lists three helloworld instances"
+    );
+    let as_ui = through_sidecar(ui["outboundPort"].as_u64().unwrap());
+    let reached = |as_ui: reqwest::Client| async move {
+        let mut seen = BTreeSet::new();
+        for _ in 0..30 {
+            let (status, body) =
+                get_text(&as_ui, "http://helloworld-service:8080/hello/scale").await?;
+            if status != 200 {
+                return Err(format!("{status}: {body}"));
+            }
+            let greeting: Value =
+                serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+            seen.insert(
+                greeting["hostname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        Ok::<_, String>(seen)
+    };
+    eventually(
+        "30 requests reach all three instances",
+        STEP_TIMEOUT,
+        || {
+            let as_ui = as_ui.clone();
+            let expected = expected.clone();
+            async move {
+                let seen = reached(as_ui).await?;
+                if seen == expected {
+                    Ok(())
+                } else {
+                    Err(format!("reached {seen:?}, want {expected:?}"))
+                }
+            }
+        },
+    )
+    .await;
+
+    // --- config applied before the control plane dies survives it ---
+    let rule = up.workdir.with_extension("dr.yaml");
+    std::fs::write(
+        &rule,
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: helloworld-service\n\
+         spec:\n  host: helloworld-service\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n",
+    )
+    .unwrap();
+    let applied = up.meshctl_ok(&["apply", "-f", rule.to_str().unwrap()]);
+    assert!(
+        applied.contains("destinationrule.networking.istio.io/helloworld-service created"),
+        "{applied}"
+    );
+
+    // --- kill the control plane: the data plane keeps serving ---
+    let control_pid = run["controlPlane"]["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(control_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("the control plane is gone", STEP_TIMEOUT, || async move {
+        if running(control_pid) {
+            Err("still running".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    for i in 0..10 {
+        let (status, body) = get_text(&http, &up.gateway("/")).await.unwrap();
+        assert_eq!(status, 200, "request {i} without a control plane: {body}");
+    }
+    let seen = reached(as_ui.clone()).await.unwrap();
+    assert_eq!(seen, expected, "the sidecars keep their last endpoints");
+
+    let down = up.meshctl(&["get", "services"]);
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        !down.status.success(),
+        "get services fails without a control plane"
+    );
+    assert!(
+        stderr.contains(run["controlUrl"].as_str().unwrap()),
+        "names the URL: {stderr}"
+    );
+    assert!(
+        stderr.contains("meshctl restart control-plane"),
+        "says what to do: {stderr}"
+    );
+
+    // --- bring it back: every registration returns, config intact ---
+    let restarted = up.meshctl_ok(&["restart", "control-plane"]);
+    assert!(restarted.contains("restarted"), "{restarted}");
+    let run = up.run_file();
+    let all: BTreeSet<String> = run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        all.len(),
+        6,
+        "ui, 3 helloworld, guestbook-service, sentiment: {all:?}"
+    );
+    eventually(
+        "every instance is a healthy endpoint again",
+        STEP_TIMEOUT,
+        || {
+            let out = up.meshctl(&["get", "endpoints", "-o", "json"]);
+            let all = all.clone();
+            async move {
+                if !out.status.success() {
+                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                let services: Vec<Value> =
+                    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+                let healthy: BTreeSet<String> = services
+                    .iter()
+                    .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                    .filter(|e| e["healthy"] == true)
+                    .map(|e| e["instance"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                if healthy == all {
+                    Ok(())
+                } else {
+                    Err(format!("healthy {healthy:?}, want {all:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let rules = up.meshctl_ok(&["get", "dr"]);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("helloworld-service ") && l.contains("v1")),
+        "the DestinationRule survived the restart:\n{rules}"
+    );
+    let table = up.meshctl_ok(&["get", "services"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("helloworld-service ") && l.contains("3/3")),
+        "{table}"
+    );
+
+    // --- meshctl down: nothing left behind ---
+    let run = up.run_file();
+    let pids = pids(&run);
+    up.meshctl_ok(&["down"]);
+    let mut child = up.child.take().unwrap();
+    let status = eventually("meshctl up exits after down", STEP_TIMEOUT, || {
+        let status = child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("still running".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    assert!(
+        status.success(),
+        "meshctl up exits cleanly: {status}\n{}",
+        up.output()
+    );
+    let left: HashMap<u64, bool> = pids.iter().map(|p| (*p, running(*p))).collect();
+    assert!(
+        left.values().all(|alive| !alive),
+        "processes left behind: {:?}",
+        left.iter().filter(|(_, alive)| **alive).collect::<Vec<_>>()
+    );
+    assert!(
+        !up.workdir.join("run/up.json").exists(),
+        "the run file is removed"
+    );
+    // Passed: the logs are not needed (a failure keeps them for a look).
+    let _ = std::fs::remove_file(rule);
+    let _ = std::fs::remove_file(&up.stdout_path);
+    let _ = std::fs::remove_file(&up.stderr_path);
+    let _ = std::fs::remove_dir_all(&up.workdir);
+}
