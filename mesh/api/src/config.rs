@@ -27,6 +27,8 @@
 //! (loading re-validates every resource).
 
 mod analyze;
+#[cfg(test)]
+mod conformance;
 mod decode;
 pub mod destination_rule;
 mod duration;

@@ -412,7 +412,7 @@ impl Decoder {
     }
 }
 
-const PERCENT: Shape = Shape {
+pub(crate) const PERCENT: Shape = Shape {
     what: "a percentage",
     fields: &["value"],
     istio_only: &[],

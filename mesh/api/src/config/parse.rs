@@ -286,16 +286,17 @@ fn decode_document(d: &mut Decoder, value: &Value, depth: Depth) -> Option<Resou
             return None;
         }
     };
-    let resource = Resource {
+    // The spec is checked even when the metadata was wrong: every error of
+    // the document in one go.
+    if depth == Depth::Full {
+        decode_spec(d, kind, &spec)?;
+    }
+    Some(Resource {
         api_version,
         kind: kind.as_str().to_string(),
         metadata: metadata?,
         spec,
-    };
-    if depth == Depth::Full {
-        decode_spec(d, kind, &resource.spec)?;
-    }
-    Some(resource)
+    })
 }
 
 /// Decode a spec of a known kind (also used to re-check stored resources).

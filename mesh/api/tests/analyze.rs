@@ -1,0 +1,444 @@
+//! Analysis: config that is valid YAML but will not do what it says.
+//!
+//! Each test applies a little config, analyses it against a registry, and
+//! checks the exact finding (level, code, resource, field) a learner would
+//! see from `meshctl analyze`, where Istio would answer with a silent 503.
+
+use std::collections::BTreeMap;
+
+use mesh_api::config::{ConfigSet, Diagnostic, SourceFile};
+use mesh_api::xds::{ProxyAnnounce, ProxyMode};
+
+/// Apply each YAML text in turn (so earlier ones are older).
+fn config(texts: &[&str]) -> ConfigSet {
+    texts
+        .iter()
+        .enumerate()
+        .fold(ConfigSet::default(), |set, (i, text)| {
+            let resources = ConfigSet::parse(&[SourceFile {
+                name: format!("{i}.yaml"),
+                content: text.to_string(),
+            }])
+            .unwrap_or_else(|e| panic!("test YAML {i} is invalid:\n{e}"));
+            set.apply(resources).0
+        })
+}
+
+fn services(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn sidecar(service: &str, version: &str) -> ProxyAnnounce {
+    ProxyAnnounce {
+        instance: format!("{service}-{version}-1"),
+        mode: ProxyMode::Sidecar,
+        service: service.into(),
+        version: version.into(),
+        labels: BTreeMap::new(),
+        address: "127.0.0.1:1".into(),
+        ready: true,
+        admin_address: String::new(),
+    }
+}
+
+fn ingress() -> ProxyAnnounce {
+    ProxyAnnounce {
+        instance: "ingressgateway-1".into(),
+        mode: ProxyMode::Gateway,
+        service: "ingressgateway".into(),
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ..ProxyAnnounce::default()
+    }
+}
+
+/// `(level, code, resource, field)` of each finding, for exact comparison.
+fn summary(diagnostics: &[Diagnostic]) -> Vec<(String, String, String, String)> {
+    diagnostics
+        .iter()
+        .map(|d| {
+            (
+                d.level.clone(),
+                d.code.clone(),
+                d.resource.clone(),
+                d.field.clone(),
+            )
+        })
+        .collect()
+}
+
+fn finding(
+    level: &str,
+    code: &str,
+    resource: &str,
+    field: &str,
+) -> (String, String, String, String) {
+    (level.into(), code.into(), resource.into(), field.into())
+}
+
+const HW_SUBSETS: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld-service}
+spec:
+  host: helloworld-service
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+#[test]
+fn a_clean_canary_has_nothing_to_report() {
+    let set = config(&[
+        HW_SUBSETS,
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: helloworld-service}
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - {destination: {host: helloworld-service, subset: v1}, weight: 80}
+    - {destination: {host: helloworld-service, subset: v2}, weight: 20}
+",
+    ]);
+    let proxies = [
+        sidecar("helloworld-service", "v1"),
+        sidecar("helloworld-service", "v2"),
+    ];
+    assert_eq!(set.analyze_proxies(&proxies), vec![]);
+    assert_eq!(set.analyze(&services(&["helloworld-service"])), vec![]);
+}
+
+#[test]
+fn a_route_to_an_undefined_subset_is_an_error_that_explains_the_503() {
+    let set = config(&[
+        HW_SUBSETS,
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: helloworld-service}
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - {destination: {host: helloworld-service, subset: v1}, weight: 50}
+    - {destination: {host: helloworld-service, subset: v3}, weight: 50}
+    mirror: {host: helloworld-service, subset: canary}
+",
+    ]);
+    let diagnostics = set.analyze(&services(&["helloworld-service"]));
+    assert_eq!(
+        summary(&diagnostics),
+        vec![
+            finding(
+                "Error",
+                "ReferencedResourceNotFound",
+                "VirtualService default/helloworld-service",
+                "spec.http[0].route[1].destination.subset"
+            ),
+            finding(
+                "Error",
+                "ReferencedResourceNotFound",
+                "VirtualService default/helloworld-service",
+                "spec.http[0].mirror.subset"
+            ),
+        ]
+    );
+    let message = &diagnostics[0].message;
+    assert!(message.contains("subset `v3` is not defined"), "{message}");
+    assert!(message.contains("defines `v1`, `v2`"), "{message}");
+    assert!(message.contains("503"), "{message}");
+}
+
+#[test]
+fn hosts_without_a_service_are_warnings() {
+    let set = config(&["
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: typo}
+spec:
+  hosts: [helloworld-servce]
+  http:
+  - route: [{destination: {host: helloworld-servce}}]
+  - route: [{destination: {host: www.example.com}}]
+"]);
+    let diagnostics = set.analyze(&services(&["helloworld-service"]));
+    assert_eq!(
+        summary(&diagnostics),
+        vec![
+            finding(
+                "Warning",
+                "ReferencedResourceNotFound",
+                "VirtualService default/typo",
+                "spec.hosts[0]"
+            ),
+            finding(
+                "Warning",
+                "ReferencedResourceNotFound",
+                "VirtualService default/typo",
+                "spec.http[0].route[0].destination.host"
+            ),
+            finding(
+                "Warning",
+                "ReferencedResourceNotFound",
+                "VirtualService default/typo",
+                "spec.http[1].route[0].destination.host"
+            ),
+            finding(
+                "Warning",
+                "VirtualServiceUnreachableRule",
+                "VirtualService default/typo",
+                "spec.http[1]"
+            ),
+        ]
+    );
+    assert!(
+        diagnostics[1]
+            .message
+            .contains("registered: `helloworld-service`")
+    );
+    assert!(diagnostics[2].message.contains("ServiceEntry"));
+}
+
+#[test]
+fn two_virtual_services_for_one_host_name_the_winner() {
+    let older = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: first}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service}}]}]
+";
+    let newer = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: second}
+spec:
+  hosts: [helloworld-service.default.svc.cluster.local]
+  http: [{route: [{destination: {host: helloworld-service}}]}]
+";
+    let set = config(&[older, newer]);
+    let diagnostics = set.analyze(&services(&["helloworld-service"]));
+    assert_eq!(
+        summary(&diagnostics),
+        vec![finding(
+            "Warning",
+            "ConflictingMeshGatewayVirtualServiceHosts",
+            "VirtualService default/second",
+            "spec.hosts[0]"
+        )]
+    );
+    assert!(
+        diagnostics[0]
+            .message
+            .contains("VirtualService default/first")
+    );
+    assert!(diagnostics[0].message.contains("older, so it wins"));
+    // Reapplying the older one does not make it younger.
+    let set = config(&[older, newer, older]);
+    assert_eq!(
+        set.analyze(&services(&["helloworld-service"]))[0].resource,
+        "VirtualService default/second"
+    );
+}
+
+const GATEWAY: &str = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: guestbook-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [guestbook.example.com]}]
+";
+
+#[test]
+fn gateway_references_are_checked_both_ways() {
+    let set = config(&[
+        GATEWAY,
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ui}
+spec:
+  hosts: [guestbook.example.com, admin.example.com]
+  gateways: [guestbook-gateway, edge-gateway]
+  http: [{route: [{destination: {host: guestbook-ui}}]}]
+",
+    ]);
+    let diagnostics = set.analyze_proxies(&[sidecar("guestbook-ui", "v1"), ingress()]);
+    assert_eq!(
+        summary(&diagnostics),
+        vec![
+            finding(
+                "Error",
+                "ReferencedResourceNotFound",
+                "VirtualService default/ui",
+                "spec.gateways[1]"
+            ),
+            finding(
+                "Warning",
+                "VirtualServiceHostNotFoundInGateway",
+                "VirtualService default/ui",
+                "spec.hosts[1]"
+            ),
+        ]
+    );
+    assert!(
+        diagnostics[0]
+            .message
+            .contains("no Gateway `default/edge-gateway`")
+    );
+    assert!(
+        diagnostics[0].message.contains("`guestbook-gateway`"),
+        "lists what exists"
+    );
+}
+
+#[test]
+fn a_gateway_nobody_binds_or_no_proxy_runs_is_reported() {
+    let other = GATEWAY.replace("ingressgateway", "egressgateway");
+    let set = config(&[&other]);
+    let diagnostics = set.analyze_proxies(&[ingress()]);
+    assert_eq!(
+        summary(&diagnostics),
+        vec![
+            finding(
+                "Warning",
+                "GatewayHasNoRoutes",
+                "Gateway default/guestbook-gateway",
+                ""
+            ),
+            finding(
+                "Warning",
+                "GatewaySelectsNoProxy",
+                "Gateway default/guestbook-gateway",
+                "spec.selector"
+            ),
+        ]
+    );
+    assert!(diagnostics[1].message.contains("istio: ingressgateway"));
+    // Without knowing the proxies, the selector is not judged.
+    assert_eq!(set.analyze(&[]).len(), 1);
+}
+
+#[test]
+fn a_subset_no_running_instance_has_is_reported_with_what_runs() {
+    // The talk labelled versions "1.0" and "2.0"; micromesh's instances say v1, v2.
+    let set = config(&["
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: guestbook-ui}
+spec:
+  host: guestbook-ui
+  subsets:
+  - {name: v1, labels: {version: '1.0'}}
+  - {name: v2, labels: {version: v2}}
+"]);
+    let diagnostics =
+        set.analyze_proxies(&[sidecar("guestbook-ui", "v1"), sidecar("guestbook-ui", "v2")]);
+    assert_eq!(
+        summary(&diagnostics),
+        vec![finding(
+            "Warning",
+            "SubsetSelectsNoInstances",
+            "DestinationRule default/guestbook-ui",
+            "spec.subsets[0].labels"
+        )]
+    );
+    let message = &diagnostics[0].message;
+    assert!(
+        message.contains("`version: 1.0`") && message.contains("`version=v1`, `version=v2`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn quiet_semantics_are_explained_as_info() {
+    let set = config(&["
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hw}
+spec:
+  hosts: [helloworld-service]
+  http:
+  - match: [{headers: {x-test: {exact: abort}}}]
+    route: [{destination: {host: helloworld-service}}]
+    fault: {abort: {httpStatus: 503}}
+    retries: {attempts: 3}
+  - route: [{destination: {host: helloworld-service}}]
+    retries: {perTryTimeout: 1s}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw}
+spec:
+  host: helloworld-service
+  trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}
+"]);
+    let diagnostics = set.analyze(&services(&["helloworld-service"]));
+    assert_eq!(
+        summary(&diagnostics),
+        vec![
+            finding(
+                "Info",
+                "FaultInjectsNothing",
+                "VirtualService default/hw",
+                "spec.http[0].fault.abort"
+            ),
+            finding(
+                "Info",
+                "RetriesDisabled",
+                "VirtualService default/hw",
+                "spec.http[0].retries"
+            ),
+            finding(
+                "Info",
+                "RetriesDisabled",
+                "VirtualService default/hw",
+                "spec.http[1].retries"
+            ),
+            finding(
+                "Info",
+                "Deprecated",
+                "DestinationRule default/hw",
+                "spec.trafficPolicy.loadBalancer.simple"
+            ),
+        ]
+    );
+    assert!(diagnostics[0].message.contains("percentage: {value: 100}"));
+}
+
+#[test]
+fn resources_outside_default_are_stored_but_flagged() {
+    let set = config(&["
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hw, namespace: staging}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service, subset: nowhere}}]}]
+"]);
+    assert_eq!(set.len(), 1);
+    let diagnostics = set.analyze(&services(&["helloworld-service"]));
+    assert_eq!(
+        summary(&diagnostics),
+        vec![finding(
+            "Warning",
+            "NamespaceNotRouted",
+            "VirtualService staging/hw",
+            "metadata.namespace"
+        )]
+    );
+}
+
+#[test]
+fn diagnostics_print_like_istioctl() {
+    let set = config(&[GATEWAY]);
+    let line = set.analyze(&[])[0].to_string();
+    assert!(
+        line.starts_with("Warning [GatewayHasNoRoutes] Gateway default/guestbook-gateway: no VirtualService binds"),
+        "{line}"
+    );
+}
