@@ -5,6 +5,7 @@
 //! ```text
 //! mesh-control --listen 127.0.0.1:15010 --state-dir .mesh/state
 //! MESH_CONTROL_LISTEN=0.0.0.0:15010 MESH_LOG=debug mesh-control
+//! mesh-control --dashboard-listen 127.0.0.1:0   # the dashboard on a free port
 //! ```
 
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use clap::Parser;
 use mesh_api::xds::LEASE_MS;
 use tracing_subscriber::EnvFilter;
 
+use crate::collector::CollectorSettings;
+use crate::dashboard::DashboardListen;
 use crate::server::DEFAULT_STATE_DIR;
 use crate::{Error, Server, Settings};
 
@@ -34,6 +37,15 @@ pub struct Args {
     /// How long an announce keeps an instance in traffic without a heartbeat.
     #[arg(long, env = "MESH_LEASE_MS", default_value_t = LEASE_MS)]
     pub lease_ms: u64,
+
+    /// Address of the dashboard (a web page, and the same API). Default:
+    /// 127.0.0.1:15014 if that port is free; `off` to run without it.
+    #[arg(long, env = "MESH_DASHBOARD_LISTEN", value_name = "ADDR|off")]
+    pub dashboard_listen: Option<String>,
+
+    /// How many recent traces the embedded Zipkin collector keeps.
+    #[arg(long, env = "MESH_MAX_TRACES", default_value_t = CollectorSettings::default().max_traces)]
+    pub max_traces: usize,
 
     /// Log filter, in tracing's EnvFilter syntax: `info`, `debug`,
     /// `info,mesh_control=debug`.
@@ -62,11 +74,28 @@ impl Args {
                     .into(),
             ));
         }
+        if self.max_traces == 0 {
+            return Err(Error::Usage(
+                "--max-traces (MESH_MAX_TRACES) is 0: the collector would keep nothing; \
+                 use for example 1000"
+                    .into(),
+            ));
+        }
+        let defaults = Settings::default();
+        let dashboard = match &self.dashboard_listen {
+            None => defaults.dashboard.clone(),
+            Some(text) => DashboardListen::parse(text).map_err(Error::Usage)?,
+        };
         let settings = Settings {
             listen: self.listen,
             state_dir: self.state_dir,
             lease: Duration::from_millis(self.lease_ms),
-            ..Settings::default()
+            dashboard,
+            collector: CollectorSettings {
+                max_traces: self.max_traces,
+                ..CollectorSettings::default()
+            },
+            ..defaults
         };
         let server = Server::start(settings).await?;
         tracing::info!(
@@ -74,6 +103,10 @@ impl Args {
             server.url(),
             server.state_dir().display()
         );
+        match server.dashboard_url() {
+            Some(url) => tracing::info!("dashboard: {url}"),
+            None => tracing::info!("no dashboard (see GET /api/v1/dashboard for why)"),
+        }
 
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -113,6 +146,8 @@ mod tests {
         assert_eq!(args.listen, "127.0.0.1:15010".parse().unwrap());
         assert_eq!(args.state_dir, PathBuf::from(".mesh/state"));
         assert_eq!(args.lease_ms, LEASE_MS);
+        assert_eq!(args.dashboard_listen, None);
+        assert_eq!(args.max_traces, 1_000);
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! long-poll (`watch.rs`), compiled for it by `compile.rs`. Registry and
 //! config survive a restart (`store.rs`).
 //!
+//! It also watches what the proxies do: it collects their spans with
+//! Zipkin's API (`collector/`), scrapes their Prometheus metrics into a live
+//! traffic graph (`scrape.rs`, `graph.rs`), and serves the dashboard that
+//! shows both (`dashboard.rs`, on port 15014).
+//!
 //! ```text
 //! sidecar --PUT announce / heartbeat--> registry --\
 //! meshctl --POST /v1/config/apply-----> config ----+--> version N --> compile --> GET snapshot (long-poll)
@@ -47,9 +52,13 @@ use std::net::SocketAddr;
 
 mod api;
 mod args;
+pub mod collector;
 pub mod compile;
 mod config_api;
+pub mod dashboard;
+pub mod graph;
 pub mod registry;
+pub mod scrape;
 mod server;
 mod state;
 pub mod store;
@@ -71,6 +80,13 @@ pub enum Error {
          already running? Choose another address with --listen or MESH_CONTROL_LISTEN"
     )]
     Bind { addr: SocketAddr, error: io::Error },
+
+    #[error(
+        "the dashboard cannot listen on {addr}: {error}; is another mesh-control already \
+         running? Choose another address with --dashboard-listen or MESH_DASHBOARD_LISTEN \
+         (`off` runs without it)"
+    )]
+    DashboardBind { addr: SocketAddr, error: io::Error },
 
     #[error("the control plane's HTTP server failed: {0}")]
     Serve(io::Error),

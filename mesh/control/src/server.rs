@@ -1,5 +1,6 @@
-//! Starting and stopping the control plane: settings, the listening socket,
-//! and the background tasks (lease ticker, registry writer).
+//! Starting and stopping the control plane: settings, the listening sockets
+//! (the API, and the dashboard's), and the background tasks (lease ticker,
+//! registry writer, metrics scraper).
 //!
 //! The binary (`args.rs`) and the tests use the same entry point,
 //! [`Server::start`], so what the tests exercise is what `meshctl up` runs.
@@ -16,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::api;
+use crate::collector::{self, Collector, CollectorSettings};
+use crate::dashboard::{self, DashboardInfo, DashboardListen};
+use crate::graph::{self, Graph, GraphSettings};
+use crate::scrape::{self, ScrapeSettings};
 use crate::state::Shared;
 
 /// Where the control plane keeps its state unless told otherwise (relative
@@ -40,6 +45,14 @@ pub struct Settings {
     pub forget_after: Duration,
     /// Cap on a long-poll's `waitMs`.
     pub max_watch_wait: Duration,
+    /// Where the dashboard listens (`dashboard.rs`).
+    pub dashboard: DashboardListen,
+    /// How many traces the collector keeps (`collector/`).
+    pub collector: CollectorSettings,
+    /// How often proxies' metrics are scraped (`scrape.rs`).
+    pub scrape: ScrapeSettings,
+    /// The traffic graph's window and history (`graph.rs`).
+    pub graph: GraphSettings,
 }
 
 impl Default for Settings {
@@ -52,16 +65,25 @@ impl Default for Settings {
             lease: Duration::from_millis(LEASE_MS),
             forget_after: Duration::from_secs(60),
             max_watch_wait: MAX_WATCH_WAIT,
+            dashboard: DashboardListen::Preferred(SocketAddr::from((
+                [127, 0, 0, 1],
+                ports::DASHBOARD,
+            ))),
+            collector: CollectorSettings::default(),
+            scrape: ScrapeSettings::default(),
+            graph: GraphSettings::default(),
         }
     }
 }
 
 impl Settings {
-    /// For tests and embedding: a free port on 127.0.0.1, state in
-    /// `state_dir`, every other setting at its default.
+    /// For tests and embedding: a free port on 127.0.0.1 (and another for
+    /// the dashboard), state in `state_dir`, every other setting at its
+    /// default.
     pub fn local(state_dir: impl Into<PathBuf>) -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dashboard: DashboardListen::Required(SocketAddr::from(([127, 0, 0, 1], 0))),
             state_dir: state_dir.into(),
             ..Settings::default()
         }
@@ -95,24 +117,52 @@ impl Server {
             error,
         })?;
 
+        let (dashboard_listener, dashboard_info) = bind_dashboard(&settings.dashboard).await?;
+        let dashboard_addr = dashboard_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
+
+        let collector = Arc::new(Collector::new(settings.collector.clone()));
+        let graph = Arc::new(Graph::new(settings.graph.clone()));
+        let scrape_settings = settings.scrape.clone();
         let shared = Arc::new(Shared::load(settings, shutdown.clone())?);
-        let app = api::router(shared.clone());
+        // One API, on both ports: the dashboard's page calls it same-origin.
+        let app = api::router(shared.clone())
+            .merge(collector::router(collector.clone()))
+            .merge(graph::router(shared.clone(), graph.clone()))
+            .merge(dashboard::api_router(shared.clone(), dashboard_info));
         // Graceful: stop accepting, let in-flight requests finish. Long-polls
         // watch the same token and answer at once, so this is quick.
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve = axum::serve(listener, app.clone())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { serve.await });
+        let dashboard = dashboard_listener.map(|listener| {
+            let page = app.merge(dashboard::assets_router());
+            let serve = axum::serve(listener, page)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::spawn(async move { serve.await })
+        });
         let ticker = tokio::spawn(shared.clone().expire_leases());
         let writer = tokio::spawn(shared.clone().write_registry());
+        let scraper = tokio::spawn(scrape::run(
+            shared.clone(),
+            graph.clone(),
+            scrape_settings,
+            shutdown.clone(),
+        ));
 
         Ok(ServerHandle {
             addr,
+            dashboard_addr,
             shared,
+            collector,
             shutdown,
             tasks: Some(Tasks {
                 server,
+                dashboard,
                 ticker,
                 writer,
+                scraper,
             }),
         })
     }
@@ -123,7 +173,9 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    dashboard_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    collector: Arc<Collector>,
     shutdown: CancellationToken,
     tasks: Option<Tasks>,
 }
@@ -132,8 +184,10 @@ pub struct ServerHandle {
 #[derive(Debug)]
 struct Tasks {
     server: JoinHandle<io::Result<()>>,
+    dashboard: Option<JoinHandle<io::Result<()>>>,
     ticker: JoinHandle<()>,
     writer: JoinHandle<()>,
+    scraper: JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -145,6 +199,21 @@ impl ServerHandle {
     /// `http://127.0.0.1:PORT`, the base URL of the API.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the dashboard listens, if it runs.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard_addr
+    }
+
+    /// `http://127.0.0.1:PORT/`, the dashboard's page, if it runs.
+    pub fn dashboard_url(&self) -> Option<String> {
+        self.dashboard_addr.map(|addr| format!("http://{addr}/"))
+    }
+
+    /// The trace collector (tests read it directly).
+    pub fn collector(&self) -> &Arc<Collector> {
+        &self.collector
     }
 
     /// The current config version.
@@ -171,10 +240,16 @@ impl ServerHandle {
         self.shutdown.cancel();
         if let Some(tasks) = self.tasks.take() {
             let served = tasks.server.await.map_err(Error::Task)?;
+            let dashboard_served = match tasks.dashboard {
+                Some(dashboard) => dashboard.await.map_err(Error::Task)?,
+                None => Ok(()),
+            };
             tasks.ticker.await.map_err(Error::Task)?;
+            tasks.scraper.await.map_err(Error::Task)?;
             // The writer makes its last registry write before it returns.
             tasks.writer.await.map_err(Error::Task)?;
             served.map_err(Error::Serve)?;
+            dashboard_served.map_err(Error::Serve)?;
         }
         tracing::info!(addr = %self.addr, "control plane stopped");
         Ok(())
@@ -185,5 +260,50 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         // A test that panics drops its handle: do not leave a server behind.
         self.shutdown.cancel();
+    }
+}
+
+/// Bind the dashboard's port as `listen` says. A preferred address that is
+/// taken is not fatal: the control plane's real job is the proxies' config.
+async fn bind_dashboard(
+    listen: &DashboardListen,
+) -> Result<(Option<tokio::net::TcpListener>, DashboardInfo), Error> {
+    let (addr, required) = match listen {
+        DashboardListen::Off => {
+            let info = DashboardInfo {
+                url: None,
+                error: Some(
+                    "the dashboard is off (--dashboard-listen off); start mesh-control with \
+                     --dashboard-listen 127.0.0.1:15014 to have it"
+                        .into(),
+                ),
+            };
+            return Ok((None, info));
+        }
+        DashboardListen::Required(addr) => (*addr, true),
+        DashboardListen::Preferred(addr) => (*addr, false),
+    };
+    let bound = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener.local_addr().map(|local| (listener, local)),
+        Err(error) => Err(error),
+    };
+    match bound {
+        Ok((listener, local)) => Ok((Some(listener), DashboardInfo::running(local))),
+        Err(error) if required => Err(Error::DashboardBind { addr, error }),
+        Err(error) => {
+            let message = format!(
+                "the dashboard could not listen on {addr} ({error}), so it is not running; \
+                 is another mesh-control using that port? Choose another with \
+                 --dashboard-listen or MESH_DASHBOARD_LISTEN"
+            );
+            tracing::warn!("{message}");
+            Ok((
+                None,
+                DashboardInfo {
+                    url: None,
+                    error: Some(message),
+                },
+            ))
+        }
     }
 }

@@ -1,0 +1,958 @@
+//! The traffic graph: who calls whom, how often, how well, how fast.
+//!
+//! The scraper (`scrape.rs`) hands every proxy's metrics here once a
+//! second. We keep a minute of them per proxy and answer, for a window of a
+//! few seconds, what Kiali and Linkerd's `viz stat` compute with PromQL:
+//!
+//! ```text
+//! rps         sum(rate(istio_requests_total[5s]))                       by edge
+//! error rate  sum(rate(istio_requests_total{response_code=~"5..|0"}[5s])) / rps
+//! p50, p99    histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket[5s])) by (le))
+//! ```
+//!
+//! An **edge** is `source_workload@source_version -> destination_workload@destination_version`.
+//! Both ends of a call count it: the caller's sidecar with
+//! `reporter="source"`, the callee's with `reporter="destination"`. We take
+//! the **source** side, because only the caller sees the requests that never
+//! reached the callee: no route (NR), no healthy endpoint (UH), connection
+//! failures (UF), timeouts (UT) and aborts the fault filter injected (FI).
+//! That is what makes a fault turn its edge red. For a pair no source
+//! reports (the caller is not scraped: a client outside the mesh, a gateway
+//! without an admin port), the destination's series stand in.
+//!
+//! ```text
+//! GET /api/v1/graph?window=5   nodes and edges, as the dashboard draws them
+//! GET /api/v1/stat?window=5    per workload and version: success rate, rps, p50, p99
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use mesh_api::xds::{ProxyAnnounce, ProxyMode};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Pretty, QueryParams};
+use crate::scrape::Sample;
+use crate::state::Shared;
+
+/// The counter of requests, with Istio's name.
+pub const REQUESTS: &str = "istio_requests_total";
+/// The request duration histogram's buckets, with Istio's name.
+pub const DURATION_BUCKET: &str = "istio_request_duration_milliseconds_bucket";
+
+/// How much history the graph keeps and how wide its default window is.
+#[derive(Clone, Debug)]
+pub struct GraphSettings {
+    /// Rates are increases over this window (`rate(x[5s])`).
+    pub window: Duration,
+    /// Scrapes older than this are forgotten; also the widest window.
+    pub history: Duration,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        GraphSettings {
+            window: Duration::from_secs(5),
+            history: Duration::from_secs(60),
+        }
+    }
+}
+
+// === Counts: what one scrape says about one edge ===
+
+/// A workload at a version: a node of the graph.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    pub workload: String,
+    pub version: String,
+}
+
+impl Workload {
+    pub fn new(workload: &str, version: &str) -> Workload {
+        Workload {
+            workload: workload.to_string(),
+            version: version.to_string(),
+        }
+    }
+
+    /// `helloworld-service@v2`, the way meshctl writes a workload.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.workload, self.version)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdgeKey {
+    pub reporter: Reporter,
+    pub source: Workload,
+    pub destination: Workload,
+}
+
+/// Cumulative counts of one edge as one proxy reported them (or, after
+/// [`Counts::since`], their increase over a window).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub requests: f64,
+    /// 5xx, and `0` (no response at all).
+    pub errors: f64,
+    pub codes: BTreeMap<String, f64>,
+    /// Cumulative histogram buckets: upper bound (`le`, as f64 bits so it
+    /// can be a map key; bounds are >= 0, whose bit order is numeric) ->
+    /// count of requests at or below it.
+    pub buckets: BTreeMap<u64, f64>,
+}
+
+impl Counts {
+    /// The increase from `older` to `self`. A counter that went down was
+    /// reset (the proxy restarted): all of its current value is new, as
+    /// Prometheus' `rate()` assumes.
+    pub fn since(&self, older: Option<&Counts>) -> Counts {
+        let Some(older) = older else {
+            return self.clone();
+        };
+        if self.requests < older.requests {
+            return self.clone();
+        }
+        Counts {
+            requests: self.requests - older.requests,
+            errors: (self.errors - older.errors).max(0.0),
+            codes: minus(&self.codes, &older.codes),
+            buckets: minus(&self.buckets, &older.buckets),
+        }
+    }
+
+    fn add(&mut self, other: &Counts, scale: f64) {
+        self.requests += other.requests * scale;
+        self.errors += other.errors * scale;
+        for (code, n) in &other.codes {
+            *self.codes.entry(code.clone()).or_default() += n * scale;
+        }
+        for (le, n) in &other.buckets {
+            *self.buckets.entry(*le).or_default() += n * scale;
+        }
+    }
+
+    /// `histogram_quantile(q, ...)` over this edge's buckets.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let buckets: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .map(|(le, n)| (f64::from_bits(*le), *n))
+            .collect();
+        histogram_quantile(q, &buckets)
+    }
+}
+
+/// `new - old` per key, never below zero.
+fn minus<K: Ord + Clone>(new: &BTreeMap<K, f64>, old: &BTreeMap<K, f64>) -> BTreeMap<K, f64> {
+    new.iter()
+        .map(|(k, v)| (k.clone(), (v - old.get(k).copied().unwrap_or(0.0)).max(0.0)))
+        .collect()
+}
+
+/// Prometheus' `histogram_quantile`: find the bucket where the q-th request
+/// falls and interpolate linearly inside it, assuming requests spread
+/// evenly between its lower and upper bound. `buckets`: (upper bound,
+/// cumulative count), sorted by bound, the last one `+Inf`.
+///
+/// As in Prometheus: no data gives `None`; a quantile that falls in the
+/// `+Inf` bucket returns the highest finite bound; the first bucket's lower
+/// bound is 0.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) || buckets.len() < 2 {
+        return None;
+    }
+    let (last_le, total) = *buckets.last()?;
+    if last_le != f64::INFINITY || total <= 0.0 {
+        return None;
+    }
+    // Cumulative counts must not go down; summed rates can, by rounding.
+    let mut monotonic = Vec::with_capacity(buckets.len());
+    let mut max = 0.0f64;
+    for (le, n) in buckets {
+        max = max.max(*n);
+        monotonic.push((*le, max));
+    }
+    let rank = q * total;
+    let at = monotonic.iter().position(|(_, n)| *n >= rank)?;
+    if at == monotonic.len() - 1 {
+        return Some(monotonic[at - 1].0);
+    }
+    let (upper, count) = monotonic[at];
+    let (lower, below) = if at == 0 {
+        (0.0, 0.0)
+    } else {
+        monotonic[at - 1]
+    };
+    if at == 0 && upper <= 0.0 {
+        return Some(upper);
+    }
+    let in_bucket = count - below;
+    if in_bucket <= 0.0 {
+        return Some(upper);
+    }
+    Some(lower + (upper - lower) * ((rank - below) / in_bucket))
+}
+
+/// Boil one scrape down to counts per edge, from Istio's series.
+pub fn reduce(samples: &[Sample]) -> HashMap<EdgeKey, Counts> {
+    let mut edges: HashMap<EdgeKey, Counts> = HashMap::new();
+    for sample in samples {
+        let is_requests = sample.name == REQUESTS;
+        if !is_requests && sample.name != DURATION_BUCKET {
+            continue;
+        }
+        if !sample.value.is_finite() || sample.value < 0.0 {
+            continue;
+        }
+        let Some(key) = edge_key(sample) else {
+            continue;
+        };
+        let counts = edges.entry(key).or_default();
+        if is_requests {
+            let code = sample.label("response_code").unwrap_or("0");
+            counts.requests += sample.value;
+            if code == "0" || code.starts_with('5') {
+                counts.errors += sample.value;
+            }
+            *counts.codes.entry(code.to_string()).or_default() += sample.value;
+        } else {
+            let le = sample.label("le").and_then(|le| match le {
+                "+Inf" | "Inf" | "inf" => Some(f64::INFINITY),
+                _ => le.parse::<f64>().ok(),
+            });
+            if let Some(le) = le.filter(|le| *le >= 0.0) {
+                *counts.buckets.entry(le.to_bits()).or_default() += sample.value;
+            }
+        }
+    }
+    edges
+}
+
+fn edge_key(sample: &Sample) -> Option<EdgeKey> {
+    let reporter = match sample.label("reporter")? {
+        "source" => Reporter::Source,
+        "destination" => Reporter::Destination,
+        _ => return None,
+    };
+    let label = |name| {
+        sample
+            .label(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or("unknown")
+    };
+    Some(EdgeKey {
+        reporter,
+        source: Workload::new(label("source_workload"), label("source_version")),
+        destination: Workload::new(label("destination_workload"), label("destination_version")),
+    })
+}
+
+// === Graph: a minute of scrapes per proxy ===
+
+#[derive(Debug)]
+struct ProxyHistory {
+    announce: ProxyAnnounce,
+    scrapes: VecDeque<(Instant, Arc<HashMap<EdgeKey, Counts>>)>,
+    last_error: Option<String>,
+}
+
+/// The scraped history of every live proxy.
+#[derive(Debug)]
+pub struct Graph {
+    settings: GraphSettings,
+    proxies: Mutex<BTreeMap<String, ProxyHistory>>,
+}
+
+impl Graph {
+    pub fn new(settings: GraphSettings) -> Graph {
+        Graph {
+            settings,
+            proxies: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &GraphSettings {
+        &self.settings
+    }
+
+    fn proxies(&self) -> MutexGuard<'_, BTreeMap<String, ProxyHistory>> {
+        // Plain data, no invariant a panic could break half-way.
+        self.proxies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A successful scrape of `announce`'s proxy, taken at `at`.
+    pub fn record(&self, announce: &ProxyAnnounce, at: Instant, samples: &[Sample]) {
+        let edges = Arc::new(reduce(samples));
+        let history = self.settings.history;
+        let mut proxies = self.proxies();
+        let entry = proxies
+            .entry(announce.instance.clone())
+            .or_insert_with(|| ProxyHistory {
+                announce: announce.clone(),
+                scrapes: VecDeque::new(),
+                last_error: None,
+            });
+        entry.announce = announce.clone();
+        entry.last_error = None;
+        entry.scrapes.push_back((at, edges));
+        while entry
+            .scrapes
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) > history)
+        {
+            entry.scrapes.pop_front();
+        }
+    }
+
+    /// A failed scrape: keep what we had (it ages out of the window).
+    pub fn record_failure(&self, announce: &ProxyAnnounce, error: String) {
+        let mut proxies = self.proxies();
+        let entry = proxies
+            .entry(announce.instance.clone())
+            .or_insert_with(|| ProxyHistory {
+                announce: announce.clone(),
+                scrapes: VecDeque::new(),
+                last_error: None,
+            });
+        entry.last_error = Some(error);
+    }
+
+    /// Forget every proxy not in `live` (it left or its lease ran out).
+    pub fn retain(&self, live: &[String]) {
+        let live: HashSet<&str> = live.iter().map(String::as_str).collect();
+        self.proxies()
+            .retain(|instance, _| live.contains(instance.as_str()));
+    }
+
+    /// The graph over `window`, as of `now`. `proxies`: the live proxies,
+    /// which are nodes even while idle.
+    pub fn view(&self, window: Duration, now: Instant, proxies: &[ProxyAnnounce]) -> GraphView {
+        let mut rates: BTreeMap<EdgeKey, EdgeRates> = BTreeMap::new();
+        let mut source_reported: HashSet<(Workload, Workload)> = HashSet::new();
+        let mut scrape_status = ScrapeStatus::default();
+        {
+            let histories = self.proxies();
+            for (instance, history) in histories.iter() {
+                scrape_status.proxies += 1;
+                if let Some(error) = &history.last_error {
+                    scrape_status.failing.push(ScrapeFailure {
+                        instance: instance.clone(),
+                        error: error.clone(),
+                    });
+                }
+                let Some((latest_at, latest)) = history.scrapes.back() else {
+                    continue;
+                };
+                // A proxy we have not heard from within the window says
+                // nothing about it.
+                if now.saturating_duration_since(*latest_at) > window {
+                    continue;
+                }
+                for key in latest.keys() {
+                    if key.reporter == Reporter::Source {
+                        source_reported.insert((key.source.clone(), key.destination.clone()));
+                    }
+                }
+                // The oldest scrape inside the window is the base.
+                let Some((base_at, base)) = history
+                    .scrapes
+                    .iter()
+                    .find(|(t, _)| latest_at.saturating_duration_since(*t) <= window)
+                else {
+                    continue;
+                };
+                let elapsed = latest_at.saturating_duration_since(*base_at).as_secs_f64();
+                for (key, counts) in latest.iter() {
+                    let entry = rates.entry(key.clone()).or_default();
+                    if elapsed <= 0.0 {
+                        // One scrape only: the edge exists, its rate is unknown yet.
+                        continue;
+                    }
+                    let increase = counts.since(base.get(key));
+                    entry.per_second.add(&increase, 1.0 / elapsed);
+                    entry.increase.add(&increase, 1.0);
+                }
+            }
+        }
+
+        // One series per pair: the source's if it reports, else the destination's.
+        let mut edges = Vec::new();
+        for (key, rates) in &rates {
+            let pair = (key.source.clone(), key.destination.clone());
+            let use_it = match key.reporter {
+                Reporter::Source => true,
+                Reporter::Destination => !source_reported.contains(&pair),
+            };
+            if use_it {
+                edges.push(Edge::new(key, rates));
+            }
+        }
+
+        let mut nodes: BTreeMap<Workload, Node> = BTreeMap::new();
+        for announce in proxies {
+            let w = Workload::new(&announce.service, &announce.version);
+            let node = nodes
+                .entry(w.clone())
+                .or_insert_with(|| Node::new(&w, NodeKind::of(announce.mode)));
+            node.instances += 1;
+        }
+        for edge in &edges {
+            for (workload, version) in [
+                (&edge.source_workload, &edge.source_version),
+                (&edge.destination_workload, &edge.destination_version),
+            ] {
+                let w = Workload::new(workload, version);
+                nodes
+                    .entry(w.clone())
+                    .or_insert_with(|| Node::new(&w, NodeKind::External));
+            }
+            if let Some(node) = nodes.get_mut(&Workload::new(
+                &edge.destination_workload,
+                &edge.destination_version,
+            )) {
+                node.rps_in += edge.rps;
+            }
+        }
+        scrape_status
+            .failing
+            .sort_by(|a, b| a.instance.cmp(&b.instance));
+        GraphView {
+            window_seconds: window.as_secs_f64(),
+            nodes: nodes.into_values().collect(),
+            edges,
+            scrapes: scrape_status,
+        }
+    }
+
+    /// Per workload and version, the traffic it received (summed over the
+    /// edges into it): what `meshctl stat` prints.
+    pub fn stat(&self, window: Duration, now: Instant, proxies: &[ProxyAnnounce]) -> Vec<StatRow> {
+        let view = self.view(window, now, proxies);
+        let mut rows: BTreeMap<Workload, (Counts, Counts, usize)> = BTreeMap::new();
+        for node in &view.nodes {
+            // Every sidecar workload gets a row, busy or not; the gateway
+            // and outsiders only if something calls them.
+            if node.kind == NodeKind::Sidecar {
+                rows.insert(
+                    Workload::new(&node.workload, &node.version),
+                    (Counts::default(), Counts::default(), node.instances),
+                );
+            }
+        }
+        for edge in &view.edges {
+            let w = Workload::new(&edge.destination_workload, &edge.destination_version);
+            let instances = view
+                .nodes
+                .iter()
+                .find(|n| n.workload == w.workload && n.version == w.version)
+                .map(|n| n.instances)
+                .unwrap_or(0);
+            let row = rows
+                .entry(w)
+                .or_insert_with(|| (Counts::default(), Counts::default(), instances));
+            row.0.add(&edge.rates.per_second, 1.0);
+            row.1.add(&edge.rates.increase, 1.0);
+        }
+        rows.into_iter()
+            .map(|(w, (per_second, increase, instances))| StatRow {
+                workload: w.workload,
+                version: w.version,
+                instances,
+                rps: per_second.requests,
+                success_rate: success_rate(&per_second),
+                p50_ms: increase.quantile(0.5),
+                p99_ms: increase.quantile(0.99),
+                requests: increase.requests,
+            })
+            .collect()
+    }
+}
+
+fn success_rate(per_second: &Counts) -> Option<f64> {
+    (per_second.requests > 0.0).then(|| 1.0 - per_second.errors / per_second.requests)
+}
+
+/// Per-second rates and raw increases of one series over the window.
+#[derive(Clone, Debug, Default)]
+struct EdgeRates {
+    per_second: Counts,
+    increase: Counts,
+}
+
+// === what the API returns ===
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphView {
+    pub window_seconds: f64,
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+    pub scrapes: ScrapeStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Sidecar,
+    Gateway,
+    /// Seen only in metrics (`unknown`, a caller outside the mesh).
+    External,
+}
+
+impl NodeKind {
+    fn of(mode: ProxyMode) -> NodeKind {
+        match mode {
+            ProxyMode::Sidecar => NodeKind::Sidecar,
+            ProxyMode::Gateway => NodeKind::Gateway,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// `helloworld-service@v2`.
+    pub id: String,
+    pub workload: String,
+    pub version: String,
+    pub kind: NodeKind,
+    /// Live proxies of this workload and version.
+    pub instances: usize,
+    /// Requests per second it receives.
+    pub rps_in: f64,
+}
+
+impl Node {
+    fn new(w: &Workload, kind: NodeKind) -> Node {
+        Node {
+            id: w.id(),
+            workload: w.workload.clone(),
+            version: w.version.clone(),
+            kind,
+            instances: 0,
+            rps_in: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Edge {
+    /// Node ids.
+    pub source: String,
+    pub target: String,
+    pub source_workload: String,
+    pub source_version: String,
+    pub destination_workload: String,
+    pub destination_version: String,
+    /// Whose series this edge shows.
+    pub reporter: Reporter,
+    pub rps: f64,
+    /// Share of 5xx (and no-response) answers; `None` when idle.
+    pub error_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Requests in the window.
+    pub requests: f64,
+    /// Requests per second by response code.
+    pub codes: BTreeMap<String, f64>,
+    #[serde(skip)]
+    rates: EdgeRates,
+}
+
+impl Edge {
+    fn new(key: &EdgeKey, rates: &EdgeRates) -> Edge {
+        let per_second = &rates.per_second;
+        Edge {
+            source: key.source.id(),
+            target: key.destination.id(),
+            source_workload: key.source.workload.clone(),
+            source_version: key.source.version.clone(),
+            destination_workload: key.destination.workload.clone(),
+            destination_version: key.destination.version.clone(),
+            reporter: key.reporter,
+            rps: per_second.requests,
+            error_rate: (per_second.requests > 0.0)
+                .then(|| per_second.errors / per_second.requests),
+            p50_ms: rates.increase.quantile(0.5),
+            p99_ms: rates.increase.quantile(0.99),
+            requests: rates.increase.requests,
+            codes: per_second.codes.clone(),
+            rates: rates.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeStatus {
+    /// Proxies scraped (or tried).
+    pub proxies: usize,
+    pub failing: Vec<ScrapeFailure>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeFailure {
+    pub instance: String,
+    pub error: String,
+}
+
+/// One line of `meshctl stat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatRow {
+    pub workload: String,
+    pub version: String,
+    pub instances: usize,
+    pub rps: f64,
+    /// `None` when it received nothing in the window.
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub requests: f64,
+}
+
+// === HTTP ===
+
+#[derive(Clone, Debug)]
+struct GraphApi {
+    shared: Arc<Shared>,
+    graph: Arc<Graph>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WindowQuery {
+    /// Seconds; default the graph's window, at most its history.
+    window: Option<f64>,
+}
+
+impl GraphApi {
+    fn window(&self, query: &WindowQuery) -> Duration {
+        let settings = self.graph.settings();
+        match query.window {
+            Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+                Duration::from_secs_f64(seconds.clamp(1.0, settings.history.as_secs_f64()))
+            }
+            _ => settings.window,
+        }
+    }
+
+    async fn live(&self) -> Vec<ProxyAnnounce> {
+        self.shared.lock().await.registry.live_announces()
+    }
+}
+
+/// `GET /api/v1/graph` and `GET /api/v1/stat`.
+pub fn router(shared: Arc<Shared>, graph: Arc<Graph>) -> Router {
+    Router::new()
+        .route("/api/v1/graph", get(graph_view))
+        .route("/api/v1/stat", get(stat))
+        .with_state(GraphApi { shared, graph })
+}
+
+async fn graph_view(
+    State(api): State<GraphApi>,
+    QueryParams(query): QueryParams<WindowQuery>,
+) -> Pretty<GraphView> {
+    let live = api.live().await;
+    Pretty(api.graph.view(api.window(&query), Instant::now(), &live))
+}
+
+async fn stat(
+    State(api): State<GraphApi>,
+    QueryParams(query): QueryParams<WindowQuery>,
+) -> Pretty<Vec<StatRow>> {
+    let live = api.live().await;
+    Pretty(api.graph.stat(api.window(&query), Instant::now(), &live))
+}
+
+/// Distinct workloads in a view, for tests and the dashboard's legend.
+pub fn workloads(view: &GraphView) -> BTreeSet<String> {
+    view.nodes.iter().map(|n| n.workload.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scrape::parse;
+
+    const BUCKETS: [f64; 6] = [1.0, 5.0, 10.0, 25.0, 50.0, 100.0];
+
+    /// Prometheus text for one series set, as a sidecar writes it.
+    fn series(
+        reporter: &str,
+        src: (&str, &str),
+        dst: (&str, &str),
+        code: &str,
+        count: u64,
+        latency_ms: f64,
+    ) -> String {
+        let labels = format!(
+            "reporter=\"{reporter}\",source_workload=\"{}\",source_version=\"{}\",destination_workload=\"{}\",\
+             destination_version=\"{}\",destination_service=\"{}\",response_code=\"{code}\",response_flags=\"-\"",
+            src.0, src.1, dst.0, dst.1, dst.0
+        );
+        let mut text = format!("istio_requests_total{{{labels}}} {count}\n");
+        for le in BUCKETS {
+            let n = if latency_ms <= le { count } else { 0 };
+            text += &format!(
+                "istio_request_duration_milliseconds_bucket{{{labels},le=\"{le}\"}} {n}\n"
+            );
+        }
+        text += &format!(
+            "istio_request_duration_milliseconds_bucket{{{labels},le=\"+Inf\"}} {count}\n"
+        );
+        text += &format!(
+            "istio_request_duration_milliseconds_sum{{{labels}}} {}\n",
+            latency_ms * count as f64
+        );
+        text += &format!("istio_request_duration_milliseconds_count{{{labels}}} {count}\n");
+        text
+    }
+
+    fn announce(instance: &str, service: &str, version: &str, mode: ProxyMode) -> ProxyAnnounce {
+        ProxyAnnounce {
+            instance: instance.into(),
+            service: service.into(),
+            version: version.into(),
+            mode,
+            ..ProxyAnnounce::default()
+        }
+    }
+
+    const UI: (&str, &str) = ("guestbook-ui", "v1");
+    const HW1: (&str, &str) = ("helloworld-service", "v1");
+    const HW2: (&str, &str) = ("helloworld-service", "v2");
+    const GW: (&str, &str) = ("ingressgateway", "v1");
+
+    #[test]
+    fn histogram_quantile_interpolates_like_prometheus() {
+        let b = [
+            (1.0, 10.0),
+            (5.0, 50.0),
+            (10.0, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        // The 50th of 100 requests is the last in (1, 5]: 5.
+        assert_eq!(histogram_quantile(0.5, &b), Some(5.0));
+        // The 75th: 25 of the 50 in (5, 10], halfway: 7.5.
+        assert_eq!(histogram_quantile(0.75, &b), Some(7.5));
+        // The 5th: half of the first bucket, from 0: 0.5.
+        assert_eq!(histogram_quantile(0.05, &b), Some(0.5));
+        // In +Inf: the highest finite bound.
+        let slow = [(1.0, 0.0), (5.0, 0.0), (f64::INFINITY, 10.0)];
+        assert_eq!(histogram_quantile(0.99, &slow), Some(5.0));
+        // No data, no answer.
+        assert_eq!(
+            histogram_quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
+        assert_eq!(histogram_quantile(0.5, &[(f64::INFINITY, 3.0)]), None);
+    }
+
+    #[test]
+    fn rates_come_from_the_increase_over_the_window() {
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let t0 = Instant::now();
+        let scrape = |count_v1: u64, count_v2: u64, errors: u64| {
+            parse(
+                &[
+                    series("source", UI, HW1, "200", count_v1, 3.0),
+                    series("source", UI, HW2, "200", count_v2, 30.0),
+                    series("source", UI, HW2, "503", errors, 30.0),
+                ]
+                .concat(),
+            )
+            .unwrap()
+        };
+        graph.record(&ui, t0, &scrape(100, 100, 0));
+        graph.record(&ui, t0 + Duration::from_secs(2), &scrape(180, 120, 0));
+        graph.record(&ui, t0 + Duration::from_secs(4), &scrape(260, 140, 20));
+        let now = t0 + Duration::from_secs(4);
+        let view = graph.view(Duration::from_secs(5), now, std::slice::from_ref(&ui));
+
+        let edge = |target: &str| view.edges.iter().find(|e| e.target == target).unwrap();
+        let v1 = edge("helloworld-service@v1");
+        // 160 requests in 4 s: 80/20 shows as 40 rps vs 10.
+        assert_eq!((v1.rps, v1.error_rate), (40.0, Some(0.0)));
+        assert_eq!(v1.reporter, Reporter::Source);
+        let v2 = edge("helloworld-service@v2");
+        assert_eq!(v2.rps, 15.0);
+        assert_eq!(v2.error_rate, Some(20.0 / 60.0));
+        assert_eq!(v2.codes.get("503"), Some(&5.0));
+        // Every request took 3 ms: bucket (1, 5] -> p50 = 1 + 4 * 0.5 = 3.
+        assert_eq!(v1.p50_ms, Some(3.0));
+        // 30 ms falls in (25, 50]; p99 = 25 + 25 * 0.99 = 49.75.
+        assert_eq!(v2.p99_ms, Some(49.75));
+
+        // A 2 s window starts at the second scrape.
+        let short = graph.view(Duration::from_secs(2), now, &[]);
+        assert_eq!(
+            short
+                .edges
+                .iter()
+                .find(|e| e.target == "helloworld-service@v1")
+                .unwrap()
+                .rps,
+            40.0
+        );
+
+        // Stat rows sum the edges into each workload.
+        let stat = graph.stat(Duration::from_secs(5), now, std::slice::from_ref(&ui));
+        let row = |v: &str| {
+            stat.iter()
+                .find(|r| r.workload == "helloworld-service" && r.version == v)
+                .unwrap()
+        };
+        assert_eq!(row("v1").success_rate, Some(1.0));
+        assert_eq!(row("v2").success_rate, Some(1.0 - 20.0 / 60.0));
+        assert_eq!(row("v1").requests, 160.0);
+        // guestbook-ui is a sidecar nobody calls here: a row without traffic.
+        let ui_row = stat.iter().find(|r| r.workload == "guestbook-ui").unwrap();
+        assert_eq!(
+            (ui_row.rps, ui_row.success_rate, ui_row.instances),
+            (0.0, None, 1)
+        );
+    }
+
+    #[test]
+    fn the_source_side_wins_and_the_destination_fills_in() {
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let hw = announce("hw-1", "helloworld-service", "v1", ProxyMode::Sidecar);
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        // The caller saw 10 aborts (FI) that the callee never did.
+        let ui_text = |ok, aborted| {
+            [
+                series("source", UI, HW1, "200", ok, 2.0),
+                series("source", UI, HW1, "503", aborted, 0.5),
+            ]
+            .concat()
+        };
+        // The callee also reports its caller, and the gateway's requests
+        // (the gateway itself is not scraped here).
+        let hw_text = |from_ui, from_gw| {
+            [
+                series("destination", UI, HW1, "200", from_ui, 1.0),
+                series("destination", GW, UI, "200", from_gw, 1.0),
+            ]
+            .concat()
+        };
+        graph.record(&ui, t0, &parse(&ui_text(0, 0)).unwrap());
+        graph.record(&hw, t0, &parse(&hw_text(0, 0)).unwrap());
+        graph.record(&ui, t1, &parse(&ui_text(30, 10)).unwrap());
+        graph.record(&hw, t1, &parse(&hw_text(30, 7)).unwrap());
+        let view = graph.view(Duration::from_secs(5), t1, &[ui.clone(), hw.clone()]);
+
+        assert_eq!(view.edges.len(), 2, "{:#?}", view.edges);
+        let ui_hw = view
+            .edges
+            .iter()
+            .find(|e| e.source == "guestbook-ui@v1")
+            .unwrap();
+        assert_eq!(ui_hw.reporter, Reporter::Source);
+        assert_eq!((ui_hw.rps, ui_hw.error_rate), (40.0, Some(0.25)));
+        let gw_ui = view
+            .edges
+            .iter()
+            .find(|e| e.source == "ingressgateway@v1")
+            .unwrap();
+        assert_eq!(gw_ui.reporter, Reporter::Destination);
+        assert_eq!(gw_ui.rps, 7.0);
+        let gateway = view
+            .nodes
+            .iter()
+            .find(|n| n.workload == "ingressgateway")
+            .unwrap();
+        assert_eq!(gateway.kind, NodeKind::External);
+    }
+
+    #[test]
+    fn a_restarted_proxy_is_a_counter_reset_not_a_negative_rate() {
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let t0 = Instant::now();
+        graph.record(
+            &ui,
+            t0,
+            &parse(&series("source", UI, HW1, "200", 500, 2.0)).unwrap(),
+        );
+        graph.record(
+            &ui,
+            t0 + Duration::from_secs(2),
+            &parse(&series("source", UI, HW1, "200", 8, 2.0)).unwrap(),
+        );
+        let view = graph.view(Duration::from_secs(5), t0 + Duration::from_secs(2), &[]);
+        assert_eq!(view.edges[0].rps, 4.0);
+    }
+
+    #[test]
+    fn stale_and_departed_proxies_drop_out() {
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let t0 = Instant::now();
+        graph.record(
+            &ui,
+            t0,
+            &parse(&series("source", UI, HW1, "200", 1, 2.0)).unwrap(),
+        );
+        graph.record(
+            &ui,
+            t0 + Duration::from_secs(1),
+            &parse(&series("source", UI, HW1, "200", 5, 2.0)).unwrap(),
+        );
+        graph.record_failure(&ui, "no answer".into());
+        // Ten seconds later nothing new came: no edge, and the failure shows.
+        let view = graph.view(Duration::from_secs(5), t0 + Duration::from_secs(11), &[]);
+        assert!(view.edges.is_empty());
+        assert_eq!(view.scrapes.failing[0].error, "no answer");
+        graph.retain(&[]);
+        assert_eq!(
+            graph.view(Duration::from_secs(5), t0, &[]).scrapes.proxies,
+            0
+        );
+    }
+
+    #[test]
+    fn a_gateway_is_a_node_and_idle_edges_stay_with_zero_rps() {
+        let graph = Graph::new(GraphSettings::default());
+        let gw = announce("gw-1", "ingressgateway", "v1", ProxyMode::Gateway);
+        let t0 = Instant::now();
+        let text = series("source", GW, UI, "200", 9, 2.0);
+        graph.record(&gw, t0, &parse(&text).unwrap());
+        graph.record(&gw, t0 + Duration::from_secs(1), &parse(&text).unwrap());
+        let view = graph.view(
+            Duration::from_secs(5),
+            t0 + Duration::from_secs(1),
+            std::slice::from_ref(&gw),
+        );
+        assert_eq!(view.edges[0].rps, 0.0);
+        assert_eq!(view.edges[0].error_rate, None);
+        assert_eq!(view.edges[0].p99_ms, None);
+        assert_eq!(
+            workloads(&view),
+            BTreeSet::from(["guestbook-ui".to_string(), "ingressgateway".to_string()])
+        );
+        let node = view
+            .nodes
+            .iter()
+            .find(|n| n.workload == "ingressgateway")
+            .unwrap();
+        assert_eq!((node.kind, node.instances), (NodeKind::Gateway, 1));
+    }
+}
