@@ -304,6 +304,8 @@ struct Entry {
 /// How a `ConfigSet` is written to disk: just the resources, oldest first.
 #[derive(Serialize, Deserialize)]
 struct StoredConfigSet {
+    /// `{}` (an empty set, as stores written before any apply hold) loads.
+    #[serde(default)]
     resources: Vec<Resource>,
 }
 
@@ -590,6 +592,9 @@ mod tests {
         assert!(json.contains("\"apiVersion\":\"networking.istio.io/v1alpha3\""));
         let loaded: ConfigSet = serde_json::from_str(&json).unwrap();
         assert_eq!(loaded, set);
+
+        let empty: ConfigSet = serde_json::from_str("{}").unwrap();
+        assert!(empty.is_empty());
 
         let tampered = json.replace("helloworld-service\"}}]", "Bad Host\"}}]");
         let err = serde_json::from_str::<ConfigSet>(&tampered).unwrap_err();
