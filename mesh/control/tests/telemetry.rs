@@ -1,0 +1,774 @@
+//! The control plane's telemetry over real HTTP, in-process on 127.0.0.1:0:
+//! the Zipkin collector, the metrics scraper and traffic graph, and the
+//! dashboard's port.
+//!
+//! The proxies here are fakes: spans are POSTed by the test the way a
+//! sidecar's reporter does, and each "proxy" is a small axum server that
+//! serves hand-written Prometheus text on `/stats/prometheus`, announced to
+//! the registry with its `adminAddress` like a real sidecar. That pins the
+//! consumer side of `docs/telemetry-contract.md` without needing the proxy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use mesh_api::xds::{ProxyAnnounce, ProxyMode};
+use mesh_control::graph::StatRow;
+use mesh_control::{Server, ServerHandle, Settings};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+// === helpers ===
+
+struct Control {
+    handle: ServerHandle,
+    http: reqwest::Client,
+    _state: tempfile::TempDir,
+}
+
+impl Control {
+    /// A control plane that scrapes every 100 ms, with a lease long enough
+    /// that one announce keeps a fake proxy live for the whole test.
+    async fn start() -> Control {
+        let state = tempfile::tempdir().unwrap();
+        let mut settings = Settings::local(state.path());
+        settings.lease = Duration::from_secs(60);
+        settings.scrape.interval = Duration::from_millis(100);
+        settings.scrape.timeout = Duration::from_millis(300);
+        settings.collector.max_traces = 50;
+        settings.collector.max_spans_per_trace = 20;
+        let handle = Server::start(settings).await.expect("control plane starts");
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Control {
+            handle,
+            http,
+            _state: state,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.url())
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    async fn post_spans(&self, spans: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/v2/spans"))
+            .json(&spans)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn announce(
+        &self,
+        instance: &str,
+        service: &str,
+        version: &str,
+        mode: ProxyMode,
+        admin: &str,
+    ) {
+        let announce = ProxyAnnounce {
+            instance: instance.into(),
+            mode,
+            service: service.into(),
+            version: version.into(),
+            address: if mode == ProxyMode::Sidecar {
+                "127.0.0.1:1".into()
+            } else {
+                String::new()
+            },
+            ready: true,
+            admin_address: admin.into(),
+            ..ProxyAnnounce::default()
+        };
+        let response = self
+            .http
+            .put(self.url(&format!("/v1/proxies/{instance}")))
+            .json(&announce)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "announce {instance}: {}",
+            response.status()
+        );
+    }
+}
+
+/// Poll until `check` returns Some, or fail saying what was awaited.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(why) if tokio::time::Instant::now() >= deadline => {
+                panic!("gave up waiting for {what}: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+fn span(
+    trace: &str,
+    id: &str,
+    parent: Option<&str>,
+    kind: &str,
+    service: &str,
+    start: u64,
+    duration: u64,
+) -> Value {
+    let mut span = json!({
+        "traceId": trace, "id": id, "kind": kind,
+        "name": format!("{service}:8080/"),
+        "timestamp": start, "duration": duration,
+        "localEndpoint": {"serviceName": service},
+        "tags": {"instance": format!("{service}-v1-00001"), "http.status_code": "200"}
+    });
+    if let Some(parent) = parent {
+        span["parentId"] = json!(parent);
+    }
+    span
+}
+
+fn calls(mut span: Value, remote: &str) -> Value {
+    span["remoteEndpoint"] = json!({"serviceName": remote});
+    span
+}
+
+/// A fake proxy admin port: serves whatever text the test puts in it.
+#[derive(Clone)]
+struct FakeAdmin {
+    addr: String,
+    text: Arc<Mutex<String>>,
+}
+
+impl FakeAdmin {
+    async fn start() -> FakeAdmin {
+        let text = Arc::new(Mutex::new(String::new()));
+        let app = axum::Router::new()
+            .route(
+                "/stats/prometheus",
+                axum::routing::get(|State(text): State<Arc<Mutex<String>>>| async move {
+                    text.lock().unwrap().clone()
+                }),
+            )
+            .with_state(text.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeAdmin { addr, text }
+    }
+
+    fn set(&self, text: String) {
+        *self.text.lock().unwrap() = text;
+    }
+}
+
+/// An admin port that accepts connections and never answers.
+async fn hanging_admin() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let app = axum::Router::new().route(
+        "/stats/prometheus",
+        axum::routing::get(|| std::future::pending::<String>()),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Istio's series for one edge: `count` requests with `code`, each taking
+/// `ms` milliseconds.
+fn series(reporter: &str, src: &str, dst: &str, code: &str, count: u64, ms: f64) -> String {
+    let (sw, sv) = src.split_once('@').unwrap();
+    let (dw, dv) = dst.split_once('@').unwrap();
+    let labels = format!(
+        "reporter=\"{reporter}\",source_workload=\"{sw}\",source_version=\"{sv}\",\
+         destination_workload=\"{dw}\",destination_version=\"{dv}\",destination_service=\"{dw}\",\
+         response_code=\"{code}\",response_flags=\"-\""
+    );
+    let mut text =
+        format!("# TYPE istio_requests counter\nistio_requests_total{{{labels}}} {count}\n");
+    for le in [0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0] {
+        let n = if ms <= le { count } else { 0 };
+        text +=
+            &format!("istio_request_duration_milliseconds_bucket{{{labels},le=\"{le}\"}} {n}\n");
+    }
+    text +=
+        &format!("istio_request_duration_milliseconds_bucket{{{labels},le=\"+Inf\"}} {count}\n");
+    text
+}
+
+// === the collector ===
+
+#[tokio::test]
+async fn the_collector_speaks_zipkins_api() {
+    let control = Control::start().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let spans = json!([
+        calls(
+            span(
+                trace,
+                "00000000000000a1",
+                None,
+                "CLIENT",
+                "ingressgateway",
+                1_000_000,
+                9_000
+            ),
+            "guestbook-ui"
+        ),
+        span(
+            trace,
+            "00000000000000b1",
+            Some("00000000000000a1"),
+            "SERVER",
+            "guestbook-ui",
+            1_000_500,
+            8_000
+        ),
+        calls(
+            span(
+                trace,
+                "00000000000000b2",
+                Some("00000000000000b1"),
+                "CLIENT",
+                "guestbook-ui",
+                1_001_000,
+                5_000
+            ),
+            "helloworld-service"
+        ),
+        span(
+            trace,
+            "00000000000000c1",
+            Some("00000000000000b2"),
+            "SERVER",
+            "helloworld-service",
+            1_001_500,
+            4_000
+        ),
+    ]);
+    let response = control.post_spans(spans).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    assert_eq!(
+        control.get("/api/v2/services").await,
+        json!(["guestbook-ui", "helloworld-service", "ingressgateway"])
+    );
+    assert_eq!(
+        control
+            .get("/api/v2/spans?serviceName=helloworld-service")
+            .await,
+        json!(["helloworld-service:8080/"])
+    );
+    assert_eq!(
+        control
+            .get("/api/v2/remoteServices?serviceName=guestbook-ui")
+            .await,
+        json!(["helloworld-service"])
+    );
+    let traces = control
+        .get("/api/v2/traces?serviceName=helloworld-service&limit=5")
+        .await;
+    assert_eq!(traces.as_array().unwrap().len(), 1);
+    assert_eq!(traces[0].as_array().unwrap().len(), 4);
+    assert_eq!(
+        traces[0][0]["id"], "00000000000000a1",
+        "spans in start order"
+    );
+    let none = control
+        .get("/api/v2/traces?serviceName=sentiment-service")
+        .await;
+    assert_eq!(none, json!([]));
+    // Zipkin's endTs/lookback are milliseconds: the spans started at 1 s.
+    let old = control.get("/api/v2/traces?endTs=500&lookback=500").await;
+    assert_eq!(old, json!([]));
+    let one = control
+        .get(&format!("/api/v2/trace/{}", trace.to_uppercase()))
+        .await;
+    assert_eq!(one.as_array().unwrap().len(), 4);
+
+    // The waterfall, with the tree's depths.
+    let waterfall = control
+        .get(&format!("/api/v1/traces/{trace}/analysis"))
+        .await;
+    let depths: Vec<u64> = waterfall["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(depths, [0, 1, 2, 3]);
+    assert_eq!(waterfall["broken"], false);
+    assert_eq!(
+        waterfall["services"],
+        json!(["ingressgateway", "guestbook-ui", "helloworld-service"])
+    );
+
+    // Errors a reporter can act on.
+    let response = control
+        .post_spans(json!([{"traceId": "zz", "id": "1"}]))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("span 0") && error.contains("traceId"),
+        "{error}"
+    );
+    let response = control
+        .http
+        .get(control.url("/api/v2/trace/abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = control
+        .http
+        .get(control.url("/api/v2/spans"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_trace_split_by_an_app_that_did_not_forward_headers_is_reported_broken() {
+    let control = Control::start().await;
+    // guestbook-ui's app dropped the headers: its call to helloworld-service
+    // started trace 2 while its sidecar's SERVER span of trace 1 was open.
+    let (t1, t2) = (
+        "000000000000000000000000000000e1",
+        "000000000000000000000000000000e2",
+    );
+    control
+        .post_spans(json!([
+            calls(
+                span(
+                    t2,
+                    "00000000000000b2",
+                    None,
+                    "CLIENT",
+                    "guestbook-ui",
+                    1_001_000,
+                    5_000
+                ),
+                "helloworld-service"
+            ),
+            span(
+                t2,
+                "00000000000000c1",
+                Some("00000000000000b2"),
+                "SERVER",
+                "helloworld-service",
+                1_001_500,
+                4_000
+            ),
+            calls(
+                span(
+                    t1,
+                    "00000000000000a1",
+                    None,
+                    "CLIENT",
+                    "ingressgateway",
+                    1_000_000,
+                    9_000
+                ),
+                "guestbook-ui"
+            ),
+            span(
+                t1,
+                "00000000000000b1",
+                Some("00000000000000a1"),
+                "SERVER",
+                "guestbook-ui",
+                1_000_500,
+                8_000
+            ),
+        ]))
+        .await;
+    // The verdict waits until the traces settle (2 s without a new span).
+    let broken: Vec<Value> = eventually("both traces to be reported broken", || async {
+        let list = control.get("/api/v1/traces?broken=true").await;
+        let list = list.as_array().unwrap().clone();
+        if list.len() == 2 {
+            Ok(list)
+        } else {
+            Err(format!("{} broken so far", list.len()))
+        }
+    })
+    .await;
+    let new_trace = broken.iter().find(|t| t["traceId"] == t2).unwrap();
+    let problem = &new_trace["problems"][0];
+    assert_eq!(problem["kind"], "headersNotForwarded");
+    assert_eq!(problem["relatedTraceId"], t1);
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.contains("guestbook-ui's app did not forward the trace headers")
+            && message.contains("between guestbook-ui and helloworld-service"),
+        "{message}"
+    );
+    let old_trace = broken.iter().find(|t| t["traceId"] == t1).unwrap();
+    assert_eq!(old_trace["problems"][0]["kind"], "brokenDownstream");
+    // The waterfall marks the span where it broke.
+    let waterfall = control.get(&format!("/api/v1/traces/{t2}/analysis")).await;
+    assert_eq!(
+        waterfall["spans"][0]["problems"],
+        json!(["headersNotForwarded"])
+    );
+}
+
+#[tokio::test]
+async fn the_collector_keeps_a_bounded_number_of_traces_and_spans() {
+    let control = Control::start().await;
+    // 80 traces into a collector that keeps 50, then 30 spans into one
+    // trace that keeps 20.
+    for i in 0..80u64 {
+        let trace = format!("{:032x}", i + 1);
+        control
+            .post_spans(json!([span(
+                &trace,
+                "0000000000000001",
+                None,
+                "SERVER",
+                "a",
+                1_000_000 + i,
+                10
+            )]))
+            .await;
+    }
+    let big: Vec<Value> = (1..=30u64)
+        .map(|i| {
+            span(
+                &format!("{:032x}", 999),
+                &format!("{i:016x}"),
+                None,
+                "SERVER",
+                "a",
+                2_000_000 + i,
+                10,
+            )
+        })
+        .collect();
+    control.post_spans(Value::Array(big)).await;
+    let stats = control.get("/api/v1/collector").await;
+    assert_eq!(stats["traces"], 50);
+    assert_eq!(stats["tracesEvicted"], 31);
+    assert_eq!(stats["spansDropped"], 10);
+    // The newest traces are the ones kept.
+    let kept = control.get("/api/v2/traces?limit=1000").await;
+    assert_eq!(kept.as_array().unwrap().len(), 50);
+    assert_eq!(kept[0].as_array().unwrap().len(), 20);
+    let response = control
+        .http
+        .get(control.url(&format!("/api/v2/trace/{:032x}", 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "the oldest trace was evicted"
+    );
+}
+
+// === the scraper and the graph ===
+
+#[tokio::test]
+async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
+    let control = Control::start().await;
+    let gateway = FakeAdmin::start().await;
+    let ui = FakeAdmin::start().await;
+    let stuck = hanging_admin().await;
+    control
+        .announce(
+            "gw-1",
+            "ingressgateway",
+            "v1",
+            ProxyMode::Gateway,
+            &gateway.addr,
+        )
+        .await;
+    control
+        .announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar, &ui.addr)
+        .await;
+    control
+        .announce(
+            "hw-1",
+            "helloworld-service",
+            "v1",
+            ProxyMode::Sidecar,
+            &stuck,
+        )
+        .await;
+    control
+        .announce(
+            "hw-2",
+            "helloworld-service",
+            "v2",
+            ProxyMode::Sidecar,
+            "127.0.0.1:1",
+        )
+        .await;
+
+    // The counters grow at a steady pace while the test watches: 50 rps
+    // from the gateway, 40 rps to v1 and 10 rps (half of them 503s) to v2.
+    let started = std::time::Instant::now();
+    let pump = {
+        let (gateway, ui) = (gateway.clone(), ui.clone());
+        tokio::spawn(async move {
+            loop {
+                let t = started.elapsed().as_secs_f64();
+                let n = |rate: f64| (rate * t) as u64;
+                gateway.set(series(
+                    "source",
+                    "ingressgateway@v1",
+                    "guestbook-ui@v1",
+                    "200",
+                    n(50.0),
+                    3.0,
+                ));
+                ui.set(
+                    [
+                        series(
+                            "source",
+                            "guestbook-ui@v1",
+                            "helloworld-service@v1",
+                            "200",
+                            n(40.0),
+                            3.0,
+                        ),
+                        series(
+                            "source",
+                            "guestbook-ui@v1",
+                            "helloworld-service@v2",
+                            "200",
+                            n(5.0),
+                            30.0,
+                        ),
+                        series(
+                            "source",
+                            "guestbook-ui@v1",
+                            "helloworld-service@v2",
+                            "503",
+                            n(5.0),
+                            30.0,
+                        ),
+                        series(
+                            "destination",
+                            "ingressgateway@v1",
+                            "guestbook-ui@v1",
+                            "200",
+                            n(50.0),
+                            2.0,
+                        ),
+                    ]
+                    .concat(),
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let graph = eventually(
+        "the graph to show all three edges with their rates",
+        || async {
+            let graph = control.get("/api/v1/graph?window=2").await;
+            let edges = graph["edges"].as_array().unwrap();
+            let rps = |target: &str| {
+                edges
+                    .iter()
+                    .find(|e| e["target"] == target)
+                    .and_then(|e| e["rps"].as_f64())
+                    .unwrap_or(0.0)
+            };
+            // Rates from counters sampled every 100 ms wobble a little.
+            let near = |v: f64, want: f64| (v - want).abs() <= want * 0.2;
+            if edges.len() == 3
+                && near(rps("guestbook-ui@v1"), 50.0)
+                && near(rps("helloworld-service@v1"), 40.0)
+                && near(rps("helloworld-service@v2"), 10.0)
+            {
+                Ok(graph)
+            } else {
+                Err(format!("{edges:#?}"))
+            }
+        },
+    )
+    .await;
+    pump.abort();
+
+    let edges = graph["edges"].as_array().unwrap();
+    let edge = |target: &str| edges.iter().find(|e| e["target"] == target).unwrap();
+    // The gateway reports its own edge; the destination's copy is not doubled.
+    assert_eq!(edge("guestbook-ui@v1")["reporter"], "source");
+    let v2 = edge("helloworld-service@v2");
+    let error_rate = v2["errorRate"].as_f64().unwrap();
+    assert!(
+        (error_rate - 0.5).abs() < 0.15,
+        "half of v2's answers are 503: {error_rate}"
+    );
+    // 30 ms requests: p99 inside (25, 50].
+    let p99 = v2["p99Ms"].as_f64().unwrap();
+    assert!(p99 > 25.0 && p99 <= 50.0, "{p99}");
+    assert!(edge("helloworld-service@v1")["p99Ms"].as_f64().unwrap() <= 5.0);
+
+    // Every live proxy is a node, idle or not; the gateway is marked.
+    let nodes = graph["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{nodes:#?}");
+    let gateway_node = nodes
+        .iter()
+        .find(|n| n["workload"] == "ingressgateway")
+        .unwrap();
+    assert_eq!(gateway_node["kind"], "gateway");
+    // The proxy that hangs and the one nobody listens for are reported, and
+    // did not hold the others back.
+    let failing: Vec<&str> = graph["scrapes"]["failing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(failing, ["hw-1", "hw-2"]);
+
+    // `meshctl stat`'s numbers: one row per workload and version.
+    let rows: Vec<StatRow> =
+        serde_json::from_value(control.get("/api/v1/stat?window=2").await).unwrap();
+    let row = |w: &str, v: &str| {
+        rows.iter()
+            .find(|r| r.workload == w && r.version == v)
+            .unwrap()
+    };
+    assert!((row("helloworld-service", "v2").success_rate.unwrap() - 0.5).abs() < 0.15);
+    assert_eq!(row("helloworld-service", "v1").success_rate, Some(1.0));
+    assert_eq!(row("helloworld-service", "v1").instances, 1);
+    assert!((row("guestbook-ui", "v1").rps - 50.0).abs() < 10.0);
+}
+
+// === the dashboard's port ===
+
+#[tokio::test]
+async fn the_dashboard_serves_its_page_and_the_same_api() {
+    let control = Control::start().await;
+    let url = control
+        .handle
+        .dashboard_url()
+        .expect("Settings::local runs a dashboard");
+    let info = control.get("/api/v1/dashboard").await;
+    assert_eq!(info["url"], url.as_str());
+
+    let page = control.http.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("micromesh") && html.contains("dashboard.js"));
+    for asset in ["dashboard.js", "dashboard.css"] {
+        let response = control
+            .http
+            .get(format!("{url}{asset}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+    }
+    // Same-origin API: what the page fetches is on its own port.
+    for path in [
+        "api/v1/graph",
+        "api/v1/stat",
+        "api/v1/routes",
+        "api/v1/traces",
+        "v1/services",
+        "v1/analyze",
+        "api/v2/services",
+    ] {
+        let response = control
+            .http
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{path} on the dashboard port"
+        );
+    }
+    // The page is not on the API port.
+    let response = control
+        .http
+        .get(control.url("/dashboard.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_routes_view_shows_the_effective_split_and_the_analysis() {
+    let control = Control::start().await;
+    control
+        .announce(
+            "hw-1",
+            "helloworld-service",
+            "v1",
+            ProxyMode::Sidecar,
+            "127.0.0.1:1",
+        )
+        .await;
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: helloworld-service}
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - destination: {host: helloworld-service, subset: v1}
+      weight: 4
+    - destination: {host: helloworld-service, subset: v2}
+      weight: 1
+"#;
+    let response = control
+        .http
+        .post(control.url("/v1/config/apply"))
+        .json(&json!({"files": [{"name": "canary.yaml", "content": yaml}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let routes = control.get("/api/v1/routes").await;
+    let split = &routes["virtualServices"][0]["rules"][0]["destinations"];
+    assert_eq!(split[0]["percent"], 80.0);
+    assert_eq!(split[1]["percent"], 20.0);
+    // No DestinationRule defines the subsets: analysis says so, on the VS.
+    let diagnostics = routes["virtualServices"][0]["diagnostics"]
+        .as_array()
+        .unwrap();
+    assert!(!diagnostics.is_empty(), "{routes:#}");
+}
