@@ -187,7 +187,7 @@ async fn hanging_admin() -> String {
     let addr = listener.local_addr().unwrap().to_string();
     let app = axum::Router::new().route(
         "/stats/prometheus",
-        axum::routing::get(|| std::future::pending::<String>()),
+        axum::routing::get(std::future::pending::<String>),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
