@@ -17,7 +17,14 @@
 //! POST   /v1/config/delete                 delete Istio YAML      (config_api.rs)
 //! GET    /v1/config?kind=K                 list applied resources (config_api.rs)
 //! GET    /v1/analyze                       cross-reference check  (config_api.rs)
+//! POST   /api/v2/spans, GET /api/v2/...    Zipkin's API           (collector/)
+//! GET    /api/v1/traces[/{id}/analysis]    traces, broken chains  (collector/)
+//! GET    /api/v1/graph, /api/v1/stat       traffic graph, stat    (graph.rs)
+//! GET    /api/v1/routes, /api/v1/dashboard routes view, page URL  (dashboard.rs)
 //! ```
+//!
+//! `server.rs` merges the telemetry routers into this one, and serves the
+//! result on both the API port and the dashboard's.
 
 use std::sync::Arc;
 
@@ -60,7 +67,7 @@ async fn not_found(uri: Uri) -> ApiFailure {
         StatusCode::NOT_FOUND,
         format!(
             "no such API route: {}; the routes are under /v1/proxies, /v1/services, \
-             /v1/config and /v1/analyze",
+             /v1/config, /v1/analyze, /api/v1 (graph, stat, traces, routes) and /api/v2 (Zipkin)",
             uri.path()
         ),
     )
