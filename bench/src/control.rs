@@ -101,6 +101,11 @@ pub struct ProcessReport {
     pub idle_cpu_percent: f64,
     /// CPU per apply, with the idle share over the same time taken out.
     pub cpu_ms_per_apply: f64,
+    /// CPU per apply, everything the process spent while the applies ran
+    /// (heartbeats, acks and re-polls included).
+    pub cpu_ms_per_apply_gross: f64,
+    /// CPU share while the applies ran (100 = one core).
+    pub applies_cpu_percent: f64,
     pub rss_kb_registered: u64,
     pub rss_kb_watched: u64,
     pub rss_kb_max_during_applies: u64,
@@ -300,6 +305,8 @@ pub fn run(config: &ControlConfig) -> anyhow::Result<ControlReport> {
             Some(ProcessReport {
                 idle_cpu_percent: idle_share * 100.0,
                 cpu_ms_per_apply: (net.max(0.0) * 1e3) / config.applies.max(1) as f64,
+                cpu_ms_per_apply_gross: spent.as_secs_f64() * 1e3 / config.applies.max(1) as f64,
+                applies_cpu_percent: spent.as_secs_f64() / applies_elapsed.as_secs_f64() * 100.0,
                 rss_kb_registered: rss_kb_registered.unwrap_or(0),
                 rss_kb_watched: rss_kb_watched.unwrap_or(0),
                 rss_kb_max_during_applies: rss_max,
