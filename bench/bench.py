@@ -1151,14 +1151,18 @@ def main(argv=None):
     print_ratios(summary, args.cases, args.rates, out)
     if control_results:
         summary["control-plane"] = print_control(control_results, out)
+    if args.smoke or args.profile != "release":
+        print(f"\n({'smoke run' if args.smoke else 'debug build'}: these numbers only show the "
+              "harness works; measure with the full run)", file=out)
     print_targets(summary, args.rates, out)
     if args.perf:
         print_perf(rounds, args.cases, args.rates, out)
     for case in args.cases:
         lags = [r[case][f"lat_{rate}"]["send_lag"]["p50_us"] for r in rounds for rate in args.rates]
         if statistics.median(lags) > 10:
-            print(f"warning: {case}: the load generator sent requests {statistics.median(lags):.0f} µs "
-                  "late (median): its core is busy, latencies are inflated", file=out)
+            print(f"warning: {case}: requests left {statistics.median(lags):.0f} µs after their "
+                  "intended time (median): the case could not keep up with the rate, or the load "
+                  "generator's core was busy", file=out)
         failures = sum(sum(v for v in summary[case][f"unsent_{rate}"] if v) for rate in args.rates)
         if failures:
             print(f"warning: {case}: {failures} requests failed or could not be sent at the fixed rates",
