@@ -40,7 +40,11 @@ fn every_simulated_proxy_receives_every_applied_change() {
     })
     .unwrap();
 
-    assert_eq!(report.propagation.count, 5 * 3, "one delay per proxy per apply");
+    assert_eq!(
+        report.propagation.count,
+        5 * 3,
+        "one delay per proxy per apply"
+    );
     assert_eq!(report.all_proxies.count, 3, "one time-to-all per apply");
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
     assert_eq!(
