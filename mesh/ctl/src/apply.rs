@@ -180,9 +180,9 @@ async fn send(ctx: &Ctx, files: Vec<SourceFile>, path: &str) -> Result<ExitCode>
                 println!("{change}");
             }
             // Like kubectl's admission warnings: the change is made, but
-            // something will not work as written.
+            // something will not work as written (`meshctl analyze` again).
             for d in &response.diagnostics {
-                eprintln!("Warning: {d}");
+                eprintln!("{d}");
             }
             Ok(ExitCode::SUCCESS)
         }

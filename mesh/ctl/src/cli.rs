@@ -14,7 +14,7 @@ use mesh_api::xds::ports;
 
 use crate::client::Client;
 use crate::runfile::RunState;
-use crate::{analyze, apply, get, locate, logs, process, scale, up};
+use crate::{analyze, apply, dashboard, get, load, locate, logs, process, scale, stat, traces, up};
 
 /// micromesh's command line.
 #[derive(Debug, Parser)]
@@ -67,6 +67,15 @@ pub enum Command {
     Analyze,
     /// Print (or follow) the logs of the processes `meshctl up` started.
     Logs(logs::LogsArgs),
+    /// Print the dashboard's URL (and open it with --open).
+    Dashboard(dashboard::DashboardArgs),
+    /// Per workload and version: success rate, requests/s, p50 and p99.
+    Stat(stat::StatArgs),
+    /// The most recent traces as trees, broken chains flagged.
+    Traces(traces::TracesArgs),
+    /// Send requests at a fixed rate and report statuses, latency and which
+    /// versions answered.
+    Load(load::LoadArgs),
 }
 
 impl Args {
@@ -96,6 +105,10 @@ impl Args {
             Command::Validate(args) => apply::validate(args),
             Command::Analyze => analyze::run(&ctx).await,
             Command::Logs(args) => logs::run(&ctx, args).await,
+            Command::Dashboard(args) => dashboard::run(&ctx, args).await,
+            Command::Stat(args) => stat::run(&ctx, args).await,
+            Command::Traces(args) => traces::run(&ctx, args).await,
+            Command::Load(args) => load::run(args).await,
         }
     }
 }

@@ -7,15 +7,19 @@ mod apply;
 mod catalog;
 mod cli;
 mod client;
+mod dashboard;
 mod get;
+mod load;
 mod locate;
 mod logs;
 mod process;
 mod runfile;
 mod runtime;
 mod scale;
+mod stat;
 mod supervisor;
 mod table;
+mod traces;
 mod up;
 
 #[tokio::main]

@@ -5,7 +5,7 @@
 //! starts, in order, what a cluster would run:
 //!
 //! ```text
-//! mesh-control              127.0.0.1:15010   (istiod)
+//! mesh-control              127.0.0.1:15010   (istiod), dashboard on 127.0.0.1:15014
 //! for each service instance (a pod):
 //!   the app                 127.0.0.1:<free>  HTTP_PROXY=its sidecar's outbound port
 //!   its mesh-proxy sidecar  outbound, inbound, admin on 127.0.0.1:<free>
@@ -207,7 +207,9 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
     }
 
     let state = sup.mesh.lock().await.run_state();
-    print_summary(&state);
+    let dashboard =
+        crate::dashboard::summary_line(&Client::control_plane(&state.control_url)).await;
+    print_summary(&state, &dashboard);
     if args.follow {
         let dir = workdir.join("logs");
         tokio::spawn(async move { logs::follow_dir(&dir).await });
@@ -332,7 +334,7 @@ async fn shutdown_requested(sup: &Supervisor) {
     }
 }
 
-fn print_summary(state: &RunState) {
+fn print_summary(state: &RunState, dashboard: &str) {
     let tty = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let logs = state.workdir.join("logs");
@@ -341,6 +343,7 @@ fn print_summary(state: &RunState) {
     let _ = writeln!(out);
     let _ = writeln!(out, "Guestbook:          {}", state.gateway_url);
     let _ = writeln!(out, "Control plane API:  {}/v1/services", state.control_url);
+    let _ = writeln!(out, "Dashboard:          {dashboard}");
     let _ = writeln!(
         out,
         "Logs:               {}/  (meshctl logs INSTANCE [-c sidecar] [-f])",
@@ -484,7 +487,11 @@ pub async fn down(ctx: &Ctx) -> Result<ExitCode> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Err(e) => eprintln!("{e:#}\nStopping the processes it recorded instead."),
+        Err(_) => eprintln!(
+            "meshctl up (pid {}) does not answer at {} (was it killed?); \
+             stopping the processes it recorded instead.",
+            state.pid, state.supervisor
+        ),
     }
     // Whatever happened above, nothing recorded may be left running.
     let leftover = stop_recorded(&state).await;
@@ -565,6 +572,46 @@ mod tests {
         assert!(err.contains("--gateway-port"), "{err}");
         drop(taken);
         ensure_free(port, "the gateway", "--gateway-port").unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_supervisor_only_recorded_programs_are_stopped() {
+        use crate::runfile::{GatewayRecord, ProcessRecord};
+        use std::os::unix::process::ExitStatusExt;
+        let mut recorded = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // Its pid is recorded for another program: as if the pid had been
+        // reused since. It must survive.
+        let mut reused = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let record = |pid, program: &str| ProcessRecord {
+            pid,
+            program: program.into(),
+            log: "/dev/null".into(),
+        };
+        let state = RunState {
+            // No such process: `meshctl up` itself is gone.
+            pid: u32::MAX,
+            control_plane: Some(record(recorded.id(), "sleep")),
+            gateway: Some(GatewayRecord {
+                process: record(reused.id(), "mesh-proxy"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+
+        assert_eq!(stop_recorded(&state).await, 1);
+        assert_eq!(recorded.wait().unwrap().signal(), Some(15), "SIGTERM");
+        assert!(
+            reused.try_wait().unwrap().is_none(),
+            "an unrelated process is left alone"
+        );
+        reused.kill().unwrap();
+        reused.wait().unwrap();
     }
 
     #[test]
