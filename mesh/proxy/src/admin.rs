@@ -5,6 +5,9 @@
 //!   readiness probes and the tests wait on it.
 //! - `GET /config_dump`: the snapshot in use as pretty JSON, its version,
 //!   and the last rejected version and why (Envoy's `/config_dump`).
+//! - `GET /stats/prometheus`: Istio's request metrics and the span
+//!   reporter's counters in Prometheus text (`metrics.rs`); Envoy serves the
+//!   same page on its admin port, and Istio's Prometheus scrapes it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,9 +33,10 @@ pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result
     Ok(match req.uri().path() {
         "/ready" => ready(&shared).await,
         "/config_dump" => config_dump(&shared),
+        "/stats/prometheus" => stats(&shared),
         _ => text_response(
             StatusCode::NOT_FOUND,
-            "admin endpoints: GET /ready, GET /config_dump\n",
+            "admin endpoints: GET /ready, GET /config_dump, GET /stats/prometheus\n",
         ),
     })
 }
@@ -62,6 +66,15 @@ pub async fn probe_app(addr: std::net::SocketAddr) -> bool {
         tokio::time::timeout(APP_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
+}
+
+fn stats(shared: &Shared) -> Rsp {
+    let mut rsp = http::Response::new(full(shared.telemetry.metrics.render()));
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    rsp
 }
 
 fn config_dump(shared: &Shared) -> Rsp {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::body::{ProxyService, Req, Rsp, RspFuture};
 use crate::cluster::{ClusterRt, EndpointRt, EndpointState};
 use crate::error::ProxyError;
-use crate::log::{RequestLog, Upstream};
+use crate::log::RequestLog;
 use crate::rng::Rng;
 
 /// Picks an endpoint of the `Arc<ClusterRt>` in the request's extensions and
@@ -158,10 +158,7 @@ impl<S: ProxyService> tower::Service<Req> for Balance<S> {
         };
         let endpoint = cluster.endpoints[index].clone();
         if let Some(log) = &log {
-            log.record_upstream(Upstream {
-                address: endpoint.address.clone(),
-                instance: endpoint.instance.clone(),
-            });
+            log.record_endpoint(&endpoint);
         }
         // In flight until the response headers arrive.
         let in_flight = InFlight::new(&endpoint.state);

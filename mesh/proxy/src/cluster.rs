@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use mesh_api::snapshot::{ConnectionPool, LoadBalancer, OutlierDetection};
 
+use crate::metrics::{SeriesCache, UNKNOWN};
 use crate::outlier::OutlierState;
 use crate::pool::ConnPool;
 
@@ -27,6 +28,9 @@ use crate::pool::ConnPool;
 pub struct ClusterRt {
     /// `helloworld-service` or `helloworld-service|v2`.
     pub name: Arc<str>,
+    /// The service (`helloworld-service`) and subset (`v2`), for telemetry.
+    pub service: Arc<str>,
+    pub subset: Option<Arc<str>>,
     pub load_balancer: LoadBalancer,
     pub connection_pool: ConnectionPool,
     pub outlier_detection: Option<OutlierDetection>,
@@ -52,7 +56,35 @@ pub struct EndpointRt {
     pub address: Arc<str>,
     pub instance: Arc<str>,
     pub labels: BTreeMap<String, String>,
+    /// Its `app` and `version` labels, ready for the metrics' labels
+    /// (`destination_workload`, `destination_version`).
+    pub workload: Arc<str>,
+    pub version: Arc<str>,
     pub state: Arc<EndpointState>,
+    /// The metric series its last request used (`metrics.rs`).
+    pub series: SeriesCache,
+}
+
+impl EndpointRt {
+    /// An endpoint of `service`; its workload is its `app` label, else the
+    /// service, and its version its `version` label, else `unknown`.
+    pub fn new(
+        address: &str,
+        instance: &str,
+        labels: BTreeMap<String, String>,
+        service: &str,
+        state: Arc<EndpointState>,
+    ) -> EndpointRt {
+        EndpointRt {
+            address: address.into(),
+            instance: instance.into(),
+            workload: labels.get("app").map_or(service, |s| s.as_str()).into(),
+            version: labels.get("version").map_or(UNKNOWN, |s| s.as_str()).into(),
+            labels,
+            state,
+            series: SeriesCache::default(),
+        }
+    }
 }
 
 /// Per-endpoint state that survives snapshot swaps.

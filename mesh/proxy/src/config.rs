@@ -21,9 +21,19 @@
 //! | `MESH_GATEWAY_ADDR` | `0.0.0.0:8080` |
 //! | `MESH_LOG` | `info` (a tracing filter) |
 //! | `MESH_SEED` | none; a number makes every random choice reproducible |
+//! | `MESH_TELEMETRY` | `on`; `off` records no spans and no metrics (for benchmarks) |
+//! | `MESH_TRACE_SAMPLING` | `100`: percent of new traces recorded (Istio's default is 1) |
+//! | `MESH_ZIPKIN_URL` | `{MESH_CONTROL_URL}/api/v2/spans`; none without a control plane |
+//! | `MESH_SNAPSHOT_FILE` | none; a JSON `Snapshot` to serve instead of a control plane's |
+//!
+//! With `MESH_SNAPSHOT_FILE` the proxy never talks to a control plane for
+//! config: it serves that one snapshot until it stops. Spans then go to
+//! `MESH_ZIPKIN_URL`, or to `MESH_CONTROL_URL`'s collector if that variable
+//! is set explicitly, or nowhere.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 
 use mesh_api::xds::{ProxyMode, ports};
 
@@ -92,6 +102,15 @@ pub struct Config {
     pub log: String,
     /// Seed for every random choice (`MESH_SEED`); `None`: truly random.
     pub seed: Option<u64>,
+    /// Record spans and metrics (`MESH_TELEMETRY`, default on).
+    pub telemetry: bool,
+    /// Percent of new traces sampled, 0.0..=100.0 (`MESH_TRACE_SAMPLING`).
+    pub trace_sampling: f64,
+    /// Where spans are POSTed (Zipkin v2 JSON); `None`: spans are not sent.
+    pub zipkin_url: Option<String>,
+    /// A static snapshot to serve (`MESH_SNAPSHOT_FILE`); when set,
+    /// `control_url` is `None`.
+    pub snapshot_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -147,17 +166,57 @@ impl Config {
             labels.insert("istio".into(), "ingressgateway".into());
         }
 
-        let control_url = strings
-            .get("MESH_CONTROL_URL")
+        let explicit_control_url = strings.get("MESH_CONTROL_URL");
+        let control_url = explicit_control_url
+            .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", ports::CONTROL));
-        if !(control_url.starts_with("http://") || control_url.starts_with("https://")) {
-            return Err(ConfigError {
-                var: "MESH_CONTROL_URL",
-                value: control_url,
-                reason: "expected a URL like http://127.0.0.1:15010".into(),
-            });
-        }
-        let control_url = control_url.trim_end_matches('/').to_string();
+        let control_url = http_url(
+            "MESH_CONTROL_URL",
+            &control_url,
+            "expected a URL like http://127.0.0.1:15010",
+        )?;
+        let snapshot_file = strings.get("MESH_SNAPSHOT_FILE").map(PathBuf::from);
+
+        let telemetry = match strings.get("MESH_TELEMETRY").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "MESH_TELEMETRY",
+                    value: other.to_string(),
+                    reason: "expected `on` or `off`".into(),
+                });
+            }
+        };
+        let trace_sampling = match strings.get("MESH_TRACE_SAMPLING") {
+            None => 100.0,
+            Some(text) => match text.trim().trim_end_matches('%').parse::<f64>() {
+                Ok(percent) if (0.0..=100.0).contains(&percent) => percent,
+                _ => {
+                    return Err(ConfigError {
+                        var: "MESH_TRACE_SAMPLING",
+                        value: text,
+                        reason: "expected a percentage from 0 to 100, for example 100 \
+                                 (every trace) or 1 (Istio's default)"
+                            .into(),
+                    });
+                }
+            },
+        };
+        // Spans go where the user says, else to the control plane's
+        // collector: the one the proxy watches, or (with a snapshot file) the
+        // one named explicitly. A real Zipkin or Jaeger takes the same URL.
+        let zipkin_url = match strings.get("MESH_ZIPKIN_URL") {
+            Some(url) => Some(http_url(
+                "MESH_ZIPKIN_URL",
+                &url,
+                "expected a URL like http://127.0.0.1:9411/api/v2/spans",
+            )?),
+            None if snapshot_file.is_none() || explicit_control_url.is_some() => {
+                Some(format!("{control_url}/api/v2/spans"))
+            }
+            None => None,
+        };
 
         let seed = match strings.get("MESH_SEED") {
             Some(text) => Some(text.parse::<u64>().map_err(|e| ConfigError {
@@ -174,7 +233,8 @@ impl Config {
             version,
             instance,
             labels,
-            control_url: Some(control_url),
+            // A snapshot file replaces the control plane.
+            control_url: snapshot_file.is_none().then_some(control_url),
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
             inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
             advertise_addr: match strings.get("MESH_ADVERTISE_ADDR") {
@@ -186,6 +246,10 @@ impl Config {
             gateway_addr: addr(strings, "MESH_GATEWAY_ADDR", any(ports::GATEWAY))?,
             log: strings.get("MESH_LOG").unwrap_or_else(|| "info".into()),
             seed,
+            telemetry,
+            trace_sampling,
+            zipkin_url,
+            snapshot_file,
         })
     }
 
@@ -201,6 +265,7 @@ impl Config {
         .expect("the test defaults are valid settings");
         config.app_addr = app_addr;
         config.control_url = None;
+        config.zipkin_url = None;
         config
     }
 
@@ -213,7 +278,21 @@ impl Config {
         ]))
         .expect("the test defaults are valid settings");
         config.control_url = None;
+        config.zipkin_url = None;
         config
+    }
+}
+
+/// An `http://` or `https://` URL, without a trailing `/`.
+fn http_url(var: &'static str, value: &str, example: &str) -> Result<String, ConfigError> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(value.trim_end_matches('/').to_string())
+    } else {
+        Err(ConfigError {
+            var,
+            value: value.to_string(),
+            reason: example.to_string(),
+        })
     }
 }
 
@@ -332,6 +411,65 @@ mod tests {
         assert_eq!(config.labels["app"], "helloworld-service");
         assert_eq!(config.labels["version"], "v1");
         assert_eq!(config.log, "info");
+        assert!(config.telemetry);
+        assert_eq!(config.trace_sampling, 100.0);
+        assert_eq!(
+            config.zipkin_url.as_deref(),
+            Some("http://127.0.0.1:15010/api/v2/spans"),
+            "spans go to the control plane's collector by default"
+        );
+        assert_eq!(config.snapshot_file, None);
+    }
+
+    #[test]
+    fn telemetry_settings_are_read() {
+        let config = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_TELEMETRY", "off"),
+            ("MESH_TRACE_SAMPLING", "12.5"),
+            ("MESH_ZIPKIN_URL", "http://zipkin:9411/api/v2/spans"),
+        ]))
+        .unwrap();
+        assert!(!config.telemetry);
+        assert_eq!(config.trace_sampling, 12.5);
+        assert_eq!(
+            config.zipkin_url.as_deref(),
+            Some("http://zipkin:9411/api/v2/spans")
+        );
+        let zero = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_TRACE_SAMPLING", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(zero.trace_sampling, 0.0);
+    }
+
+    #[test]
+    fn a_snapshot_file_replaces_the_control_plane() {
+        let config = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_SNAPSHOT_FILE", "/tmp/snapshot.json"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.snapshot_file.as_deref(),
+            Some(std::path::Path::new("/tmp/snapshot.json"))
+        );
+        assert_eq!(config.control_url, None, "no watch, no announce");
+        assert_eq!(config.zipkin_url, None, "no collector was named");
+
+        // A control plane named explicitly still collects the spans.
+        let named = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_SNAPSHOT_FILE", "/tmp/snapshot.json"),
+            ("MESH_CONTROL_URL", "http://127.0.0.1:4000"),
+        ]))
+        .unwrap();
+        assert_eq!(named.control_url, None);
+        assert_eq!(
+            named.zipkin_url.as_deref(),
+            Some("http://127.0.0.1:4000/api/v2/spans")
+        );
     }
 
     #[test]
@@ -379,6 +517,22 @@ mod tests {
             ),
             (&[("MESH_SERVICE", "hw"), ("MESH_SEED", "abc")], "MESH_SEED"),
             (&[("MESH_SERVICE", "hello world")], "MESH_SERVICE"),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_TELEMETRY", "yes")],
+                "MESH_TELEMETRY",
+            ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_TRACE_SAMPLING", "150")],
+                "MESH_TRACE_SAMPLING",
+            ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_TRACE_SAMPLING", "all")],
+                "MESH_TRACE_SAMPLING",
+            ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_ZIPKIN_URL", "zipkin:9411")],
+                "MESH_ZIPKIN_URL",
+            ),
         ];
         for (pairs, var) in cases {
             let err = Config::from_strings(&env(pairs)).unwrap_err();

@@ -3,30 +3,36 @@
 //!
 //! Traffic arrives already routed, balanced and retried by the caller's
 //! sidecar, so the inbound side only forwards: pooled keep-alive connections
-//! to the app, an `x-request-id` if missing, one access-log line
-//! (`inbound`). An app that refuses connections gives 503 `UF`, like Envoy's
+//! to the app, an `x-request-id` if missing, the SERVER span (whose id the
+//! app receives as the parent in the trace headers) and the
+//! `reporter="destination"` metrics, one access-log line (`inbound`). An app that refuses connections gives 503 `UF`, like Envoy's
 //! inbound cluster. Later labs add mTLS and authorization here.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
 
 use crate::body::{MAX_REQUEST_BODY, Rsp, buffer};
-use crate::log::{AccessLog, Direction, RequestLog, Upstream};
+use crate::log::{AccessLog, Direction};
 use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop};
 use crate::proxy::Shared;
 use crate::route::authority_of;
+use crate::telemetry::{Arrival, Exchange};
 
-/// Handle one request on the inbound listener.
-pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result<Rsp, Infallible> {
+/// Handle one request on the inbound listener; `peer` is the calling
+/// sidecar (or gateway).
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: http::Request<Incoming>,
+) -> Result<Rsp, Infallible> {
     let start = Instant::now();
-    let log = RequestLog::new();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let request_id = ensure_request_id(&mut parts.headers);
-    let method = parts.method.clone();
     let path = parts
         .uri
         .path_and_query()
@@ -34,16 +40,31 @@ pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result
         .unwrap_or_else(|| "/".to_string());
     let head = http::Request::from_parts(parts, ());
     let authority = authority_of(&head).to_string();
-    let (parts, ()) = head.into_parts();
+    let (mut parts, ()) = head.into_parts();
+    // Open the SERVER span; the app gets it as its parent in the trace
+    // headers, and the caller's source headers are taken off.
+    let mut exchange = Exchange::begin(
+        &shared,
+        Arrival {
+            direction: Direction::Inbound,
+            peer,
+            start,
+            method: parts.method.clone(),
+            authority,
+            path_and_query: path,
+            request_id,
+            headers: &mut parts.headers,
+        },
+    );
+    let log = exchange.log.clone();
 
     let (cluster, endpoint) = &shared.app;
     let result = async {
         let body = buffer(body, MAX_REQUEST_BODY).await?;
+        exchange.request_body(body.len());
         let req = http::Request::from_parts(parts, body);
-        log.record_upstream(Upstream {
-            address: endpoint.address.clone(),
-            instance: endpoint.instance.clone(),
-        });
+        log.record_cluster(cluster);
+        log.record_endpoint(endpoint);
         crate::pool::send(cluster, endpoint, req).await
     }
     .await;
@@ -51,14 +72,14 @@ pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result
     let rsp = finish(result, &log, start);
     AccessLog {
         direction: Direction::Inbound,
-        method: &method,
-        authority: &authority,
-        path: &path,
+        method: &exchange.method,
+        authority: &exchange.authority,
+        path: &exchange.path_and_query,
         status: rsp.status().as_u16(),
         duration: start.elapsed(),
-        request_id: &request_id,
+        request_id: &exchange.request_id,
         log: &log,
     }
     .emit();
-    Ok(rsp)
+    Ok(exchange.respond(rsp))
 }

@@ -5,7 +5,9 @@
 //! each request by its authority to an instance of the called service, whose
 //! own sidecar takes it on its **inbound** listener and hands it to its app.
 //! In **gateway** mode the same binary takes users' requests into the mesh.
-//! The **admin** listener answers `/ready` and `/config_dump`. The routing
+//! The **admin** listener answers `/ready`, `/config_dump` and
+//! `/stats/prometheus`. Every listener records a span and metrics for each
+//! request (telemetry). The routing
 //! config comes from the control plane as a versioned snapshot
 //! (`mesh_api::snapshot`), which the proxy compiles and swaps in atomically.
 //!
@@ -25,9 +27,14 @@
 //! | outlier detection | `outlier.rs` |
 //! | connection pool, circuit breaker | `pool.rs` |
 //! | inbound: to the local app | `inbound.rs` |
+//! | telemetry of one request: span, source headers, metrics, on body end | `telemetry.rs` |
+//! | trace context: W3C / B3 headers, ids, sampling, Zipkin v2 spans | `trace.rs` |
+//! | span reporter: bounded queue, batches, POST to the collector | `report.rs` |
+//! | Istio's metrics, `/stats/prometheus` | `metrics.rs`, `admin.rs` |
 //! | snapshot compilation, NACK reasons | `table.rs`, `cluster.rs` |
 //! | control-plane client | `control.rs` |
 //! | Envoy's error responses and flags | `error.rs` |
+//! | admin: `/ready`, `/config_dump`, `/stats/prometheus` | `admin.rs` |
 //!
 //! # Library API
 //!
@@ -60,11 +67,13 @@
 //!   [`Config::local_sidecar`], [`Config::local_gateway`]. Set
 //!   `control_url: None` to run on static snapshots, `Some(url)` to announce
 //!   to and watch a control plane; `seed: Some(n)` makes every random choice
-//!   reproducible.
+//!   reproducible. Telemetry: `telemetry` (on/off), `trace_sampling`
+//!   (percent), `zipkin_url` (where spans go; `None`: not sent). A
+//!   `snapshot_file` is read and applied at start, with no control plane.
 //! - [`Proxy::start`]`(Config) -> Result<`[`ProxyHandle`]`, `[`StartError`]`>`.
 //! - [`ProxyHandle`]: `addrs()`, `outbound_addr()`, `inbound_addr()`,
 //!   `advertise_addr()`, `gateway_addr()`, `admin_addr()`, `instance()`,
-//!   `config()`, `announce(ready)`, `current_snapshot()`,
+//!   `config()`, `metrics()`, `announce(ready)`, `current_snapshot()`,
 //!   `apply_snapshot(Snapshot) -> Result<(), CompileError>`,
 //!   `last_rejected()`, `shutdown().await`. Dropping the handle also stops
 //!   the listeners (without the DELETE and the drain).
@@ -83,16 +92,20 @@ pub mod fault;
 pub mod inbound;
 pub mod listener;
 pub mod log;
+pub mod metrics;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
+pub mod report;
 pub mod retry;
 pub mod rng;
 pub mod route;
 pub mod split;
 pub mod table;
+pub mod telemetry;
 pub mod timeout;
+pub mod trace;
 
 #[cfg(test)]
 mod test_util;

@@ -1,6 +1,9 @@
 //! Accepting connections: one accept loop per listener, one task per
 //! connection, HTTP/1.1 (and HTTP/2 with prior knowledge) via hyper-util.
 //!
+//! The handler gets each request with the address of the peer that sent it
+//! (telemetry's `peer.address`).
+//!
 //! On shutdown the accept loop stops at once and every connection is asked
 //! to finish gracefully: idle keep-alive connections close, requests in
 //! flight complete (up to the drain timeout in [`crate::proxy`]). Envoy does
@@ -28,7 +31,7 @@ pub fn serve<F, Fut>(
     tasks: TaskTracker,
     handler: F,
 ) where
-    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
     let accept_tasks = tasks.clone();
@@ -67,11 +70,12 @@ async fn connection<F, Fut>(
     shutdown: CancellationToken,
     handler: F,
 ) where
-    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler));
+    let service = service_fn(move |req| handler(peer, req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

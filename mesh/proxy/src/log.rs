@@ -11,12 +11,18 @@
 //!
 //! The flags are Envoy's: the same two letters appear in an Istio sidecar's
 //! access log, so what a learner reads here transfers directly.
+//!
+//! The same record feeds telemetry (`telemetry.rs`): the cluster and endpoint
+//! of the last attempt give the span's `upstream_cluster` and the metrics'
+//! `destination_workload` / `destination_version`.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
+
+use crate::cluster::{ClusterRt, EndpointRt};
 
 /// Which listener a request came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +47,7 @@ impl fmt::Display for Direction {
 
 /// Envoy's response flags: why a response is what it is. Several can be set
 /// at once (`UF,URX`: connection failures, retries exhausted).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
 
 impl ResponseFlags {
@@ -63,9 +69,11 @@ impl ResponseFlags {
     pub const FI: ResponseFlags = ResponseFlags(1 << 7);
     /// Retries exhausted on a retriable failure.
     pub const URX: ResponseFlags = ResponseFlags(1 << 8);
+    /// The downstream (the caller) went away before the response was sent.
+    pub const DC: ResponseFlags = ResponseFlags(1 << 9);
 
     /// Envoy's order when it prints several.
-    const NAMES: [(ResponseFlags, &'static str); 9] = [
+    const NAMES: [(ResponseFlags, &'static str); 10] = [
         (Self::UH, "UH"),
         (Self::UT, "UT"),
         (Self::UF, "UF"),
@@ -75,6 +83,7 @@ impl ResponseFlags {
         (Self::DI, "DI"),
         (Self::FI, "FI"),
         (Self::URX, "URX"),
+        (Self::DC, "DC"),
     ];
 
     pub fn empty() -> Self {
@@ -130,7 +139,17 @@ pub struct RequestLog {
     flags: AtomicU16,
     // Only this request's own attempts touch the lock, one at a time; it is
     // never contended and never shared between requests.
-    upstreams: Mutex<Vec<Upstream>>,
+    state: Mutex<LogState>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    upstreams: Vec<Upstream>,
+    /// The cluster of the latest attempt (or the route's first destination
+    /// before an attempt picks one).
+    cluster: Option<Arc<ClusterRt>>,
+    /// The endpoint of the latest attempt, if it got as far as one.
+    endpoint: Option<Arc<EndpointRt>>,
 }
 
 impl RequestLog {
@@ -146,38 +165,56 @@ impl RequestLog {
         ResponseFlags(self.flags.load(Ordering::Relaxed))
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Record that an attempt goes to `upstream`.
     pub fn record_upstream(&self, upstream: Upstream) {
-        self.upstreams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(upstream);
+        self.state().upstreams.push(upstream);
+    }
+
+    /// Record the cluster an attempt (or, before any, the route) aims at;
+    /// forgets the previous attempt's endpoint.
+    pub fn record_cluster(&self, cluster: &Arc<ClusterRt>) {
+        let mut state = self.state();
+        state.cluster = Some(cluster.clone());
+        state.endpoint = None;
+    }
+
+    /// Record the endpoint the latest attempt goes to (with its address,
+    /// as [`record_upstream`](Self::record_upstream) does).
+    pub fn record_endpoint(&self, endpoint: &Arc<EndpointRt>) {
+        let mut state = self.state();
+        state.upstreams.push(Upstream {
+            address: endpoint.address.clone(),
+            instance: endpoint.instance.clone(),
+        });
+        state.endpoint = Some(endpoint.clone());
+    }
+
+    /// The cluster and endpoint of the latest attempt, as far as it got.
+    pub fn target(&self) -> (Option<Arc<ClusterRt>>, Option<Arc<EndpointRt>>) {
+        let state = self.state();
+        (state.cluster.clone(), state.endpoint.clone())
     }
 
     /// The endpoint of the latest attempt.
     pub fn upstream(&self) -> Option<Upstream> {
-        self.upstreams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last()
-            .cloned()
+        self.state().upstreams.last().cloned()
     }
 
     /// Whether an earlier attempt of this request went to `address`.
     pub fn tried(&self, address: &str) -> bool {
-        self.upstreams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.state()
+            .upstreams
             .iter()
             .any(|u| &*u.address == address)
     }
 
     /// How many attempts picked an endpoint.
     pub fn attempts(&self) -> usize {
-        self.upstreams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.state().upstreams.len()
     }
 }
 

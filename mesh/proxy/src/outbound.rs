@@ -1,12 +1,15 @@
 //! The outbound and gateway listeners' request handling: from the app (or a
 //! user, at the gateway) to another service.
 //!
-//! For each request: note the start time and make a `RequestLog`; strip
-//! hop-by-hop headers; give it an `x-request-id` if it has none; read the
-//! body into memory (so retries can resend it); load the compiled snapshot
-//! once; route it through [`route_stack`]; turn a failure into Envoy's
-//! response and flag; add `x-envoy-upstream-service-time`; write one
-//! access-log line.
+//! For each request: note the start time; strip hop-by-hop headers; give it
+//! an `x-request-id` if it has none; open the telemetry [`Exchange`] (the
+//! CLIENT span, propagated in the trace headers, and the `RequestLog` the
+//! layers write into); read the body into memory (so retries can resend
+//! it); load the compiled snapshot once; route it through [`route_stack`];
+//! turn a failure into Envoy's response and flag; add
+//! `x-envoy-upstream-service-time`; write one access-log line. The exchange
+//! rides along with the response body and records the metrics and the span
+//! when the body ends.
 //!
 //! The app uses the outbound listener as its HTTP proxy (`HTTP_PROXY`), so it
 //! sends absolute-form requests (`GET http://helloworld-service:8080/hello
@@ -14,6 +17,7 @@
 //! the authority picks the route, nothing is resolved by DNS.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +37,7 @@ use crate::retry::Retry;
 use crate::rng::Rng;
 use crate::route::{RouteRt, Router, authority_of};
 use crate::split::Split;
+use crate::telemetry::{Arrival, Exchange};
 use crate::timeout::Timeout;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -49,38 +54,56 @@ pub fn route_stack(route: &Arc<RouteRt>, rng: &Rng) -> impl ProxyService + use<>
     Fault::new(timeout, route.fault, rng.clone())
 }
 
-/// Handle one request on the outbound (or gateway) listener.
+/// Handle one request on the outbound (or gateway) listener; `peer` is who
+/// connected (the app, or a user at the gateway).
 pub async fn handle(
     shared: Arc<Shared>,
     direction: Direction,
+    peer: SocketAddr,
     req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
-    let log = RequestLog::new();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let request_id = ensure_request_id(&mut parts.headers);
-    let method = parts.method.clone();
     let probe = http::Request::from_parts(parts, ());
     let authority = authority_of(&probe).to_string();
-    let (parts, ()) = probe.into_parts();
+    let (mut parts, ()) = probe.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.to_string())
         .unwrap_or_else(|| "/".to_string());
+    // Open this proxy's CLIENT span (and name the source workload) on the
+    // request that goes on; recorded when the response ends.
+    let mut exchange = Exchange::begin(
+        &shared,
+        Arrival {
+            direction,
+            peer,
+            start,
+            method: parts.method.clone(),
+            authority,
+            path_and_query: path,
+            request_id,
+            headers: &mut parts.headers,
+        },
+    );
+    let log = exchange.log.clone();
 
     let result = async {
-        if method == http::Method::CONNECT {
+        if parts.method == http::Method::CONNECT {
             // HTTPS through the proxy would be an opaque tunnel: nothing to
             // route, retry or observe. The mesh carries plain HTTP (mTLS
             // between sidecars comes later), so apps call http:// URLs.
             return Err(ProxyError::BadRequest(format!(
-                "CONNECT {authority}: the sidecar proxies plain HTTP only; call the service \
-                 as http://{authority} (the mesh secures traffic between sidecars itself)"
+                "CONNECT {}: the sidecar proxies plain HTTP only; call the service \
+                 as http://{} (the mesh secures traffic between sidecars itself)",
+                exchange.authority, exchange.authority
             )));
         }
         let body = buffer(body, MAX_REQUEST_BODY).await?;
+        exchange.request_body(body.len());
         let mut req = http::Request::from_parts(parts, body);
         req.extensions_mut().insert(log.clone());
         // The one read of shared config on the request path.
@@ -99,16 +122,16 @@ pub async fn handle(
     let rsp = finish(result, &log, start);
     AccessLog {
         direction,
-        method: &method,
-        authority: &authority,
-        path: &path,
+        method: &exchange.method,
+        authority: &exchange.authority,
+        path: &exchange.path_and_query,
         status: rsp.status().as_u16(),
         duration: start.elapsed(),
-        request_id: &request_id,
+        request_id: &exchange.request_id,
         log: &log,
     }
     .emit();
-    Ok(rsp)
+    Ok(exchange.respond(rsp))
 }
 
 /// Turn the stack's result into the response the client gets.

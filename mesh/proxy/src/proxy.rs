@@ -4,9 +4,13 @@
 //! A sidecar runs three listeners (outbound, inbound, admin), a gateway two
 //! (gateway, admin). All of them share one [`Shared`]: the config, the
 //! compiled snapshot behind an `ArcSwapOption` (a request loads it once, with
-//! no lock), and the state that outlives snapshots.
+//! no lock), the state that outlives snapshots, and telemetry (metrics and
+//! the span queue). Besides the listeners, a proxy runs the span reporter
+//! (`report.rs`) and either the control-plane client or, with
+//! `MESH_SNAPSHOT_FILE`, one static snapshot read at start.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +24,13 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{ClusterRt, EndpointRt, StateStore};
 use crate::config::{Config, advertise_for};
 use crate::log::Direction;
+use crate::report::{QUEUE_CAPACITY, ZipkinHttp};
 use crate::rng::Rng;
 use crate::table::{CompileError, Compiled};
+use crate::telemetry::Telemetry;
+
+/// How long shutdown waits for the reporter to send the last spans.
+pub const REPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for requests in flight to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +51,19 @@ pub enum StartError {
     },
     #[error("cannot build the control-plane client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("cannot build the HTTP client that sends spans (MESH_ZIPKIN_URL): {0}")]
+    ReporterClient(#[source] reqwest::Error),
+    #[error(
+        "cannot read the snapshot file {path} (MESH_SNAPSHOT_FILE): {error}. \
+         It must hold one JSON Snapshot, as `curl $CONTROL/v1/proxies/NAME/snapshot` prints it."
+    )]
+    SnapshotFile { path: PathBuf, error: String },
+    #[error("the snapshot in {path} (MESH_SNAPSHOT_FILE) was rejected: {source}")]
+    SnapshotRejected {
+        path: PathBuf,
+        #[source]
+        source: CompileError,
+    },
 }
 
 /// Everything the listeners and the control-plane client share.
@@ -55,6 +77,8 @@ pub struct Shared {
     pub app: (Arc<ClusterRt>, Arc<EndpointRt>),
     pub advertise: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// Metrics, the span queue, and what every span says about this proxy.
+    pub telemetry: Telemetry,
     store: StateStore,
     status: Mutex<ApplyStatus>,
 }
@@ -157,16 +181,49 @@ impl Proxy {
             admin: admin.local_addr().unwrap_or(config.admin_addr),
         };
 
+        // Read the static snapshot before serving anything: a bad file stops
+        // the proxy here, naming the file.
+        let static_snapshot = match &config.snapshot_file {
+            Some(path) => Some((path.clone(), read_snapshot(path)?)),
+            None => None,
+        };
+
+        // Spans leave through a bounded queue to the reporter task.
+        let stop_reporter = CancellationToken::new();
+        let ip = crate::telemetry::local_ip(config.mode, addrs.advertise, addrs.gateway);
+        let mut telemetry = Telemetry::new(&config, ip);
+        let reporter = match (&config.zipkin_url, config.telemetry) {
+            (Some(url), true) => {
+                let sink = ZipkinHttp::new(url.clone()).map_err(StartError::ReporterClient)?;
+                let counters = telemetry.counters();
+                let (queue, rx) = crate::report::queue(QUEUE_CAPACITY, &counters);
+                telemetry.spans = Some(queue);
+                Some(tokio::spawn(crate::report::run(
+                    rx,
+                    sink,
+                    counters,
+                    stop_reporter.clone(),
+                )))
+            }
+            _ => None,
+        };
+
         let shared = Arc::new(Shared {
             rng: Rng::from_seed(config.seed),
             app: app_target(&config),
             advertise: addrs.advertise,
             admin_addr: addrs.admin,
+            telemetry,
             current: ArcSwapOption::empty(),
             store: StateStore::default(),
             status: Mutex::new(ApplyStatus::default()),
             config,
         });
+        if let Some((path, snapshot)) = static_snapshot {
+            shared
+                .apply(snapshot)
+                .map_err(|source| StartError::SnapshotRejected { path, source })?;
+        }
 
         let s = shared.clone();
         crate::listener::serve(
@@ -174,7 +231,7 @@ impl Proxy {
             admin,
             shutdown.clone(),
             tasks.clone(),
-            move |req| crate::admin::handle(s.clone(), req),
+            move |_, req| crate::admin::handle(s.clone(), req),
         );
         if let Some(listener) = outbound {
             let s = shared.clone();
@@ -183,7 +240,7 @@ impl Proxy {
                 listener,
                 shutdown.clone(),
                 tasks.clone(),
-                move |req| crate::outbound::handle(s.clone(), Direction::Outbound, req),
+                move |peer, req| crate::outbound::handle(s.clone(), Direction::Outbound, peer, req),
             );
         }
         if let Some(listener) = inbound {
@@ -193,7 +250,7 @@ impl Proxy {
                 listener,
                 shutdown.clone(),
                 tasks.clone(),
-                move |req| crate::inbound::handle(s.clone(), req),
+                move |peer, req| crate::inbound::handle(s.clone(), peer, req),
             );
         }
         if let Some(listener) = gateway {
@@ -203,7 +260,7 @@ impl Proxy {
                 listener,
                 shutdown.clone(),
                 tasks.clone(),
-                move |req| crate::outbound::handle(s.clone(), Direction::Gateway, req),
+                move |peer, req| crate::outbound::handle(s.clone(), Direction::Gateway, peer, req),
             );
         }
 
@@ -225,6 +282,8 @@ impl Proxy {
             mode = ?shared.config.mode,
             ?addrs,
             control_plane = shared.config.control_url.as_deref().unwrap_or("none (static snapshots)"),
+            spans_to = shared.config.zipkin_url.as_deref().filter(|_| shared.config.telemetry).unwrap_or("nowhere"),
+            telemetry = shared.config.telemetry,
             "proxy started"
         );
         Ok(ProxyHandle {
@@ -233,6 +292,7 @@ impl Proxy {
             shutdown,
             tasks,
             control,
+            reporter: reporter.map(|task| (task, stop_reporter)),
         })
     }
 }
@@ -252,17 +312,30 @@ async fn bind(
         })
 }
 
+/// Read a `Snapshot` from a JSON file (`MESH_SNAPSHOT_FILE`).
+fn read_snapshot(path: &std::path::Path) -> Result<Snapshot, StartError> {
+    let error = |error: String| StartError::SnapshotFile {
+        path: path.to_path_buf(),
+        error,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| error(format!("invalid JSON: {e}")))
+}
+
 /// The inbound side's one destination: the local app.
 fn app_target(config: &Config) -> (Arc<ClusterRt>, Arc<EndpointRt>) {
     let name = format!("inbound|{}", Cluster::name_for(&config.service, None));
-    let endpoint = Arc::new(EndpointRt {
-        address: config.app_addr.to_string().into(),
-        instance: config.instance.as_str().into(),
-        labels: config.labels.clone(),
-        state: Default::default(),
-    });
+    let endpoint = Arc::new(EndpointRt::new(
+        &config.app_addr.to_string(),
+        &config.instance,
+        config.labels.clone(),
+        &config.service,
+        Default::default(),
+    ));
     let cluster = Arc::new(ClusterRt {
         name: name.into(),
+        service: config.service.as_str().into(),
+        subset: None,
         load_balancer: Default::default(),
         connection_pool: Default::default(),
         outlier_detection: None,
@@ -279,6 +352,9 @@ pub struct ProxyHandle {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     control: Option<(reqwest::Client, String)>,
+    /// The span reporter task and the token that makes it send its last
+    /// batch and stop.
+    reporter: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 impl ProxyHandle {
@@ -342,9 +418,15 @@ impl ProxyHandle {
         self.shared.status().last_rejected
     }
 
-    /// Leave the mesh (`DELETE` at the control plane), stop accepting, and
-    /// let requests in flight finish for up to [`DRAIN_TIMEOUT`].
-    pub async fn shutdown(self) {
+    /// The proxy's metrics, as `/stats/prometheus` serves them.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.telemetry.metrics
+    }
+
+    /// Leave the mesh (`DELETE` at the control plane), stop accepting, let
+    /// requests in flight finish for up to [`DRAIN_TIMEOUT`], then send the
+    /// spans still queued (for up to [`REPORT_FLUSH_TIMEOUT`]).
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         if let Some((client, base)) = &self.control {
             crate::control::leave(&self.shared, client, base).await;
@@ -356,6 +438,15 @@ impl ProxyHandle {
         {
             tracing::warn!("drain timeout: closing connections with requests still in flight");
         }
+        if let Some((task, stop)) = self.reporter.take() {
+            stop.cancel();
+            if tokio::time::timeout(REPORT_FLUSH_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last spans could not be sent in time");
+            }
+        }
     }
 }
 
@@ -363,5 +454,8 @@ impl Drop for ProxyHandle {
     /// A handle dropped without `shutdown()` still stops its listeners.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some((_, stop)) = &self.reporter {
+            stop.cancel();
+        }
     }
 }

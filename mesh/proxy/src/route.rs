@@ -521,6 +521,14 @@ where
             return Box::pin(async move { Err(error) });
         };
         let route = route.clone();
+        // Until the split picks one, the request aims at the route's first
+        // destination: telemetry names it when a fault aborts the request.
+        if let (Some(log), Some(first)) = (
+            req.extensions().get::<Arc<crate::log::RequestLog>>(),
+            route.destinations.first(),
+        ) {
+            log.record_cluster(&first.cluster);
+        }
         route.request_headers.apply(req.headers_mut());
         route.rewrite(&mut req, matched);
 

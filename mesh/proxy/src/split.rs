@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use crate::body::{ProxyService, Req, Rsp, RspFuture};
 use crate::cluster::ClusterRt;
 use crate::error::ProxyError;
+use crate::log::RequestLog;
 use crate::rng::Rng;
 
 /// One destination of a route.
@@ -77,6 +78,9 @@ impl<S: ProxyService> tower::Service<Req> for Split<S> {
     fn call(&mut self, mut req: Req) -> RspFuture {
         match self.choose() {
             Some(destination) => {
+                if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+                    log.record_cluster(&destination.cluster);
+                }
                 req.extensions_mut().insert(destination.cluster.clone());
                 Box::pin(self.inner.call(req))
             }

@@ -78,6 +78,12 @@ impl Compiled {
     pub fn compile(snapshot: Snapshot, store: &StateStore) -> Result<Compiled, CompileError> {
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         for c in &snapshot.clusters {
+            // An empty `service` (a hand-written snapshot) falls back to the
+            // cluster's name without its subset.
+            let service = match c.service.as_str() {
+                "" => c.name.split('|').next().unwrap_or(&c.name),
+                service => service,
+            };
             let endpoints = c
                 .endpoints
                 .iter()
@@ -88,16 +94,19 @@ impl Compiled {
                             instance: e.instance.clone(),
                         });
                     }
-                    Ok(Arc::new(EndpointRt {
-                        address: e.address.as_str().into(),
-                        instance: e.instance.as_str().into(),
-                        labels: e.labels.clone(),
-                        state: store.endpoint(&c.name, &e.address),
-                    }))
+                    Ok(Arc::new(EndpointRt::new(
+                        &e.address,
+                        &e.instance,
+                        e.labels.clone(),
+                        service,
+                        store.endpoint(&c.name, &e.address),
+                    )))
                 })
                 .collect::<Result<_, _>>()?;
             let cluster = ClusterRt {
                 name: c.name.as_str().into(),
+                service: service.into(),
+                subset: c.subset.as_deref().map(Into::into),
                 load_balancer: c.policy.load_balancer,
                 connection_pool: c.policy.connection_pool.clone(),
                 outlier_detection: c.policy.outlier_detection.clone(),

@@ -54,17 +54,20 @@ pub fn cluster_with(
 ) -> Arc<ClusterRt> {
     Arc::new(ClusterRt {
         name: name.into(),
+        service: name.split('|').next().unwrap_or(name).into(),
+        subset: name.split_once('|').map(|(_, subset)| subset.into()),
         load_balancer: lb,
         connection_pool: pool,
         outlier_detection: outlier,
         endpoints: (0..endpoints)
             .map(|i| {
-                Arc::new(EndpointRt {
-                    address: format!("10.0.0.{i}:15006").into(),
-                    instance: format!("{name}-{i}").into(),
-                    labels: BTreeMap::new(),
-                    state: Default::default(),
-                })
+                Arc::new(EndpointRt::new(
+                    &format!("10.0.0.{i}:15006"),
+                    &format!("{name}-{i}"),
+                    BTreeMap::new(),
+                    name,
+                    Default::default(),
+                ))
             })
             .collect(),
         state: Default::default(),

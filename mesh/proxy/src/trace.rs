@@ -1,0 +1,894 @@
+//! Tracing: continue or start a trace on every request, propagate it, and
+//! describe this proxy's part of it as a span (Zipkin v2).
+//!
+//! A trace is a tree of spans, one per hop and side, that share a trace id.
+//! A proxy learns where it is in the tree from the request's headers; it
+//! reads, in this order, the first that parses:
+//!
+//! ```text
+//! traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01   (W3C)
+//! x-b3-traceid: 4bf9...  x-b3-spanid: 00f0...  x-b3-sampled: 1         (B3 multi)
+//! b3: 4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1                (B3 single)
+//! ```
+//!
+//! The span id found there is the *parent* of the span this proxy opens: as
+//! in Envoy with `shared_span_context: false`, every span has its own id, so
+//! a SERVER span's parent is the caller's CLIENT span. The proxy then writes
+//! **all** the formats (W3C and B3 multi) on the request it sends on, naming
+//! its own span as the parent: whichever format the next hop (or the app's
+//! tracing library) reads, it continues the same tree. A malformed header
+//! is ignored, never an error: the request goes on with a new trace.
+//!
+//! Whether a trace is recorded (sampled) is decided once, at its root, with
+//! `MESH_TRACE_SAMPLING` percent, and travels in the sampled flag; an
+//! unsampled request records no span but still carries the headers, so the
+//! decision holds all along the chain. Istio samples 1% by default; the
+//! workshop samples everything.
+//!
+//! Apps must copy these headers from the request they received to the
+//! requests they make: a proxy cannot tell which outgoing call belongs to
+//! which incoming one. An app that does not gets a new, separate trace for
+//! its calls, and the control plane's broken-chain analysis reports it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::log::ResponseFlags;
+use crate::rng::Rng;
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+pub const B3_TRACE_ID: &str = "x-b3-traceid";
+pub const B3_SPAN_ID: &str = "x-b3-spanid";
+pub const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
+pub const B3_SAMPLED: &str = "x-b3-sampled";
+pub const B3_FLAGS: &str = "x-b3-flags";
+pub const B3_SINGLE: &str = "b3";
+
+// === ids ===
+
+/// A trace id: 128 bits, or 64 when it came that way from outside.
+///
+/// As Zipkin does, a 128-bit id whose upper half is zero *is* the 64-bit id:
+/// a 64-bit B3 id travels in `traceparent` left-padded with zeros and comes
+/// back out as the same 16 hex digits, so every span of the trace carries the
+/// same `traceId` string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceId {
+    high: u64,
+    low: u64,
+}
+
+impl TraceId {
+    /// A new 128-bit id (its upper half is never zero, so it stays 128-bit).
+    pub fn random() -> Self {
+        TraceId {
+            high: fastrand::u64(1..),
+            low: fastrand::u64(..),
+        }
+    }
+
+    /// 32 hex digits, as `traceparent` needs them.
+    pub fn to_w3c(self) -> String {
+        format!("{:016x}{:016x}", self.high, self.low)
+    }
+
+    /// 16 or 32 hex digits, either case; `None` for anything else or zero.
+    pub fn parse(text: &str) -> Option<TraceId> {
+        let id = match text.len() {
+            16 => TraceId {
+                high: 0,
+                low: parse_hex64(text)?,
+            },
+            32 => TraceId {
+                high: parse_hex64(&text[..16])?,
+                low: parse_hex64(&text[16..])?,
+            },
+            _ => return None,
+        };
+        (id.high != 0 || id.low != 0).then_some(id)
+    }
+}
+
+impl fmt::Display for TraceId {
+    /// 16 lowercase hex digits for a 64-bit id, 32 for a 128-bit one.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.high == 0 {
+            write!(f, "{:016x}", self.low)
+        } else {
+            write!(f, "{:016x}{:016x}", self.high, self.low)
+        }
+    }
+}
+
+/// A span id: 64 bits, never zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanId(u64);
+
+impl SpanId {
+    pub fn random() -> Self {
+        SpanId(fastrand::u64(1..))
+    }
+
+    /// Exactly 16 hex digits, either case, not all zero.
+    pub fn parse(text: &str) -> Option<SpanId> {
+        parse_hex64(text).filter(|&id| id != 0).map(SpanId)
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// 16 hex digits and nothing else (`from_str_radix` alone would also take a
+/// leading `+`).
+fn parse_hex64(text: &str) -> Option<u64> {
+    if text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u64::from_str_radix(text, 16).ok()
+    } else {
+        None
+    }
+}
+
+// === reading the headers ===
+
+/// What an incoming request says about its trace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Incoming {
+    /// The trace and the caller's span, if the request carried them.
+    pub parent: Option<(TraceId, SpanId)>,
+    /// The root's sampling decision, if it travelled with the request.
+    pub sampled: Option<bool>,
+    /// B3's debug flag: record whatever the sampling rate.
+    pub debug: bool,
+}
+
+impl Incoming {
+    /// The first of W3C, B3 multi and B3 single that parses; nothing found
+    /// (or only malformed headers) is a request without trace context.
+    pub fn from_headers(headers: &HeaderMap) -> Incoming {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        text(TRACEPARENT)
+            .and_then(parse_traceparent)
+            .or_else(|| parse_b3_multi(&text))
+            .or_else(|| text(B3_SINGLE).and_then(parse_b3_single))
+            .unwrap_or_default()
+    }
+}
+
+/// `00-{32 hex trace}-{16 hex parent}-{2 hex flags}` (W3C Trace Context).
+pub fn parse_traceparent(value: &str) -> Option<Incoming> {
+    let mut fields = value.trim().split('-');
+    let (version, trace, parent, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    // Version 00 has exactly four fields; a later version may append more,
+    // and "ff" is forbidden. W3C ids are lowercase.
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !lower_hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some()) {
+        return None;
+    }
+    if !lower_hex(trace, 32) || !lower_hex(parent, 16) || !lower_hex(flags, 2) {
+        return None;
+    }
+    let trace = TraceId::parse(trace)?;
+    let parent = SpanId::parse(parent)?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(Incoming {
+        parent: Some((trace, parent)),
+        sampled: Some(flags & 1 == 1),
+        debug: false,
+    })
+}
+
+/// `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`.
+fn parse_b3_multi<'a>(text: &impl Fn(&str) -> Option<&'a str>) -> Option<Incoming> {
+    let sampled = text(B3_SAMPLED).and_then(|s| match s.trim() {
+        "1" | "true" => Some(true),
+        "0" | "false" => Some(false),
+        _ => None,
+    });
+    let debug = text(B3_FLAGS).is_some_and(|f| f.trim() == "1");
+    let parent = match (text(B3_TRACE_ID), text(B3_SPAN_ID)) {
+        (Some(trace), Some(span)) => {
+            Some((TraceId::parse(trace.trim())?, SpanId::parse(span.trim())?))
+        }
+        // A trace id without a span id (or the reverse) is malformed.
+        (Some(_), None) | (None, Some(_)) => return None,
+        (None, None) => None,
+    };
+    if parent.is_none() && sampled.is_none() && !debug {
+        return None;
+    }
+    Some(Incoming {
+        parent,
+        sampled,
+        debug,
+    })
+}
+
+/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`, or only a decision: `0`,
+/// `1` or `d` (debug).
+pub fn parse_b3_single(value: &str) -> Option<Incoming> {
+    let decision = |s: &str| match s {
+        "0" => Some((false, false)),
+        "1" => Some((true, false)),
+        "d" => Some((true, true)),
+        _ => None,
+    };
+    let value = value.trim();
+    if let Some((sampled, debug)) = decision(value) {
+        return Some(Incoming {
+            parent: None,
+            sampled: Some(sampled),
+            debug,
+        });
+    }
+    let mut fields = value.split('-');
+    let trace = TraceId::parse(fields.next()?)?;
+    let span = SpanId::parse(fields.next()?)?;
+    let (sampled, debug) = match fields.next() {
+        Some(s) => {
+            let (sampled, debug) = decision(s)?;
+            (Some(sampled), debug)
+        }
+        None => (None, false),
+    };
+    if let Some(parent) = fields.next() {
+        SpanId::parse(parent)?;
+    }
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(Incoming {
+        parent: Some((trace, span)),
+        sampled,
+        debug,
+    })
+}
+
+// === the span this proxy opens ===
+
+/// This proxy's span of a request: where it sits in the trace, and whether
+/// it is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The caller's span; `None` at the root of a trace.
+    pub parent_id: Option<SpanId>,
+    pub sampled: bool,
+    pub debug: bool,
+}
+
+impl SpanContext {
+    /// Open a span for a request carrying `incoming`: a child of the
+    /// caller's span, or the root of a new trace. The sampling decision is
+    /// the one that came with the request, else drawn with `percent`.
+    pub fn open(incoming: Incoming, percent: f64, rng: &Rng) -> SpanContext {
+        let sampled = incoming.debug || incoming.sampled.unwrap_or_else(|| rng.chance(percent));
+        let (trace_id, parent_id) = match incoming.parent {
+            Some((trace, parent)) => (trace, Some(parent)),
+            None => (TraceId::random(), None),
+        };
+        SpanContext {
+            trace_id,
+            span_id: SpanId::random(),
+            parent_id,
+            sampled,
+            debug: incoming.debug,
+        }
+    }
+
+    /// Write this span as the parent of the request being sent on, in every
+    /// format. `tracestate` (vendor data) passes through untouched; a `b3`
+    /// single header is removed, since it would name the previous span.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let value = |text: String| {
+            // Hex digits and dashes are always a valid header value.
+            HeaderValue::try_from(text).expect("hex digits are a valid header value")
+        };
+        let flags = if self.sampled { "01" } else { "00" };
+        headers.insert(
+            TRACEPARENT,
+            value(format!(
+                "00-{}-{}-{flags}",
+                self.trace_id.to_w3c(),
+                self.span_id
+            )),
+        );
+        headers.insert(B3_TRACE_ID, value(self.trace_id.to_string()));
+        headers.insert(B3_SPAN_ID, value(self.span_id.to_string()));
+        match self.parent_id {
+            Some(parent) => {
+                headers.insert(B3_PARENT_SPAN_ID, value(parent.to_string()));
+            }
+            None => {
+                headers.remove(B3_PARENT_SPAN_ID);
+            }
+        }
+        headers.insert(
+            B3_SAMPLED,
+            HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
+        );
+        headers.remove(B3_SINGLE);
+        if self.debug {
+            headers.insert(B3_FLAGS, HeaderValue::from_static("1"));
+        } else {
+            headers.remove(B3_FLAGS);
+        }
+    }
+}
+
+// === the span, as Zipkin v2 JSON ===
+
+/// Zipkin's span kinds; a proxy records only these two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The side that received the request (inbound).
+    Server,
+    /// The side that sent it (outbound, gateway).
+    Client,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Server => "SERVER",
+            Kind::Client => "CLIENT",
+        }
+    }
+}
+
+/// Who this proxy is, the same for every span it records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalService {
+    /// The workload, lowercase (`localEndpoint.serviceName`,
+    /// `istio.canonical_service`).
+    pub service: Arc<str>,
+    pub version: Arc<str>,
+    pub instance: Arc<str>,
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// The other end of the span: the endpoint reached (CLIENT) or the caller
+/// (SERVER).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Remote {
+    pub service: Option<Arc<str>>,
+    pub address: Option<SocketAddr>,
+}
+
+/// One finished span. Strings are kept as the request gave them and turned
+/// into Zipkin's fields (name, url, tags) only when the reporter serialises
+/// the batch, off the request path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub context: SpanContext,
+    pub kind: Kind,
+    pub local: Arc<LocalService>,
+    pub remote: Option<Remote>,
+    /// Start, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Microseconds, at least 1.
+    pub duration_us: u64,
+    pub method: http::Method,
+    pub authority: String,
+    pub path_and_query: String,
+    pub status: u16,
+    pub flags: ResponseFlags,
+    /// `outbound|8080|v2|helloworld-service`, `inbound|8080||helloworld-service`.
+    pub upstream_cluster: String,
+    /// CLIENT: the endpoint `ip:port` the (last) attempt went to.
+    pub upstream_address: Option<Arc<str>>,
+    /// Who connected to this proxy's listener.
+    pub peer: Option<SocketAddr>,
+    pub request_id: String,
+    pub user_agent: Option<String>,
+    pub retries: u32,
+    pub request_size: u64,
+    pub response_size: u64,
+}
+
+impl Span {
+    /// `{authority}{path}`, lowercase, as Zipkin stores names.
+    pub fn name(&self) -> String {
+        format!("{}{}", self.authority, self.path()).to_ascii_lowercase()
+    }
+
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        match self.path_and_query.split_once('?') {
+            Some((path, _)) => path,
+            None => &self.path_and_query,
+        }
+    }
+}
+
+/// An endpoint object: `{"serviceName": ..., "ipv4": ..., "port": ...}`.
+struct Endpoint<'a> {
+    service: Option<&'a str>,
+    ip: Option<std::net::IpAddr>,
+    port: Option<u16>,
+}
+
+impl Serialize for Endpoint<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(service) = self.service {
+            map.serialize_entry("serviceName", &service.to_ascii_lowercase())?;
+        }
+        match self.ip {
+            Some(std::net::IpAddr::V4(ip)) => map.serialize_entry("ipv4", &ip.to_string())?,
+            Some(std::net::IpAddr::V6(ip)) => map.serialize_entry("ipv6", &ip.to_string())?,
+            None => {}
+        }
+        if let Some(port) = self.port {
+            map.serialize_entry("port", &port)?;
+        }
+        map.end()
+    }
+}
+
+/// The `tags` object: every value a string, as Zipkin requires.
+struct Tags<'a>(&'a Span);
+
+impl Serialize for Tags<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let span = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("istio.canonical_service", &*span.local.service)?;
+        map.serialize_entry("istio.canonical_revision", &*span.local.version)?;
+        map.serialize_entry("instance", &*span.local.instance)?;
+        map.serialize_entry("component", "proxy")?;
+        map.serialize_entry("guid:x-request-id", &span.request_id)?;
+        map.serialize_entry("http.method", span.method.as_str())?;
+        map.serialize_entry(
+            "http.url",
+            &format!("http://{}{}", span.authority, span.path_and_query),
+        )?;
+        map.serialize_entry("http.path", span.path())?;
+        map.serialize_entry("http.status_code", &span.status.to_string())?;
+        map.serialize_entry("response_flags", &span.flags.to_string())?;
+        map.serialize_entry("upstream_cluster", &span.upstream_cluster)?;
+        if let Some(address) = &span.upstream_address {
+            map.serialize_entry("upstream_address", &**address)?;
+        }
+        if let Some(peer) = span.peer {
+            map.serialize_entry("peer.address", &peer.to_string())?;
+        }
+        if span.retries > 0 {
+            map.serialize_entry("retry.count", &span.retries.to_string())?;
+        }
+        map.serialize_entry("request_size", &span.request_size.to_string())?;
+        map.serialize_entry("response_size", &span.response_size.to_string())?;
+        if let Some(agent) = &span.user_agent {
+            map.serialize_entry("user_agent", agent)?;
+        }
+        if span.status == 0 || span.status >= 500 {
+            map.serialize_entry("error", "true")?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for Span {
+    /// Zipkin v2: <https://zipkin.io/zipkin-api/#/default/post_spans>.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("traceId", &self.context.trace_id.to_string())?;
+        map.serialize_entry("id", &self.context.span_id.to_string())?;
+        if let Some(parent) = self.context.parent_id {
+            map.serialize_entry("parentId", &parent.to_string())?;
+        }
+        map.serialize_entry("kind", self.kind.as_str())?;
+        map.serialize_entry("name", &self.name())?;
+        map.serialize_entry("timestamp", &self.timestamp_us)?;
+        map.serialize_entry("duration", &self.duration_us.max(1))?;
+        if self.context.debug {
+            map.serialize_entry("debug", &true)?;
+        }
+        map.serialize_entry(
+            "localEndpoint",
+            &Endpoint {
+                service: Some(&self.local.service),
+                ip: self.local.ip,
+                port: None,
+            },
+        )?;
+        if let Some(remote) = &self.remote {
+            map.serialize_entry(
+                "remoteEndpoint",
+                &Endpoint {
+                    service: remote.service.as_deref(),
+                    ip: remote.address.map(|a| a.ip()),
+                    port: remote.address.map(|a| a.port()),
+                },
+            )?;
+        }
+        map.serialize_entry("tags", &Tags(self))?;
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    fn ids(incoming: Incoming) -> Option<(String, String)> {
+        incoming.parent.map(|(t, s)| (t.to_string(), s.to_string()))
+    }
+
+    #[test]
+    fn w3c_traceparent_is_read() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let incoming = Incoming::from_headers(&headers(&[("traceparent", tp)]));
+        assert_eq!(ids(incoming), Some((TRACE.into(), SPAN.into())));
+        assert_eq!(incoming.sampled, Some(true));
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let incoming = Incoming::from_headers(&headers(&[("traceparent", unsampled)]));
+        assert_eq!(incoming.sampled, Some(false));
+        // A later version may add fields; version 00 may not.
+        assert!(parse_traceparent(&format!("01-{TRACE}-{SPAN}-01-extra")).is_some());
+        assert!(parse_traceparent(&format!("00-{TRACE}-{SPAN}-01-extra")).is_none());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero span
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01", // misplaced dash
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // sign
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+        // A broken traceparent falls through to B3.
+        let incoming = Incoming::from_headers(&headers(&[
+            ("traceparent", "garbage"),
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+        ]));
+        assert_eq!(ids(incoming), Some((TRACE.into(), SPAN.into())));
+    }
+
+    #[test]
+    fn b3_multi_is_read_with_64_and_128_bit_ids() {
+        let incoming = Incoming::from_headers(&headers(&[
+            ("x-b3-traceid", "a2fb4a1d1a96d312"),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-parentspanid", "0020000000000001"),
+            ("x-b3-sampled", "0"),
+        ]));
+        assert_eq!(
+            ids(incoming),
+            Some(("a2fb4a1d1a96d312".into(), SPAN.into())),
+            "a 64-bit id stays 16 hex, never padded"
+        );
+        assert_eq!(incoming.sampled, Some(false));
+
+        let incoming =
+            Incoming::from_headers(&headers(&[("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)]));
+        assert_eq!(ids(incoming), Some((TRACE.into(), SPAN.into())));
+        assert_eq!(incoming.sampled, None, "deferred: this proxy decides");
+
+        let debug = Incoming::from_headers(&headers(&[
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-flags", "1"),
+        ]));
+        assert!(debug.debug);
+    }
+
+    #[test]
+    fn malformed_b3_multi_is_ignored() {
+        for pairs in [
+            &[("x-b3-traceid", TRACE)][..],
+            &[("x-b3-spanid", SPAN)][..],
+            &[("x-b3-traceid", "abc"), ("x-b3-spanid", SPAN)][..],
+            &[("x-b3-traceid", TRACE), ("x-b3-spanid", "0000000000000000")][..],
+            &[
+                ("x-b3-traceid", TRACE),
+                ("x-b3-spanid", "00f067aa0ba902b7ff"),
+            ][..],
+        ] {
+            assert_eq!(
+                Incoming::from_headers(&headers(pairs)),
+                Incoming::default(),
+                "{pairs:?}"
+            );
+        }
+        // A sampling decision alone still counts.
+        let only = Incoming::from_headers(&headers(&[("x-b3-sampled", "0")]));
+        assert_eq!(only.parent, None);
+        assert_eq!(only.sampled, Some(false));
+    }
+
+    #[test]
+    fn b3_single_is_read() {
+        let full = format!("{TRACE}-{SPAN}-1-a2fb4a1d1a96d312");
+        let incoming = parse_b3_single(&full).unwrap();
+        assert_eq!(ids(incoming), Some((TRACE.into(), SPAN.into())));
+        assert_eq!(incoming.sampled, Some(true));
+        let short = parse_b3_single(&format!("a2fb4a1d1a96d312-{SPAN}")).unwrap();
+        assert_eq!(ids(short), Some(("a2fb4a1d1a96d312".into(), SPAN.into())));
+        assert_eq!(short.sampled, None);
+        assert!(parse_b3_single(&format!("{TRACE}-{SPAN}-d")).unwrap().debug);
+        assert_eq!(parse_b3_single("0").unwrap().sampled, Some(false));
+        assert!(parse_b3_single("d").unwrap().debug);
+        for bad in [
+            "",
+            "x",
+            "2",
+            TRACE,
+            &format!("{TRACE}-{SPAN}-7"),
+            &format!("{TRACE}-{SPAN}-1-bad"),
+            &format!("{TRACE}-{SPAN}-1-{SPAN}-more"),
+        ] {
+            assert_eq!(parse_b3_single(bad), None, "{bad:?}");
+        }
+        // Used when neither traceparent nor B3 multi is there.
+        let incoming = Incoming::from_headers(&{
+            let mut h = HeaderMap::new();
+            h.insert("b3", HeaderValue::try_from(full).unwrap());
+            h
+        });
+        assert_eq!(ids(incoming), Some((TRACE.into(), SPAN.into())));
+    }
+
+    #[test]
+    fn w3c_wins_over_b3() {
+        let tp = "00-11111111111111111111111111111111-2222222222222222-01";
+        let incoming = Incoming::from_headers(&headers(&[
+            ("traceparent", tp),
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+        ]));
+        assert_eq!(
+            ids(incoming),
+            Some((
+                "11111111111111111111111111111111".into(),
+                "2222222222222222".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_child_span_names_the_callers_span_as_parent_in_every_format() {
+        let incoming = Incoming::from_headers(&headers(&[
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "1"),
+            ("b3", "stale-single-header"),
+            ("tracestate", "vendor=opaque"),
+        ]));
+        let span = SpanContext::open(incoming, 0.0, &Rng::seeded(1));
+        assert_eq!(span.trace_id.to_string(), TRACE);
+        assert_eq!(span.parent_id.unwrap().to_string(), SPAN);
+        assert_ne!(span.span_id.to_string(), SPAN, "spans are not shared");
+        assert!(span.sampled, "the root's decision wins over the local rate");
+
+        let mut out = headers(&[("b3", "stale"), ("tracestate", "vendor=opaque")]);
+        span.inject(&mut out);
+        let id = span.span_id.to_string();
+        assert_eq!(out["traceparent"], format!("00-{TRACE}-{id}-01").as_str());
+        assert_eq!(out["x-b3-traceid"], TRACE);
+        assert_eq!(out["x-b3-spanid"], id.as_str());
+        assert_eq!(out["x-b3-parentspanid"], SPAN);
+        assert_eq!(out["x-b3-sampled"], "1");
+        assert_eq!(out["tracestate"], "vendor=opaque", "passed through");
+        assert!(!out.contains_key("b3"), "the stale single header is gone");
+
+        // The next hop reads what we wrote and continues the same tree.
+        let next = Incoming::from_headers(&out);
+        assert_eq!(next.parent, Some((span.trace_id, span.span_id)));
+    }
+
+    #[test]
+    fn a_64_bit_trace_survives_the_trip_through_traceparent() {
+        let incoming = Incoming::from_headers(&headers(&[
+            ("x-b3-traceid", "a2fb4a1d1a96d312"),
+            ("x-b3-spanid", SPAN),
+        ]));
+        let span = SpanContext::open(incoming, 100.0, &Rng::seeded(1));
+        let mut out = HeaderMap::new();
+        span.inject(&mut out);
+        assert_eq!(
+            out["traceparent"].to_str().unwrap()[3..35],
+            *"0000000000000000a2fb4a1d1a96d312",
+            "W3C needs 32 digits: padded on the wire"
+        );
+        assert_eq!(out["x-b3-traceid"], "a2fb4a1d1a96d312");
+        // Read back (traceparent first), it is the 16-digit id again.
+        let next = Incoming::from_headers(&out);
+        assert_eq!(next.parent.unwrap().0.to_string(), "a2fb4a1d1a96d312");
+    }
+
+    #[test]
+    fn a_root_span_starts_a_128_bit_trace_and_has_no_parent_header() {
+        let span = SpanContext::open(Incoming::default(), 100.0, &Rng::seeded(1));
+        assert_eq!(span.parent_id, None);
+        assert_eq!(span.trace_id.to_string().len(), 32);
+        assert!(span.sampled);
+        let mut out = headers(&[("x-b3-parentspanid", SPAN)]);
+        span.inject(&mut out);
+        assert!(!out.contains_key("x-b3-parentspanid"));
+        assert_eq!(out["x-b3-sampled"], "1");
+    }
+
+    #[test]
+    fn unsampled_requests_still_propagate() {
+        let span = SpanContext::open(Incoming::default(), 0.0, &Rng::seeded(1));
+        assert!(!span.sampled);
+        let mut out = HeaderMap::new();
+        span.inject(&mut out);
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+        assert_eq!(out["x-b3-sampled"], "0");
+        // ...and the next hop keeps the decision even at 100%.
+        let next = SpanContext::open(Incoming::from_headers(&out), 100.0, &Rng::seeded(2));
+        assert!(!next.sampled);
+    }
+
+    #[test]
+    fn sampling_follows_the_rate_within_the_binomial_spread() {
+        let rng = Rng::seeded(42);
+        let n = 20_000;
+        let p = 0.25;
+        let sampled = (0..n)
+            .filter(|_| SpanContext::open(Incoming::default(), p * 100.0, &rng).sampled)
+            .count() as f64;
+        let expected = n as f64 * p;
+        let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (sampled - expected).abs() < 4.0 * sigma,
+            "{sampled} sampled of {n}, expected {expected} ± {}",
+            4.0 * sigma
+        );
+        // A B3 debug flag records whatever the rate.
+        let debug = Incoming {
+            debug: true,
+            ..Incoming::default()
+        };
+        assert!(SpanContext::open(debug, 0.0, &rng).sampled);
+    }
+
+    #[test]
+    fn ids_are_lowercase_hex_and_never_zero() {
+        for _ in 0..1000 {
+            let span = SpanId::random().to_string();
+            assert_eq!(span.len(), 16);
+            assert_ne!(span, "0000000000000000");
+            assert!(span.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            assert_eq!(TraceId::random().to_string().len(), 32);
+        }
+    }
+
+    fn span() -> Span {
+        let incoming = parse_b3_single(&format!("{TRACE}-a2fb4a1d1a96d312-1")).unwrap();
+        let mut context = SpanContext::open(incoming, 100.0, &Rng::seeded(1));
+        context.span_id = SpanId::parse(SPAN).unwrap();
+        Span {
+            context,
+            kind: Kind::Client,
+            local: Arc::new(LocalService {
+                service: "guestbook-ui".into(),
+                version: "v1".into(),
+                instance: "guestbook-ui-v1-1a2b3".into(),
+                ip: Some("127.0.0.1".parse().unwrap()),
+            }),
+            remote: Some(Remote {
+                service: Some("helloworld-service".into()),
+                address: Some("127.0.0.1:40123".parse().unwrap()),
+            }),
+            timestamp_us: 1_718_000_000_123_456,
+            duration_us: 3210,
+            method: http::Method::GET,
+            authority: "Helloworld-Service:8080".into(),
+            path_and_query: "/hello/Ray?x=1".into(),
+            status: 200,
+            flags: ResponseFlags::empty(),
+            upstream_cluster: "outbound|8080|v1|helloworld-service".into(),
+            upstream_address: Some("127.0.0.1:40123".into()),
+            peer: Some("127.0.0.1:51234".parse().unwrap()),
+            request_id: "9c1f5d8e-6c0b-4c53-9a57-0f3b8d1c2e4a".into(),
+            user_agent: None,
+            retries: 0,
+            request_size: 0,
+            response_size: 12,
+        }
+    }
+
+    #[test]
+    fn spans_serialise_as_zipkin_v2() {
+        let json = serde_json::to_value(span()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "traceId": TRACE,
+                "id": SPAN,
+                "parentId": "a2fb4a1d1a96d312",
+                "kind": "CLIENT",
+                "name": "helloworld-service:8080/hello/ray",
+                "timestamp": 1_718_000_000_123_456u64,
+                "duration": 3210,
+                "localEndpoint": { "serviceName": "guestbook-ui", "ipv4": "127.0.0.1" },
+                "remoteEndpoint": {
+                    "serviceName": "helloworld-service", "ipv4": "127.0.0.1", "port": 40123
+                },
+                "tags": {
+                    "istio.canonical_service": "guestbook-ui",
+                    "istio.canonical_revision": "v1",
+                    "instance": "guestbook-ui-v1-1a2b3",
+                    "component": "proxy",
+                    "guid:x-request-id": "9c1f5d8e-6c0b-4c53-9a57-0f3b8d1c2e4a",
+                    "http.method": "GET",
+                    "http.url": "http://Helloworld-Service:8080/hello/Ray?x=1",
+                    "http.path": "/hello/Ray",
+                    "http.status_code": "200",
+                    "response_flags": "-",
+                    "upstream_cluster": "outbound|8080|v1|helloworld-service",
+                    "upstream_address": "127.0.0.1:40123",
+                    "peer.address": "127.0.0.1:51234",
+                    "request_size": "0",
+                    "response_size": "12"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn failed_spans_carry_error_and_roots_have_no_parent() {
+        let mut failed = span();
+        failed.status = 0;
+        failed.flags = ResponseFlags::UF.union(ResponseFlags::URX);
+        failed.duration_us = 0;
+        failed.context.parent_id = None;
+        failed.retries = 2;
+        let json = serde_json::to_value(failed).unwrap();
+        assert_eq!(json["tags"]["error"], "true");
+        assert_eq!(json["tags"]["http.status_code"], "0");
+        assert_eq!(json["tags"]["response_flags"], "UF,URX");
+        assert_eq!(json["tags"]["retry.count"], "2");
+        assert_eq!(json["duration"], 1, "at least one microsecond");
+        assert!(json.get("parentId").is_none(), "omitted, not null");
+        let mut ok = span();
+        ok.status = 404;
+        assert!(
+            serde_json::to_value(ok).unwrap()["tags"]
+                .get("error")
+                .is_none()
+        );
+    }
+}
