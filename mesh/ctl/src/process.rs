@@ -299,7 +299,16 @@ mod tests {
         )
         .unwrap();
         assert!(is_alive(proc.pid));
-        assert!(runs_program(proc.pid, "sleep"));
+        // Right after exec the kernel may not have set the new command line
+        // up yet; wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !runs_program(proc.pid, "sleep") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sleep never showed up as running"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(!runs_program(proc.pid, "mesh-control"));
         assert_eq!(proc.exit_watch().borrow().clone(), None);
 

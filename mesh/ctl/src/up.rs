@@ -604,6 +604,16 @@ mod tests {
             ..Default::default()
         };
 
+        // Wait until the kernel shows `sleep` as its command line (it may
+        // not yet, right after exec).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !process::runs_program(recorded.id(), "sleep") {
+            assert!(
+                Instant::now() < deadline,
+                "sleep never showed up as running"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(stop_recorded(&state).await, 1);
         assert_eq!(recorded.wait().unwrap().signal(), Some(15), "SIGTERM");
         assert!(
