@@ -189,8 +189,20 @@ pub(crate) fn parse_files(
         }
     }
 
-    // The same resource twice in one request is almost always a copy-paste
-    // slip; kubectl would apply both and keep the last, silently.
+    // The same resource twice in one apply is almost always a copy-paste
+    // slip; kubectl would apply both and keep the last, silently. Deleting
+    // a folder that holds several versions of one rule (as a lab's does)
+    // deletes it once, like `kubectl delete -f DIR`.
+    if depth == Depth::Identity {
+        let mut seen = std::collections::BTreeSet::new();
+        resources.retain(|(resource, _, _)| {
+            seen.insert((
+                resource.kind.clone(),
+                resource.metadata.namespace.clone(),
+                resource.metadata.name.clone(),
+            ))
+        });
+    }
     let mut seen: BTreeMap<(String, String, String), (String, usize)> = BTreeMap::new();
     for (resource, file, index) in &resources {
         let key = (
