@@ -225,6 +225,10 @@ impl Shared {
             // The registry is a cache of what the sidecars keep telling us,
             // so we keep serving; but a restart may now reuse this version.
             Ok(Err(e)) => tracing::error!("{e}; the registry will be rebuilt from heartbeats"),
+            // The runtime is shutting down (a test ending, Ctrl-C): the
+            // write is abandoned, and the next start rebuilds the registry
+            // from heartbeats as after any restart.
+            Err(e) if e.is_cancelled() => tracing::debug!("registry write cancelled at shutdown"),
             Err(e) => tracing::error!("writing the registry failed: {e}"),
         }
         // Even after a failed write: holding every proxy back until the disk
