@@ -575,8 +575,8 @@ class Bench:
             # requests sampled, and where spans go (mesh-control's collector).
             "MESH_TRACE_SAMPLING": "100" if telemetry == "on" else "0",
             "MESH_ZIPKIN_URL": f"http://127.0.0.1:{control_port or free_port()}/api/v2/spans",
-            # ASSUMPTION: metrics (and tracing) switch on and off with
-            # MESH_TELEMETRY=on|off; the contract names no such switch yet.
+            # Metrics and spans together (mesh/proxy/src/config.rs): `off`
+            # records neither, so their cost is the difference between cases.
             "MESH_TELEMETRY": telemetry,
             # One worker thread, like the other proxies' one worker.
             "TOKIO_WORKER_THREADS": "1",
