@@ -14,6 +14,9 @@ declare -A APT=(
     [javac]=default-jdk-headless
     [docker]=docker.io
     [debootstrap]=debootstrap
+    # The dashboard's browser test (mesh/control/tests/browser.rs).
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 # python module -> pip package
 declare -A PIP=(

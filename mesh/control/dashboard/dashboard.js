@@ -99,7 +99,7 @@ async function guarded(what, work) {
 
 // === Traffic: the live graph ===
 
-const NODE_W = 250, NODE_H = 84, COL_GAP = 230, ROW_GAP = 40, PAD = 30;
+const NODE_W = 250, NODE_H = 84, COL_GAP = 300, ROW_GAP = 60, PAD = 30;
 
 // Columns by call depth: whoever nobody calls (the gateway, outside callers)
 // is on the left, their callees to the right. A stable order inside each
@@ -155,7 +155,11 @@ function drawGraph(view) {
   graph.style.height = Math.max(height, 200) + "px";
 
   const defs = svg("defs");
-  const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "5", markerHeight: "5", orient: "auto" });
+  // A fixed-size arrow head, whatever the edge's thickness.
+  const marker = svg("marker", {
+    id: "arrow", viewBox: "0 0 10 10", refX: "9", refY: "5",
+    markerUnits: "userSpaceOnUse", markerWidth: "18", markerHeight: "18", orient: "auto",
+  });
   marker.append(svg("path", { d: "M0,0 L10,5 L0,10 z" }));
   defs.append(marker);
   graph.append(defs);
@@ -189,15 +193,18 @@ function drawGraph(view) {
     labels.push({ group, x: mid, y: (y1 + y2) / 2, e });
   }
   // Labels last, so no edge is drawn over one.
-  for (const { group, x, y, e } of labels) {
-    const text = e.rps > 0
-      ? `${fmt.rps(e.rps)} rps · ${fmt.pct(e.errorRate)} err · p99 ${fmt.ms(e.p99Ms)}`
-      : "idle";
-    const w = text.length * 9 + 16;
+  for (const { x, y, e } of labels) {
+    // Two short lines fit between the columns: the rate, then health.
+    const lines = e.rps > 0
+      ? [`${fmt.rps(e.rps)} rps`, `${fmt.pct(e.errorRate)} err · p99 ${fmt.ms(e.p99Ms)}`]
+      : ["idle"];
+    const w = Math.max(...lines.map((l) => l.length)) * 9 + 16;
+    const h = lines.length * 20 + 6;
     const g = svg("g", { class: "edge " + edgeClass(e) });
-    g.append(svg("rect", { class: "label-bg", x: x - w / 2, y: y - 14, width: w, height: 24, rx: 5 }));
-    g.append(svg("text", { x, y: y + 4, "text-anchor": "middle", class: "edge-label" }, text));
-    group.after(g);
+    g.append(svg("rect", { class: "label-bg", x: x - w / 2, y: y - h / 2, width: w, height: h, rx: 5 }));
+    lines.forEach((line, i) => {
+      g.append(svg("text", { x, y: y - h / 2 + 19 + i * 20, "text-anchor": "middle", class: "edge-label" }, line));
+    });
     graph.append(g);
   }
   for (const n of view.nodes) {
@@ -380,7 +387,13 @@ async function showTrace(id) {
       bar.style.width = width + "%";
       const took = el("span", { class: "took" },
         `${fmt.us(s.duration || 0)} ${(s.tags && s.tags["http.status_code"]) || ""}`);
-      took.style.left = Math.min(left + width, 85) + "%";
+      if (left + width > 80) {
+        // No room after the bar: write inside its end, in white.
+        took.classList.add("inside");
+        took.style.right = (100 - left - width) + "%";
+      } else {
+        took.style.left = (left + width) + "%";
+      }
       const who = el("div", { class: "who" },
         "\u00a0\u00a0".repeat(s.depth),
         el("span", { class: "service" }, service),
