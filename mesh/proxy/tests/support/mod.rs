@@ -188,19 +188,60 @@ pub fn snapshot(version: u64, services: Vec<(VirtualHost, Cluster)>) -> Snapshot
 /// Captures `access` log lines for the current thread (use with a
 /// current-thread runtime, `#[tokio::test]`'s default, so every task of the
 /// test runs on this thread).
+///
+/// One global subscriber serves every test of the binary and hands each
+/// line to the buffer of the thread that wrote it. (A per-test
+/// `set_default` subscriber looks simpler, but tracing caches each
+/// callsite's interest globally, so with tests running in parallel a line
+/// could be filtered out by another test's subscriber: a rare, real flake.)
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops the capture for this thread when dropped.
+pub struct LogsGuard;
+
+impl Drop for LogsGuard {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.borrow_mut().take());
+    }
+}
+
+/// Writes to the capturing buffer of the current thread, if any.
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CURRENT.with(|current| {
+            if let Some(logs) = current.borrow().as_ref() {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Logs {
-    pub fn capture() -> (tracing::subscriber::DefaultGuard, Logs) {
+    pub fn capture() -> (LogsGuard, Logs) {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("access=info,mesh_proxy=debug")
+                .with_ansi(false)
+                .with_writer(|| ThreadWriter)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in the proxy's tests");
+        });
         let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("access=info,mesh_proxy=debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        (tracing::subscriber::set_default(subscriber), logs)
+        CURRENT.with(|current| *current.borrow_mut() = Some(logs.clone()));
+        (LogsGuard, logs)
     }
 
     pub fn text(&self) -> String {
@@ -214,16 +255,6 @@ impl Logs {
             .filter(|l| l.contains(" access:"))
             .map(str::to_string)
             .collect()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
