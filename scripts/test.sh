@@ -15,7 +15,7 @@ echo "==> building every binary once"
 cargo build --workspace --bins
 
 echo "==> Rust tests (unit, layer, in-process integration, end-to-end)"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 echo "==> helloworld-service (Python) tests"
 python3 -m unittest discover -s services/helloworld-service -p 'test_*.py'
