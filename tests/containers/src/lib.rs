@@ -7,14 +7,20 @@
 //!   on laptops that can pull public bases, never on this project's machines,
 //!   so nothing else would notice a COPY of a file that moved or a binary
 //!   that was renamed.
-//! - the pod tests run the Guestbook as containers built offline by
-//!   `scripts/build-offline-images.sh`.
+//! - `tests/pods.rs` runs the Guestbook as pods of containers ([`pods`]):
+//!   images built offline ([`images`]), started through testcontainers on a
+//!   Docker network, driven through the gateway and the control plane's API.
 //!
-//! The library holds what those tests share: a small Dockerfile reader
-//! ([`dockerfile`]), `.dockerignore` rules ([`ignore`]) and the workspace as
-//! `cargo metadata` describes it ([`workspace`]).
+//! The rest is what those tests need: a small Dockerfile reader
+//! ([`dockerfile`]), `.dockerignore` rules ([`ignore`]), the workspace as
+//! `cargo metadata` describes it ([`workspace`]), the Docker Engine and an
+//! API version shim ([`engine`]), and a test runner ([`runner`]).
 
 pub mod check;
 pub mod dockerfile;
+pub mod engine;
 pub mod ignore;
+pub mod images;
+pub mod pods;
+pub mod runner;
 pub mod workspace;
