@@ -14,6 +14,7 @@ declare -A APT=(
     [javac]=default-jdk-headless
     [docker]=docker.io
     [debootstrap]=debootstrap
+    [promtool]=prometheus
     # The dashboard's browser test (mesh/control/tests/browser.rs).
     [chromium]=chromium
     [chromedriver]=chromium-driver

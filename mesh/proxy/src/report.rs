@@ -99,14 +99,10 @@ pub enum SendError {
     },
     /// No answer: connection refused, timeout...
     #[error(
-        "cannot reach the collector at {url}: {source}. Is the control plane (or Zipkin) \
+        "cannot reach the collector at {url}: {reason}. Is the control plane (or Zipkin) \
          running? Set MESH_ZIPKIN_URL to its /api/v2/spans URL"
     )]
-    Unreachable {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    Unreachable { url: String, reason: String },
 }
 
 /// Where batches are sent: the Zipkin HTTP API, or a test's recorder.
@@ -137,9 +133,9 @@ impl ZipkinHttp {
 impl Sink for ZipkinHttp {
     fn send(&mut self, batch: Vec<Span>) -> BoxFuture<'_, Result<(), SendError>> {
         Box::pin(async move {
-            let unreachable = |source| SendError::Unreachable {
+            let unreachable = |error: reqwest::Error| SendError::Unreachable {
                 url: self.url.clone(),
-                source,
+                reason: error_chain(&error),
             };
             let rsp = self
                 .client
@@ -162,6 +158,19 @@ impl Sink for ZipkinHttp {
             })
         })
     }
+}
+
+/// An error and its causes, `a: b: c` (reqwest's own message alone says
+/// only "error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 // === the reporter task ===

@@ -1,5 +1,7 @@
 //! The `mesh-proxy` binary: settings errors name the variable; it serves
-//! without a control plane, and leaves cleanly on SIGTERM.
+//! without a control plane, and leaves cleanly on SIGTERM; it serves a
+//! static snapshot from `MESH_SNAPSHOT_FILE` (what bench/ uses), and a bad
+//! file stops it naming the file.
 
 mod support;
 
@@ -75,5 +77,108 @@ async fn the_binary_runs_without_its_control_plane_and_stops_on_sigterm() {
     assert!(
         stderr.matches("control plane unreachable").count() <= 8,
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_snapshot_file_stops_the_binary_naming_the_file_and_the_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("snapshot.json");
+    std::fs::write(&bad, "{\"version\": 1,\n \"proxy\": }").unwrap();
+    let missing = dir.path().join("missing.json");
+    for (file, expected) in [(&bad, "line 2"), (&missing, "No such file")] {
+        let output = Command::new(BIN)
+            .env_clear()
+            .env("MESH_SERVICE", "hw")
+            .env("MESH_SNAPSHOT_FILE", file)
+            .env("MESH_ADMIN_ADDR", "127.0.0.1:0")
+            .env("MESH_OUTBOUND_ADDR", "127.0.0.1:0")
+            .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&*file.to_string_lossy()), "{stderr}");
+        assert!(stderr.contains("MESH_SNAPSHOT_FILE"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
+    let upstream = Upstream::start("hw-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.json");
+    let snapshot = snapshot(7, vec![service("hw", vec![upstream.endpoint()])]);
+    std::fs::write(&file, serde_json::to_string_pretty(&snapshot).unwrap()).unwrap();
+
+    let (admin, outbound) = (refused_addr().await, refused_addr().await);
+    let mut child = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("MESH_SERVICE", "client")
+        .env("MESH_SNAPSHOT_FILE", &file)
+        .env("MESH_APP_ADDR", upstream.addr.to_string())
+        .env("MESH_ADMIN_ADDR", admin.to_string())
+        .env("MESH_OUTBOUND_ADDR", outbound.to_string())
+        .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
+        .env("MESH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Ready at once: the snapshot came from the file.
+    let client = direct_client();
+    let ready_url = format!("http://{admin}/ready");
+    eventually(
+        "the proxy is ready",
+        Duration::from_secs(10),
+        async || matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200),
+    )
+    .await;
+    let dump = get(&client, &format!("http://{admin}/config_dump")).await;
+    assert!(dump.body.contains("\"version\": 7"), "{}", dump.body);
+
+    let reply = get(&client_via(outbound), "http://hw:8080/hello").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "hw-1");
+    let stats_url = format!("http://{admin}/stats/prometheus");
+    eventually(
+        "the request is counted",
+        Duration::from_secs(10),
+        async || {
+            get(&client, &stats_url)
+                .await
+                .body
+                .contains("response_code=\"200\",response_flags=\"-\"} 1")
+        },
+    )
+    .await;
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        !stderr.contains("control plane"),
+        "no control plane is contacted: {stderr}"
+    );
+    assert!(
+        !stderr.contains("spans lost"),
+        "no collector, no spans sent: {stderr}"
     );
 }
