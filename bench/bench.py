@@ -653,6 +653,15 @@ class Bench:
         if not shutil.which("perf"):
             fail("--perf needs perf (apt-get install linux-perf)")
         events = "task-clock,context-switches,cpu-migrations,page-faults,cycles,instructions"
+        # System calls per request say more about a proxy's cost than any
+        # line of its code: each read, write and epoll_wait crosses into the
+        # kernel. The tracepoint needs tracefs; probe it once.
+        if not hasattr(self, "syscalls_countable"):
+            probe = subprocess.run(["perf", "stat", "-e", "raw_syscalls:sys_enter", "--", "true"],
+                                   capture_output=True)
+            self.syscalls_countable = probe.returncode == 0
+        if self.syscalls_countable:
+            events += ",raw_syscalls:sys_enter"
         return subprocess.Popen(self.pinned(["perf", "stat", "-x", ",", "-e", events,
                                              "-p", ",".join(map(str, pids))]),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
