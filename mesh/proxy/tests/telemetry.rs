@@ -938,3 +938,91 @@ async fn a_collector_that_refuses_spans_costs_nothing_but_a_count() {
     proxy.shutdown().await;
     server.abort();
 }
+
+#[tokio::test]
+async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
+    let collector = Collector::start().await;
+    let slow = Upstream::with_delay(
+        "hw-slow",
+        Arc::new(|_, _| (200, "late".into())),
+        Duration::from_secs(3),
+    )
+    .await;
+    let ui = sidecar("guestbook-ui", "v1", refused_addr().await, &collector).await;
+    let mut abort = route("abort", vec![], "helloworld-service|v1");
+    abort.fault = Some(Fault {
+        delay: None,
+        abort: Some(FaultAbort {
+            http_status: 503,
+            percentage: 100.0,
+        }),
+    });
+    ui.apply_snapshot(Snapshot {
+        version: 1,
+        proxy: ui.instance().into(),
+        virtual_hosts: vec![
+            host("helloworld-service", vec![abort]),
+            host("slow", vec![route("slow", vec![], "slow")]),
+        ],
+        clusters: vec![
+            cluster("helloworld-service", Some("v1"), vec![]),
+            cluster("slow", None, vec![slow.endpoint()]),
+        ],
+        gateway: None,
+    })
+    .unwrap();
+    let via = client_via(ui.outbound_addr().unwrap());
+
+    // An injected abort: before any subset or endpoint is chosen.
+    let rsp = via
+        .get("http://helloworld-service:8080/")
+        .header("x-request-id", "aborted")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 503);
+    let _ = rsp.bytes().await;
+    let spans = collector.spans_of_request("aborted", 1).await;
+    assert_eq!(spans[0]["tags"]["response_flags"], "FI");
+    assert_eq!(
+        spans[0]["tags"]["upstream_cluster"],
+        "outbound|8080|v1|helloworld-service"
+    );
+
+    // A caller that gives up before the answer: code 0, flag DC.
+    let impatient = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{}", ui.outbound_addr().unwrap())).unwrap())
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .get("http://slow:8080/")
+        .header("x-request-id", "gave-up")
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    drop(impatient);
+
+    let aborted = [
+        ("reporter", "source"),
+        ("destination_workload", "helloworld-service"),
+        ("destination_version", "unknown"),
+        ("response_code", "503"),
+        ("response_flags", "FI"),
+    ];
+    let hung_up = [
+        ("destination_workload", "slow"),
+        ("response_code", "0"),
+        ("response_flags", "DC"),
+    ];
+    eventually("the abort and the hang-up are counted", WAIT, async || {
+        let page = stats(&ui).await;
+        count(&page, &aborted) == 1 && count(&page, &hung_up) == 1
+    })
+    .await;
+    let spans = collector.spans_of_request("gave-up", 1).await;
+    assert_eq!(spans[0]["tags"]["http.status_code"], "0");
+    assert_eq!(spans[0]["tags"]["error"], "true");
+    promtool_check(&stats(&ui).await);
+    ui.shutdown().await;
+}
