@@ -5,6 +5,8 @@
 //! Each test file uses a different subset of these.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,0 +1,336 @@
+//! The whole Guestbook and its dashboard, in a real browser, on the real
+//! binaries: `meshctl up` starts the control plane, every service with its
+//! sidecar (Rust, Python, Java) and the gateway; `meshctl load` sends
+//! traffic; headless chromium (Debian's `chromium` + `chromium-driver`)
+//! signs the guestbook and then watches the dashboard.
+//!
+//! This is what a workshop attendee does in the tracing lab:
+//!
+//! 1. open the Guestbook, post a message: one trace crosses guestbook-ui,
+//!    guestbook-service and sentiment-service (checked through the
+//!    collector's Zipkin API, parent links and all);
+//! 2. open the dashboard while load runs: the guestbook-ui ->
+//!    helloworld-service edge carries a rate;
+//! 3. open a trace and read its waterfall.
+//!
+//! Screenshots go to `target/test-output/` (guestbook.png,
+//! guestbook-dashboard.png, guestbook-trace.png).
+//!
+//! It needs every binary of the workspace built (`cargo build --workspace
+//! --bins`; ./scripts/test.sh does), python3 and a JDK, like `meshctl up`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::Locator;
+use serde_json::Value;
+
+use support::browser::{Browser, PAGE_TIMEOUT, free_port, poll};
+
+/// Starting the JVM on a busy two-core machine is the slow part of `up`.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// `target/debug`: where cargo put every binary of the workspace.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/guestbook_browser-HASH -> target/debug
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let missing: Vec<&str> = [
+        "meshctl",
+        "mesh-control",
+        "mesh-proxy",
+        "guestbook-ui",
+        "guestbook-service",
+    ]
+    .into_iter()
+    .filter(|name| !dir.join(name).is_file())
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "{missing:?} not built in {}: this test runs the real binaries; run \
+         `cargo build --workspace --bins` first (./scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A child process this test started, stopped when the test ends.
+struct Started {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SIGTERM first: `meshctl up` then stops everything it started.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trace() {
+    let bin = bin_dir();
+    let workdir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("guestbook-browser-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&workdir);
+    std::fs::create_dir_all(&workdir).unwrap();
+    let (control_port, gateway_port) = (free_port(), free_port());
+    let control = format!("http://127.0.0.1:{control_port}");
+    let guestbook = format!("http://127.0.0.1:{gateway_port}/");
+    let stdout = workdir.with_extension("stdout");
+    let stderr = workdir.with_extension("stderr");
+
+    // The dashboard on a free port (mesh-control inherits the variable), so
+    // this test never collides with a mesh a developer is running.
+    let mut up = Started {
+        name: "meshctl up",
+        child: Command::new(bin.join("meshctl"))
+            .args(["up", "--control-port", &control_port.to_string()])
+            .args(["--gateway-port", &gateway_port.to_string()])
+            .arg("--workdir")
+            .arg(&workdir)
+            .env("MESH_DASHBOARD_LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("meshctl starts"),
+    };
+    poll("meshctl up to report the mesh is up", START_TIMEOUT, || {
+        let exited = up.child.try_wait().unwrap();
+        let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        async move {
+            if let Some(status) = exited {
+                panic!("meshctl up exited ({status}):\n{log}");
+            }
+            if printed.contains("micromesh is up") {
+                Ok(printed)
+            } else {
+                Err(log)
+            }
+        }
+    })
+    .await;
+    let summary = std::fs::read_to_string(&stdout).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let info: Value = http
+        .get(format!("{control}/api/v1/dashboard"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dashboard = info["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no dashboard: {info}"))
+        .to_string();
+    assert!(
+        summary.contains(&format!("Dashboard:          {dashboard}")),
+        "meshctl up prints the dashboard:\n{summary}"
+    );
+
+    let browser = Browser::start().await;
+
+    // --- 1. A guest signs the book, in the browser.
+    browser.goto(&guestbook).await;
+    let message = format!("What a wonderful mesh {}", fastrand::u32(..));
+    let name = browser.element(r#"form input[name="name"]"#).await;
+    name.clear().await.unwrap();
+    name.send_keys("Ray").await.unwrap();
+    browser
+        .element(r#"form textarea[name="message"]"#)
+        .await
+        .send_keys(&message)
+        .await
+        .unwrap();
+    browser
+        .element(r#"form button[type="submit"]"#)
+        .await
+        .click()
+        .await
+        .unwrap();
+    poll("the page to list the message", PAGE_TIMEOUT, || async {
+        let list = browser
+            .element("body")
+            .await
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        if list.contains(&message) {
+            Ok(())
+        } else {
+            Err(list)
+        }
+    })
+    .await;
+    browser.screenshot("guestbook.png").await;
+
+    // That request's trace crossed the UI, the store and the classifier,
+    // each span's parent in the trace.
+    let trace: Value = poll(
+        "the message's trace in the collector",
+        PAGE_TIMEOUT,
+        || async {
+            let url = format!("{control}/api/v2/traces?serviceName=sentiment-service&limit=1");
+            let traces: Value = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let spans = traces[0].clone();
+            let services: Vec<&str> = spans
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|s| s["localEndpoint"]["serviceName"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let all = [
+                "ingressgateway",
+                "guestbook-ui",
+                "guestbook-service",
+                "sentiment-service",
+            ];
+            if all.iter().all(|s| services.contains(s)) {
+                Ok(spans)
+            } else {
+                Err(format!("{services:?}"))
+            }
+        },
+    )
+    .await;
+    let ids: Vec<&str> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for span in trace.as_array().unwrap() {
+        if let Some(parent) = span["parentId"].as_str() {
+            assert!(
+                ids.contains(&parent),
+                "span {} names a parent outside its trace: {trace:#}",
+                span["id"]
+            );
+        }
+    }
+    let roots = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("parentId").is_none())
+        .count();
+    assert_eq!(roots, 1, "one root, the gateway's span: {trace:#}");
+
+    // --- 2. Load through the gateway with meshctl load, the dashboard open.
+    let _load = Started {
+        name: "meshctl load",
+        child: Command::new(bin.join("meshctl"))
+            .args(["load", &guestbook, "--rps", "5", "--duration", "120s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("meshctl load starts"),
+    };
+    browser.goto(&format!("{dashboard}#traffic")).await;
+    let edge = r#"g.edge[data-source^="guestbook-ui@"][data-target^="helloworld-service@"]"#;
+    let rps: f64 = poll(
+        "the guestbook-ui -> helloworld-service edge to carry traffic",
+        Duration::from_secs(60),
+        || async {
+            let edge = browser.element(edge).await;
+            let rps = edge
+                .attr("data-rps")
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            match rps.parse::<f64>() {
+                Ok(rps) if rps > 0.0 => Ok(rps),
+                _ => Err(format!("data-rps = {rps:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        rps < 50.0,
+        "5 pages a second ask for 5 greetings a second, not {rps}"
+    );
+    browser.screenshot("guestbook-dashboard.png").await;
+
+    // --- 3. A trace's waterfall, across every service the page asked.
+    browser.goto(&format!("{dashboard}#traces")).await;
+    let row = poll("a page view's trace in the list", PAGE_TIMEOUT, || async {
+        let rows = browser
+            .client()
+            .find_all(Locator::Css("#trace-list tbody tr[data-trace]"))
+            .await
+            .map_err(|e| e.to_string())?;
+        for row in rows {
+            let text = row.text().await.map_err(|e| e.to_string())?;
+            if text.contains("helloworld-service") && text.contains("guestbook-service") {
+                return Ok(row);
+            }
+        }
+        Err("no trace through helloworld-service and guestbook-service yet".to_string())
+    })
+    .await;
+    row.click().await.unwrap();
+    browser.element("#waterfall .span-row").await;
+    let rows = browser
+        .client()
+        .find_all(Locator::Css("#waterfall .span-row"))
+        .await
+        .unwrap();
+    let mut services = Vec::new();
+    for row in &rows {
+        services.push(row.attr("data-service").await.unwrap().unwrap_or_default());
+    }
+    for service in [
+        "ingressgateway",
+        "guestbook-ui",
+        "helloworld-service",
+        "guestbook-service",
+    ] {
+        assert!(
+            services.iter().any(|s| s == service),
+            "{service} in the waterfall: {services:?}"
+        );
+    }
+    let broken = browser
+        .client()
+        .find_all(Locator::Css("#waterfall .span-row.broken"))
+        .await
+        .unwrap();
+    assert!(
+        broken.is_empty(),
+        "every Guestbook service forwards the trace headers"
+    );
+    browser.screenshot("guestbook-trace.png").await;
+
+    browser.close().await;
+}
