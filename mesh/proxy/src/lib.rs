@@ -6,10 +6,11 @@
 //! own sidecar takes it on its **inbound** listener and hands it to its app.
 //! In **gateway** mode the same binary takes users' requests into the mesh.
 //! The **admin** listener answers `/ready`, `/config_dump` and
-//! `/stats/prometheus`. Every listener records a span and metrics for each
-//! request (telemetry). The routing
-//! config comes from the control plane as a versioned snapshot
-//! (`mesh_api::snapshot`), which the proxy compiles and swaps in atomically.
+//! `/stats/prometheus`. Every listener records a span (Zipkin v2, sent in
+//! batches to the control plane's collector) and Istio's metrics for each
+//! request. The routing config comes from the control plane as a versioned
+//! snapshot (`mesh_api::snapshot`), or once from `MESH_SNAPSHOT_FILE`; the
+//! proxy compiles it and swaps it in atomically.
 //!
 //! # The request path, one file per step
 //!
