@@ -98,8 +98,8 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
     let stdout = workdir.with_extension("stdout");
     let stderr = workdir.with_extension("stderr");
 
-    // The dashboard on a free port (mesh-control inherits the variable), so
-    // this test never collides with a mesh a developer is running.
+    // Every port free, the dashboard's too, so this test never collides
+    // with a mesh a developer (or another test) is running.
     let mut up = Started {
         name: "meshctl up",
         child: Command::new(bin.join("meshctl"))
@@ -107,7 +107,7 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
             .args(["--gateway-port", &gateway_port.to_string()])
             .arg("--workdir")
             .arg(&workdir)
-            .env("MESH_DASHBOARD_LISTEN", "127.0.0.1:0")
+            .args(["--dashboard-port", &free_port().to_string()])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -333,4 +333,45 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
     browser.screenshot("guestbook-trace.png").await;
 
     browser.close().await;
+
+    // --- 4. The same, in the terminal: meshctl dashboard, stat, traces, load.
+    let meshctl = |args: &[&str]| {
+        let out = Command::new(bin.join("meshctl"))
+            .args(args)
+            .args(["--control-url", &control])
+            .stdin(Stdio::null())
+            .output()
+            .expect("meshctl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "meshctl {args:?}: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    assert_eq!(meshctl(&["dashboard"]).trim(), dashboard);
+    let stat = meshctl(&["stat", "--window", "30"]);
+    let row = stat
+        .lines()
+        .find(|l| l.starts_with("helloworld-service"))
+        .unwrap_or_else(|| panic!("no helloworld-service row:\n{stat}"));
+    assert!(row.contains("100.00%"), "{stat}");
+    let traces = meshctl(&["traces", "--service", "sentiment-service", "--limit", "1"]);
+    for service in [
+        "ingressgateway",
+        "guestbook-ui",
+        "guestbook-service",
+        "sentiment-service",
+    ] {
+        assert!(traces.contains(service), "{service} in:\n{traces}");
+    }
+    assert!(!traces.contains("BROKEN"), "{traces}");
+    let load = meshctl(&["load", &guestbook, "--rps", "10", "--duration", "2s"]);
+    assert!(load.contains("20 requests"), "{load}");
+    assert!(
+        load.contains("guestbook-ui v1, Hello, helloworld-service v1"),
+        "which versions answered:\n{load}"
+    );
 }

@@ -60,6 +60,8 @@ pub struct MeshConfig {
     pub bin_dir: PathBuf,
     pub runtimes: Runtimes,
     pub control_port: u16,
+    /// `None`: mesh-control's default (15014 if free).
+    pub dashboard_port: Option<u16>,
     pub gateway_port: u16,
     pub env: Vec<EnvOverride>,
     /// `MESH_LOG` for the control plane and the proxies.
@@ -165,7 +167,7 @@ impl Mesh {
 
     pub fn start_control_plane(&mut self) -> Result<Probe> {
         let log = self.config.log("mesh-control");
-        let spec = Spec {
+        let mut spec = Spec {
             name: "mesh-control".into(),
             program: self.config.control_binary.clone(),
             args: vec![
@@ -178,6 +180,10 @@ impl Mesh {
             cwd: Some(self.config.workdir.clone()),
             log: log.clone(),
         };
+        if let Some(port) = self.config.dashboard_port {
+            spec.args.push("--dashboard-listen".into());
+            spec.args.push(format!("127.0.0.1:{port}").into());
+        }
         let proc = Proc::spawn(spec, self.exits.clone())?;
         let probe = Probe {
             name: "mesh-control".into(),
@@ -984,6 +990,7 @@ mod tests {
             bin_dir: "/b".into(),
             runtimes: Runtimes::default(),
             control_port: 15010,
+            dashboard_port: None,
             gateway_port: 8080,
             env: vec![],
             log_level: "info".into(),

@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Port of the ingress gateway: the Guestbook is http://localhost:PORT.
     #[arg(long, default_value_t = ports::GATEWAY, value_name = "PORT")]
     pub gateway_port: u16,
+    /// Port of the dashboard on 127.0.0.1 (0: any free port). Default: 15014
+    /// if it is free; if not, the mesh runs without a dashboard and says so.
+    #[arg(long, value_name = "PORT")]
+    pub dashboard_port: Option<u16>,
     /// Also stream every process's log here, each line prefixed with
     /// [instance] (the sidecars' access logs show every hop).
     #[arg(short, long)]
@@ -146,6 +150,12 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
     }
     ensure_free(args.control_port, "the control plane", "--control-port")?;
     ensure_free(args.gateway_port, "the gateway", "--gateway-port")?;
+    if let Some(port) = args.dashboard_port.filter(|p| *p != 0) {
+        if port == args.control_port || port == args.gateway_port {
+            bail!("--dashboard-port {port} is also the control plane's or the gateway's port");
+        }
+        ensure_free(port, "the dashboard", "--dashboard-port")?;
+    }
 
     for dir in ["state", "logs", "run"] {
         let dir = workdir.join(dir);
@@ -168,6 +178,7 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
         bin_dir,
         runtimes,
         control_port: args.control_port,
+        dashboard_port: args.dashboard_port,
         gateway_port: args.gateway_port,
         env: args.env.clone(),
         log_level: args.log_level.clone(),
