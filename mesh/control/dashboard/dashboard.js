@@ -99,7 +99,7 @@ async function guarded(what, work) {
 
 // === Traffic: the live graph ===
 
-const NODE_W = 250, NODE_H = 84, COL_GAP = 300, ROW_GAP = 60, PAD = 30;
+const NODE_W = 250, NODE_H = 84, COL_GAP = 250, ROW_GAP = 60, PAD = 30;
 
 // Columns by call depth: whoever nobody calls (the gateway, outside callers)
 // is on the left, their callees to the right. A stable order inside each

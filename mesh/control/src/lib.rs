@@ -42,7 +42,9 @@
 //! [`ServerHandle`] gives [`addr`](ServerHandle::addr),
 //! [`url`](ServerHandle::url), [`version`](ServerHandle::version),
 //! [`watching`](ServerHandle::watching),
-//! [`state_dir`](ServerHandle::state_dir) and
+//! [`state_dir`](ServerHandle::state_dir),
+//! [`dashboard_url`](ServerHandle::dashboard_url),
+//! [`collector`](ServerHandle::collector) and
 //! [`shutdown`](ServerHandle::shutdown); dropping it stops the server
 //! without waiting. The HTTP API itself is listed in `api.rs` and typed in
 //! `mesh_api::xds` and `mesh_api::config`.
