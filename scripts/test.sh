@@ -20,5 +20,8 @@ cargo test --workspace --no-fail-fast
 echo "==> helloworld-service (Python) tests"
 python3 -m unittest discover -s services/helloworld-service -p 'test_*.py'
 
+echo "==> benchmark harness (Python) tests"
+python3 -m unittest discover -s bench -p 'test_*.py'
+
 echo "==> sentiment-service (Java) self-test"
 java services/sentiment-service/Sentiment.java --self-test
