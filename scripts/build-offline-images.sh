@@ -294,9 +294,16 @@ ensure_image() {
         return
     fi
     log="$WORK/logs/$(basename "${ref%%:*}").log"
+    previous="$(docker image inspect -f '{{.Id}}' "$ref" 2>/dev/null || true)"
     if ! docker build --label "micromesh.content-hash=$hash" -t "$ref" -f "$dockerfile" "$@" "$context" >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         die "docker build of $ref failed (log above, whole log in ${log#"$ROOT"/})"
+    fi
+    # The image the tag pointed at before is now untagged: remove it, or
+    # every code change would leave one more behind (Docker refuses while a
+    # container still uses it, which is fine).
+    if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$ref")" ]; then
+        docker rmi "$previous" >/dev/null 2>&1 || true
     fi
     RESULTS+=("$ref built")
     echo "    $ref  built in $((SECONDS - started))s"
@@ -344,6 +351,10 @@ ensure_image "micromesh/sentiment-service:$TAG" \
     "$(printf '%s\n' "${BASE_REF[jdk]}" "${BASE_REF[debian]}" | cat - docker/sentiment-service.Dockerfile services/sentiment-service/Sentiment.java | sha256sum | cut -d' ' -f1)" \
     "$ctx" docker/sentiment-service.Dockerfile \
     --build-arg "JDK_IMAGE=${BASE_REF[jdk]}" --build-arg "RUNTIME_IMAGE=${BASE_REF[debian]}"
+
+# The Java build stage is left behind as an untagged image of base-jdk's
+# lineage (the classic builder keeps stages); drop ours, and only ours.
+docker image prune -f --filter "label=micromesh.base-recipe" >/dev/null 2>&1 || true
 
 # === 4. Summary ===
 

@@ -40,19 +40,32 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn main(tests: &[Test]) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    // libtest options that take a value (`--test-threads 2`): the value is
+    // not a name filter. `--skip NAME` leaves tests out.
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let mut words = args.iter();
+    while let Some(arg) = words.next() {
+        match arg.as_str() {
+            "--skip" => skips.extend(words.next()),
+            "--test-threads" | "--format" | "--color" | "--logfile" | "-Z" => {
+                words.next();
+            }
+            a if a.starts_with('-') => {}
+            _ => filters.push(arg),
+        }
+    }
+    let matches = |name: &str, pattern: &str| {
+        if exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
     let selected: Vec<&Test> = tests
         .iter()
-        .filter(|(name, _)| {
-            filters.is_empty()
-                || filters.iter().any(|f| {
-                    if exact {
-                        *name == f.as_str()
-                    } else {
-                        name.contains(f.as_str())
-                    }
-                })
-        })
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+        .filter(|(name, _)| !skips.iter().any(|s| matches(name, s)))
         .collect();
 
     if args.iter().any(|a| a == "--list") {
