@@ -186,18 +186,22 @@ pub(crate) fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
 
 /// A random UUID, version 4, in its usual text form.
 pub fn uuid_v4() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = fastrand::u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    // Written into one buffer: this runs for every request that arrives
+    // without an id, so no per-byte `format!` (the benchmark's profile found
+    // that costing 15% of the sidecar's work).
+    let mut text = String::with_capacity(36);
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push(HEX[usize::from(byte >> 4)] as char);
+        text.push(HEX[usize::from(byte & 0x0f)] as char);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -208,6 +212,12 @@ mod tests {
     fn request_ids_are_uuid_v4() {
         let id = uuid_v4();
         assert_eq!(id.len(), 36);
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
         assert_ne!(uuid_v4(), id);
