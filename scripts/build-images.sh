@@ -63,9 +63,9 @@ done
 
 echo
 echo "==> built ${#images[@]} image(s) in $((SECONDS - started))s"
-printf '%-36s %10s %8s\n' IMAGE SIZE TIME
+printf '%-44s %10s %8s\n' IMAGE SIZE TIME
 for name in "${images[@]}"; do
     ref="micromesh/$name:$TAG"
     size="$(docker image inspect -f '{{.Size}}' "$ref")"
-    printf '%-36s %7.1f MB %7ss\n' "$ref" "$(awk -v b="$size" 'BEGIN { print b / 1000000 }')" "${TOOK[$name]}"
+    printf '%-44s %7.1f MB %7ss\n' "$ref" "$(awk -v b="$size" 'BEGIN { print b / 1000000 }')" "${TOOK[$name]}"
 done
