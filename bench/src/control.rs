@@ -73,7 +73,7 @@ pub struct ControlReport {
     pub endpoints: usize,
     pub services: usize,
     pub applies: usize,
-    /// Size of one snapshot as served (pretty JSON).
+    /// Size of one snapshot as served (compact JSON).
     pub snapshot_bytes: usize,
     /// Time to announce every instance once.
     pub register_ms: f64,

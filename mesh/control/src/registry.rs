@@ -31,6 +31,11 @@ pub struct Registry {
     instances: BTreeMap<String, Instance>,
     lease: Duration,
     forget_after: Duration,
+    /// The earliest moment any instance's lease state can change by itself
+    /// (a lease running out, a stale instance to forget). `refresh` runs on
+    /// every request that takes the lock, hundreds per second with 100
+    /// sidecars heartbeating; before this moment it has nothing to look at.
+    next_check: Option<Instant>,
 }
 
 /// One proxy instance, as last announced.
@@ -49,6 +54,18 @@ pub struct Instance {
     pub acked_version: Option<u64>,
     /// Why the proxy rejected its latest version (Envoy's NACK), if it did.
     pub rejected: Option<String>,
+}
+
+impl Instance {
+    fn status(&self, now: Instant) -> ProxyStatus {
+        ProxyStatus {
+            announce: self.announce.clone(),
+            acked_version: self.acked_version,
+            rejected: self.rejected.clone(),
+            last_seen_ms: millis(now.saturating_duration_since(self.last_seen)),
+            live: self.live,
+        }
+    }
 }
 
 /// What an announce did to the registry.
@@ -73,6 +90,7 @@ impl Registry {
             instances: BTreeMap::new(),
             lease,
             forget_after,
+            next_check: None,
         }
     }
 
@@ -81,6 +99,7 @@ impl Registry {
     /// confirm within a heartbeat or two; if it is gone, the lease runs out
     /// and it leaves everyone's endpoints as if it had just died.
     pub fn restore(&mut self, announces: Vec<ProxyAnnounce>, now: Instant) {
+        self.next_check = None;
         for announce in announces {
             let healthy = announce.ready;
             self.instances.insert(
@@ -105,16 +124,23 @@ impl Registry {
         match self.instances.get_mut(&announce.instance) {
             Some(instance) => {
                 instance.last_seen = now;
+                // A renewed lease of a live instance only moves its own
+                // deadline later; anything else is for `refresh` to judge.
                 if instance.announce == announce {
+                    if !instance.live {
+                        self.next_check = None;
+                    }
                     Announced::Renewed
                 } else {
                     instance.announce = announce;
+                    self.next_check = None;
                     Announced::Changed
                 }
             }
             None => {
                 // Not live until `refresh` says so: that is where health
                 // changes are detected, whatever caused them.
+                self.next_check = None;
                 self.instances.insert(
                     announce.instance.clone(),
                     Instance {
@@ -140,7 +166,11 @@ impl Registry {
     /// snapshot is compiled from changed: an instance became healthy or
     /// unhealthy, or a long-dead one was forgotten.
     pub fn refresh(&mut self, now: Instant) -> bool {
+        if self.next_check.is_some_and(|at| now < at) {
+            return false;
+        }
         let mut changed = false;
+        let mut next_check: Option<Instant> = None;
         let (lease, forget_after) = (self.lease, self.forget_after);
         self.instances.retain(|name, instance| {
             let silent_for = now.saturating_duration_since(instance.last_seen);
@@ -164,8 +194,11 @@ impl Registry {
             changed |= healthy != instance.healthy;
             instance.live = live;
             instance.healthy = healthy;
+            let deadline = instance.last_seen + if live { lease } else { lease + forget_after };
+            next_check = Some(next_check.map_or(deadline, |at| at.min(deadline)));
             true
         });
+        self.next_check = next_check;
         changed
     }
 
@@ -217,14 +250,13 @@ impl Registry {
     pub fn proxies(&self, now: Instant) -> Vec<ProxyStatus> {
         self.instances
             .values()
-            .map(|instance| ProxyStatus {
-                announce: instance.announce.clone(),
-                acked_version: instance.acked_version,
-                rejected: instance.rejected.clone(),
-                last_seen_ms: millis(now.saturating_duration_since(instance.last_seen)),
-                live: instance.live,
-            })
+            .map(|instance| instance.status(now))
             .collect()
+    }
+
+    /// One proxy's status (what an ACK answers), without building everyone's.
+    pub fn status(&self, instance: &str, now: Instant) -> Option<ProxyStatus> {
+        self.instances.get(instance).map(|i| i.status(now))
     }
 
     /// `GET /v1/services`: sidecar workloads grouped by service, sorted by

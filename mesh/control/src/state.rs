@@ -29,6 +29,7 @@ use crate::Settings;
 use crate::compile::Workload;
 use crate::registry::Registry;
 use crate::store::{ConfigFile, RegistryFile, Store, StoreError};
+use crate::watch::SnapshotCache;
 
 /// Everything a snapshot is compiled from, at one version.
 #[derive(Debug)]
@@ -57,6 +58,8 @@ pub struct Shared {
     /// Cancelled on shutdown: long-polls return at once instead of holding
     /// the server open for their full wait.
     pub shutdown: CancellationToken,
+    /// The latest version's sidecar snapshot, compiled once for all.
+    pub snapshots: SnapshotCache,
 }
 
 // === impl Shared ===
@@ -96,6 +99,7 @@ impl Shared {
             store,
             settings,
             shutdown,
+            snapshots: SnapshotCache::default(),
         })
     }
 
