@@ -42,6 +42,19 @@ pub fn text_response(status: http::StatusCode, body: impl Into<Bytes>) -> Rsp {
     rsp
 }
 
+/// A number as a header value. `HeaderValue::from(u64)` allocates twice;
+/// the proxy writes two numbers on every request (`x-envoy-attempt-count`,
+/// `x-envoy-upstream-service-time`), nearly always below 100, so those are
+/// slices of one static string, and only larger ones are formatted.
+pub fn number_value(n: u64) -> http::HeaderValue {
+    const TWO_DIGITS: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    match usize::try_from(n) {
+        Ok(i @ 0..=9) => http::HeaderValue::from_static(&TWO_DIGITS[2 * i + 1..2 * i + 2]),
+        Ok(i @ 10..=99) => http::HeaderValue::from_static(&TWO_DIGITS[2 * i..2 * i + 2]),
+        _ => http::HeaderValue::from(n),
+    }
+}
+
 /// Read a request body into memory, refusing more than `limit` bytes.
 pub async fn buffer<B>(body: B, limit: usize) -> Result<Bytes, ProxyError>
 where
@@ -93,3 +106,15 @@ impl<S> ProxyService for S where
 
 /// The future every layer returns.
 pub type RspFuture = futures::future::BoxFuture<'static, Result<Rsp, ProxyError>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0u64, 1, 9, 10, 42, 99, 100, 12345, u64::MAX] {
+            assert_eq!(number_value(n), n.to_string().as_str(), "{n}");
+        }
+    }
+}

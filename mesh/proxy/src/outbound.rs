@@ -21,12 +21,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
 use crate::balance::Balance;
-use crate::body::{MAX_REQUEST_BODY, ProxyService, Rsp, buffer};
+use crate::body::{MAX_REQUEST_BODY, ProxyService, Rsp, buffer, number_value};
 use crate::error::ProxyError;
 use crate::fault::Fault;
 use crate::log::{AccessLog, Direction, RequestLog};
@@ -40,8 +40,9 @@ use crate::split::Split;
 use crate::telemetry::{Arrival, Exchange};
 use crate::timeout::Timeout;
 
-pub const REQUEST_ID: &str = "x-request-id";
-pub const UPSTREAM_SERVICE_TIME: &str = "x-envoy-upstream-service-time";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// One route's stack, outermost first, along the request path:
 /// fault -> timeout -> retry -> split -> balance -> outlier -> pool.
@@ -142,7 +143,7 @@ pub(crate) fn finish(result: Result<Rsp, ProxyError>, log: &RequestLog, start: I
             if log.upstream().is_some() {
                 rsp.headers_mut().insert(
                     UPSTREAM_SERVICE_TIME,
-                    HeaderValue::from(start.elapsed().as_millis() as u64),
+                    number_value(start.elapsed().as_millis() as u64),
                 );
             }
             rsp
@@ -157,18 +158,33 @@ pub(crate) fn finish(result: Result<Rsp, ProxyError>, log: &RequestLog, start: I
 
 /// Headers that describe one hop's connection, not the request: a proxy
 /// must not forward them (RFC 9110, section 7.6.1).
+const HOP_BY_HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+/// Remove the hop-by-hop headers. A message carries few headers and at
+/// most one or two of these (`Connection: keep-alive`), so one pass over the
+/// names present (comparing names, no hashing) finds which, and only those
+/// are removed: this runs twice per request and per hop.
 pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    for name in [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -221,6 +237,32 @@ mod tests {
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
         assert_ne!(uuid_v4(), id);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_the_rest_kept() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("x-request-id", "abc"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+        // Nothing to strip: nothing changes.
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 
     #[test]

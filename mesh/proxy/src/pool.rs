@@ -151,13 +151,11 @@ fn to_upstream(req: Req) -> http::Request<Full<Bytes>> {
     {
         parts.headers.insert(http::header::HOST, value);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    // A path and query that came from a valid URI is a valid URI on its own.
-    parts.uri = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    // Origin form: the path and query alone (a cheap copy, no parsing).
+    parts.uri = match parts.uri.path_and_query() {
+        Some(path) => http::Uri::from(path.clone()),
+        None => http::Uri::from_static("/"),
+    };
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     http::Request::from_parts(parts, Full::new(body))

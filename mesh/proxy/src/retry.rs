@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::HeaderName;
 use mesh_api::snapshot::RetryPolicy;
 use tower::ServiceExt;
 
-use crate::body::{ProxyService, Req, Rsp, RspFuture, clone_request};
+use crate::body::{ProxyService, Req, Rsp, RspFuture, clone_request, number_value};
 use crate::error::ProxyError;
 use crate::log::{RequestLog, ResponseFlags};
 use crate::rng::Rng;
@@ -41,7 +41,7 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// Envoy's default cap: ten times the base.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
-pub const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
+pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 /// A route's retry policy, compiled: conditions as booleans.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -146,11 +146,23 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
             let log = req.extensions().get::<Arc<RequestLog>>().cloned();
             let tries = policy.attempts.saturating_add(1);
             let mut attempt = 1;
+            let mut req = Some(req);
             loop {
-                let mut try_req = clone_request(&req);
+                // The last attempt takes the request itself; earlier ones a
+                // copy, kept for the next (one copy fewer per request, and
+                // none at all when the route allows no retries).
+                let mut try_req = match req.take() {
+                    Some(last) if attempt >= tries => last,
+                    Some(kept) => {
+                        let copy = clone_request(&kept);
+                        req = Some(kept);
+                        copy
+                    }
+                    None => unreachable!("the request is kept until the last attempt"),
+                };
                 try_req
                     .headers_mut()
-                    .insert(ATTEMPT_COUNT, HeaderValue::from(attempt));
+                    .insert(ATTEMPT_COUNT, number_value(u64::from(attempt)));
                 let future = inner.clone().oneshot(try_req);
                 let result = match policy.per_try_timeout {
                     Some(limit) => tokio::time::timeout(limit, future)

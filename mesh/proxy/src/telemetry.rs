@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use mesh_api::xds::ProxyMode;
@@ -43,8 +43,8 @@ use crate::report::{Counters, SpanQueue};
 use crate::trace::{Incoming, Kind, LocalService, Remote, Span, SpanContext};
 
 /// Set by the caller's sidecar: the calling workload and its version.
-pub const SOURCE_WORKLOAD: &str = "x-mesh-source-workload";
-pub const SOURCE_VERSION: &str = "x-mesh-source-version";
+pub const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("x-mesh-source-workload");
+pub const SOURCE_VERSION: HeaderName = HeaderName::from_static("x-mesh-source-version");
 
 // === impl Telemetry ===
 

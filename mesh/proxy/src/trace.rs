@@ -34,20 +34,20 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::log::ResponseFlags;
 use crate::rng::Rng;
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
-pub const B3_TRACE_ID: &str = "x-b3-traceid";
-pub const B3_SPAN_ID: &str = "x-b3-spanid";
-pub const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
-pub const B3_SAMPLED: &str = "x-b3-sampled";
-pub const B3_FLAGS: &str = "x-b3-flags";
-pub const B3_SINGLE: &str = "b3";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+pub const B3_SINGLE: HeaderName = HeaderName::from_static("b3");
 
 // === ids ===
 
@@ -153,7 +153,7 @@ impl Incoming {
     /// The first of W3C, B3 multi and B3 single that parses; nothing found
     /// (or only malformed headers) is a request without trace context.
     pub fn from_headers(headers: &HeaderMap) -> Incoming {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         text(TRACEPARENT)
             .and_then(parse_traceparent)
             .or_else(|| parse_b3_multi(&text))
@@ -193,7 +193,7 @@ pub fn parse_traceparent(value: &str) -> Option<Incoming> {
 }
 
 /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`.
-fn parse_b3_multi<'a>(text: &impl Fn(&str) -> Option<&'a str>) -> Option<Incoming> {
+fn parse_b3_multi<'a>(text: &impl Fn(HeaderName) -> Option<&'a str>) -> Option<Incoming> {
     let sampled = text(B3_SAMPLED).and_then(|s| match s.trim() {
         "1" | "true" => Some(true),
         "0" | "false" => Some(false),
