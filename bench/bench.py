@@ -277,7 +277,7 @@ class Heartbeat:
 class Tools:
     """Where every program lives; a missing one is a clear error naming the fix."""
 
-    def __init__(self, profile, need_mesh):
+    def __init__(self, bin_dir, need_mesh):
         missing = [t for t in ("wrk", "nginx", "haproxy", "taskset") if not shutil.which(t)]
         if missing:
             fail(f"missing {', '.join(missing)}: run ./scripts/bench.sh, which installs them "
@@ -286,17 +286,13 @@ class Tools:
         self.nginx = shutil.which("nginx")
         self.haproxy = shutil.which("haproxy")
         self.envoy = self._envoy()
-        # Where cargo put the binaries: CARGO_TARGET_DIR, as cargo itself reads it.
-        target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / profile
-        self.mesh_bench = target / "mesh-bench"
-        self.mesh_proxy = target / "mesh-proxy"
-        self.mesh_control = target / "mesh-control"
+        self.mesh_bench = bin_dir / "mesh-bench"
+        self.mesh_proxy = bin_dir / "mesh-proxy"
+        self.mesh_control = bin_dir / "mesh-control"
         needed = [self.mesh_bench] + ([self.mesh_proxy, self.mesh_control] if need_mesh else [])
         for binary in needed:
             if not binary.exists():
-                fail(f"{binary} is not built: run ./scripts/bench.sh, or "
-                     f"cargo build {'--release ' if profile == 'release' else ''}"
-                     "-p mesh-bench -p mesh-proxy -p mesh-control")
+                fail(f"{binary} is not built: run ./scripts/bench.sh, which builds it")
 
     @staticmethod
     def _envoy():
@@ -1041,6 +1037,22 @@ def machine():
     return f"{os.cpu_count()} x {model}, {mem_gb:.0f} GiB, Linux {platform.release()}"
 
 
+def describe_binaries(bin_dir):
+    """Where the measured binaries are, and whether they are static."""
+    try:
+        shown = Path(bin_dir).resolve().relative_to(REPO)
+    except ValueError:
+        shown = bin_dir
+    proxy = Path(bin_dir) / "mesh-proxy"
+    try:
+        with open(proxy, "rb") as f:
+            elf = f.read(1 << 20)
+        linked = "dynamic" if b"ld-linux" in elf or b"ld-musl" in elf else "static"
+    except OSError:
+        linked = "?"
+    return f"{shown}, {linked}ally linked"
+
+
 def git_revision():
     try:
         return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -1061,6 +1073,10 @@ def parse_args(argv):
                    help="one short round of everything: keeps the harness working, numbers mean nothing")
     p.add_argument("--profile", default=None, choices=["release", "debug"],
                    help="which build of the micromesh binaries (default: release, debug for --smoke)")
+    p.add_argument("--bin-dir", default=None,
+                   help="where mesh-proxy, mesh-control and mesh-bench are (default: "
+                        "$CARGO_TARGET_DIR or target/, then the profile's folder); scripts/bench.sh "
+                        "passes the static build it makes, the binaries the images ship")
     p.add_argument("--cases", default=",".join(ALL_CASES),
                    help=f"comma-separated subset of {','.join(ALL_CASES)}")
     p.add_argument("--no-control-plane", action="store_true", help="skip the control-plane benchmark")
@@ -1087,6 +1103,9 @@ def parse_args(argv):
         args.rounds, args.duration, args.warmup, args.warmup_wrk = 1, 1.0, 0.2, 1
         args.cp_applies, args.cp_idle = 3, 0.5
     args.profile = args.profile or ("debug" if args.smoke else "release")
+    # Where cargo put the binaries: CARGO_TARGET_DIR, as cargo itself reads it.
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    args.bin_dir = Path(args.bin_dir) if args.bin_dir else target / args.profile
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in args.cases if c not in ALL_CASES]
     if unknown:
@@ -1101,11 +1120,11 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     need_mesh = not args.no_control_plane or any(c.startswith(("micromesh", "mesh-path"))
                                                  for c in args.cases)
-    tools = Tools(args.profile, need_mesh)
+    tools = Tools(args.bin_dir, need_mesh)
     load = os.getloadavg()[0]
     started = datetime.datetime.now().astimezone()
     print(f"micromesh benchmark, {started:%Y-%m-%d %H:%M %Z}, {machine()}, git {git_revision()}, "
-          f"{args.profile} build, load average {load:.2f}")
+          f"{args.profile} build ({describe_binaries(args.bin_dir)}), load average {load:.2f}")
     if (os.cpu_count() or 1) < 2:
         print("warning: one core only: proxies and load generators share it; nothing is pinned")
     if load > 0.5 and not args.smoke:
@@ -1195,7 +1214,8 @@ def main(argv=None):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({
         "started": started.isoformat(), "machine": machine(), "git": git_revision(),
-        "tools": tools.versions(), "args": {k: v for k, v in vars(args).items()},
+        "tools": tools.versions(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rounds": rounds, "control_plane": control_results,
     }, indent=1))
     print(f"\nraw results: {out_path}; process logs: {workdir}")

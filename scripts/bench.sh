@@ -73,16 +73,23 @@ fi
 [ "$install_only" = 1 ] && { echo "==> benchmark tools installed"; exit 0; }
 
 # === build ===
+args=()
 if [ "$smoke" = 1 ]; then
     echo "==> cargo build (debug: smoke numbers mean nothing, only that the harness works)"
     cargo build -q -p mesh-bench -p mesh-proxy -p mesh-control
 else
-    echo "==> cargo build --release"
-    cargo build -q --release -p mesh-bench -p mesh-proxy -p mesh-control
+    # The binaries the container images ship: release, static glibc,
+    # stripped, built exactly as scripts/build-offline-images.sh builds them
+    # (so one build serves both). A static sidecar maps no libc.so, which is
+    # part of what it costs in memory.
+    triple=$(rustc -vV | sed -n 's/^host: //p')
+    echo "==> cargo build --release --target $triple (static, as in the images)"
+    RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_STRIP=symbols \
+        cargo build -q --release --target "$triple" -p mesh-bench -p mesh-proxy -p mesh-control
+    args+=(--bin-dir "${CARGO_TARGET_DIR:-target}/$triple/release")
 fi
 
 # === run ===
-args=()
 for arg in "$@"; do
     [ "$arg" = --install-only ] || args+=("$arg")
 done
