@@ -24,7 +24,7 @@ already run, on one machine, in one run:
              /proc/<pid>/stat as a cross-check); its memory
              (/proc/<pid>/status VmRSS idle and under load, VmHWM).
   fairness   every proxy gets one worker thread (nginx worker_processes 1,
-             HAProxy nbthread 1, Envoy --concurrency 1, tokio one worker) and
+             HAProxy nbthread 1, Envoy --concurrency 1, mesh-proxy MESH_CONCURRENCY=1) and
              is pinned to its own core with taskset; the load generator, the
              upstream and this script share the other core. Cases are
              interleaved round by round, in a rotated order, so drift in the
@@ -574,8 +574,9 @@ class Bench:
             # Metrics and spans together (mesh/proxy/src/config.rs): `off`
             # records neither, so their cost is the difference between cases.
             "MESH_TELEMETRY": telemetry,
-            # One worker thread, like the other proxies' one worker.
-            "TOKIO_WORKER_THREADS": "1",
+            # One worker thread, like the other proxies' one worker
+            # (Envoy's --concurrency 1): the proxy's event loop on one thread.
+            "MESH_CONCURRENCY": "1",
         }
 
     def start_control(self):

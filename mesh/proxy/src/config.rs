@@ -25,6 +25,7 @@
 //! | `MESH_TRACE_SAMPLING` | `100`: percent of new traces recorded (Istio's default is 1) |
 //! | `MESH_ZIPKIN_URL` | `{MESH_CONTROL_URL}/api/v2/spans`; none without a control plane |
 //! | `MESH_SNAPSHOT_FILE` | none; a JSON `Snapshot` to serve instead of a control plane's |
+//! | `MESH_CONCURRENCY` | `2`: worker threads, as Istio's sidecar default (Envoy's `--concurrency`); `1` is one event loop |
 //!
 //! With `MESH_SNAPSHOT_FILE` the proxy never talks to a control plane for
 //! config: it serves that one snapshot until it stops. Spans then go to
@@ -111,7 +112,14 @@ pub struct Config {
     /// A static snapshot to serve (`MESH_SNAPSHOT_FILE`); when set,
     /// `control_url` is `None`.
     pub snapshot_file: Option<PathBuf>,
+    /// Worker threads (`MESH_CONCURRENCY`, Envoy's `--concurrency`). The
+    /// binary runs one event loop on the main thread for 1, a
+    /// work-stealing pool of this many threads otherwise.
+    pub concurrency: usize,
 }
+
+/// Istio gives each sidecar's Envoy two worker threads by default.
+pub const DEFAULT_CONCURRENCY: usize = 2;
 
 impl Config {
     /// Read the settings from the process environment.
@@ -218,6 +226,22 @@ impl Config {
             None => None,
         };
 
+        let concurrency = match strings.get("MESH_CONCURRENCY") {
+            None => DEFAULT_CONCURRENCY,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n @ 1..=256) => n,
+                _ => {
+                    return Err(ConfigError {
+                        var: "MESH_CONCURRENCY",
+                        value: text,
+                        reason: "expected a number of worker threads from 1 to 256, for \
+                                 example 2 (Istio's sidecar default) or 1 (one event loop)"
+                            .into(),
+                    });
+                }
+            },
+        };
+
         let seed = match strings.get("MESH_SEED") {
             Some(text) => Some(text.parse::<u64>().map_err(|e| ConfigError {
                 var: "MESH_SEED",
@@ -250,6 +274,7 @@ impl Config {
             trace_sampling,
             zipkin_url,
             snapshot_file,
+            concurrency,
         })
     }
 
@@ -533,12 +558,28 @@ mod tests {
                 &[("MESH_SERVICE", "hw"), ("MESH_ZIPKIN_URL", "zipkin:9411")],
                 "MESH_ZIPKIN_URL",
             ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_CONCURRENCY", "0")],
+                "MESH_CONCURRENCY",
+            ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_CONCURRENCY", "two")],
+                "MESH_CONCURRENCY",
+            ),
         ];
         for (pairs, var) in cases {
             let err = Config::from_strings(&env(pairs)).unwrap_err();
             assert_eq!(err.var, *var);
             assert!(err.to_string().starts_with(var), "{err}");
         }
+    }
+
+    #[test]
+    fn concurrency_is_istios_two_unless_set() {
+        let default = Config::from_strings(&env(&[("MESH_SERVICE", "hw")])).unwrap();
+        assert_eq!(default.concurrency, 2);
+        let one = env(&[("MESH_SERVICE", "hw"), ("MESH_CONCURRENCY", "1")]);
+        assert_eq!(Config::from_strings(&one).unwrap().concurrency, 1);
     }
 
     #[test]

@@ -10,9 +10,26 @@ use anyhow::Context;
 use mesh_proxy::{Config, Proxy};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid proxy settings")?;
+    // Envoy's model: `--concurrency` workers, each an event loop. With one,
+    // everything runs on this thread (no work stealing, no cross-thread
+    // wake-ups: the cheapest per request); with more, tokio's pool shares
+    // connections between them.
+    let runtime = if config.concurrency == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut pool = tokio::runtime::Builder::new_multi_thread();
+        pool.worker_threads(config.concurrency);
+        pool
+    }
+    .enable_all()
+    .build()
+    .context("could not start the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("MESH_LOG={:?} is not a valid tracing filter", config.log))?;
     // Logs go to stderr, like Envoy's; stdout stays free for the app's own
