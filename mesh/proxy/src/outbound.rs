@@ -181,6 +181,30 @@ pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
             present[i] = true;
         }
     }
+    // `Connection` may name more headers that are for this hop only
+    // (`Connection: close, x-debug-hop`): those go too. Its usual values,
+    // `keep-alive` and `close`, name nothing else (and cost no allocation).
+    // (`present[0]` is `connection`, the first of HOP_BY_HOP.)
+    if present[0] {
+        let listed: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
             headers.remove(name);
@@ -243,7 +267,8 @@ mod tests {
     fn hop_by_hop_headers_are_stripped_and_the_rest_kept() {
         let mut headers = http::HeaderMap::new();
         for (name, value) in [
-            ("connection", "keep-alive"),
+            ("connection", "keep-alive, X-Debug-Hop"),
+            ("x-debug-hop", "1"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
             ("proxy-connection", "keep-alive"),
