@@ -411,21 +411,28 @@ struct Pair {
     app: Upstream,
 }
 
+/// `proxy`'s snapshot with one route: every request for `service` goes to
+/// the whole service's cluster of `endpoints`.
+fn one_route(proxy: &ProxyHandle, service: &str, endpoints: Vec<Endpoint>) -> Snapshot {
+    Snapshot {
+        version: 1,
+        proxy: proxy.instance().into(),
+        virtual_hosts: vec![host(service, vec![route("default", vec![], service)])],
+        clusters: vec![cluster(service, None, endpoints)],
+        gateway: None,
+    }
+}
+
 async fn pair(collector: &Collector) -> Pair {
     let app = Upstream::start("helloworld-v1").await;
     let server = sidecar("helloworld-service", "v1", app.addr, collector).await;
     let client = sidecar("guestbook-ui", "v1", refused_addr().await, collector).await;
     client
-        .apply_snapshot(Snapshot {
-            version: 1,
-            proxy: client.instance().into(),
-            virtual_hosts: vec![host(
-                "helloworld-service",
-                vec![route("default", vec![], "helloworld-service")],
-            )],
-            clusters: vec![cluster("helloworld-service", None, vec![endpoint(&server)])],
-            gateway: None,
-        })
+        .apply_snapshot(one_route(
+            &client,
+            "helloworld-service",
+            vec![endpoint(&server)],
+        ))
         .unwrap();
     Pair {
         client,
@@ -551,24 +558,15 @@ async fn a_failed_request_is_a_span_with_error_and_flags() {
     let collector = Collector::start().await;
     let client = sidecar("guestbook-ui", "v1", refused_addr().await, &collector).await;
     client
-        .apply_snapshot(Snapshot {
-            version: 1,
-            proxy: client.instance().into(),
-            virtual_hosts: vec![host(
-                "helloworld-service",
-                vec![route("default", vec![], "helloworld-service")],
-            )],
-            clusters: vec![cluster(
-                "helloworld-service",
-                None,
-                vec![Endpoint {
-                    instance: "gone-1".into(),
-                    address: refused_addr().await.to_string(),
-                    labels: BTreeMap::from([("version".into(), "v1".into())]),
-                }],
-            )],
-            gateway: None,
-        })
+        .apply_snapshot(one_route(
+            &client,
+            "helloworld-service",
+            vec![Endpoint {
+                instance: "gone-1".into(),
+                address: refused_addr().await.to_string(),
+                labels: BTreeMap::from([("version".into(), "v1".into())]),
+            }],
+        ))
         .unwrap();
     let via = client_via(client.outbound_addr().unwrap());
     let rsp = via
@@ -869,16 +867,11 @@ async fn telemetry_off_records_nothing_and_adds_no_headers() {
     config.telemetry = false;
     let client = Proxy::start(config).await.unwrap();
     client
-        .apply_snapshot(Snapshot {
-            version: 1,
-            proxy: client.instance().into(),
-            virtual_hosts: vec![host(
-                "helloworld-service",
-                vec![route("default", vec![], "helloworld-service")],
-            )],
-            clusters: vec![cluster("helloworld-service", None, vec![endpoint(&server)])],
-            gateway: None,
-        })
+        .apply_snapshot(one_route(
+            &client,
+            "helloworld-service",
+            vec![endpoint(&server)],
+        ))
         .unwrap();
     let via = client_via(client.outbound_addr().unwrap());
     for _ in 0..5 {
