@@ -52,6 +52,11 @@ pub struct Workload {
 pub const DEFAULT_INGRESS_SERVICE: &str = "guestbook-ui";
 
 /// Compile the snapshot for `proxy` at `version`.
+///
+/// For a sidecar the result depends on `proxy` only through the `proxy`
+/// field: watch.rs compiles once per version and shares it between all
+/// sidecars. (Per-sidecar scoping, Istio's `Sidecar` resource or `exportTo`,
+/// would have to change that cache too.)
 pub fn compile(
     config: &ConfigSet,
     workloads: &[Workload],
