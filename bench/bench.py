@@ -1072,8 +1072,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true",
                    help="one short round of everything: keeps the harness working, numbers mean nothing")
-    p.add_argument("--profile", default=None, choices=["release", "debug"],
-                   help="which build of the micromesh binaries (default: release, debug for --smoke)")
+    p.add_argument("--profile", default=None, choices=["dist", "release", "debug"],
+                   help="which build of the micromesh binaries (default: release, debug for --smoke; "
+                        "scripts/bench.sh measures dist, what the images ship)")
     p.add_argument("--bin-dir", default=None,
                    help="where mesh-proxy, mesh-control and mesh-bench are (default: "
                         "$CARGO_TARGET_DIR or target/, then the profile's folder); scripts/bench.sh "
@@ -1191,7 +1192,7 @@ def main(argv=None):
     print_ratios(summary, args.cases, args.rates, out)
     if control_results:
         summary["control-plane"] = print_control(control_results, out)
-    if args.smoke or args.profile != "release":
+    if args.smoke or args.profile == "debug":
         print(f"\n({'smoke run' if args.smoke else 'debug build'}: these numbers only show the "
               "harness works; measure with the full run)", file=out)
     print_targets(summary, args.rates, out)

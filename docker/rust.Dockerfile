@@ -33,17 +33,18 @@ COPY bench bench
 # Static glibc (`+crt-static`) for the host's own target triple, so the same
 # file builds amd64 and arm64 images. The triple must be explicit: with
 # --target, RUSTFLAGS reach only the binaries, not build scripts and proc
-# macros, which must stay dynamic. Stripped symbols halve the binaries.
+# macros, which must stay dynamic. The `dist` profile (Cargo.toml) is
+# release with whole-program LTO and stripped symbols: half the size.
 # Cargo.lock pins every dependency; no --locked, so a lock file a commit
 # left one entry behind costs a resolve instead of a failed build.
 RUN set -eux; \
     triple="$(rustc -vV | sed -n 's/^host: //p')"; \
-    RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_STRIP=symbols \
-        cargo build --release --target "$triple" \
+    RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --profile dist --target "$triple" \
             -p mesh-control -p mesh-proxy -p guestbook-ui -p guestbook-service; \
     mkdir -p /out/bin /out/data; \
     for bin in mesh-control mesh-proxy guestbook-ui guestbook-service; do \
-        cp "target/$triple/release/$bin" /out/bin/; \
+        cp "target/$triple/dist/$bin" /out/bin/; \
     done
 
 # Every final image runs as an unprivileged user. scratch has no

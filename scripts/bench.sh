@@ -78,15 +78,15 @@ if [ "$smoke" = 1 ]; then
     echo "==> cargo build (debug: smoke numbers mean nothing, only that the harness works)"
     cargo build -q -p mesh-bench -p mesh-proxy -p mesh-control
 else
-    # The binaries the container images ship: release, static glibc,
-    # stripped, built exactly as scripts/build-offline-images.sh builds them
-    # (so one build serves both). A static sidecar maps no libc.so, which is
-    # part of what it costs in memory.
+    # The binaries the container images ship: the `dist` profile (release,
+    # whole-program LTO, stripped), static glibc, built exactly as
+    # scripts/build-offline-images.sh builds them (so one build serves
+    # both). A static sidecar maps no libc.so, part of what it costs in memory.
     triple=$(rustc -vV | sed -n 's/^host: //p')
-    echo "==> cargo build --release --target $triple (static, as in the images)"
-    RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_STRIP=symbols \
-        cargo build -q --release --target "$triple" -p mesh-bench -p mesh-proxy -p mesh-control
-    args+=(--bin-dir "${CARGO_TARGET_DIR:-target}/$triple/release")
+    echo "==> cargo build --profile dist --target $triple (static, as in the images)"
+    RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build -q --profile dist --target "$triple" -p mesh-bench -p mesh-proxy -p mesh-control
+    args+=(--profile dist --bin-dir "${CARGO_TARGET_DIR:-target}/$triple/dist")
 fi
 
 # === run ===

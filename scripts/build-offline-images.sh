@@ -243,14 +243,15 @@ packages=()
 for name in "${RUST_IMAGES[@]}"; do packages+=(-p "$name"); done
 # --target makes RUSTFLAGS reach only the binaries, not build scripts and
 # proc macros (which the compiler loads, so they must stay dynamic).
-RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --target "$HOST_TRIPLE" "${packages[@]}"
+# The `dist` profile (Cargo.toml): release, whole-program LTO, stripped.
+RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --profile dist --target "$HOST_TRIPLE" "${packages[@]}"
 
 CONTEXT="$WORK/context"
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT/bin" "$CONTEXT/data"
 for name in "${RUST_IMAGES[@]}"; do
-    bin="$TARGET_DIR/$HOST_TRIPLE/release/$name"
+    bin="$TARGET_DIR/$HOST_TRIPLE/dist/$name"
     [ -x "$bin" ] || die "cargo built no binary $bin; is '$name' a [[bin]] of package '$name'?"
     # FROM scratch has no dynamic loader: a dynamic binary would fail there
     # with a baffling "no such file or directory".
