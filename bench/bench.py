@@ -1044,14 +1044,28 @@ def describe_binaries(bin_dir):
         shown = Path(bin_dir).resolve().relative_to(REPO)
     except ValueError:
         shown = bin_dir
-    proxy = Path(bin_dir) / "mesh-proxy"
+    linked = {True: "dynamically", False: "statically", None: "?"}[has_interpreter(Path(bin_dir) / "mesh-proxy")]
+    return f"{shown}, {linked} linked"
+
+
+def has_interpreter(binary):
+    """Whether an ELF64 little-endian file asks for a dynamic loader (a PT_INTERP
+    program header, what `readelf -l` shows as "program interpreter"); None
+    when it cannot tell."""
+    import struct
     try:
-        with open(proxy, "rb") as f:
-            elf = f.read(1 << 20)
-        linked = "dynamic" if b"ld-linux" in elf or b"ld-musl" in elf else "static"
+        with open(binary, "rb") as f:
+            header = f.read(64)
+            if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+                return None
+            phoff, = struct.unpack_from("<Q", header, 0x20)
+            phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
     except OSError:
-        linked = "?"
-    return f"{shown}, {linked}ally linked"
+        return None
+    PT_INTERP = 3
+    return any(struct.unpack_from("<I", table, i * phentsize)[0] == PT_INTERP for i in range(phnum))
 
 
 def git_revision():

@@ -101,6 +101,30 @@ class Configs(unittest.TestCase):
         self.assertEqual(args.cases, ["direct", "nginx"])
         self.assertEqual(args.profile, "debug")
 
+    def test_a_static_binary_is_told_from_a_dynamic_one(self):
+        import struct
+        import tempfile
+
+        def elf(program_header_types):
+            """An ELF64 little-endian header and these program headers, nothing else."""
+            phoff, phentsize = 64, 56
+            header = bytearray(64)
+            header[:6] = b"\x7fELF\x02\x01"
+            struct.pack_into("<Q", header, 0x20, phoff)
+            struct.pack_into("<HH", header, 0x36, phentsize, len(program_header_types))
+            table = b"".join(struct.pack("<I", t) + bytes(phentsize - 4) for t in program_header_types)
+            f = tempfile.NamedTemporaryFile(delete=False)
+            f.write(bytes(header) + table)
+            f.close()
+            self.addCleanup(os.unlink, f.name)
+            return f.name
+
+        PT_LOAD, PT_INTERP = 1, 3
+        self.assertFalse(bench.has_interpreter(elf([PT_LOAD, PT_LOAD])))
+        self.assertTrue(bench.has_interpreter(elf([PT_LOAD, PT_INTERP, PT_LOAD])))
+        self.assertIsNone(bench.has_interpreter(__file__))  # not ELF
+        self.assertIsNone(bench.has_interpreter("/nonexistent/mesh-proxy"))
+
 
 if __name__ == "__main__":
     unittest.main()
