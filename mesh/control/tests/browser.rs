@@ -21,7 +21,7 @@ use fantoccini::Locator;
 use mesh_api::xds::ProxyMode;
 use serde_json::json;
 
-use support::browser::{Browser, PAGE_TIMEOUT, poll};
+use support::browser::{Browser, PAGE_TIMEOUT};
 use support::{Control, FakeAdmin, calls, series, span};
 
 // === the test ===
@@ -262,23 +262,7 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
     // --- Traffic: the edge from guestbook-ui to helloworld v1 is live.
     browser.goto(&format!("{dashboard}#traffic")).await;
     let edge_css = r#"g.edge[data-source="guestbook-ui@v1"][data-target="helloworld-service@v1"]"#;
-    let rps: f64 = poll(
-        "the guestbook-ui -> helloworld-service edge to carry traffic",
-        PAGE_TIMEOUT,
-        || async {
-            let edge = browser.element(edge_css).await;
-            let rps = edge
-                .attr("data-rps")
-                .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
-            match rps.parse::<f64>() {
-                Ok(rps) if rps > 0.0 => Ok(rps),
-                _ => Err(format!("data-rps is {rps:?}")),
-            }
-        },
-    )
-    .await;
+    let rps = browser.edge_rps(edge_css, PAGE_TIMEOUT).await;
     assert!(
         rps > 5.0 && rps < 30.0,
         "16 rps go to v1; the page says {rps}"

@@ -259,23 +259,7 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
     };
     browser.goto(&format!("{dashboard}#traffic")).await;
     let edge = r#"g.edge[data-source^="guestbook-ui@"][data-target^="helloworld-service@"]"#;
-    let rps: f64 = poll(
-        "the guestbook-ui -> helloworld-service edge to carry traffic",
-        Duration::from_secs(60),
-        || async {
-            let edge = browser.element(edge).await;
-            let rps = edge
-                .attr("data-rps")
-                .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
-            match rps.parse::<f64>() {
-                Ok(rps) if rps > 0.0 => Ok(rps),
-                _ => Err(format!("data-rps = {rps:?}")),
-            }
-        },
-    )
-    .await;
+    let rps = browser.edge_rps(edge, Duration::from_secs(60)).await;
     assert!(
         rps < 50.0,
         "5 pages a second ask for 5 greetings a second, not {rps}"

@@ -127,6 +127,28 @@ impl Browser {
             .unwrap_or_else(|e| panic!("the page never showed `{css}`: {e}"))
     }
 
+    /// The requests per second the traffic graph shows on the edge matching
+    /// `css` (its `data-rps`), once it is above zero.
+    pub async fn edge_rps(&self, css: &str, timeout: Duration) -> f64 {
+        poll(
+            &format!("the edge `{css}` to carry traffic"),
+            timeout,
+            || async {
+                let edge = self.element(css).await;
+                let rps = edge
+                    .attr("data-rps")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
+                match rps.parse::<f64>() {
+                    Ok(rps) if rps > 0.0 => Ok(rps),
+                    _ => Err(format!("data-rps is {rps:?}")),
+                }
+            },
+        )
+        .await
+    }
+
     /// Save a screenshot under target/test-output/ and return its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client().screenshot().await.expect("a screenshot");
