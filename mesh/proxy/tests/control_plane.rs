@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::snapshot::Snapshot;
 use mesh_api::xds::{AckRequest, ProxyAnnounce};
+use mesh_proxy::control::{BACKOFF_MAX, BACKOFF_MIN};
 use mesh_proxy::{Config, Proxy};
 use support::*;
 
@@ -27,17 +28,39 @@ struct FakeControl {
     snapshots: Mutex<VecDeque<Snapshot>>,
 }
 
-async fn start_fake(
-    fake: Arc<FakeControl>,
-    listener: tokio::net::TcpListener,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// The fake control plane's server. [`FakeServer::stop`] makes it really
+/// gone: the listener is closed (the port refuses) and every open
+/// connection is dropped, including a watch long-poll in flight.
+struct FakeServer {
+    accept: tokio::task::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl FakeServer {
+    fn stop(&self) {
+        self.accept.abort();
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn start_fake(fake: Arc<FakeControl>, listener: tokio::net::TcpListener) -> FakeServer {
+    let connections = Arc::new(Mutex::new(Vec::new()));
+    let open = connections.clone();
+    let accept = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let fake = fake.clone();
-            tokio::spawn(async move {
+            let connection = tokio::spawn(async move {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let fake = fake.clone();
                     async move {
@@ -85,8 +108,13 @@ async fn start_fake(
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
+            open.lock().unwrap().push(connection.abort_handle());
         }
-    })
+    });
+    FakeServer {
+        accept,
+        connections,
+    }
 }
 
 fn config_for(control: SocketAddr, app: SocketAddr) -> Config {
@@ -151,13 +179,28 @@ async fn the_proxy_announces_watches_acks_nacks_and_leaves() {
         *fake.deletes.lock().unwrap(),
         vec!["/v1/proxies/hw-v1-test1".to_string()]
     );
-    server.abort();
+    server.stop();
+}
+
+/// How long the proxy's watch back-off takes to climb from its first delay
+/// to its cap (100, 200, 400 ... ms until 2 s): an outage longer than this
+/// has the proxy failing, backing off and failing again at the capped delay.
+fn backoff_ramp() -> Duration {
+    let mut total = Duration::ZERO;
+    let mut delay = BACKOFF_MIN;
+    while delay < BACKOFF_MAX {
+        total += delay;
+        delay *= 2;
+    }
+    total + BACKOFF_MAX
 }
 
 #[tokio::test]
 async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
+    let (_guard, logs) = Logs::capture();
     let app = Upstream::start("hw-app").await;
-    let upstream = Upstream::start("other-1").await;
+    let before = Upstream::start("other-1").await;
+    let after = Upstream::start("other-2").await;
     // Reserve an address, start the proxy against it with nobody listening.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let control = listener.local_addr().unwrap();
@@ -171,10 +214,10 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
 
     // The control plane comes up: the proxy retries and gets its config.
     let fake = Arc::new(FakeControl::default());
-    fake.snapshots.lock().unwrap().push_back(snapshot(
-        5,
-        vec![service("other", vec![upstream.endpoint()])],
-    ));
+    fake.snapshots
+        .lock()
+        .unwrap()
+        .push_back(snapshot(5, vec![service("other", vec![before.endpoint()])]));
     let listener = tokio::net::TcpListener::bind(control).await.unwrap();
     let server = start_fake(fake.clone(), listener).await;
     eventually("the first snapshot", Duration::from_secs(10), async || {
@@ -183,8 +226,61 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
     .await;
     assert_eq!(get(&client, "http://other:8080/").await.body, "other-1");
 
-    // It goes away again: the last good snapshot keeps serving.
-    server.abort();
-    assert_eq!(get(&client, "http://other:8080/").await.body, "other-1");
+    // It goes away: listener closed, open connections (the watch's
+    // long-poll among them) dropped, the port refusing. A gone control
+    // plane is seen at once (reset, refused), so the watch's own 20 s
+    // timeout, which is for a hung one, does not come into it; the outage
+    // lasts the whole back-off ramp, and traffic flows throughout on the
+    // last good snapshot.
+    server.stop();
+    let outage = backoff_ramp() + Duration::from_millis(500);
+    let gone = tokio::time::Instant::now();
+    assert!(
+        tokio::net::TcpStream::connect(control).await.is_err(),
+        "the fake control plane's port refuses connections"
+    );
+    let mut served = 0;
+    while gone.elapsed() < outage {
+        let reply = get(&client, "http://other:8080/").await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "other-1"),
+            "request {served} during the outage, {:?} in",
+            gone.elapsed()
+        );
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proxy.current_snapshot().unwrap().version, 5);
+    // The watch saw the outage and backed off: it logs its 1st, 2nd, 4th...
+    // failure, and the 4th comes only after 100 + 200 + 400 ms of back-off.
+    let text = logs.text();
+    assert!(
+        text.contains("watch: control plane unreachable") && text.contains("failures=4"),
+        "the watch noticed the outage and backed off:\n{text}"
+    );
+
+    // It returns at the same address with a new version: the proxy resyncs
+    // and routes by it.
+    fake.snapshots
+        .lock()
+        .unwrap()
+        .push_back(snapshot(6, vec![service("other", vec![after.endpoint()])]));
+    let listener = tokio::net::TcpListener::bind(control).await.unwrap();
+    let _server = start_fake(fake.clone(), listener).await;
+    eventually(
+        "the proxy to resync to version 6",
+        BACKOFF_MAX + Duration::from_secs(5),
+        async || proxy.current_snapshot().is_some_and(|s| s.version == 6),
+    )
+    .await;
+    assert_eq!(get(&client, "http://other:8080/").await.body, "other-2");
+    assert!(
+        fake.acks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.version == 6 && a.accepted)
+    );
     proxy.shutdown().await;
 }
