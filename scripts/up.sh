@@ -17,7 +17,7 @@ need() {
 }
 need cargo   "install Rust from https://rustup.rs (the 'cargo' command)"
 need python3 "helloworld-service is Python 3: 'sudo apt install python3' (Debian/Ubuntu) or 'brew install python'"
-need java    "sentiment-service is Java 11+: 'sudo apt install default-jdk-headless' (Debian/Ubuntu) or 'brew install openjdk'"
+need java    "sentiment-service needs a Java 17+ JDK: 'sudo apt install openjdk-17-jdk-headless' (Debian/Ubuntu) or 'brew install openjdk@17'"
 
 echo "==> building micromesh (release; the first build takes a few minutes)"
 cargo build --release --workspace --bins

@@ -18,7 +18,8 @@ pub enum Launch {
     Binary(&'static str),
     /// `python3 <script>`, the script's path relative to the repository root.
     Python(&'static str),
-    /// `java <file>`: Java 11+ compiles and runs a single source file.
+    /// `java <file>`: the JDK compiles and runs a single source file (Java 11+;
+    /// Sentiment.java needs 17, see `runtime.rs`).
     Java(&'static str),
 }
 
