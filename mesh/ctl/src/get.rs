@@ -3,7 +3,8 @@
 //!
 //! - `services`, `endpoints`: the registry, built from what every sidecar
 //!   announces (Kubernetes: Services and EndpointSlices);
-//! - `proxies`: every connected proxy and the config version it accepted
+//! - `proxies`: every connected proxy, its inbound and admin addresses, and
+//!   the config version it accepted
 //!   (`istioctl proxy-status`);
 //! - `virtualservices`, `destinationrules`, `gateways`: the applied Istio
 //!   resources, with the `meshctl analyze` findings that concern them.
@@ -208,13 +209,19 @@ pub fn endpoints_table(services: &[ServiceStatus]) -> Table {
 }
 
 /// Every proxy, its identity and whether it took the latest config.
+///
+/// Two addresses, because a proxy listens on both: INBOUND is where other
+/// sidecars send this workload's traffic (`-` for a gateway, which nobody
+/// inside the mesh calls), ADMIN is its admin port (Envoy's :15000), where
+/// `/config_dump`, `/ready` and `/stats/prometheus` answer.
 pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
     let mut table = Table::new([
         "NAME",
         "MODE",
         "SERVICE",
         "VERSION",
-        "ADDRESS",
+        "INBOUND",
+        "ADMIN",
         "READY",
         "LIVE",
         "ACKED",
@@ -233,6 +240,7 @@ pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
             a.service.clone(),
             dash_if_empty(a.version.clone()),
             dash_if_empty(a.address.clone()),
+            dash_if_empty(a.admin_address.clone()),
             a.ready.to_string(),
             p.live.to_string(),
             p.acked_version.map_or("-".to_string(), |v| v.to_string()),
@@ -483,12 +491,13 @@ mod tests {
 
     #[test]
     fn proxies_show_sync_state() {
-        let proxy = ProxyStatus {
+        let gateway = ProxyStatus {
             announce: ProxyAnnounce {
                 instance: "ingressgateway-12345".into(),
                 mode: ProxyMode::Gateway,
                 service: "ingressgateway".into(),
                 ready: true,
+                admin_address: "127.0.0.1:41000".into(),
                 ..Default::default()
             },
             acked_version: Some(7),
@@ -496,7 +505,34 @@ mod tests {
             last_seen_ms: 120,
             live: true,
         };
-        let rows = words(&proxies_table(&[proxy]));
+        let sidecar = ProxyStatus {
+            announce: ProxyAnnounce {
+                instance: "helloworld-service-v1-aaaaa".into(),
+                mode: ProxyMode::Sidecar,
+                service: "helloworld-service".into(),
+                version: "v1".into(),
+                address: "127.0.0.1:40001".into(),
+                admin_address: "127.0.0.1:40003".into(),
+                ready: true,
+                ..Default::default()
+            },
+            acked_version: Some(7),
+            rejected: None,
+            last_seen_ms: 80,
+            live: true,
+        };
+        let rows = words(&proxies_table(&[gateway, sidecar]));
+        assert_eq!(
+            rows[0],
+            [
+                "NAME", "MODE", "SERVICE", "VERSION", "INBOUND", "ADMIN", "READY", "LIVE", "ACKED",
+                "LAST", "SEEN", "REJECTED"
+            ]
+        );
+        // Lab 01 curls /config_dump on the ADMIN address: it must be the
+        // admin port, not the inbound one (where /config_dump is a 404).
+        assert_eq!(rows[2][4], "127.0.0.1:40001", "INBOUND");
+        assert_eq!(rows[2][5], "127.0.0.1:40003", "ADMIN");
         assert_eq!(
             rows[1],
             [
@@ -505,6 +541,7 @@ mod tests {
                 "ingressgateway",
                 "-",
                 "-",
+                "127.0.0.1:41000",
                 "true",
                 "true",
                 "7",
