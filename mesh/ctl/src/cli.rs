@@ -14,7 +14,9 @@ use mesh_api::xds::ports;
 
 use crate::client::Client;
 use crate::runfile::RunState;
-use crate::{analyze, apply, dashboard, get, load, locate, logs, process, scale, stat, traces, up};
+use crate::{
+    analyze, apply, dashboard, get, inject, load, locate, logs, process, scale, stat, traces, up,
+};
 
 /// micromesh's command line.
 #[derive(Debug, Parser)]
@@ -76,6 +78,9 @@ pub enum Command {
     /// Send requests at a fixed rate and report statuses, latency and which
     /// versions answered.
     Load(load::LoadArgs),
+    /// Print Kubernetes workloads with the mesh-proxy sidecar added, like
+    /// `istioctl kube-inject` (`-f -` reads stdin).
+    Inject(inject::InjectArgs),
 }
 
 impl Args {
@@ -109,6 +114,7 @@ impl Args {
             Command::Stat(args) => stat::run(&ctx, args).await,
             Command::Traces(args) => traces::run(&ctx, args).await,
             Command::Load(args) => load::run(args).await,
+            Command::Inject(args) => inject::run(args),
         }
     }
 }

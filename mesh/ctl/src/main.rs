@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod dashboard;
 mod get;
+mod inject;
 mod load;
 mod locate;
 mod logs;
