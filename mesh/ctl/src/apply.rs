@@ -11,6 +11,18 @@
 //! destinationrule.networking.istio.io/helloworld-service created
 //! virtualservice.networking.istio.io/helloworld-service created
 //! ```
+//!
+//! The contract (also in `meshctl apply --help`, [`APPLY_HELP`]): the exit
+//! status says whether the change was made. Istio applies a VirtualService
+//! that routes to a subset nobody defines and lets the request fail at run
+//! time; so does micromesh, and the cross-reference analysis that comes back
+//! with the change is printed as warnings, the way `kubectl apply` prints an
+//! admission webhook's warnings: applied, exit 0, `Warning [CODE] ...`.
+//! Only a refusal (a file that does not parse or validate: nothing changed)
+//! exits 1. `meshctl analyze` is where an Error-level finding fails the
+//! command. `validate` keeps the same contract offline, and analyzes the
+//! files it is given together, so a VirtualService and the DestinationRule
+//! it needs can be checked side by side before anything is applied.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,11 +30,39 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use mesh_api::config::{
-    ApplyRequest, ApplyResponse, ConfigErrors, ConfigSet, Kind, NETWORKING_GROUP, SourceFile,
+    ApplyRequest, ApplyResponse, ConfigErrors, ConfigSet, Diagnostic, Kind, NETWORKING_GROUP,
+    SourceFile,
 };
 
+use crate::analyze::is_error;
+use crate::catalog;
 use crate::cli::Ctx;
 use crate::client::Validated;
+
+/// `meshctl apply --help`, after the options: what the exit status and the
+/// messages mean.
+pub const APPLY_HELP: &str = "\
+Exit status:
+  0  The change was made. The control plane analyzes the whole mesh with it
+     (the checks of `meshctl analyze`) and each finding is printed on stderr
+     as a warning, like `kubectl apply` prints an admission webhook's:
+       Warning [ReferencedResourceNotFound] VirtualService default/x spec.http[0]...: ...
+     Istio applies such config too, and the requests it touches fail at run
+     time (a 503 for a subset nobody defines): fix the YAML and apply again.
+     `meshctl analyze` lists the findings and exits 1 while one is an error.
+  1  Nothing was changed: a file does not parse or is not valid (one line per
+     problem: FILE: KIND ns/name: field: message), or the control plane
+     cannot be reached.";
+
+/// `meshctl validate --help`, after the options.
+pub const VALIDATE_HELP: &str = "\
+Checks the files the way `meshctl apply` would, with no control plane: each
+file alone, then all of them together (a resource defined twice), then the
+cross-reference analysis `apply` runs, across the files given and the
+Guestbook's services (give a VirtualService and its DestinationRule together).
+
+Exit status, as for apply: 0 when apply would accept the files, with each
+analysis finding printed as a warning; 1 when apply would refuse them.";
 
 #[derive(Debug, clap::Args)]
 pub struct FileArgs {
@@ -179,10 +219,8 @@ async fn send(ctx: &Ctx, files: Vec<SourceFile>, path: &str) -> Result<ExitCode>
             for change in &response.changes {
                 println!("{change}");
             }
-            // Like kubectl's admission warnings: the change is made, but
-            // something will not work as written (`meshctl analyze` again).
-            for d in &response.diagnostics {
-                eprintln!("{d}");
+            for line in warnings(&response.diagnostics) {
+                eprintln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -194,34 +232,110 @@ async fn send(ctx: &Ctx, files: Vec<SourceFile>, path: &str) -> Result<ExitCode>
     }
 }
 
-/// `meshctl validate`: parse and validate each file here, with no control plane.
-pub fn validate(args: FileArgs) -> Result<ExitCode> {
-    let sources = read_sources(&args.files)?;
-    let mut failed = false;
-    for source in &sources {
+/// The analysis that comes back with a change, as the warnings they are
+/// for `apply`: the change was made, so nothing here is labelled an error
+/// (the exit status is 0). An Error-level finding (requests it touches will
+/// fail) says so in its own words, and the closing line says what to do.
+pub fn warnings(diagnostics: &[Diagnostic]) -> Vec<String> {
+    let mut lines: Vec<String> = diagnostics
+        .iter()
+        .map(|d| {
+            // Info findings (a fault that injects nothing...) are no warning.
+            let label = if d.level.eq_ignore_ascii_case("info") {
+                "Info"
+            } else {
+                "Warning"
+            };
+            let mut line = format!("{label} [{}] {}", d.code, d.resource);
+            if !d.field.is_empty() {
+                line.push(' ');
+                line.push_str(&d.field);
+            }
+            line.push_str(": ");
+            line.push_str(&d.message);
+            if is_error(d) {
+                line.push_str(" (requests this touches will fail)");
+            }
+            line
+        })
+        .collect();
+    let errors = diagnostics.iter().filter(|d| is_error(d)).count();
+    if errors > 0 {
+        lines.push(format!(
+            "Applied anyway, as Istio would; {errors} of these will fail requests as written \
+             (`meshctl analyze` counts them as errors): fix the YAML and apply again."
+        ));
+    }
+    lines
+}
+
+/// What `validate` found: the lines to print and whether apply would refuse.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Validation {
+    /// `FILE: OK (N resources)`, for stdout.
+    pub ok: Vec<String>,
+    /// Errors and warnings, for stderr.
+    pub problems: Vec<String>,
+    /// Whether `meshctl apply` would refuse these files.
+    pub refused: bool,
+}
+
+/// Validate `sources` as the control plane would on apply, then analyze
+/// them together against the Guestbook's services (`catalog.rs`): offline,
+/// the catalog is the registry.
+pub fn check_sources(sources: &[SourceFile]) -> Validation {
+    let mut result = Validation::default();
+    for source in sources {
         match ConfigSet::parse(std::slice::from_ref(source)) {
-            Ok(resources) => println!(
+            Ok(resources) => result.ok.push(format!(
                 "{}: OK ({} resource{})",
                 source.name,
                 resources.len(),
                 if resources.len() == 1 { "" } else { "s" }
-            ),
+            )),
             Err(errors) => {
-                failed = true;
-                print_errors(&errors);
+                result.refused = true;
+                result.problems.extend(error_lines(&errors));
             }
         }
     }
-    // Each file may be fine alone and still clash with another (the same
-    // resource defined twice); the control plane would see them together.
-    if !failed
-        && sources.len() > 1
-        && let Err(errors) = ConfigSet::parse(&sources)
-    {
-        failed = true;
-        print_errors(&errors);
+    if result.refused {
+        return result;
     }
-    Ok(if failed {
+    // Each file may be fine alone and still clash with another (the same
+    // resource defined twice), and a VirtualService's subsets may be defined
+    // by a DestinationRule in another file: the control plane sees them
+    // together, and so do we.
+    match ConfigSet::parse(sources) {
+        Err(errors) => {
+            result.refused = true;
+            result.problems.extend(error_lines(&errors));
+        }
+        Ok(resources) => {
+            // The set the control plane would hold if this mesh had no other
+            // config: these files, applied to an empty one.
+            let (set, _) = ConfigSet::default().apply(resources);
+            let services: Vec<String> = catalog::CATALOG
+                .iter()
+                .map(|s| s.name.to_string())
+                .collect();
+            result.problems.extend(warnings(&set.analyze(&services)));
+        }
+    }
+    result
+}
+
+/// `meshctl validate`: parse, validate and analyze the files here, with no
+/// control plane.
+pub fn validate(args: FileArgs) -> Result<ExitCode> {
+    let validation = check_sources(&read_sources(&args.files)?);
+    for line in &validation.ok {
+        println!("{line}");
+    }
+    for line in &validation.problems {
+        eprintln!("{line}");
+    }
+    Ok(if validation.refused {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -229,9 +343,14 @@ pub fn validate(args: FileArgs) -> Result<ExitCode> {
 }
 
 /// `FILE: Kind ns/name: field: message`, one line per error.
+fn error_lines(errors: &ConfigErrors) -> Vec<String> {
+    errors.errors.iter().map(|e| e.to_string()).collect()
+}
+
+/// The same lines on stderr, for a refused apply or delete.
 fn print_errors(errors: &ConfigErrors) {
-    for e in &errors.errors {
-        eprintln!("{e}");
+    for line in error_lines(errors) {
+        eprintln!("{line}");
     }
 }
 
@@ -331,5 +450,92 @@ mod tests {
         };
         assert_eq!(validate(all).unwrap(), ExitCode::FAILURE);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const VS_TO_V2: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: helloworld-service\n\
+        spec:\n  hosts: [helloworld-service]\n  http:\n  - route:\n    - destination:\n        host: helloworld-service\n        subset: v2\n";
+    const DR_V1_V2: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: helloworld-service\n\
+        spec:\n  host: helloworld-service\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n";
+
+    fn source(name: &str, content: &str) -> SourceFile {
+        SourceFile {
+            name: name.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn validate_analyzes_the_files_together_as_apply_would() {
+        // Alone, the VirtualService routes to a subset nothing defines:
+        // apply would accept it (exit 0) and warn, and so does validate.
+        let alone = check_sources(&[source("vs.yaml", VS_TO_V2)]);
+        assert!(!alone.refused, "{alone:?}");
+        assert_eq!(alone.ok, ["vs.yaml: OK (1 resource)"]);
+        let finding = alone
+            .problems
+            .iter()
+            .find(|l| l.contains("[ReferencedResourceNotFound]"))
+            .unwrap_or_else(|| panic!("the missing subset is reported: {alone:?}"));
+        assert!(
+            finding.starts_with(
+                "Warning [ReferencedResourceNotFound] VirtualService default/helloworld-service"
+            ),
+            "{finding}"
+        );
+        assert!(finding.contains("v2"), "names the subset: {finding}");
+
+        // With the DestinationRule beside it, the reference resolves.
+        let together = check_sources(&[source("dr.yaml", DR_V1_V2), source("vs.yaml", VS_TO_V2)]);
+        assert!(!together.refused, "{together:?}");
+        assert!(
+            !together
+                .problems
+                .iter()
+                .any(|l| l.contains("ReferencedResourceNotFound")),
+            "{together:?}"
+        );
+
+        // The same resource twice is what apply refuses: exit 1.
+        let twice = check_sources(&[source("a.yaml", DR_V1_V2), source("b.yaml", DR_V1_V2)]);
+        assert!(twice.refused, "{twice:?}");
+    }
+
+    #[test]
+    fn apply_labels_analysis_as_warnings_because_the_change_was_made() {
+        let finding = |level: &str, code: &str| Diagnostic {
+            level: level.into(),
+            code: code.into(),
+            resource: "VirtualService default/helloworld-service".into(),
+            field: "spec.http[0].route[0].destination.subset".into(),
+            message: "subset \"v2\" is not defined".into(),
+        };
+        let lines = warnings(&[
+            finding("Error", "ReferencedResourceNotFound"),
+            finding("Warning", "SubsetSelectsNoInstances"),
+            finding("Info", "FaultInjectsNothing"),
+        ]);
+        assert_eq!(
+            lines[0],
+            "Warning [ReferencedResourceNotFound] VirtualService default/helloworld-service \
+             spec.http[0].route[0].destination.subset: subset \"v2\" is not defined (requests this touches will fail)"
+        );
+        assert!(
+            lines[1].starts_with("Warning [SubsetSelectsNoInstances] "),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("Info [FaultInjectsNothing] "),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| !l.starts_with("Error")),
+            "exit 0 and an `Error` label disagree: {lines:?}"
+        );
+        assert!(
+            lines[3].contains("1 of these will fail requests"),
+            "{lines:?}"
+        );
+        // Nothing that fails: no closing line.
+        assert_eq!(warnings(&[finding("Warning", "X")]).len(), 1);
     }
 }

@@ -60,10 +60,12 @@ pub enum Command {
     /// Show services, endpoints, proxies, or applied Istio resources.
     Get(get::GetArgs),
     /// Apply Istio resources (VirtualService, DestinationRule, Gateway) to the mesh.
+    #[command(after_long_help = apply::APPLY_HELP)]
     Apply(apply::FileArgs),
     /// Delete Istio resources: those defined in files (-f), or KIND NAME...
     Delete(apply::DeleteArgs),
     /// Check files offline, without a control plane (for CI and editors).
+    #[command(after_long_help = apply::VALIDATE_HELP)]
     Validate(apply::FileArgs),
     /// Report problems in the applied configuration, like `istioctl analyze`.
     Analyze,
