@@ -6,18 +6,20 @@
 //! mesh-control --listen 127.0.0.1:15010 --state-dir .mesh/state
 //! MESH_CONTROL_LISTEN=0.0.0.0:15010 MESH_LOG=debug mesh-control
 //! mesh-control --dashboard-listen 127.0.0.1:0   # the dashboard on a free port
+//! mesh-control --source kubernetes --namespace guestbook   # on a cluster (see kubernetes/)
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use mesh_api::xds::LEASE_MS;
 use tracing_subscriber::EnvFilter;
 
 use crate::collector::CollectorSettings;
 use crate::dashboard::DashboardListen;
+use crate::kubernetes::KubernetesSource;
 use crate::server::DEFAULT_STATE_DIR;
 use crate::{Error, Server, Settings};
 
@@ -47,10 +49,41 @@ pub struct Args {
     #[arg(long, env = "MESH_MAX_TRACES", default_value_t = CollectorSettings::default().max_traces)]
     pub max_traces: usize,
 
+    /// Where services, endpoints and Istio config come from: `local`
+    /// (sidecars announce, `meshctl apply`) or `kubernetes` (the API
+    /// server). Default: `kubernetes` inside a pod (KUBERNETES_SERVICE_HOST
+    /// is set), `local` elsewhere.
+    #[arg(long, env = "MESH_SOURCE", value_enum)]
+    pub source: Option<SourceKind>,
+
+    /// With `--source kubernetes`: the namespace whose Services and Istio
+    /// resources make the mesh.
+    #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
     /// Log filter, in tracing's EnvFilter syntax: `info`, `debug`,
     /// `info,mesh_control=debug`.
     #[arg(long = "log", env = "MESH_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// `--source`: where the model comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    Local,
+    Kubernetes,
+}
+
+impl SourceKind {
+    /// `--source` as given, or detected: a pod always has
+    /// KUBERNETES_SERVICE_HOST in its environment.
+    pub fn resolve(given: Option<SourceKind>, in_cluster: bool) -> SourceKind {
+        given.unwrap_or(if in_cluster {
+            SourceKind::Kubernetes
+        } else {
+            SourceKind::Local
+        })
+    }
 }
 
 impl Args {
@@ -86,7 +119,24 @@ impl Args {
             None => defaults.dashboard.clone(),
             Some(text) => DashboardListen::parse(text).map_err(Error::Usage)?,
         };
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let kubernetes = match SourceKind::resolve(self.source, in_cluster) {
+            SourceKind::Local => None,
+            SourceKind::Kubernetes => {
+                // In a pod: its ServiceAccount token; elsewhere: ~/.kube/config.
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    Error::Usage(format!(
+                        "--source kubernetes: cannot reach the Kubernetes API ({e}); run \
+                         mesh-control in a pod, or point KUBECONFIG at a cluster, or use \
+                         --source local"
+                    ))
+                })?;
+                tracing::info!(namespace = %self.namespace, "source: the Kubernetes API");
+                Some(KubernetesSource::new(client, self.namespace.clone()))
+            }
+        };
         let settings = Settings {
+            kubernetes,
             listen: self.listen,
             state_dir: self.state_dir,
             lease: Duration::from_millis(self.lease_ms),
@@ -148,6 +198,28 @@ mod tests {
         assert_eq!(args.lease_ms, LEASE_MS);
         assert_eq!(args.dashboard_listen, None);
         assert_eq!(args.max_traces, 1_000);
+        assert_eq!(args.source, None);
+        assert_eq!(args.namespace, "default");
+    }
+
+    #[test]
+    fn the_source_is_kubernetes_in_a_pod_unless_told_otherwise() {
+        assert_eq!(SourceKind::resolve(None, false), SourceKind::Local);
+        assert_eq!(SourceKind::resolve(None, true), SourceKind::Kubernetes);
+        assert_eq!(
+            SourceKind::resolve(Some(SourceKind::Local), true),
+            SourceKind::Local
+        );
+        let args = Args::try_parse_from([
+            "mesh-control",
+            "--source",
+            "kubernetes",
+            "--namespace",
+            "guestbook",
+        ])
+        .unwrap();
+        assert_eq!(args.source, Some(SourceKind::Kubernetes));
+        assert_eq!(args.namespace, "guestbook");
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub mod compile;
 mod config_api;
 pub mod dashboard;
 pub mod graph;
+pub mod kubernetes;
 pub mod registry;
 pub mod scrape;
 mod server;
@@ -66,7 +67,8 @@ mod state;
 pub mod store;
 mod watch;
 
-pub use args::Args;
+pub use args::{Args, SourceKind};
+pub use kubernetes::KubernetesSource;
 pub use server::{DEFAULT_STATE_DIR, MAX_WATCH_WAIT, Server, ServerHandle, Settings};
 pub use store::StoreError;
 

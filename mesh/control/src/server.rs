@@ -20,6 +20,7 @@ use crate::api;
 use crate::collector::{self, Collector, CollectorSettings};
 use crate::dashboard::{self, DashboardInfo, DashboardListen};
 use crate::graph::{self, Graph, GraphSettings};
+use crate::kubernetes::{self, KubernetesSource};
 use crate::scrape::{self, ScrapeSettings};
 use crate::state::Shared;
 
@@ -53,6 +54,10 @@ pub struct Settings {
     pub scrape: ScrapeSettings,
     /// The traffic graph's window and history (`graph.rs`).
     pub graph: GraphSettings,
+    /// Where services, endpoints and Istio config come from: `None` is the
+    /// local registry and `meshctl apply`; `Some` the Kubernetes API
+    /// (`kubernetes/`).
+    pub kubernetes: Option<KubernetesSource>,
 }
 
 impl Default for Settings {
@@ -72,6 +77,7 @@ impl Default for Settings {
             collector: CollectorSettings::default(),
             scrape: ScrapeSettings::default(),
             graph: GraphSettings::default(),
+            kubernetes: None,
         }
     }
 }
@@ -125,6 +131,7 @@ impl Server {
         let collector = Arc::new(Collector::new(settings.collector.clone()));
         let graph = Arc::new(Graph::new(settings.graph.clone()));
         let scrape_settings = settings.scrape.clone();
+        let kubernetes_source = settings.kubernetes.clone();
         let shared = Arc::new(Shared::load(settings, shutdown.clone())?);
         // One API, on both ports: the dashboard's page calls it same-origin.
         let app = api::router(shared.clone())
@@ -150,6 +157,8 @@ impl Server {
             scrape_settings,
             shutdown.clone(),
         ));
+        let source =
+            kubernetes_source.map(|source| tokio::spawn(kubernetes::run(shared.clone(), source)));
 
         Ok(ServerHandle {
             addr,
@@ -163,6 +172,7 @@ impl Server {
                 ticker,
                 writer,
                 scraper,
+                source,
             }),
         })
     }
@@ -188,6 +198,8 @@ struct Tasks {
     ticker: JoinHandle<()>,
     writer: JoinHandle<()>,
     scraper: JoinHandle<()>,
+    /// The Kubernetes watch loop, with `--source kubernetes`.
+    source: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -246,6 +258,9 @@ impl ServerHandle {
             };
             tasks.ticker.await.map_err(Error::Task)?;
             tasks.scraper.await.map_err(Error::Task)?;
+            if let Some(source) = tasks.source {
+                source.await.map_err(Error::Task)?;
+            }
             // The writer makes its last registry write before it returns.
             tasks.writer.await.map_err(Error::Task)?;
             served.map_err(Error::Serve)?;

@@ -40,6 +40,10 @@ pub struct Model {
     /// The compiler's view of the registry, rebuilt only when the registry
     /// changes (not on every heartbeat and not on every compile).
     pub workloads: Arc<Vec<Workload>>,
+    /// With the Kubernetes source (`kubernetes/`): the workloads its
+    /// EndpointSlices say. They then decide endpoints, not the registry,
+    /// which keeps tracking the proxies themselves (ACKs, admin addresses).
+    pub discovered: Option<Arc<Vec<Workload>>>,
     pub version: u64,
 }
 
@@ -89,6 +93,7 @@ impl Shared {
         Ok(Shared {
             model: Mutex::new(Model {
                 workloads: Arc::new(registry.workloads()),
+                discovered: None,
                 registry,
                 config: Arc::new(loaded.config.config),
                 version,
@@ -120,7 +125,10 @@ impl Shared {
     /// the watchers, and have the writer persist it.
     pub fn registry_changed(&self, model: &mut Model) {
         model.version += 1;
-        model.workloads = Arc::new(model.registry.workloads());
+        model.workloads = match &model.discovered {
+            Some(discovered) => discovered.clone(),
+            None => Arc::new(model.registry.workloads()),
+        };
         self.registry_dirty.notify_one();
         self.publish(model.version);
     }
@@ -148,6 +156,36 @@ impl Shared {
         self.made_durable(version);
         self.publish(version);
         Ok(())
+    }
+
+    /// The Kubernetes source's model: serve these workloads and this config
+    /// from a new version, if either differs from what is served. Nothing is
+    /// written to disk: the API server is the store. Returns whether a new
+    /// version was published.
+    pub fn replace_discovered(
+        &self,
+        model: &mut Model,
+        workloads: Vec<Workload>,
+        config: ConfigSet,
+    ) -> bool {
+        let same_workloads = model.discovered.as_ref().is_some_and(|served| {
+            served.len() == workloads.len()
+                && served
+                    .iter()
+                    .zip(&workloads)
+                    .all(|(a, b)| a.healthy == b.healthy && a.announce == b.announce)
+        });
+        if same_workloads && *model.config == config {
+            return false;
+        }
+        let workloads = Arc::new(workloads);
+        model.discovered = Some(workloads.clone());
+        model.workloads = workloads;
+        model.config = Arc::new(config);
+        model.version += 1;
+        self.made_durable(model.version);
+        self.publish(model.version);
+        true
     }
 
     /// A receiver that sees every version published from now on.
