@@ -14,7 +14,8 @@
 //!   announced to the control plane exactly as a real one is.
 //! - [`Mesh::client`]: a sidecar for the test to send requests through.
 //! - [`Mesh::apply`]: Istio YAML, through the same API meshctl uses.
-//! - [`eventually`]: poll a condition with a deadline (never a bare sleep).
+//! - [`wait_until`]: poll a condition with a deadline (never a bare sleep);
+//!   [`retry_until_ok`]: retry an action that may fail while the mesh converges.
 //! - [`binomial_tolerance`]: how far a count may stray from its expectation.
 
 use std::collections::{BTreeMap, HashMap};
@@ -222,56 +223,48 @@ fn config_from(settings: HashMap<&str, String>) -> Result<Config> {
     Ok(Config::from_strings(&settings)?)
 }
 
-/// Wait until `proxy` runs a snapshot at least as new as the control plane's
-/// current version, and whose cluster `cluster` has `endpoints` endpoints.
+/// Wait until `proxy` runs a snapshot whose cluster `cluster` has
+/// `endpoints` endpoints.
 pub async fn wait_for_endpoints(
     proxy: &ProxyHandle,
     cluster: &str,
     endpoints: usize,
 ) -> Result<()> {
-    eventually(
-        &format!(
-            "{} to see {endpoints} endpoint(s) of {cluster}",
-            proxy.instance()
-        ),
-        CONVERGE,
-        || async {
-            let snapshot = proxy
-                .current_snapshot()
-                .ok_or_else(|| anyhow!("no snapshot yet"))?;
+    let count = || {
+        proxy.current_snapshot().map(|snapshot| {
             let found = snapshot
                 .clusters
                 .iter()
                 .find(|c| c.name == cluster)
                 .map(|c| c.endpoints.len())
                 .unwrap_or(0);
-            if found == endpoints {
-                Ok(())
-            } else {
-                Err(anyhow!(
-                    "{found} endpoint(s) at version {}",
-                    snapshot.version
-                ))
-            }
-        },
-    )
+            (found, snapshot.version)
+        })
+    };
+    let what = format!(
+        "{} to see {endpoints} endpoint(s) of {cluster}",
+        proxy.instance()
+    );
+    wait_until(&what, CONVERGE, || async {
+        Ok(matches!(count(), Some((found, _)) if found == endpoints))
+    })
     .await
+    .with_context(|| match count() {
+        Some((found, version)) => format!("it has {found} endpoint(s) at version {version}"),
+        None => "it has no snapshot yet".to_string(),
+    })
 }
 
 /// Wait until `proxy` runs snapshot `version` or newer.
 pub async fn wait_for_version(proxy: &ProxyHandle, version: u64) -> Result<()> {
-    eventually(
+    let running = || proxy.current_snapshot().map(|s| s.version);
+    wait_until(
         &format!("{} to run version {version}", proxy.instance()),
         CONVERGE,
-        || async {
-            match proxy.current_snapshot() {
-                Some(s) if s.version >= version => Ok(()),
-                Some(s) => Err(anyhow!("still at version {}", s.version)),
-                None => Err(anyhow!("no snapshot yet")),
-            }
-        },
+        || async { Ok(running().is_some_and(|v| v >= version)) },
     )
     .await
+    .with_context(|| format!("it runs version {:?}", running()))
 }
 
 // === impl Instance ===
@@ -424,23 +417,168 @@ pub struct Answer {
     pub headers: BTreeMap<String, String>,
 }
 
-// === waiting and statistics ===
+// === impl Load ===
 
-/// Poll `check` until it succeeds or `deadline` passes; the error says what
-/// was awaited and the last reason it was not there yet.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+/// Steady load: `clients` loops each sending `GET url` back to back until
+/// [`Load::stop`], recording every failure (an error or a status other than
+/// 200) and which instance answered each success. Nothing is retried here:
+/// whatever the mesh lets through is counted.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    record: Arc<std::sync::Mutex<LoadReport>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub sent: u64,
+    /// One line per failed request: the error or the status.
+    pub failures: Vec<String>,
+    /// Successful answers per instance (from the fake app's JSON body).
+    pub answered_by: BTreeMap<String, u64>,
+}
+
+impl Load {
+    pub fn start(http: reqwest::Client, url: &str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let record = Arc::new(std::sync::Mutex::new(LoadReport::default()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, record, http, url) =
+                    (stop.clone(), record.clone(), http.clone(), url.to_string());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = one_request(&http, &url).await;
+                        // The lock is never held across an await, and a
+                        // panic while holding it is a test failure anyway.
+                        let mut record = record.lock().expect("the load record is not poisoned");
+                        record.sent += 1;
+                        match outcome {
+                            Ok(instance) => *record.answered_by.entry(instance).or_insert(0) += 1,
+                            Err(failure) => {
+                                tracing::warn!(%failure, "a request under load failed");
+                                record.failures.push(failure);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            record,
+            tasks,
+        }
+    }
+
+    /// Requests sent so far.
+    pub fn sent(&self) -> u64 {
+        self.record
+            .lock()
+            .expect("the load record is not poisoned")
+            .sent
+    }
+
+    /// A copy of what the load saw so far.
+    pub fn report(&self) -> LoadReport {
+        self.record
+            .lock()
+            .expect("the load record is not poisoned")
+            .clone()
+    }
+
+    /// Wait until `more` further requests have been sent (so the load
+    /// demonstrably ran across whatever happened before this call).
+    pub async fn send_at_least(&self, more: u64) -> Result<()> {
+        let target = self.sent() + more;
+        wait_until(
+            &format!("{more} more requests under load"),
+            CONVERGE,
+            || async { Ok(self.sent() >= target) },
+        )
+        .await
+    }
+
+    /// Stop the clients and return what they saw.
+    pub async fn stop(self) -> Result<LoadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let report = self.record.clone();
+        for task in self.tasks {
+            task.await.context("a load client panicked")?;
+        }
+        let report = report.lock().expect("the load record is not poisoned");
+        Ok(report.clone())
+    }
+}
+
+/// One request: the answering instance, or why it failed.
+async fn one_request(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let response = http.get(url).send().await.map_err(|e| format!("{e:#}"))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| format!("{e:#}"))?;
+    if status.as_u16() != 200 {
+        return Err(format!("{status}: {}", body.trim()));
+    }
+    Ok(serde_json::from_str::<Answer>(&body)
+        .map(|answer| answer.instance)
+        .unwrap_or_default())
+}
+
+// === waiting and statistics ===
+//
+// Two ways to wait, named for what they do with an error:
+//
+// - [`wait_until`] polls a *condition* ("the proxy runs version 7"). The
+//   check answers `Ok(true)` (there), `Ok(false)` (not yet) or `Err` (broken),
+//   and an `Err` ends the wait at once: nothing is retried away.
+// - [`retry_until_ok`] retries an *action* that may fail while the mesh
+//   converges ("the control plane answers"). Every `Err` means "try again".
+//   Never use it for the property a test is about: a request that fails and
+//   is retried until one succeeds proves nothing about failures.
+
+/// How often the waiting helpers poll.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Poll the condition `check` until it returns `Ok(true)`, or fail when
+/// `deadline` passes. An `Err` from `check` is returned at once: it is a
+/// failure, not a "not yet".
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check()
+            .await
+            .with_context(|| format!("while waiting for {what}"))?
+        {
+            return Ok(());
+        }
+        if start.elapsed() >= deadline {
+            bail!("gave up after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Retry `action` until it returns `Ok`, or fail when `deadline` passes with
+/// the last error. Each `Err` counts as "not yet": use it to wait for
+/// something to come up, never to measure whether requests fail.
+pub async fn retry_until_ok<T, F, Fut>(what: &str, deadline: Duration, mut action: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
     let start = tokio::time::Instant::now();
     loop {
-        match check().await {
+        match action().await {
             Ok(value) => return Ok(value),
             Err(error) if start.elapsed() >= deadline => {
-                bail!("gave up after {deadline:?} waiting for {what}: {error:#}")
+                bail!("gave up after {deadline:?} retrying {what}: {error:#}")
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => tokio::time::sleep(POLL).await,
         }
     }
 }
@@ -482,8 +620,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn eventually_reports_what_it_waited_for() {
-        let error = eventually("the impossible", Duration::from_millis(50), || async {
+    async fn retry_until_ok_reports_what_it_retried_and_the_last_error() {
+        let error = retry_until_ok("the impossible", Duration::from_millis(50), || async {
             Err::<(), _>(anyhow!("not yet"))
         })
         .await
@@ -493,5 +631,35 @@ mod tests {
             text.contains("the impossible") && text.contains("not yet"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn wait_until_stops_at_the_first_error_instead_of_retrying_it() {
+        let mut calls = 0;
+        let error = wait_until("a condition", Duration::from_secs(5), || {
+            calls += 1;
+            async { Err(anyhow!("a request failed")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1, "an error is not retried");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("a condition") && text.contains("a request failed"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_until_polls_a_false_condition_until_the_deadline() {
+        let mut calls = 0;
+        let error = wait_until("never", Duration::from_millis(100), || {
+            calls += 1;
+            async { Ok(false) }
+        })
+        .await
+        .unwrap_err();
+        assert!(calls > 1, "polled {calls} time(s)");
+        assert!(format!("{error:#}").contains("never"));
     }
 }

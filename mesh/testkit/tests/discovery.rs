@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use mesh_testkit::{Answer, Mesh, eventually, wait_for_endpoints};
+use mesh_testkit::{Answer, Load, Mesh, wait_for_endpoints};
 
 const HELLO: &str = "http://helloworld-service:8080/hello/ray";
 
@@ -51,25 +51,42 @@ async fn scaled_instances_all_take_traffic_and_a_dead_one_leaves() -> Result<()>
         assert_eq!(seen.get(name.as_str()), Some(&10), "{seen:?}");
     }
 
-    // Kill one pod without a goodbye: app and sidecar stop answering, the
-    // lease runs out. Requests meanwhile keep succeeding: the default retry
-    // policy (connect-failure) moves them to another instance.
+    // Kill one pod without a goodbye while two clients keep sending: app and
+    // sidecar stop answering, and the instance stays in every snapshot until
+    // its lease runs out. Every request of that window must still succeed:
+    // the default retry policy (connect-failure) moves a request that hit
+    // the dead instance to a live one. Nothing in this test retries: each
+    // failure the mesh lets through is counted.
+    let load = Load::start(http.clone(), HELLO, 2);
+    load.send_at_least(20).await?;
+    let before_kill = load.report();
     third.upstream.stop();
     drop(third.sidecar);
-    let dead = third.name.clone();
-    eventually(
-        "the dead instance to leave the rotation",
-        Duration::from_secs(5),
-        || async {
-            let seen = spread(&http, 6).await?;
-            anyhow::ensure!(!seen.contains_key(&dead), "still answered: {seen:?}");
-            Ok(())
-        },
-    )
-    .await?;
     wait_for_endpoints(&client.sidecar, "helloworld-service", 2).await?;
+    let at_removal = load.sent();
+    load.send_at_least(20).await?;
+    let report = load.stop().await?;
+    tracing::info!(?report, "requests around the kill");
+    assert!(
+        before_kill.answered_by.contains_key(&third.name),
+        "the killed instance took traffic before the kill: {before_kill:?}"
+    );
+    assert!(
+        at_removal > before_kill.sent,
+        "the load ran while the dead instance was still in the snapshot"
+    );
+    assert_eq!(
+        report.failures,
+        Vec::<String>::new(),
+        "{} of {} requests failed around the kill",
+        report.failures.len(),
+        report.sent
+    );
+
+    // Once it left, only the two live instances answer.
     let seen = spread(&http, 20).await?;
     assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(!seen.contains_key(&third.name), "{seen:?}");
     Ok(())
 }
 
