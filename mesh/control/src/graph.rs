@@ -20,6 +20,16 @@
 //! reports (the caller is not scraped: a client outside the mesh, a gateway
 //! without an admin port), the destination's series stand in.
 //!
+//! A request that **reached no endpoint** (a fault abort, no healthy
+//! endpoint, an overflow) has no destination workload: the caller's sidecar
+//! labels it as Istio does, `destination_workload="unknown"` with
+//! `destination_service` naming the service. It still belongs to the
+//! caller's edge to that service, so that the edge turns red (Kiali draws
+//! these on the service node). When the service runs one version, that is
+//! the edge to its only workload node; with several versions no single
+//! version failed, so the requests go to a node for the service itself
+//! ([`NodeKind::Service`]). They never make an "unknown" node.
+//!
 //! ```text
 //! GET /api/v1/graph?window=5   nodes and edges, as the dashboard draws them
 //! GET /api/v1/stat?window=5    per workload and version: success rate, rps, p50, p99
@@ -79,11 +89,32 @@ impl Workload {
         }
     }
 
-    /// `helloworld-service@v2`, the way meshctl writes a workload.
+    /// The service itself, no version: where requests that reached no
+    /// endpoint of a service with several versions are drawn.
+    pub fn service(service: &str) -> Workload {
+        Workload::new(service, SERVICE_ONLY)
+    }
+
+    /// `helloworld-service@v2`, the way meshctl writes a workload; the
+    /// service alone for [`Workload::service`].
     pub fn id(&self) -> String {
-        format!("{}@{}", self.workload, self.version)
+        if self.is_service() {
+            self.workload.clone()
+        } else {
+            format!("{}@{}", self.workload, self.version)
+        }
+    }
+
+    fn is_service(&self) -> bool {
+        self.version == SERVICE_ONLY
     }
 }
+
+/// The version of a [`Workload::service`] node: none.
+const SERVICE_ONLY: &str = "";
+
+/// Istio's label value for what a proxy could not know.
+const UNKNOWN: &str = "unknown";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -250,13 +281,39 @@ fn edge_key(sample: &Sample) -> Option<EdgeKey> {
         sample
             .label(name)
             .filter(|v| !v.is_empty())
-            .unwrap_or("unknown")
+            .unwrap_or(UNKNOWN)
+    };
+    let destination = match (
+        reporter,
+        label("destination_workload"),
+        label("destination_service"),
+    ) {
+        // Reached no endpoint, but the caller knows which service it
+        // called: the service's edge (a version is picked in `view`).
+        (Reporter::Source, UNKNOWN, service) if service != UNKNOWN => Workload::service(service),
+        (_, workload, _) => Workload::new(workload, label("destination_version")),
     };
     Some(EdgeKey {
         reporter,
         source: Workload::new(label("source_workload"), label("source_version")),
-        destination: Workload::new(label("destination_workload"), label("destination_version")),
+        destination,
     })
+}
+
+/// Where the requests that reached no endpoint of a service are drawn: the
+/// service's only version if it has one, else the service's own node.
+/// `versions`: every version of each service that a live proxy runs or a
+/// request reached in the window.
+fn resolve(destination: &Workload, versions: &HashMap<String, BTreeSet<String>>) -> Workload {
+    if !destination.is_service() {
+        return destination.clone();
+    }
+    match versions.get(&destination.workload) {
+        Some(set) if set.len() == 1 => {
+            Workload::new(&destination.workload, set.iter().next().expect("len 1"))
+        }
+        _ => destination.clone(),
+    }
 }
 
 // === Graph: a minute of scrapes per proxy ===
@@ -339,8 +396,8 @@ impl Graph {
     /// The graph over `window`, as of `now`. `proxies`: the live proxies,
     /// which are nodes even while idle.
     pub fn view(&self, window: Duration, now: Instant, proxies: &[ProxyAnnounce]) -> GraphView {
-        let mut rates: BTreeMap<EdgeKey, EdgeRates> = BTreeMap::new();
-        let mut source_reported: HashSet<(Workload, Workload)> = HashSet::new();
+        // Keyed as the proxies labelled them; resolved below.
+        let mut raw: BTreeMap<EdgeKey, EdgeRates> = BTreeMap::new();
         let mut scrape_status = ScrapeStatus::default();
         {
             let histories = self.proxies();
@@ -360,11 +417,6 @@ impl Graph {
                 if now.saturating_duration_since(*latest_at) > window {
                     continue;
                 }
-                for key in latest.keys() {
-                    if key.reporter == Reporter::Source {
-                        source_reported.insert((key.source.clone(), key.destination.clone()));
-                    }
-                }
                 // The oldest scrape inside the window is the base.
                 let Some((base_at, base)) = history
                     .scrapes
@@ -375,7 +427,7 @@ impl Graph {
                 };
                 let elapsed = latest_at.saturating_duration_since(*base_at).as_secs_f64();
                 for (key, counts) in latest.iter() {
-                    let entry = rates.entry(key.clone()).or_default();
+                    let entry = raw.entry(key.clone()).or_default();
                     if elapsed <= 0.0 {
                         // One scrape only: the edge exists, its rate is unknown yet.
                         continue;
@@ -385,6 +437,33 @@ impl Graph {
                     entry.increase.add(&increase, 1.0);
                 }
             }
+        }
+
+        // Requests that reached no endpoint join their service's edge.
+        let mut versions: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let reached = raw.keys().map(|k| &k.destination);
+        let running = proxies
+            .iter()
+            .filter(|a| a.mode == ProxyMode::Sidecar)
+            .map(|a| Workload::new(&a.service, &a.version));
+        for w in reached.cloned().chain(running) {
+            if !w.is_service() && w.workload != UNKNOWN && w.version != UNKNOWN {
+                versions.entry(w.workload).or_default().insert(w.version);
+            }
+        }
+        let mut rates: BTreeMap<EdgeKey, EdgeRates> = BTreeMap::new();
+        let mut source_reported: HashSet<(Workload, Workload)> = HashSet::new();
+        for (key, edge_rates) in raw {
+            let key = EdgeKey {
+                destination: resolve(&key.destination, &versions),
+                ..key
+            };
+            if key.reporter == Reporter::Source {
+                source_reported.insert((key.source.clone(), key.destination.clone()));
+            }
+            let entry = rates.entry(key).or_default();
+            entry.per_second.add(&edge_rates.per_second, 1.0);
+            entry.increase.add(&edge_rates.increase, 1.0);
         }
 
         // One series per pair: the source's if it reports, else the destination's.
@@ -414,9 +493,14 @@ impl Graph {
                 (&edge.destination_workload, &edge.destination_version),
             ] {
                 let w = Workload::new(workload, version);
+                let kind = if w.is_service() {
+                    NodeKind::Service
+                } else {
+                    NodeKind::External
+                };
                 nodes
                     .entry(w.clone())
-                    .or_insert_with(|| Node::new(&w, NodeKind::External));
+                    .or_insert_with(|| Node::new(&w, kind));
             }
             if let Some(node) = nodes.get_mut(&Workload::new(
                 &edge.destination_workload,
@@ -509,6 +593,10 @@ pub enum NodeKind {
     Gateway,
     /// Seen only in metrics (`unknown`, a caller outside the mesh).
     External,
+    /// A service whose requests reached none of its endpoints while it has
+    /// several versions (or none running): the requests failed at the
+    /// service, not at a version. Its `version` is empty.
+    Service,
 }
 
 impl NodeKind {
@@ -880,6 +968,113 @@ mod tests {
             .find(|n| n.workload == "ingressgateway")
             .unwrap();
         assert_eq!(gateway.kind, NodeKind::External);
+    }
+
+    /// What a caller's sidecar writes for requests that reached no endpoint
+    /// of `service` (Istio's labels: the service known, no workload).
+    fn unreached(src: (&str, &str), service: &str, flags: &str, count: u64) -> String {
+        let labels = format!(
+            "reporter=\"source\",source_workload=\"{}\",source_version=\"{}\",\
+             destination_workload=\"unknown\",destination_version=\"unknown\",\
+             destination_service=\"{service}\",response_code=\"503\",response_flags=\"{flags}\"",
+            src.0, src.1
+        );
+        format!(
+            "istio_requests_total{{{labels}}} {count}\n\
+             istio_request_duration_milliseconds_bucket{{{labels},le=\"1\"}} {count}\n\
+             istio_request_duration_milliseconds_bucket{{{labels},le=\"+Inf\"}} {count}\n"
+        )
+    }
+
+    const GS: (&str, &str) = ("guestbook-service", "v1");
+
+    #[test]
+    fn an_injected_abort_turns_the_service_edge_red_with_no_unknown_node() {
+        // Lab 05's guestbook-abort-50 seen by guestbook-ui's sidecar: half
+        // of its calls reach guestbook-service v1, half are aborted (FI)
+        // before any endpoint is chosen.
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let gs = announce("gs-1", "guestbook-service", "v1", ProxyMode::Sidecar);
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let ui_text = |ok, aborted| {
+            [
+                series("source", UI, GS, "200", ok, 2.0),
+                unreached(UI, "guestbook-service", "FI", aborted),
+            ]
+            .concat()
+        };
+        graph.record(&ui, t0, &parse(&ui_text(0, 0)).unwrap());
+        graph.record(&ui, t1, &parse(&ui_text(20, 20)).unwrap());
+        let live = [ui.clone(), gs.clone()];
+        let view = graph.view(Duration::from_secs(5), t1, &live);
+
+        // One edge, the real one, with the aborts on it.
+        assert_eq!(view.edges.len(), 1, "{:#?}", view.edges);
+        let edge = &view.edges[0];
+        assert_eq!(
+            (edge.source.as_str(), edge.target.as_str()),
+            ("guestbook-ui@v1", "guestbook-service@v1")
+        );
+        assert_eq!((edge.rps, edge.error_rate), (20.0, Some(0.5)));
+        assert_eq!(edge.codes.get("503"), Some(&10.0));
+        let ids: Vec<&str> = view.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["guestbook-service@v1", "guestbook-ui@v1"]);
+
+        // meshctl stat: the same half, on guestbook-service v1's row.
+        let stat = graph.stat(Duration::from_secs(5), t1, &live);
+        assert_eq!(stat.len(), 2, "{stat:#?}");
+        let row = stat
+            .iter()
+            .find(|r| r.workload == "guestbook-service")
+            .unwrap();
+        assert_eq!(
+            (row.version.as_str(), row.success_rate, row.requests),
+            ("v1", Some(0.5), 40.0)
+        );
+    }
+
+    #[test]
+    fn with_several_versions_unreached_requests_go_to_the_service_node() {
+        // A `503 UH` while helloworld-service runs v1 and v2: no version
+        // failed, the service did. No version's edge takes the blame, and
+        // no "unknown" node appears.
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let hw1 = announce("hw-1", "helloworld-service", "v1", ProxyMode::Sidecar);
+        let hw2 = announce("hw-2", "helloworld-service", "v2", ProxyMode::Sidecar);
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let ui_text = |ok, uh| {
+            [
+                series("source", UI, HW1, "200", ok, 2.0),
+                series("source", UI, HW2, "200", ok, 2.0),
+                unreached(UI, "helloworld-service", "UH", uh),
+            ]
+            .concat()
+        };
+        graph.record(&ui, t0, &parse(&ui_text(0, 0)).unwrap());
+        graph.record(&ui, t1, &parse(&ui_text(5, 3)).unwrap());
+        let live = [ui.clone(), hw1, hw2];
+        let view = graph.view(Duration::from_secs(5), t1, &live);
+
+        let edge = |target: &str| view.edges.iter().find(|e| e.target == target).unwrap();
+        assert_eq!(edge("helloworld-service@v1").error_rate, Some(0.0));
+        assert_eq!(edge("helloworld-service@v2").error_rate, Some(0.0));
+        let service = edge("helloworld-service");
+        assert_eq!((service.rps, service.error_rate), (3.0, Some(1.0)));
+        let node = view
+            .nodes
+            .iter()
+            .find(|n| n.id == "helloworld-service")
+            .unwrap();
+        assert_eq!((node.kind, node.version.as_str()), (NodeKind::Service, ""));
+        assert!(
+            view.nodes.iter().all(|n| n.workload != "unknown"),
+            "{:#?}",
+            view.nodes
+        );
     }
 
     #[test]

@@ -281,11 +281,12 @@ impl Exchange {
                 reporter: Reporter::Source,
                 source_workload: &config.service,
                 source_version: &config.version,
-                destination_workload: match (&endpoint, &cluster) {
-                    (Some(e), _) => &e.workload,
-                    (None, Some(c)) => &c.service,
-                    (None, None) => UNKNOWN,
-                },
+                // No endpoint chosen (a fault abort, no healthy endpoint,
+                // overflow, no route): no workload answered, so `unknown`,
+                // as Istio writes it. `destination_service` still names the
+                // service, which is what puts the failure on that service's
+                // edge in the graph.
+                destination_workload: endpoint.as_ref().map_or(UNKNOWN, |e| &e.workload),
                 destination_version: endpoint.as_ref().map_or(UNKNOWN, |e| &e.version),
                 // The host the app called. At the gateway, where users call
                 // a public host name, the service it was routed to.

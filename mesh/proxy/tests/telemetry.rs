@@ -996,10 +996,13 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
     assert!(gave_up.is_err(), "the client timed out");
     drop(impatient);
 
+    // An abort reached no workload: Istio's labels, the service known and
+    // the workload `unknown`.
     let aborted = [
         ("reporter", "source"),
-        ("destination_workload", "helloworld-service"),
+        ("destination_workload", "unknown"),
         ("destination_version", "unknown"),
+        ("destination_service", "helloworld-service"),
         ("response_code", "503"),
         ("response_flags", "FI"),
     ];
