@@ -56,10 +56,19 @@ pub fn render(rows: &[StatRow], window: u32) -> String {
         "P50",
         "P99",
     ]);
+    let mut service_rows = false;
     for r in rows {
+        // Version "": requests to a service with several versions that
+        // reached none of its endpoints (graph.rs puts them on the service).
+        let version = if r.version.is_empty() {
+            service_rows = true;
+            "(service)".to_string()
+        } else {
+            r.version.clone()
+        };
         table.row([
             r.workload.clone(),
-            r.version.clone(),
+            version,
             r.instances.to_string(),
             r.success_rate
                 .map(|s| format!("{:.2}%", s * 100.0))
@@ -73,6 +82,10 @@ pub fn render(rows: &[StatRow], window: u32) -> String {
     out += &format!(
         "\nOver the last {window}s, as the callers' sidecars saw it (reporter=source); `-`: no requests.\n"
     );
+    if service_rows {
+        out += "(service): requests that reached none of the service's endpoints (a fault abort, \
+                no healthy endpoint, an overflow), so no version answered them.\n";
+    }
     out
 }
 
@@ -119,5 +132,29 @@ mod tests {
         );
         assert!(lines[2].contains(" - "), "{text}");
         assert!(text.contains("last 10s"));
+        assert!(!text.contains("(service)"), "{text}");
+    }
+
+    #[test]
+    fn requests_that_reached_no_version_are_the_services_row() {
+        let rows = vec![StatRow {
+            workload: "helloworld-service".into(),
+            version: String::new(),
+            instances: 0,
+            rps: 2.0,
+            success_rate: Some(0.0),
+            p50_ms: Some(0.5),
+            p99_ms: Some(1.0),
+        }];
+        let text = render(&rows, 10);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("helloworld-service") && row.contains("(service)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(service): requests that reached none of the service's endpoints"),
+            "{text}"
+        );
     }
 }

@@ -91,19 +91,17 @@ pub async fn run(ctx: &Ctx, args: TracesArgs) -> Result<ExitCode> {
     }
     let list: Vec<Analysis> = control.get(&path).await?;
     if list.is_empty() {
-        let what = if args.broken {
-            "broken traces"
+        // With --broken, say whether there were traces to judge at all.
+        let any = if args.broken {
+            let mut all = "/api/v1/traces?limit=1".to_string();
+            if let Some(service) = &args.service {
+                all += &format!("&serviceName={service}");
+            }
+            !control.get::<Vec<Analysis>>(&all).await?.is_empty()
         } else {
-            "traces"
+            false
         };
-        Ctx::emit(&format!(
-            "No {what} yet{}. Every request through the mesh records one: try \
-             `meshctl load http://localhost:8080/ --rps 5 --duration 5s`.\n",
-            args.service
-                .as_deref()
-                .map(|s| format!(" for {s}"))
-                .unwrap_or_default()
-        ))?;
+        Ctx::emit(&empty_message(args.broken, any, args.service.as_deref()))?;
         return Ok(ExitCode::SUCCESS);
     }
     for summary in list {
@@ -115,6 +113,23 @@ pub async fn run(ctx: &Ctx, args: TracesArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What to print when no trace matched. `broken`: `--broken` was asked;
+/// `any_traces`: the collector holds traces (of `service`) that are whole.
+pub fn empty_message(broken: bool, any_traces: bool, service: Option<&str>) -> String {
+    let of = service.map(|s| format!(" for {s}")).unwrap_or_default();
+    if broken && any_traces {
+        return format!(
+            "No broken traces{of}: every trace the collector holds has its chain whole \
+             (each app forwarded the trace headers). Drop --broken to list them.\n"
+        );
+    }
+    let what = if broken { "broken traces" } else { "traces" };
+    format!(
+        "No {what}{of} yet: no trace{of} has reached the collector. Every request through \
+         the mesh records one: try `meshctl load http://localhost:8080/ --rps 5 --duration 5s`.\n"
+    )
 }
 
 /// One trace as an indented tree, its problems below.
@@ -264,5 +279,25 @@ mod tests {
             lines[3].contains("! guestbook-ui's app did not forward"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_empty_list_says_which_traces_there_are_none_of() {
+        // --broken while whole traces exist: nothing broke, say so.
+        let whole = empty_message(true, true, Some("sentiment-service"));
+        assert!(
+            whole.starts_with("No broken traces for sentiment-service: every trace"),
+            "{whole}"
+        );
+        assert!(!whole.contains("yet"), "{whole}");
+        // --broken with no trace at all: the traces are what is missing.
+        let none = empty_message(true, false, None);
+        assert!(
+            none.starts_with("No broken traces yet: no trace has reached the collector"),
+            "{none}"
+        );
+        assert!(none.contains("meshctl load"), "{none}");
+        let plain = empty_message(false, false, None);
+        assert!(plain.starts_with("No traces yet"), "{plain}");
     }
 }

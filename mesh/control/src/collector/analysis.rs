@@ -28,8 +28,10 @@
 //!   caller's proxy did not pass the context on.
 //!
 //! A child's span usually arrives before its parent's (the parent ends
-//! last), so a trace is only judged once no span has arrived for
-//! `settle`; until then a missing parent is reported as `pending`.
+//! last), so a trace is only judged once it is **settled**: either it is
+//! [complete](is_complete) (nothing can be missing), or no span has arrived
+//! for `settle`. Until then a missing parent is reported as `pending` and
+//! the trace is "in progress".
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
@@ -56,7 +58,10 @@ pub struct TraceAnalysis {
     pub root_name: String,
     /// Some span failed (5xx, `error` tag).
     pub error: bool,
-    /// No span arrived for the settle time: missing parents are final.
+    /// Every span arrived ([`is_complete`]).
+    pub complete: bool,
+    /// Complete, or no span arrived for the settle time: missing parents
+    /// are final. A trace that is not settled is "in progress".
     pub settled: bool,
     /// Spans the collector dropped because the trace was full.
     pub dropped_spans: u64,
@@ -118,7 +123,9 @@ pub fn analyze(
     with_spans: bool,
 ) -> Option<TraceAnalysis> {
     let trace = store.get(trace_id)?;
-    let settled = now.saturating_duration_since(trace.updated) >= store.settings().settle;
+    let complete = is_complete(&trace.spans);
+    let settled =
+        complete || now.saturating_duration_since(trace.updated) >= store.settings().settle;
     let start = trace.start().unwrap_or(0);
     let ids: HashSet<&str> = trace.spans.iter().map(|s| s.id.as_str()).collect();
 
@@ -164,12 +171,41 @@ pub fn analyze(
         root_service: root.and_then(Span::service).unwrap_or("").to_string(),
         root_name: root.and_then(|s| s.name.clone()).unwrap_or_default(),
         error: trace.spans.iter().any(Span::is_error),
+        complete,
         settled,
         dropped_spans: trace.dropped,
         broken: problems.iter().any(|p| !p.pending),
         problems,
         spans,
     })
+}
+
+/// A trace is **complete** when all of its spans have arrived, which we
+/// can tell without waiting when:
+///
+/// - it has a root (a span with no parent): the gateway's or the first
+///   caller's span, which ends last and so arrives last;
+/// - every span's parent is in the trace;
+/// - every CLIENT span that reached an endpoint (tag `upstream_address`)
+///   has a span under it: the callee's SERVER span.
+///
+/// A sidecar sends its spans in the order they ended and a parent ends
+/// after its children, so nothing can be missing then. A call to a host
+/// that reports no spans here (outside the mesh) never gets its SERVER
+/// span: such a trace is not complete and settles after the quiet time.
+pub fn is_complete(spans: &[Span]) -> bool {
+    let ids: HashSet<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    let parents: HashSet<&str> = spans
+        .iter()
+        .filter_map(|s| s.parent_id.as_deref())
+        .collect();
+    let has_root = spans.iter().any(|s| s.parent_id.is_none());
+    let parents_present = parents.iter().all(|p| ids.contains(p));
+    let calls_answered = spans
+        .iter()
+        .filter(|s| s.kind == Some(Kind::Client) && s.tag("upstream_address").is_some())
+        .all(|s| parents.contains(s.id.as_str()));
+    has_root && parents_present && calls_answered
 }
 
 fn find_problems(
@@ -450,6 +486,90 @@ mod tests {
         assert_eq!((a.start, a.duration), (1_000, 900));
         assert_eq!(a.spans[3].offset, 150);
         assert_eq!(a.root_service, "ingressgateway");
+    }
+
+    /// A CLIENT span as a sidecar reports it when it reached an endpoint.
+    fn answered_by(mut s: Span, address: &str) -> Span {
+        s.tags
+            .insert("upstream_address".to_string(), address.to_string());
+        s
+    }
+
+    #[test]
+    fn a_trace_is_complete_once_its_root_and_every_answered_call_arrived() {
+        // The sidecars' batches, in the order they arrive: the callee's
+        // span ends first, the gateway's root last.
+        let chain = whole_chain("e7");
+        let (gateway, ui_server, ui_client, hw_server) = (
+            answered_by(chain[0].clone(), "127.0.0.1:8081"),
+            chain[1].clone(),
+            answered_by(chain[2].clone(), "127.0.0.1:9091"),
+            chain[3].clone(),
+        );
+        let id = "00000000000000e7";
+        let now = Instant::now();
+        let mut store = Store::new(CollectorSettings::default());
+        let status = |store: &Store| {
+            let a = analyze(store, id, now, false).unwrap();
+            (a.complete, a.settled)
+        };
+
+        // guestbook-ui's batch first: its call to helloworld-service was
+        // answered, but the callee's SERVER span is not here yet.
+        store.insert(vec![ui_client.clone(), ui_server.clone()], now);
+        assert_eq!(status(&store), (false, false), "the root is missing");
+        store.insert(vec![gateway.clone()], now);
+        assert_eq!(
+            status(&store),
+            (false, false),
+            "helloworld-service's SERVER span is missing"
+        );
+        // The last span: complete at once, no quiet time to wait.
+        store.insert(vec![hw_server.clone()], now);
+        assert_eq!(status(&store), (true, true));
+        let a = analyze(&store, id, now, false).unwrap();
+        assert!(a.problems.is_empty() && !a.broken, "{:#?}", a.problems);
+
+        // Each rule on its own.
+        assert!(is_complete(&[
+            gateway.clone(),
+            ui_server.clone(),
+            ui_client.clone(),
+            hw_server.clone()
+        ]));
+        assert!(
+            !is_complete(&[ui_server.clone(), ui_client.clone(), hw_server.clone()]),
+            "no root"
+        );
+        assert!(
+            !is_complete(&[gateway.clone(), ui_client.clone(), hw_server.clone()]),
+            "a parent is missing"
+        );
+        assert!(
+            !is_complete(&[gateway, ui_server, ui_client]),
+            "an answered call has no SERVER span under it"
+        );
+    }
+
+    #[test]
+    fn a_call_outside_the_mesh_settles_after_the_quiet_time() {
+        // guestbook-ui calls a host with no sidecar: its CLIENT span was
+        // answered and no SERVER span will ever come.
+        let outside = vec![
+            span("e8", "b1", None, Kind::Server, "guestbook-ui"),
+            answered_by(
+                span("e8", "b2", Some("b1"), Kind::Client, "guestbook-ui"),
+                "203.0.113.7:443",
+            ),
+        ];
+        let now = Instant::now();
+        let mut store = Store::new(CollectorSettings::default());
+        store.insert(outside, now);
+        let id = "00000000000000e8";
+        let early = analyze(&store, id, now, false).unwrap();
+        assert!(!early.complete && !early.settled);
+        let later = analyze(&store, id, now + store.settings().settle, false).unwrap();
+        assert!(!later.complete && later.settled && !later.broken);
     }
 
     #[test]
