@@ -15,7 +15,8 @@ use mesh_api::xds::ports;
 use crate::client::Client;
 use crate::runfile::RunState;
 use crate::{
-    analyze, apply, dashboard, get, inject, load, locate, logs, process, scale, stat, traces, up,
+    analyze, apply, dashboard, get, inject, load, locate, logs, process, reset, scale, stat,
+    traces, up,
 };
 
 /// micromesh's command line.
@@ -64,6 +65,9 @@ pub enum Command {
     Apply(apply::FileArgs),
     /// Delete Istio resources: those defined in files (-f), or KIND NAME...
     Delete(apply::DeleteArgs),
+    /// Delete every applied VirtualService, DestinationRule and Gateway, and
+    /// list each one deleted; services and instances are not touched.
+    Reset,
     /// Check files offline, without a control plane (for CI and editors).
     #[command(after_long_help = apply::VALIDATE_HELP)]
     Validate(apply::FileArgs),
@@ -109,6 +113,7 @@ impl Args {
             Command::Get(args) => get::run(&ctx, args).await,
             Command::Apply(args) => apply::apply(&ctx, args).await,
             Command::Delete(args) => apply::delete(&ctx, args).await,
+            Command::Reset => reset::run(&ctx).await,
             Command::Validate(args) => apply::validate(args),
             Command::Analyze => analyze::run(&ctx).await,
             Command::Logs(args) => logs::run(&ctx, args).await,

@@ -14,6 +14,7 @@ mod load;
 mod locate;
 mod logs;
 mod process;
+mod reset;
 mod runfile;
 mod runtime;
 mod scale;
