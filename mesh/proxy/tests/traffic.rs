@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mesh_api::snapshot::*;
 use mesh_proxy::{Config, Proxy, ProxyHandle};
+use mesh_testkit::assert_binomial;
 use support::*;
 
 async fn sidecar(snapshot: Snapshot) -> ProxyHandle {
@@ -62,17 +63,6 @@ fn snap(virtual_host: VirtualHost, clusters: Vec<Cluster>) -> Snapshot {
     }
 }
 
-/// `|observed - n p| <= 4 sqrt(n p (1 - p))`.
-fn assert_binomial(observed: usize, n: usize, p: f64, what: &str) {
-    let (n, observed) = (n as f64, observed as f64);
-    let tolerance = 4.0 * (n * p * (1.0 - p)).sqrt();
-    assert!(
-        (observed - n * p).abs() <= tolerance,
-        "{what}: {observed} of {n}, expected {:.0} ± {tolerance:.1}",
-        n * p
-    );
-}
-
 #[tokio::test]
 async fn a_refused_endpoint_is_retried_onto_a_live_one() {
     let (_guard, logs) = Logs::capture();
@@ -118,7 +108,7 @@ async fn an_80_20_canary_split_holds_over_a_thousand_requests() {
         assert_eq!(get(&client, "http://hw:8080/").await.status, 200);
     }
     assert_eq!(v1.hits() + v2.hits(), n);
-    assert_binomial(v1.hits(), n, 0.8, "requests to v1");
+    assert_binomial("requests to v1", v1.hits() as u64, n as u64, 0.8, 4.0);
     proxy.shutdown().await;
 }
 
@@ -154,7 +144,7 @@ async fn a_50_percent_abort_fails_half_the_requests() {
         n - aborted,
         "aborted requests never reach the app"
     );
-    assert_binomial(aborted, n, 0.5, "aborted requests");
+    assert_binomial("aborted requests", aborted as u64, n as u64, 0.5, 4.0);
     let fi = logs
         .access_lines()
         .iter()
@@ -314,7 +304,10 @@ async fn retries_hide_an_endpoint_that_fails_half_its_requests() {
         }
     }
     assert!(flaky.hits() > 0, "the flaky endpoint did take traffic");
-    assert!(ok as f64 >= 0.995 * n as f64, "{ok} of {n} succeeded");
+    // No chance involved: requests go one at a time and the flaky endpoint
+    // fails every other request it sees, so no request meets two failures,
+    // let alone the four that would exhaust its tries. Every one succeeds.
+    assert_eq!(ok, n, "{ok} of {n} succeeded");
     proxy.shutdown().await;
 }
 
@@ -323,7 +316,10 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
     let good = Upstream::start("good").await;
     let bad = Upstream::with("bad", Arc::new(|_, _| (500, "bad".into()))).await;
     let mut hw = cluster("hw", vec![good.endpoint(), bad.endpoint()]);
-    let ejection = Duration::from_millis(300);
+    // Long enough that the ten requests below always run inside it (they
+    // take milliseconds; the test fails, never skips, if they did not), so
+    // every one of them checks the ejection.
+    let ejection = Duration::from_secs(2);
     hw.policy.outlier_detection = Some(OutlierDetection {
         consecutive_5xx_errors: 2,
         consecutive_gateway_errors: 0,
@@ -350,12 +346,17 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
     next.version = 2;
     proxy.apply_snapshot(next).unwrap();
     // ...and is ejected: everything goes to the good one now.
-    for _ in 0..10 {
+    for i in 0..10 {
         let reply = get(&client, "http://hw:8080/").await;
-        if ejected_at.elapsed() < ejection {
-            assert_eq!(reply.body, "good");
-        }
+        assert_eq!(reply.body, "good", "request {i} after the ejection");
     }
+    let checked_within = ejected_at.elapsed();
+    assert!(
+        checked_within < ejection,
+        "the checks took {checked_within:?}, past the {ejection:?} ejection: \
+         they no longer show that the endpoint was out"
+    );
+    assert_eq!(bad.hits(), 2, "the ejected endpoint got no request");
     // After its ejection time it gets traffic again.
     eventually(
         "the ejected endpoint returns",
