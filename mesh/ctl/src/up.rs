@@ -12,6 +12,11 @@
 //! the ingress gateway       http://localhost:8080   (istio-ingressgateway)
 //! ```
 //!
+//! The control plane keeps the applied Istio config and its registry across
+//! runs (`<workdir>/state/`); a fresh `up` keeps the config and removes any
+//! instance a previous run left in the registry (see
+//! `forget_previous_instances`), so its endpoints are live ones only.
+//!
 //! It waits until the Guestbook page answers through the gateway, prints what
 //! runs where, then supervises: it reports a process that dies, serves
 //! `meshctl scale`/`restart`/`down` (see `supervisor.rs`), and on Ctrl-C stops
@@ -251,6 +256,14 @@ async fn start(sup: &Supervisor, plan: &[(Workload, u32)], args: &UpArgs) -> Res
     let control_url = sup.mesh.lock().await.config().control_url();
     wait(sup, &[probe], deadline, "control plane").await?;
     eprintln!("  control plane ready at {control_url}");
+    let state_dir = sup.mesh.lock().await.config().workdir.join("state");
+    let forgotten = forget_previous_instances(&sup.http, &control_url, &state_dir).await?;
+    if forgotten > 0 {
+        eprintln!(
+            "  removed {forgotten} instance(s) of a previous run from the registry \
+             (it ended without `meshctl down`)"
+        );
+    }
 
     let mut probes: Vec<Probe> = Vec::new();
     {
@@ -272,6 +285,53 @@ async fn start(sup: &Supervisor, plan: &[(Workload, u32)], args: &UpArgs) -> Res
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A fresh `up` starts from the instances it starts itself.
+///
+/// The control plane persists its registry in `state/`, so that `meshctl
+/// restart control-plane` finds every running sidecar again and keeps it in
+/// traffic (Kubernetes keeps its Endpoints in etcd for the same reason).
+/// After a run that ended without `meshctl down` (`kill -9`, a closed
+/// laptop lid), that file still lists the previous run's instances: their
+/// processes are gone, but each would get a fresh lease on restore and stay
+/// an endpoint until the lease and the grace period ran out, about a minute.
+/// No instance of this run has started yet, so every proxy the registry
+/// holds now is such a leftover; each is removed the way a sidecar leaves
+/// on shutdown (`DELETE /v1/proxies/{instance}`). Returns how many.
+async fn forget_previous_instances(
+    http: &reqwest::Client,
+    control_url: &str,
+    state_dir: &Path,
+) -> Result<usize> {
+    let url = format!("{control_url}/v1/proxies");
+    let proxies: Vec<mesh_api::xds::ProxyStatus> = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot list the registered proxies at {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer a list of proxies"))?;
+    for proxy in &proxies {
+        let instance = &proxy.announce.instance;
+        let response = http
+            .delete(format!("{url}/{instance}"))
+            .send()
+            .await
+            .with_context(|| format!("cannot remove {instance} from the registry at {url}"))?;
+        // 404: it left by itself in the meantime, which is just as good.
+        if !response.status().is_success() && response.status() != reqwest::StatusCode::NOT_FOUND {
+            bail!(
+                "the control plane refused to remove {instance}, an instance of a previous run ({}); \
+                 stop the mesh (`meshctl down`) and delete {} (the applied config, config.json, can stay)",
+                response.status(),
+                state_dir.join("registry.json").display()
+            );
+        }
+    }
+    Ok(proxies.len())
 }
 
 /// `wait_ready` with a progress line on stderr.

@@ -32,13 +32,28 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 struct Up {
     child: Option<Child>,
     workdir: PathBuf,
+    control_port: u16,
     gateway_port: u16,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
 }
 
 impl Up {
+    /// `meshctl up` in a new work dir, on free ports.
     fn start() -> Up {
+        let workdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "meshctl-up-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _ = std::fs::remove_dir_all(&workdir);
+        std::fs::create_dir_all(&workdir).unwrap();
+        Up::start_in(workdir, free_port(), free_port())
+    }
+
+    /// `meshctl up` in `workdir` (which a previous run may have used), with
+    /// the control plane and the gateway on these ports.
+    fn start_in(workdir: PathBuf, control_port: u16, gateway_port: u16) -> Up {
         let bin = meshctl_bin();
         let missing: Vec<_> = [
             "mesh-control",
@@ -56,15 +71,6 @@ impl Up {
             bin.display()
         );
 
-        let workdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "meshctl-up-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        let _ = std::fs::remove_dir_all(&workdir);
-        std::fs::create_dir_all(&workdir).unwrap();
-        let control_port = free_port();
-        let gateway_port = free_port();
         let stdout_path = workdir.with_extension("stdout");
         let stderr_path = workdir.with_extension("stderr");
         let child = Command::new(&bin)
@@ -80,10 +86,27 @@ impl Up {
         Up {
             child: Some(child),
             workdir,
+            control_port,
             gateway_port,
             stdout_path,
             stderr_path,
         }
+    }
+
+    /// Wait until `meshctl up` prints that the mesh is up.
+    async fn wait_up(&mut self) {
+        eventually("meshctl up reports the mesh is up", START_TIMEOUT, || {
+            self.assert_running();
+            let stdout = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
+            async move {
+                if stdout.contains("micromesh is up") {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        })
+        .await;
     }
 
     fn gateway(&self, path: &str) -> String {
@@ -587,4 +610,123 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
     let _ = std::fs::remove_file(&up.stdout_path);
     let _ = std::fs::remove_file(&up.stderr_path);
     let _ = std::fs::remove_dir_all(&up.workdir);
+}
+
+/// Issue 11: after `kill -9` of `meshctl up` (and a `meshctl down` that
+/// cleaned up the orphans), the next `up` listed the dead instances as
+/// endpoints for about a minute: the control plane restored them from its
+/// persisted registry with a fresh lease. A fresh `up` now removes them
+/// before it starts anything, so the registry holds only live instances.
+///
+/// Also checks what lab 01 §4 does with `meshctl get proxies`: its ADMIN
+/// column is each proxy's admin address, where `/config_dump` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_up_after_a_killed_one_lists_only_live_endpoints() {
+    let http = client();
+    let mut first = Up::start();
+    first.wait_up().await;
+    let (workdir, control_port, gateway_port) = (
+        first.workdir.clone(),
+        first.control_port,
+        first.gateway_port,
+    );
+    let run = first.run_file();
+    let old: BTreeSet<String> = instance_names(&run);
+    assert_eq!(old.len(), 4, "the default Guestbook: {old:?}");
+    let pids = pids(&run);
+
+    // --- a crash: kill -9 meshctl up, then its control plane; the orphaned
+    // sidecars stopped by `meshctl down` cannot leave the registry, so the
+    // control plane's persisted registry still lists all five proxies ---
+    let mut child = first.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let control_pid = run["controlPlane"]["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(control_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    first.meshctl_ok(&["down"]);
+    eventually("the orphans are stopped", STEP_TIMEOUT, || {
+        let alive: Vec<u64> = pids.iter().copied().filter(|p| running(*p)).collect();
+        async move {
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still running: {alive:?}"))
+            }
+        }
+    })
+    .await;
+    drop(first);
+
+    // --- a fresh up in the same work dir: the registry starts from live instances ---
+    let mut second = Up::start_in(workdir, control_port, gateway_port);
+    second.wait_up().await;
+    let run = second.run_file();
+    let live = instance_names(&run);
+    assert!(
+        live.is_disjoint(&old),
+        "new instances get new names: {live:?}"
+    );
+    let out = second.meshctl_ok(&["get", "endpoints", "-o", "json"]);
+    let services: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let listed: BTreeSet<String> = services
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["instance"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        listed, live,
+        "right after up, the endpoints are this run's instances and no dead one of the killed run"
+    );
+    let up_said = second.output();
+    assert!(
+        up_said.contains("removed 5 instance(s) of a previous run"),
+        "up says what it cleaned (4 sidecars and the gateway):\n{up_said}"
+    );
+
+    // --- meshctl get proxies: ADMIN is the admin address ---
+    let table = second.meshctl_ok(&["get", "proxies"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let admin_column = header
+        .iter()
+        .position(|h| *h == "ADMIN")
+        .expect("an ADMIN column");
+    let ui = instances_of(&run, "guestbook-ui")[0];
+    let ui_row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(ui["instance"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("a row for the ui's proxy:\n{table}"))
+        .split_whitespace()
+        .collect();
+    let admin = ui_row[admin_column];
+    assert_eq!(admin, format!("127.0.0.1:{}", ui["adminPort"]), "{table}");
+    let (status, dump) = get_text(&http, &format!("http://{admin}/config_dump"))
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 200,
+        "/config_dump answers on the ADMIN address: {dump}"
+    );
+
+    second.meshctl_ok(&["down"]);
+    let mut child = second.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", second.output());
+    // Passed: the logs are not needed (a failure keeps them for a look).
+    let _ = std::fs::remove_file(&second.stdout_path);
+    let _ = std::fs::remove_file(&second.stderr_path);
+    let _ = std::fs::remove_dir_all(&second.workdir);
+}
+
+/// The instance names in a run file.
+fn instance_names(run: &Value) -> BTreeSet<String> {
+    run["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap().to_string())
+        .collect()
 }
