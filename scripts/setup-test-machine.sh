@@ -18,11 +18,15 @@ declare -A APT=(
     # The dashboard's browser test (mesh/control/tests/browser.rs).
     [chromium]=chromium
     [chromedriver]=chromium-driver
+    # The cluster scripts' lint (tests/k8s/tests/scripts.rs).
+    [shellcheck]=shellcheck
 )
 # python module -> pip package
 declare -A PIP=(
     [yaml]=pyyaml
     [jsonschema]=jsonschema
+    # Strict offline validation of the rendered k8s/ overlays (tests/k8s).
+    [kubernetes_validate]=kubernetes-validate
 )
 
 missing_apt=()
@@ -60,5 +64,15 @@ fi
 if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
     echo "warning: docker is installed but its engine does not answer ('docker info' fails);" >&2
     echo "         the container tests will fail until it runs ('sudo systemctl start docker')." >&2
+fi
+# kubectl renders the k8s/ overlays (`kubectl kustomize`, tests/k8s). It is
+# not in Debian's current apt; it is a single static binary from upstream.
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "The test suite needs kubectl (it renders k8s/ with 'kubectl kustomize')." >&2
+    echo "It is not in Debian's apt; install the static binary from upstream, e.g.:" >&2
+    echo "  curl -LO \"https://dl.k8s.io/release/\$(curl -Ls https://dl.k8s.io/release/stable.txt)/bin/linux/amd64/kubectl\"" >&2
+    echo "  sudo install -m 0755 kubectl /usr/local/bin/kubectl" >&2
+    echo "(see https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/), then run again." >&2
+    exit 1
 fi
 echo "==> test prerequisites present"
