@@ -20,6 +20,7 @@
 //! | `MESH_ADMIN_ADDR` | `127.0.0.1:15000` |
 //! | `MESH_GATEWAY_ADDR` | `0.0.0.0:8080` |
 //! | `MESH_LOG` | `info` (a tracing filter) |
+//! | `MESH_ACCESS_LOG_ENCODING` | `text`: one short line per request; `json`: every field (Istio's `accessLogEncoding`) |
 //! | `MESH_SEED` | none; a number makes every random choice reproducible |
 //! | `MESH_TELEMETRY` | `on`; `off` records no spans and no metrics (for benchmarks) |
 //! | `MESH_TRACE_SAMPLING` | `100`: percent of new traces recorded (Istio's default is 1) |
@@ -37,6 +38,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 
 use mesh_api::xds::{ProxyMode, ports};
+
+use crate::log::AccessLogEncoding;
 
 /// A source of named string settings: the process environment, or a map.
 pub trait Strings {
@@ -101,6 +104,8 @@ pub struct Config {
     pub gateway_addr: SocketAddr,
     /// tracing filter, for the binary.
     pub log: String,
+    /// How the binary prints access lines (`MESH_ACCESS_LOG_ENCODING`).
+    pub access_log_encoding: AccessLogEncoding,
     /// Seed for every random choice (`MESH_SEED`); `None`: truly random.
     pub seed: Option<u64>,
     /// Record spans and metrics (`MESH_TELEMETRY`, default on).
@@ -185,6 +190,14 @@ impl Config {
         )?;
         let snapshot_file = strings.get("MESH_SNAPSHOT_FILE").map(PathBuf::from);
 
+        let access_log_encoding = match strings.get("MESH_ACCESS_LOG_ENCODING") {
+            None => AccessLogEncoding::default(),
+            Some(text) => text.parse().map_err(|reason| ConfigError {
+                var: "MESH_ACCESS_LOG_ENCODING",
+                value: text.clone(),
+                reason,
+            })?,
+        };
         let telemetry = match strings.get("MESH_TELEMETRY").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
@@ -269,6 +282,7 @@ impl Config {
             admin_addr: addr(strings, "MESH_ADMIN_ADDR", local(ports::ADMIN))?,
             gateway_addr: addr(strings, "MESH_GATEWAY_ADDR", any(ports::GATEWAY))?,
             log: strings.get("MESH_LOG").unwrap_or_else(|| "info".into()),
+            access_log_encoding,
             seed,
             telemetry,
             trace_sampling,
@@ -545,6 +559,10 @@ mod tests {
             (
                 &[("MESH_SERVICE", "hw"), ("MESH_TELEMETRY", "yes")],
                 "MESH_TELEMETRY",
+            ),
+            (
+                &[("MESH_SERVICE", "hw"), ("MESH_ACCESS_LOG_ENCODING", "yaml")],
+                "MESH_ACCESS_LOG_ENCODING",
             ),
             (
                 &[("MESH_SERVICE", "hw"), ("MESH_TRACE_SAMPLING", "150")],

@@ -6,9 +6,12 @@
 //! MESH_SERVICE=helloworld-service MESH_APP_ADDR=127.0.0.1:8081 mesh-proxy
 //! ```
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use mesh_proxy::{Config, Proxy};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("invalid proxy settings")?;
@@ -33,11 +36,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("MESH_LOG={:?} is not a valid tracing filter", config.log))?;
     // Logs go to stderr, like Envoy's; stdout stays free for the app's own
-    // output when both share a terminal under meshctl.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // output when both share a terminal under meshctl. Access lines are
+    // short text or JSON (MESH_ACCESS_LOG_ENCODING, see `log.rs`).
+    let ansi = std::io::stderr().is_terminal();
+    mesh_proxy::log::subscriber(filter, config.access_log_encoding, ansi, std::io::stderr).init();
 
     let proxy = Proxy::start(config).await?;
     shutdown_signal().await;
