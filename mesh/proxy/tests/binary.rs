@@ -182,3 +182,91 @@ async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
         "no collector, no spans sent: {stderr}"
     );
 }
+
+/// Run the binary on a static snapshot with `encoding`, send one request
+/// through it, stop it; returns its stderr and the upstream's address.
+async fn access_log_of_one_request(encoding: &str) -> (String, String) {
+    let upstream = Upstream::start("hw-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.json");
+    let snapshot = snapshot(7, vec![service("hw", vec![upstream.endpoint()])]);
+    std::fs::write(&file, serde_json::to_string_pretty(&snapshot).unwrap()).unwrap();
+    let (admin, outbound) = (refused_addr().await, refused_addr().await);
+    let mut child = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("MESH_SERVICE", "client")
+        .env("MESH_SNAPSHOT_FILE", &file)
+        .env("MESH_APP_ADDR", upstream.addr.to_string())
+        .env("MESH_ADMIN_ADDR", admin.to_string())
+        .env("MESH_OUTBOUND_ADDR", outbound.to_string())
+        .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
+        .env("MESH_LOG", "info")
+        .env("MESH_ACCESS_LOG_ENCODING", encoding)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = direct_client();
+    let ready_url = format!("http://{admin}/ready");
+    eventually(
+        "the proxy is ready",
+        Duration::from_secs(10),
+        async || matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200),
+    )
+    .await;
+    let reply = get(&client_via(outbound), "http://hw:8080/hello").await;
+    assert_eq!(reply.status, 200);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    (stderr, upstream.addr.to_string())
+}
+
+/// Issue 11: access lines were ~400 characters and wrapped on a projector.
+/// By default the binary prints the short line; with
+/// `MESH_ACCESS_LOG_ENCODING=json`, one JSON object with every field.
+#[tokio::test]
+async fn the_binary_prints_short_access_lines_or_json() {
+    let (stderr, upstream) = access_log_of_one_request("text").await;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" outbound GET hw:8080/hello "))
+        .unwrap_or_else(|| panic!("an access line: {stderr}"));
+    assert!(line.len() < 160, "{} characters: {line}", line.len());
+    assert!(line.contains(" 200 - "), "{line}");
+    assert!(line.contains(&format!("upstream={upstream} ")), "{line}");
+    assert!(!line.contains("request_id"), "{line}");
+
+    let (stderr, upstream) = access_log_of_one_request("json").await;
+    let access: serde_json::Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON access line: {stderr}"));
+    assert_eq!(access["authority"], "hw:8080", "{access}");
+    assert_eq!(access["path"], "/hello", "{access}");
+    assert_eq!(access["response_code"], 200, "{access}");
+    assert_eq!(access["response_flags"], "-", "{access}");
+    assert_eq!(access["upstream_host"], upstream.as_str(), "{access}");
+    assert!(
+        access["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{access}"
+    );
+    // The proxy's other lines stay plain text, no colour codes in a pipe.
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
