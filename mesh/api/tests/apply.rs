@@ -152,8 +152,13 @@ fn what_get_prints_applies_again_unchanged() {
     }
 }
 
+/// The stored form (what the control plane writes to its state dir) reads
+/// back equal, oldest resource first. This is a serde round trip only: the
+/// store across a real control-plane restart is
+/// `a_restart_keeps_registrations_and_config_and_moves_the_version_up` in
+/// mesh/control/tests/control.rs.
 #[test]
-fn the_store_survives_a_restart_in_creation_order() {
+fn the_stored_form_round_trips_in_creation_order() {
     let set = applied(ACCEPTED);
     let stored = serde_json::to_string_pretty(&set).unwrap();
     let loaded: ConfigSet = serde_json::from_str(&stored).unwrap();

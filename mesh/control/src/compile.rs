@@ -612,7 +612,7 @@ spec:
             .find(|v| v.name == "helloworld-service")
             .unwrap();
         assert!(vh.domains.contains(&"helloworld-service:8080".to_string()));
-        assert_eq!(vh.routes[0].retries, RetryPolicy::default());
+        assert_eq!(vh.routes[0].retries, istio_default_retries());
         assert!(snapshot.gateway.is_none(), "a sidecar serves no ingress");
     }
 
@@ -827,10 +827,31 @@ spec:
         outbound(&snapshot, "helloworld-service").routes[0].clone()
     }
 
+    /// Istio's default retry policy for an HTTP route with no `retries`,
+    /// written out from its documentation (pilot's `DefaultPolicy`: 2
+    /// attempts, `retryOn: connect-failure,refused-stream,unavailable,
+    /// cancelled,retriable-status-codes` with status 503, no per-try
+    /// timeout), so the test compares the compiler with Istio, not
+    /// `RetryPolicy::default()` with itself.
+    fn istio_default_retries() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout_ms: None,
+            retry_on: vec![
+                "connect-failure".to_string(),
+                "refused-stream".to_string(),
+                "unavailable".to_string(),
+                "cancelled".to_string(),
+                "retriable-status-codes".to_string(),
+            ],
+            retriable_status_codes: vec![503],
+        }
+    }
+
     #[test]
     fn retries_default_to_istios_and_follow_what_is_written() {
         let route = route_of("");
-        assert_eq!(route.retries, RetryPolicy::default());
+        assert_eq!(route.retries, istio_default_retries());
         assert_eq!(route.timeout_ms, None, "no timeout unless set");
         assert_eq!(route.destinations[0].weight, 100);
 
@@ -839,7 +860,7 @@ spec:
         assert_eq!(route.retries.per_try_timeout_ms, Some(2_000));
         assert_eq!(
             route.retries.retry_on,
-            RetryPolicy::default().retry_on,
+            istio_default_retries().retry_on,
             "default conditions"
         );
         assert_eq!(route.timeout_ms, Some(10_000));
