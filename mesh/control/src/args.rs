@@ -135,10 +135,20 @@ impl Args {
                 Some(KubernetesSource::new(client, self.namespace.clone()))
             }
         };
+        // On a cluster the state directory only caches the sidecars'
+        // announces (the config lives in the API server). The relative
+        // default would land in the image's working directory, which a
+        // non-root container may not write: use the temp dir instead.
+        let state_dir =
+            if kubernetes.is_some() && self.state_dir == std::path::Path::new(DEFAULT_STATE_DIR) {
+                std::env::temp_dir().join("mesh-control-state")
+            } else {
+                self.state_dir
+            };
         let settings = Settings {
             kubernetes,
+            state_dir,
             listen: self.listen,
-            state_dir: self.state_dir,
             lease: Duration::from_millis(self.lease_ms),
             dashboard,
             collector: CollectorSettings {

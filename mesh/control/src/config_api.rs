@@ -84,6 +84,18 @@ async fn change(
     edit: impl FnOnce(&ConfigSet) -> (ConfigSet, Vec<Change>),
 ) -> Result<Pretty<ApplyResponse>, ApiFailure> {
     let files = file_names(request);
+    if let Some(source) = &shared.settings.kubernetes {
+        // One way per mode: on a cluster the API server is the config store,
+        // so a change made here would be undone by the next watch event.
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this control plane reads its config from the Kubernetes API (namespace {}); \
+                 use `kubectl {verb} -f FILE -n {}` instead of meshctl {verb}",
+                source.namespace, source.namespace
+            ),
+        ));
+    }
     let mut model = shared.lock().await;
     let (config, changes) = edit(&model.config);
     if config != *model.config {

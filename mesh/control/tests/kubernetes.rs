@@ -483,3 +483,30 @@ async fn an_api_server_away_leaves_the_last_snapshot_then_resyncs() {
     .await;
     assert!(api.calls().len() > failed, "the watchers came back");
 }
+
+#[tokio::test]
+async fn meshctl_apply_is_refused_with_the_kubectl_command_to_use_instead() {
+    let api = FakeApi::default();
+    let mesh = Mesh::start(api.clone()).await;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+                metadata: {name: hw}\nspec: {hosts: [hw], http: [{route: [{destination: {host: hw}}]}]}\n";
+    let response = mesh
+        .http
+        .post(format!("{}/v1/config/apply", mesh.control.url()))
+        .json(&json!({"files": [{"name": "hw.yaml", "content": yaml}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("kubectl apply -f FILE -n guestbook"),
+        "says what to run instead: {text}"
+    );
+    // Nothing was written anywhere: the API server is the only store.
+    assert!(
+        api.calls()
+            .iter()
+            .all(|c| c.verb == "list" || c.verb == "watch")
+    );
+}
