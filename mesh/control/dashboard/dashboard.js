@@ -177,6 +177,7 @@ function drawGraph(view) {
       "data-source": e.source,
       "data-target": e.target,
       "data-rps": e.rps.toFixed(3),
+      "data-requests": e.requests.toFixed(0),
       "data-error-rate": e.errorRate === null ? "" : e.errorRate.toFixed(4),
     });
     // Thickness grows with the square root of the rate: 1 rps is visible,
@@ -212,9 +213,13 @@ function drawGraph(view) {
     const g = svg("g", { class: "node " + n.kind, "data-node": n.id, transform: `translate(${p.x},${p.y})` });
     g.append(svg("rect", { width: NODE_W, height: NODE_H, rx: 10 }));
     g.append(svg("text", { x: 14, y: 28, class: "name" }, n.workload));
-    g.append(svg("text", { x: 14, y: 52, class: "version" }, n.version));
-    const meta = n.kind === "external" ? "outside the mesh" :
-      `${n.instances} instance${n.instances === 1 ? "" : "s"}${n.kind === "gateway" ? " · gateway" : ""}`;
+    // The second line says what the node is: a version of a workload, the
+    // gateway (its version says nothing to a learner), or a service whose
+    // requests reached none of its endpoints (graph.rs, NodeKind::Service).
+    const second = { gateway: "gateway", service: "service" }[n.kind] || n.version;
+    g.append(svg("text", { x: 14, y: 52, class: "version" }, second));
+    const instances = `${n.instances} instance${n.instances === 1 ? "" : "s"}`;
+    const meta = { external: "outside the mesh", service: "no endpoint reached" }[n.kind] || instances;
     g.append(svg("text", { x: 14, y: 74, class: "meta" }, meta));
     graph.append(g);
   }
@@ -238,19 +243,28 @@ async function refreshServices() {
     const instances = [];
     for (const s of services) {
       const versions = s.versions.length ? s.versions : [""];
-      versions.forEach((v, i) => {
-        const r = byVersion.get(s.name + "@" + v) || {};
-        const count = s.endpoints.filter((e) => e.version === v).length;
-        const healthy = s.endpoints.filter((e) => e.version === v && e.healthy).length;
-        rows.push(el("tr", { "data-service": s.name, "data-version": v },
-          el("td", {}, i === 0 ? s.name : ""),
-          el("td", {}, v),
-          el("td", { class: "num" }, healthy === count ? String(count) : `${healthy}/${count} ready`),
+      const statRow = (version, label, instancesText, first) => {
+        const r = byVersion.get(s.name + "@" + version) || {};
+        return el("tr", { "data-service": s.name, "data-version": version },
+          el("td", {}, first ? s.name : ""),
+          el("td", {}, label),
+          el("td", { class: "num" }, instancesText),
           el("td", { class: "num" }, fmt.pct(r.successRate)),
           el("td", { class: "num" }, r.rps === undefined ? "-" : fmt.rps(r.rps)),
           el("td", { class: "num" }, fmt.ms(r.p50Ms)),
-          el("td", { class: "num" }, fmt.ms(r.p99Ms))));
+          el("td", { class: "num" }, fmt.ms(r.p99Ms)));
+      };
+      versions.forEach((v, i) => {
+        const count = s.endpoints.filter((e) => e.version === v).length;
+        const healthy = s.endpoints.filter((e) => e.version === v && e.healthy).length;
+        rows.push(statRow(v, v, healthy === count ? String(count) : `${healthy}/${count} ready`, i === 0));
       });
+      // Requests to a service with several versions that reached none of
+      // its endpoints (a fault abort, no healthy endpoint) belong to the
+      // service, not to a version: graph.rs gives them a row of their own.
+      if (!versions.includes("") && byVersion.has(s.name + "@")) {
+        rows.push(statRow("", "no endpoint reached", "-", false));
+      }
       for (const e of s.endpoints) {
         instances.push(el("tr", {},
           el("td", {}, e.instance), el("td", {}, s.name), el("td", {}, e.version),
@@ -271,16 +285,31 @@ function diagnostics(list) {
     `${d.code}: ${d.field ? d.field + ": " : ""}${d.message}`));
 }
 
+// The bar shows the proportions; a legend under it names each part in
+// full. A name written inside a 20% part would be cut off.
 function splitBar(destinations) {
   const bar = el("div", { class: "split" });
-  for (const d of destinations) {
-    if (d.percent <= 0) continue;
+  const legend = el("ul", { class: "split-legend" });
+  destinations.filter((d) => d.percent > 0).forEach((d, i) => {
     const name = d.host + (d.subset ? " " + d.subset : "");
-    const part = el("div", { "data-percent": d.percent.toFixed(1), title: name }, `${name} ${Math.round(d.percent * 10) / 10}%`);
+    const percent = `${Math.round(d.percent * 10) / 10}%`;
+    const colour = "part-" + (i % 4);
+    const part = el("div", { class: colour, "data-percent": d.percent.toFixed(1), title: `${name} ${percent}` });
     part.style.width = d.percent + "%";
+    // Inside the part, only the percentage, and only if it fits (checked
+    // once the part is laid out).
+    part.append(el("span", {}, percent));
     bar.append(part);
-  }
-  return bar;
+    legend.append(el("li", { "data-percent": d.percent.toFixed(1) },
+      el("span", { class: "swatch " + colour }), `${name}: ${percent}`));
+  });
+  requestAnimationFrame(() => {
+    for (const part of bar.children) {
+      const label = part.firstElementChild;
+      if (label && label.offsetWidth > part.clientWidth) label.hidden = true;
+    }
+  });
+  return el("div", {}, bar, legend);
 }
 
 async function refreshRoutes() {
@@ -348,7 +377,9 @@ async function refreshTraces() {
       const row = el("tr", { "data-trace": t.traceId, class: t.broken ? "broken" : "" },
         el("td", {}, fmt.time(t.start)),
         el("td", {}, `${t.rootService} ${t.rootName}`),
-        el("td", {}, t.services.join(" → ")),
+        // The services the trace crossed, as a set: the order is only
+        // first appearance, not who called whom (the waterfall shows that).
+        el("td", { class: "services" }, ...t.services.map((s) => el("span", { class: "chip" }, s))),
         el("td", { class: "num" }, t.spanCount),
         el("td", { class: "num" }, fmt.us(t.duration)),
         el("td", {}, ...statusBadges(t)));

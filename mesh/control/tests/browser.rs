@@ -22,7 +22,7 @@ use mesh_api::xds::ProxyMode;
 use serde_json::json;
 
 use support::browser::{Browser, PAGE_TIMEOUT};
-use support::{Control, FakeAdmin, calls, series, span};
+use support::{Control, FakeAdmin, SCRAPE_TIMEOUT, calls, series, span};
 
 // === the test ===
 
@@ -47,6 +47,27 @@ spec:
       weight: 80
     - destination: {host: helloworld-service, subset: v2}
       weight: 20
+"#;
+
+/// The fake guestbook-ui sidecar's count of calls to helloworld-service v1,
+/// per second.
+const V1_RPS: f64 = 16.0;
+
+/// Where each header's text and the text of the cell under it start and
+/// end on screen, per column: `[[header left, right], [cell left, right]]`,
+/// measured around the text itself (a cell's box is as wide as its
+/// header's whatever the alignment).
+const COLUMN_TEXT_EXTENTS: &str = r#"
+    const [table, row] = arguments;
+    const text = (cell) => {
+        const range = document.createRange();
+        range.selectNodeContents(cell);
+        const r = range.getBoundingClientRect();
+        return [r.left, r.right];
+    };
+    const headers = [...document.querySelectorAll(table + " thead th")];
+    const cells = [...document.querySelector(table + " tbody " + row).children];
+    return headers.map((th, i) => [text(th), text(cells[i]), cells[i].classList.contains("num")]);
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,66 +114,69 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
     control.apply(CANARY).await;
 
     // Load, as the counters show it: 20 rps in, split 80/20, and half of
-    // v2's answers are 503s (a fault the learner should see in red).
+    // v2's answers are 503s (a fault the learner should see in red). Each
+    // counter is computed when the scrape arrives, so it is exact then:
+    // floor(rate x seconds since `started`).
     let started = std::time::Instant::now();
-    let pump = tokio::spawn(async move {
-        loop {
-            let n = |rate: f64| (rate * started.elapsed().as_secs_f64()) as u64;
-            gateway.set(series(
+    let n = move |rate: f64| (rate * started.elapsed().as_secs_f64()) as u64;
+    gateway.serve_with(move || {
+        series(
+            "source",
+            "ingressgateway@v1",
+            "guestbook-ui@v1",
+            "200",
+            n(20.0),
+            4.0,
+        )
+    });
+    ui.serve_with(move || {
+        [
+            series(
                 "source",
-                "ingressgateway@v1",
-                "guestbook-ui@v1",
-                "200",
-                n(20.0),
-                4.0,
-            ));
-            ui.set(
-                [
-                    series(
-                        "source",
-                        "guestbook-ui@v1",
-                        "helloworld-service@v1",
-                        "200",
-                        n(16.0),
-                        2.0,
-                    ),
-                    series(
-                        "source",
-                        "guestbook-ui@v1",
-                        "helloworld-service@v2",
-                        "200",
-                        n(2.0),
-                        20.0,
-                    ),
-                    series(
-                        "source",
-                        "guestbook-ui@v1",
-                        "helloworld-service@v2",
-                        "503",
-                        n(2.0),
-                        20.0,
-                    ),
-                ]
-                .concat(),
-            );
-            hw1.set(series(
-                "destination",
                 "guestbook-ui@v1",
                 "helloworld-service@v1",
                 "200",
-                n(16.0),
-                1.0,
-            ));
-            hw2.set(series(
-                "destination",
+                n(V1_RPS),
+                2.0,
+            ),
+            series(
+                "source",
                 "guestbook-ui@v1",
                 "helloworld-service@v2",
                 "200",
                 n(2.0),
-                19.0,
-            ));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                20.0,
+            ),
+            series(
+                "source",
+                "guestbook-ui@v1",
+                "helloworld-service@v2",
+                "503",
+                n(2.0),
+                20.0,
+            ),
+        ]
+        .concat()
+    });
+    hw1.serve_with(move || {
+        series(
+            "destination",
+            "guestbook-ui@v1",
+            "helloworld-service@v1",
+            "200",
+            n(V1_RPS),
+            1.0,
+        )
+    });
+    hw2.serve_with(move || {
+        series(
+            "destination",
+            "guestbook-ui@v1",
+            "helloworld-service@v2",
+            "200",
+            n(2.0),
+            19.0,
+        )
     });
 
     // Traces: one whole request, and one an app split by not forwarding
@@ -262,14 +286,35 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
     // --- Traffic: the edge from guestbook-ui to helloworld v1 is live.
     browser.goto(&format!("{dashboard}#traffic")).await;
     let edge_css = r#"g.edge[data-source="guestbook-ui@v1"][data-target="helloworld-service@v1"]"#;
-    let rps = browser.edge_rps(edge_css, PAGE_TIMEOUT).await;
+    let v1 = browser
+        .edge_traffic(edge_css, Duration::from_secs(3), PAGE_TIMEOUT)
+        .await;
+    // The counters are exact when scraped: the window's increase is
+    // V1_RPS x (time between the two scrapes' answers) +/- 1 (whole
+    // requests). The graph divides by the time between the scrapes'
+    // arrivals, E, which differs from that by at most the scrape timeout.
+    let window = v1.window.as_secs_f64();
+    let tolerance = (V1_RPS * SCRAPE_TIMEOUT.as_secs_f64() + 1.0) / window;
     assert!(
-        rps > 5.0 && rps < 30.0,
-        "16 rps go to v1; the page says {rps}"
+        (v1.rps - V1_RPS).abs() <= tolerance,
+        "{V1_RPS} rps go to v1; the page says {} over {window:.2}s (+/- {tolerance:.2})",
+        v1.rps
     );
     // v2 fails half the time: its edge is drawn as failing, and says so.
+    // Its 200s and 503s grow at the same rate, so exactly half.
     let v2 = r#"g.edge.bad[data-source="guestbook-ui@v1"][data-target="helloworld-service@v2"]"#;
-    browser.element(v2).await;
+    let v2 = browser
+        .edge_traffic(v2, Duration::from_secs(3), PAGE_TIMEOUT)
+        .await;
+    assert_eq!(v2.error_rate, 0.5, "{v2:?}");
+    // The gateway's node says what it is, not its version.
+    let gateway_kind = browser
+        .element(r#"g.node.gateway[data-node="ingressgateway@v1"] text.version"#)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(gateway_kind, "gateway");
     let labels = browser.element("#graph").await.text().await.unwrap();
     assert!(
         labels.contains("rps") && labels.contains("% err") && labels.contains("p99"),
@@ -277,11 +322,30 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
     );
     let shot = browser.screenshot("dashboard.png").await;
 
-    // --- Services: every version with its numbers.
+    // --- Services: every version with its numbers, each under its own
+    // header: numbers and their headers right-aligned, names left-aligned.
     browser.goto(&format!("{dashboard}#services")).await;
-    browser
-        .element(r#"#services-table tr[data-service="helloworld-service"][data-version="v2"]"#)
-        .await;
+    let v1_row = r#"tr[data-service="helloworld-service"][data-version="v1"]"#;
+    browser.element(&format!("#services-table {v1_row}")).await;
+    let shot_services = browser.screenshot("dashboard-services.png").await;
+    let columns = browser
+        .client()
+        .execute(
+            COLUMN_TEXT_EXTENTS,
+            vec![json!("#services-table"), json!(v1_row)],
+        )
+        .await
+        .unwrap();
+    let columns: Vec<([f64; 2], [f64; 2], bool)> = serde_json::from_value(columns).unwrap();
+    assert_eq!(columns.len(), 7, "{columns:?}");
+    for (i, (header, cell, numeric)) in columns.iter().enumerate() {
+        let (edge, side) = if *numeric { (1, "right") } else { (0, "left") };
+        assert!(
+            (header[edge] - cell[edge]).abs() <= 1.0,
+            "column {i}: the header's text and the cell's do not share their {side} edge: \
+             header {header:?}, cell {cell:?}"
+        );
+    }
 
     // --- Routes: the 80/20 split, normalised to percent.
     browser.goto(&format!("{dashboard}#routes")).await;
@@ -297,6 +361,55 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
         percents.push(part.attr("data-percent").await.unwrap().unwrap());
     }
     assert_eq!(percents, ["80.0", "20.0"]);
+    // Every name is written out in the legend, and nothing written inside
+    // the bar is cut off by its part.
+    let legend = browser
+        .element(r#"[data-virtual-service="helloworld-service"] .split-legend"#)
+        .await
+        .text()
+        .await
+        .unwrap();
+    for part in ["helloworld-service v1: 80%", "helloworld-service v2: 20%"] {
+        assert!(legend.contains(part), "{part} in the legend: {legend}");
+    }
+    let clipped = browser
+        .client()
+        .execute(
+            r#"return [...document.querySelectorAll(".split > div > span")]
+                 .filter((s) => !s.hidden && s.getBoundingClientRect().right > s.parentElement.getBoundingClientRect().right + 0.5)
+                 .map((s) => s.textContent);"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        clipped,
+        json!([]),
+        "labels cut off by their part of the bar"
+    );
+    let shot_routes = browser.screenshot("dashboard-routes.png").await;
+
+    // --- Traces: the list gives the services a trace crossed as a set,
+    // not as an arrow chain (the order is only first appearance).
+    browser.goto(&format!("{dashboard}#traces")).await;
+    let services_cell = browser
+        .element(&format!(
+            r#"#trace-list tr[data-trace="{whole}"] td.services"#
+        ))
+        .await;
+    let chips = services_cell.find_all(Locator::Css(".chip")).await.unwrap();
+    let mut crossed = Vec::new();
+    for chip in chips {
+        crossed.push(chip.text().await.unwrap());
+    }
+    crossed.sort();
+    assert_eq!(
+        crossed,
+        ["guestbook-ui", "helloworld-service", "ingressgateway"]
+    );
+    let cell_text = services_cell.text().await.unwrap();
+    assert!(!cell_text.contains('→'), "{cell_text}");
+    let shot_traces = browser.screenshot("dashboard-traces.png").await;
 
     // --- Traces: open the whole trace from the list; its waterfall has
     // every hop, indented by depth.
@@ -308,6 +421,18 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
         .await
         .unwrap();
     browser.element("#waterfall .span-row").await;
+    // The legend says which bar is which side of a call.
+    let legend = browser
+        .element("#waterfall-legend")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        legend.contains("CLIENT: the caller's sidecar")
+            && legend.contains("SERVER: the callee's sidecar"),
+        "{legend}"
+    );
     let rows = browser
         .client()
         .find_all(Locator::Css("#waterfall .span-row"))
@@ -344,9 +469,14 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
         "{problems}"
     );
 
-    pump.abort();
     browser.close().await;
-    for path in [shot, waterfall_shot] {
+    for path in [
+        shot,
+        shot_services,
+        shot_routes,
+        shot_traces,
+        waterfall_shot,
+    ] {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         assert!(
             size > 10_000,

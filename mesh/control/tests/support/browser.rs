@@ -127,23 +127,49 @@ impl Browser {
             .unwrap_or_else(|e| panic!("the page never showed `{css}`: {e}"))
     }
 
-    /// The requests per second the traffic graph shows on the edge matching
-    /// `css` (its `data-rps`), once it is above zero.
-    pub async fn edge_rps(&self, css: &str, timeout: Duration) -> f64 {
+    /// What the traffic graph shows on the edge matching `css`, once it
+    /// carries traffic over at least `min_window` (the graph's rate window
+    /// starts with one scrape; a wider one averages out the scrape timing).
+    pub async fn edge_traffic(
+        &self,
+        css: &str,
+        min_window: Duration,
+        timeout: Duration,
+    ) -> EdgeTraffic {
         poll(
-            &format!("the edge `{css}` to carry traffic"),
+            &format!(
+                "the edge `{css}` to carry traffic over {}s",
+                min_window.as_secs_f64()
+            ),
             timeout,
             || async {
                 let edge = self.element(css).await;
-                let rps = edge
-                    .attr("data-rps")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_default();
-                match rps.parse::<f64>() {
-                    Ok(rps) if rps > 0.0 => Ok(rps),
-                    _ => Err(format!("data-rps is {rps:?}")),
+                let attr = |name: &'static str| {
+                    let edge = edge.clone();
+                    async move {
+                        edge.attr(name)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .unwrap_or_default()
+                            .parse::<f64>()
+                            .map_err(|e| format!("{name}: {e}"))
+                    }
+                };
+                let (rps, requests) = (attr("data-rps").await?, attr("data-requests").await?);
+                if rps <= 0.0 {
+                    return Err(format!("data-rps is {rps}"));
                 }
+                let traffic = EdgeTraffic {
+                    rps,
+                    requests,
+                    // Idle edges have no error rate; this one is busy.
+                    error_rate: attr("data-error-rate").await?,
+                    window: Duration::from_secs_f64(requests / rps),
+                };
+                if traffic.window < min_window {
+                    return Err(format!("{traffic:?}"));
+                }
+                Ok(traffic)
             },
         )
         .await
@@ -177,6 +203,25 @@ impl Drop for Browser {
             .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// One edge of the traffic graph, as the page shows it.
+#[derive(Clone, Debug)]
+pub struct EdgeTraffic {
+    pub rps: f64,
+    /// Requests counted in the window (`data-requests`).
+    pub requests: f64,
+    /// Share of 5xx and no-answer responses.
+    pub error_rate: f64,
+    /// The time the rate is measured over: requests / rps.
+    pub window: Duration,
+}
+
+impl EdgeTraffic {
+    /// The failed requests in the window.
+    pub fn errors(&self) -> u64 {
+        (self.requests * self.error_rate).round() as u64
     }
 }
 

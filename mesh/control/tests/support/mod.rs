@@ -16,6 +16,11 @@ use mesh_control::{Server, ServerHandle, Settings};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// The scrape timeout of [`Control::start`]'s control plane. A scrape is
+/// time-stamped when its answer arrived, at most this long after the proxy
+/// wrote its counters: the timing uncertainty of every rate it computes.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_millis(300);
+
 pub struct Control {
     pub handle: ServerHandle,
     pub http: reqwest::Client,
@@ -30,7 +35,7 @@ impl Control {
         let mut settings = Settings::local(state.path());
         settings.lease = Duration::from_secs(60);
         settings.scrape.interval = Duration::from_millis(100);
-        settings.scrape.timeout = Duration::from_millis(300);
+        settings.scrape.timeout = SCRAPE_TIMEOUT;
         settings.collector.max_traces = 50;
         settings.collector.max_spans_per_trace = 20;
         let handle = Server::start(settings).await.expect("control plane starts");
@@ -164,32 +169,43 @@ pub fn calls(mut span: Value, remote: &str) -> Value {
     span
 }
 
-/// A fake proxy admin port: serves whatever text the test puts in it.
+/// What a fake admin port answers: computed when the scrape arrives.
+type Page = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A fake proxy admin port: serves whatever text the test puts in it, or
+/// text computed at the moment of each scrape ([`FakeAdmin::serve_with`]).
 #[derive(Clone)]
 pub struct FakeAdmin {
     pub addr: String,
-    text: Arc<Mutex<String>>,
+    page: Arc<Mutex<Page>>,
 }
 
 impl FakeAdmin {
     pub async fn start() -> FakeAdmin {
-        let text = Arc::new(Mutex::new(String::new()));
+        let page: Arc<Mutex<Page>> = Arc::new(Mutex::new(Arc::new(String::new)));
         let app = axum::Router::new()
             .route(
                 "/stats/prometheus",
-                axum::routing::get(|State(text): State<Arc<Mutex<String>>>| async move {
-                    text.lock().unwrap().clone()
+                axum::routing::get(|State(page): State<Arc<Mutex<Page>>>| async move {
+                    let page = page.lock().unwrap().clone();
+                    page()
                 }),
             )
-            .with_state(text.clone());
+            .with_state(page.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        FakeAdmin { addr, text }
+        FakeAdmin { addr, page }
     }
 
     pub fn set(&self, text: String) {
-        *self.text.lock().unwrap() = text;
+        *self.page.lock().unwrap() = Arc::new(move || text.clone());
+    }
+
+    /// Answer every scrape with `page()`, called as the scrape arrives: a
+    /// counter computed from the clock then is exact at that instant.
+    pub fn serve_with(&self, page: impl Fn() -> String + Send + Sync + 'static) {
+        *self.page.lock().unwrap() = Arc::new(page);
     }
 }
 
