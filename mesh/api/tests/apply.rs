@@ -169,3 +169,75 @@ fn the_stored_form_round_trips_in_creation_order() {
         "oldest first, not sorted"
     );
 }
+
+// === header operations ===
+
+/// A VirtualService whose route sets `headers` (already YAML, indented for
+/// `requestHeaders`).
+fn header_ops(ops: &str) -> SourceFile {
+    SourceFile {
+        name: "headers.yaml".into(),
+        content: format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: helloworld-service
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - destination: {{host: helloworld-service}}
+    headers:
+      request:
+{ops}
+"#
+        ),
+    }
+}
+
+/// Parse `file`, expecting it rejected: (field, message) of each error.
+fn rejected(file: SourceFile) -> Vec<(String, String)> {
+    let errors = ConfigSet::parse(&[file]).expect_err("the file is rejected");
+    errors
+        .errors
+        .into_iter()
+        .map(|e| (e.field, e.message))
+        .collect()
+}
+
+#[test]
+fn header_operations_take_only_valid_names_and_one_line_values() {
+    // Well-formed: accepted.
+    ConfigSet::parse(&[header_ops(
+        "        set: {x-request-source: mesh}\n        add: {x-tag: a}\n        remove: [x-debug]",
+    )])
+    .expect("valid header operations are accepted");
+
+    // A space is not allowed in a header name (RFC 9110 token), in any of
+    // set, add and remove.
+    for (op, yaml) in [
+        ("set", "        set: {\"x bad\": v}"),
+        ("add", "        add: {\"x bad\": v}"),
+        ("remove", "        remove: [\"x bad\"]"),
+    ] {
+        let errors = rejected(header_ops(yaml));
+        assert_eq!(errors.len(), 1, "{op}: {errors:?}");
+        let (field, message) = &errors[0];
+        assert_eq!(field, &format!("spec.http[0].headers.request.{op}"));
+        assert!(
+            message.contains("`x bad` is not a header name")
+                && message.contains("x-request-source"),
+            "{op}: the message names the bad name and shows a good one: {message}"
+        );
+    }
+
+    // A CR or LF in a value would split the header (response splitting).
+    for value in ["a\\rb", "a\\nb", "a\\r\\nx-injected: 1"] {
+        let errors = rejected(header_ops(&format!("        set: {{x-ok: \"{value}\"}}")));
+        assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+        let (field, message) = &errors[0];
+        assert_eq!(field, "spec.http[0].headers.request.set");
+        assert!(message.contains("holds a line break"), "{message}");
+    }
+}
