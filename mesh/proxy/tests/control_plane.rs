@@ -284,3 +284,57 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_snapshot_with_an_invalid_header_is_rejected_and_the_last_good_one_serves() {
+    let upstream = Upstream::start("other-1").await;
+    let config = Config::local_sidecar("hw", refused_addr().await);
+    let proxy = Proxy::start(config).await.unwrap();
+    proxy
+        .apply_snapshot(snapshot(
+            1,
+            vec![service("other", vec![upstream.endpoint()])],
+        ))
+        .unwrap();
+    let client = client_via(proxy.outbound_addr().unwrap());
+
+    // A header name with a space (set, add or remove) and a value no HTTP
+    // header can carry (a control character, BEL): each makes the whole
+    // snapshot fail to compile.
+    let bad_ops: [(&str, fn(&mut mesh_api::snapshot::HeaderOps)); 4] = [
+        ("x bad", |ops| {
+            ops.set.insert("x bad".into(), "v".into());
+        }),
+        ("x bad", |ops| {
+            ops.add.insert("x bad".into(), "v".into());
+        }),
+        ("x bad", |ops| {
+            ops.remove.push("x bad".into());
+        }),
+        ("x-greeting: bell\u{7}", |ops| {
+            ops.set.insert("x-greeting".into(), "bell\u{7}".into());
+        }),
+    ];
+    for (version, (header, break_it)) in (2..).zip(bad_ops) {
+        let mut bad = snapshot(version, vec![service("other", vec![upstream.endpoint()])]);
+        break_it(&mut bad.virtual_hosts[0].routes[0].request_headers);
+        let error = proxy
+            .apply_snapshot(bad)
+            .expect_err(&format!("a snapshot with header {header:?} is rejected"));
+        assert!(
+            matches!(&error, mesh_proxy::CompileError::BadHeader { route, header: h }
+                if route == "default" && h == header),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("\"default\"") && text.contains("is not a valid HTTP header"),
+            "the error names the route and says what is wrong: {text}"
+        );
+        // Nothing of the bad snapshot is in use.
+        assert_eq!(proxy.current_snapshot().unwrap().version, 1);
+        let reply = get(&client, "http://other:8080/").await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "other-1"));
+    }
+    proxy.shutdown().await;
+}
