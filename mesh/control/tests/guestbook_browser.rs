@@ -11,10 +11,15 @@
 //!    collector's Zipkin API, parent links and all);
 //! 2. open the dashboard while load runs: the guestbook-ui ->
 //!    helloworld-service edge carries a rate;
-//! 3. open a trace and read its waterfall.
+//! 3. open a trace and read its waterfall;
+//! 4. the same in the terminal (`meshctl stat`, `traces`, `load`), and one
+//!    page is exactly one call to helloworld-service, by the sidecar's count;
+//! 5. lab 08 with lab 05's `guestbook-abort-50.yaml`: the guestbook-ui ->
+//!    guestbook-service v1 edge turns red with about half failing (a
+//!    binomial tolerance on the window's count), and no "unknown" node.
 //!
 //! Screenshots go to `target/test-output/` (guestbook.png,
-//! guestbook-dashboard.png, guestbook-trace.png).
+//! guestbook-dashboard.png, guestbook-trace.png, guestbook-fault.png).
 //!
 //! It needs every binary of the workspace built (`cargo build --workspace
 //! --bins`; ./scripts/test.sh does), python3 and a JDK, like `meshctl up`.
