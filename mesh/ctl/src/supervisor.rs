@@ -66,6 +66,8 @@ pub struct MeshConfig {
     pub env: Vec<EnvOverride>,
     /// `MESH_LOG` for the control plane and the proxies.
     pub log_level: String,
+    /// `MESH_ACCESS_LOG_ENCODING` for the proxies: `text` or `json`.
+    pub access_log_encoding: String,
 }
 
 impl MeshConfig {
@@ -372,6 +374,10 @@ impl Mesh {
                 format!("127.0.0.1:{}", ports.admin),
             ),
             ("MESH_LOG".into(), self.config.log_level.clone()),
+            (
+                "MESH_ACCESS_LOG_ENCODING".into(),
+                self.config.access_log_encoding.clone(),
+            ),
         ];
         env.extend(extra);
         env
@@ -994,6 +1000,7 @@ mod tests {
             gateway_port: 8080,
             env: vec![],
             log_level: "info".into(),
+            access_log_encoding: "text".into(),
         }
     }
 
@@ -1017,6 +1024,29 @@ mod tests {
         assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()));
         let gw = mesh.new_instance_name(GATEWAY_SERVICE, None);
         assert!(gw.starts_with("ingressgateway-") && gw.len() == "ingressgateway-".len() + 5);
+    }
+
+    #[test]
+    fn proxies_get_the_access_log_encoding() {
+        // meshctl scrubs MESH_* from what children inherit (`process.rs`),
+        // so `meshctl up --access-log-encoding json` must pass it on itself.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let config = MeshConfig {
+            access_log_encoding: "json".into(),
+            ..test_config()
+        };
+        let mut mesh = Mesh::new(config, "127.0.0.1:1".into(), tx);
+        let ports = Ports {
+            app: mesh.free_port().unwrap(),
+            outbound: mesh.free_port().unwrap(),
+            inbound: mesh.free_port().unwrap(),
+            admin: mesh.free_port().unwrap(),
+        };
+        let env = mesh.proxy_env("sidecar", "hw", "v1", "hw-v1-aaaaa", "", ports, vec![]);
+        assert!(
+            env.contains(&("MESH_ACCESS_LOG_ENCODING".into(), "json".into())),
+            "{env:?}"
+        );
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub struct UpArgs {
     /// Log level of the control plane and the proxies (MESH_LOG).
     #[arg(long, default_value = "info", value_name = "FILTER")]
     pub log_level: String,
+    /// How the sidecars and the gateway print their access logs
+    /// (MESH_ACCESS_LOG_ENCODING, Istio's accessLogEncoding): `text`, one
+    /// short line per request, or `json`, one object with every field.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]
+    pub access_log_encoding: String,
 }
 
 /// How many instances of each workload to start, in start order.
@@ -187,6 +192,7 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
         gateway_port: args.gateway_port,
         env: args.env.clone(),
         log_level: args.log_level.clone(),
+        access_log_encoding: args.access_log_encoding.clone(),
     };
     let (exit_tx, mut exits) = mpsc::unbounded_channel();
     let sup = Arc::new(Supervisor {

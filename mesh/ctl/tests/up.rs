@@ -48,12 +48,12 @@ impl Up {
         ));
         let _ = std::fs::remove_dir_all(&workdir);
         std::fs::create_dir_all(&workdir).unwrap();
-        Up::start_in(workdir, free_port(), free_port())
+        Up::start_in(workdir, free_port(), free_port(), &[])
     }
 
     /// `meshctl up` in `workdir` (which a previous run may have used), with
-    /// the control plane and the gateway on these ports.
-    fn start_in(workdir: PathBuf, control_port: u16, gateway_port: u16) -> Up {
+    /// the control plane and the gateway on these ports, and `extra` flags.
+    fn start_in(workdir: PathBuf, control_port: u16, gateway_port: u16, extra: &[&str]) -> Up {
         let bin = meshctl_bin();
         let missing: Vec<_> = [
             "mesh-control",
@@ -76,6 +76,7 @@ impl Up {
         let child = Command::new(&bin)
             .args(["up", "--control-port", &control_port.to_string()])
             .args(["--gateway-port", &gateway_port.to_string()])
+            .args(extra)
             .arg("--workdir")
             .arg(&workdir)
             .stdin(Stdio::null())
@@ -661,8 +662,14 @@ async fn a_fresh_up_after_a_killed_one_lists_only_live_endpoints() {
     .await;
     drop(first);
 
-    // --- a fresh up in the same work dir: the registry starts from live instances ---
-    let mut second = Up::start_in(workdir, control_port, gateway_port);
+    // --- a fresh up in the same work dir: the registry starts from live
+    // instances (and, while we are at it, JSON access logs) ---
+    let mut second = Up::start_in(
+        workdir,
+        control_port,
+        gateway_port,
+        &["--access-log-encoding", "json"],
+    );
     second.wait_up().await;
     let run = second.run_file();
     let live = instance_names(&run);
@@ -686,6 +693,21 @@ async fn a_fresh_up_after_a_killed_one_lists_only_live_endpoints() {
         up_said.contains("removed 5 instance(s) of a previous run"),
         "up says what it cleaned (4 sidecars and the gateway):\n{up_said}"
     );
+
+    // --- `up` waited for the page through the gateway: the ui's sidecar
+    // logged that request as one JSON object ---
+    let ui_name = instances_of(&run, "guestbook-ui")[0]["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sidecar_log = second.log(&format!("{ui_name}.sidecar"));
+    let access: Value = sidecar_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|a| a["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("a JSON access line in the ui's sidecar log:\n{sidecar_log}"));
+    assert_eq!(access["method"], "GET", "{access}");
+    assert!(access["response_code"].is_u64(), "{access}");
 
     // --- meshctl get proxies: ADMIN is the admin address ---
     let table = second.meshctl_ok(&["get", "proxies"]);

@@ -22,7 +22,9 @@
 //! - `json`: one JSON object per request with the fields behind the line,
 //!   named as in Istio's JSON access log (`response_code`,
 //!   `response_flags`, `duration`, `upstream_host`, `upstream_cluster`,
-//!   `request_id`...), for `jq` and log pipelines.
+//!   `request_id`...), for `jq` and log pipelines. Locally,
+//!   `meshctl up --access-log-encoding json` sets it for every sidecar and
+//!   the gateway.
 //!
 //! [`subscriber`] builds the binary's logging: access lines through
 //! [`AccessLogFormat`], every other line through tracing's usual format.
