@@ -98,6 +98,12 @@ impl Registry {
     /// its sidecar is most likely still running and heartbeating, and will
     /// confirm within a heartbeat or two; if it is gone, the lease runs out
     /// and it leaves everyone's endpoints as if it had just died.
+    ///
+    /// That guess holds for a restarted control plane (`meshctl restart
+    /// control-plane`). A fresh `meshctl up` knows better: none of its
+    /// instances has started yet, so it removes every restored one at once
+    /// (`DELETE /v1/proxies/{instance}`, see `mesh/ctl/src/up.rs`) rather
+    /// than list a killed run's instances for a lease and a grace period.
     pub fn restore(&mut self, announces: Vec<ProxyAnnounce>, now: Instant) {
         self.next_check = None;
         for announce in announces {
