@@ -73,7 +73,12 @@ const TABLE: &[(&str, Expect)] = &[
         Rejected(&[(
             "VirtualService default/guestbook-ui",
             "spec.http[0].fault.delay.percent",
-            &["`percent`", "percentage: {value: 100}"],
+            &[
+                "`percent`",
+                "still accepts it",
+                "deprecated",
+                "percentage: {value: 100}",
+            ],
         )]),
     ),
     (

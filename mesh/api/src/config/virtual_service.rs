@@ -362,7 +362,7 @@ pub(crate) const DELAY: Shape = Shape {
         (
             "percent",
             Unsupported::Replaced(
-                "`percent` is the talk-era integer field, deprecated in Istio: write `percentage: {value: 100}` (a double, so 0.5 works too)",
+                "`percent` is the talk-era integer field: Istio's current CRD still accepts it in a delay but marks it deprecated, and micromesh refuses it; write `percentage: {value: 100}` (a double, so 0.5 works too)",
             ),
         ),
         (
@@ -379,7 +379,7 @@ pub(crate) const ABORT: Shape = Shape {
         (
             "percent",
             Unsupported::Replaced(
-                "`percent` is the talk-era integer field and current Istio's schema no longer has it for aborts: write `percentage: {value: 100}`",
+                "`percent` is the talk-era integer field, and Istio's current CRD no longer has it in an abort (Kubernetes refuses it as an unknown field): write `percentage: {value: 100}`",
             ),
         ),
         (
