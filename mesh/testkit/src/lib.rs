@@ -30,7 +30,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use mesh_api::config::{ApplyRequest, ApplyResponse, ConfigErrors, SourceFile};
-use mesh_api::xds::ServiceStatus;
+use mesh_api::xds::{ProxyStatus, ServiceStatus};
 use mesh_control::{Server, ServerHandle, Settings};
 use mesh_proxy::{Config, Proxy, ProxyHandle};
 use serde_json::json;
@@ -201,6 +201,19 @@ impl Mesh {
         Ok(self
             .http
             .get(format!("{}/v1/services", self.control_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Every proxy the control plane knows, with what it ACKed or NACKed,
+    /// as `meshctl get proxies` shows them.
+    pub async fn proxies(&self) -> Result<Vec<ProxyStatus>> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/proxies", self.control_url()))
             .send()
             .await?
             .error_for_status()?

@@ -1,14 +1,15 @@
 //! Config changes under load: a rule applied through the control plane
 //! reaches every proxy within a second, and switching rules while requests
 //! flow fails none of them (the proxy swaps whole snapshots atomically and a
-//! request in flight finishes on the snapshot it started with).
+//! request in flight finishes on the snapshot it started with); a real proxy
+//! NACKs what it cannot compile and the control plane shows why.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use mesh_testkit::{Mesh, plain_client, wait_for_endpoints, wait_for_version};
+use mesh_testkit::{Answer, Mesh, plain_client, wait_for_endpoints, wait_for_version, wait_until};
 
 const SUBSETS: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -147,4 +148,202 @@ async fn a_change_reaches_every_proxy_within_a_second() -> Result<()> {
     // The issue's bound; the benchmark measures how far below it we are.
     assert!(took < Duration::from_secs(1), "propagation took {took:?}");
     Ok(())
+}
+
+/// A route for helloworld-service that sets a request header to `value`
+/// (written inside a YAML double-quoted string).
+fn set_header(value: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: helloworld-service
+spec:
+  hosts: [helloworld-service]
+  http:
+  - route:
+    - destination: {{host: helloworld-service}}
+    headers:
+      request:
+        set: {{x-greeting: "{value}"}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_proxy_nacks_what_it_cannot_compile_and_keeps_serving() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let client = mesh.client().await?;
+    let _hw = mesh.instance("helloworld-service", "v1").await?;
+    wait_for_endpoints(&client.sidecar, "helloworld-service", 1).await?;
+    let good_version = mesh.version().expect("the control plane runs");
+    wait_for_version(&client.sidecar, good_version).await?;
+    let http = client.http();
+    let hello = "http://helloworld-service:8080/hello/ray";
+
+    // A control character (BEL) in a header value: the control plane's
+    // validation lets it through (it refuses only line breaks and NUL), the
+    // proxy cannot put it on the wire, so it NACKs the snapshot.
+    mesh.apply(&set_header("bell\\a")).await?;
+    let bad_version = mesh.version().expect("the control plane runs");
+    assert!(bad_version > good_version);
+    let instance = client.sidecar.instance().to_string();
+    let rejection = || async {
+        let proxies = mesh.proxies().await?;
+        let me = proxies
+            .iter()
+            .find(|p| p.announce.instance == instance)
+            .ok_or_else(|| anyhow::anyhow!("{instance} is not in /v1/proxies"))?;
+        Ok::<_, anyhow::Error>(me.rejected.clone())
+    };
+    wait_until(
+        "the client sidecar's NACK to reach the control plane",
+        Duration::from_secs(10),
+        || async { Ok(rejection().await?.is_some()) },
+    )
+    .await?;
+    let reason = rejection().await?.expect("waited for it");
+    assert!(
+        reason.contains("x-greeting") && reason.contains("not a valid HTTP header"),
+        "the NACK says which header and why: {reason}"
+    );
+    let running = client
+        .sidecar
+        .current_snapshot()
+        .expect("a snapshot")
+        .version;
+    assert!(
+        running < bad_version,
+        "the proxy runs {running}, not the rejected {bad_version}"
+    );
+    // The last good snapshot serves: no header set, no request failed.
+    for _ in 0..5 {
+        let answer: Answer = http
+            .get(hello)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        assert!(!answer.headers.contains_key("x-greeting"), "{answer:?}");
+    }
+
+    // Fixed: the next version is ACKed, the NACK cleared, the header set.
+    mesh.apply(&set_header("hello")).await?;
+    let fixed = mesh.version().expect("the control plane runs");
+    wait_for_version(&client.sidecar, fixed).await?;
+    wait_until(
+        "the control plane to see the ACK",
+        Duration::from_secs(10),
+        || async { Ok(rejection().await?.is_none()) },
+    )
+    .await?;
+    let answer: Answer = http
+        .get(hello)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(
+        answer.headers.get("x-greeting").map(String::as_str),
+        Some("hello")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_on_the_snapshot_it_started_with() -> Result<()> {
+    let mesh = Mesh::start().await?;
+    let client = mesh.client().await?;
+    let v1 = mesh.instance("guestbook-ui", "v1").await?;
+    let v2 = mesh.instance("guestbook-ui", "v2").await?;
+    wait_for_endpoints(&client.sidecar, "guestbook-ui", 2).await?;
+    mesh.apply(&format!("{SUBSETS}\n---\n{}", split(false, 100, 0)))
+        .await?;
+    wait_for_version(&client.sidecar, mesh.version().expect("running")).await?;
+
+    // A slow v1: the request below is still at v1 when the route changes.
+    let slow = Duration::from_secs(2);
+    v1.upstream.set_delay(slow);
+    let http = client.http();
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        async move {
+            let started = Instant::now();
+            let response = http.get("http://guestbook-ui:8080/").send().await?;
+            let status = response.status();
+            let body = response.text().await?;
+            anyhow::Ok((status, body, started.elapsed()))
+        }
+    });
+    wait_until(
+        "the request to reach v1",
+        Duration::from_secs(10),
+        || async { Ok(v1.upstream.hits() == 1) },
+    )
+    .await?;
+
+    // Everything to v2, and v1's subset gone from the config: the new
+    // snapshot has no cluster for v1 at all.
+    let only_v2 = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: guestbook-ui
+spec:
+  host: guestbook-ui
+  subsets:
+  - name: v2
+    labels: {version: v2}
+"#;
+    mesh.apply(&format!("{only_v2}\n---\n{}", split_v2_only()))
+        .await?;
+    let swapped = mesh.version().expect("running");
+    wait_for_version(&client.sidecar, swapped).await?;
+    let snapshot = client.sidecar.current_snapshot().expect("a snapshot");
+    assert!(
+        !snapshot.clusters.iter().any(|c| c.name.ends_with("|v1")),
+        "the new snapshot has no v1 cluster: {:?}",
+        snapshot
+            .clusters
+            .iter()
+            .map(|c| &c.name)
+            .collect::<Vec<_>>()
+    );
+    assert!(!in_flight.is_finished(), "the swap happened mid-request");
+
+    // The request that started on the old snapshot finishes on it, at v1.
+    let (status, body, took) = in_flight.await??;
+    assert_eq!(status, 200, "the request in flight failed: {body}");
+    let answer: Answer = serde_json::from_str(&body)?;
+    assert_eq!(answer.instance, v1.name, "{answer:?}");
+    assert!(took >= slow, "it waited for the slow v1: {took:?}");
+    // A new request takes the new route.
+    let answer: Answer = http
+        .get("http://guestbook-ui:8080/")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(answer.instance, v2.name);
+    Ok(())
+}
+
+/// guestbook-ui's route with only the `v2` destination.
+fn split_v2_only() -> String {
+    r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: guestbook-ui
+spec:
+  hosts: [guestbook-ui]
+  http:
+  - route:
+    - destination: {host: guestbook-ui, subset: v2}
+"#
+    .to_string()
 }
