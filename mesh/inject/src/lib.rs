@@ -30,9 +30,9 @@
 //! - Prometheus scrape annotations on the pod for the sidecar's admin port,
 //!   which serves Istio's metrics at `/stats/prometheus`.
 //!
-//! A pod template annotated `sidecar.istio.io/inject: "false"` is left as
-//! it is, and so is one that already has a `mesh-proxy` container (injecting
-//! twice is harmless). A template the mesh cannot serve (no `app` label,
+//! A pod template annotated (or labelled) `sidecar.istio.io/inject: "false"`
+//! is left as it is, and so is one that already has a `mesh-proxy` container
+//! (injecting twice is harmless). A template the mesh cannot serve (no `app` label,
 //! `hostNetwork`, no port to send traffic to, an app probe the kubelet could
 //! no longer reach) is an [`InjectError`] that says what to change.
 
@@ -295,12 +295,15 @@ fn describe(object: &Value) -> String {
 
 /// Opted out, or injected already.
 fn leave_as_is(template: &PodTemplateSpec) -> Option<Unchanged> {
-    let opted_out = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(INJECT_ANNOTATION))
-        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    // Istio reads the opt-out from the annotation and from a label of the
+    // same name (the label is what a webhook's objectSelector can see).
+    let says_false = |map: Option<&BTreeMap<String, String>>| {
+        map.and_then(|m| m.get(INJECT_ANNOTATION))
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+    };
+    let metadata = template.metadata.as_ref();
+    let opted_out = says_false(metadata.and_then(|m| m.annotations.as_ref()))
+        || says_false(metadata.and_then(|m| m.labels.as_ref()));
     if opted_out {
         return Some(Unchanged::OptedOut);
     }
@@ -593,7 +596,7 @@ fn sidecar_container(settings: &Settings, app_port: i32, inbound_name: &str) -> 
         }),
         resources: Some(ResourceRequirements {
             requests: Some(quantities("10m", "16Mi")),
-            limits: Some(quantities("200m", "64Mi")),
+            limits: Some(quantities("200m", "32Mi")),
             ..Default::default()
         }),
         security_context: Some(SecurityContext {
@@ -769,6 +772,12 @@ mod tests {
         opted["spec"]["template"]["metadata"]["annotations"] = json!({INJECT_ANNOTATION: "false"});
         assert_eq!(
             inject(&opted, &Settings::default()).unwrap(),
+            Outcome::Unchanged(Unchanged::OptedOut)
+        );
+        let mut by_label = deployment(json!([{"name": "a", "image": "a:1"}]));
+        by_label["spec"]["template"]["metadata"]["labels"][INJECT_ANNOTATION] = json!("false");
+        assert_eq!(
+            inject(&by_label, &Settings::default()).unwrap(),
             Outcome::Unchanged(Unchanged::OptedOut)
         );
     }
