@@ -219,7 +219,7 @@ async fn send(ctx: &Ctx, files: Vec<SourceFile>, path: &str) -> Result<ExitCode>
             for change in &response.changes {
                 println!("{change}");
             }
-            for line in warnings(&response.diagnostics) {
+            for line in warnings(&response.diagnostics, Reporter::Apply) {
                 eprintln!("{line}");
             }
             Ok(ExitCode::SUCCESS)
@@ -232,11 +232,20 @@ async fn send(ctx: &Ctx, files: Vec<SourceFile>, path: &str) -> Result<ExitCode>
     }
 }
 
+/// Which command reports the analysis: it decides the closing line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// `apply`: the change was made.
+    Apply,
+    /// `validate`: nothing was applied; apply would accept the files.
+    Validate,
+}
+
 /// The analysis that comes back with a change, as the warnings they are
 /// for `apply`: the change was made, so nothing here is labelled an error
-/// (the exit status is 0). An Error-level finding (requests it touches will
-/// fail) says so in its own words, and the closing line says what to do.
-pub fn warnings(diagnostics: &[Diagnostic]) -> Vec<String> {
+/// (the exit status is 0). When an Error-level finding is among them
+/// (requests it touches will fail), a closing line says so and what to do.
+pub fn warnings(diagnostics: &[Diagnostic], reporter: Reporter) -> Vec<String> {
     let mut lines: Vec<String> = diagnostics
         .iter()
         .map(|d| {
@@ -253,17 +262,21 @@ pub fn warnings(diagnostics: &[Diagnostic]) -> Vec<String> {
             }
             line.push_str(": ");
             line.push_str(&d.message);
-            if is_error(d) {
-                line.push_str(" (requests this touches will fail)");
-            }
             line
         })
         .collect();
     let errors = diagnostics.iter().filter(|d| is_error(d)).count();
     if errors > 0 {
+        let (done, again) = match reporter {
+            Reporter::Apply => ("Applied anyway, as Istio would", "apply again"),
+            Reporter::Validate => (
+                "`meshctl apply` would accept this, as Istio would",
+                "validate again",
+            ),
+        };
         lines.push(format!(
-            "Applied anyway, as Istio would; {errors} of these will fail requests as written \
-             (`meshctl analyze` counts them as errors): fix the YAML and apply again."
+            "{done}; {errors} of these will fail requests as written \
+             (`meshctl analyze` counts them as errors): fix the YAML and {again}."
         ));
     }
     lines
@@ -319,7 +332,9 @@ pub fn check_sources(sources: &[SourceFile]) -> Validation {
                 .iter()
                 .map(|s| s.name.to_string())
                 .collect();
-            result.problems.extend(warnings(&set.analyze(&services)));
+            result
+                .problems
+                .extend(warnings(&set.analyze(&services), Reporter::Validate));
         }
     }
     result
@@ -509,15 +524,18 @@ mod tests {
             field: "spec.http[0].route[0].destination.subset".into(),
             message: "subset \"v2\" is not defined".into(),
         };
-        let lines = warnings(&[
-            finding("Error", "ReferencedResourceNotFound"),
-            finding("Warning", "SubsetSelectsNoInstances"),
-            finding("Info", "FaultInjectsNothing"),
-        ]);
+        let lines = warnings(
+            &[
+                finding("Error", "ReferencedResourceNotFound"),
+                finding("Warning", "SubsetSelectsNoInstances"),
+                finding("Info", "FaultInjectsNothing"),
+            ],
+            Reporter::Apply,
+        );
         assert_eq!(
             lines[0],
             "Warning [ReferencedResourceNotFound] VirtualService default/helloworld-service \
-             spec.http[0].route[0].destination.subset: subset \"v2\" is not defined (requests this touches will fail)"
+             spec.http[0].route[0].destination.subset: subset \"v2\" is not defined"
         );
         assert!(
             lines[1].starts_with("Warning [SubsetSelectsNoInstances] "),
@@ -532,10 +550,20 @@ mod tests {
             "exit 0 and an `Error` label disagree: {lines:?}"
         );
         assert!(
-            lines[3].contains("1 of these will fail requests"),
+            lines[3].starts_with("Applied anyway")
+                && lines[3].contains("1 of these will fail requests"),
+            "{lines:?}"
+        );
+        // validate applied nothing, and says so.
+        let lines = warnings(&[finding("Error", "X")], Reporter::Validate);
+        assert!(
+            lines[1].starts_with("`meshctl apply` would accept this"),
             "{lines:?}"
         );
         // Nothing that fails: no closing line.
-        assert_eq!(warnings(&[finding("Warning", "X")]).len(), 1);
+        assert_eq!(
+            warnings(&[finding("Warning", "X")], Reporter::Apply).len(),
+            1
+        );
     }
 }
