@@ -517,6 +517,10 @@ pub fn parse_quantity(text: &str, cpu: bool) -> Option<u64> {
 pub struct Requests {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// Memory limits too must fit: a node that grants every container its
+    /// limit at once still has room. (CPU limits only throttle, so they are
+    /// not held to the budget: a JVM starting on 100m would take minutes.)
+    pub memory_limit_bytes: u64,
 }
 
 /// Every container has requests and limits (limits at least the requests);
@@ -549,6 +553,7 @@ pub fn check_resources(m: &Manifests) -> (Requests, Vec<String>) {
                             total.cpu_millis += request * w.replicas;
                         } else {
                             total.memory_bytes += request * w.replicas;
+                            total.memory_limit_bytes += limit * w.replicas;
                         }
                     }
                     _ => problems.push(format!(
@@ -569,6 +574,12 @@ pub fn check_resources(m: &Manifests) -> (Requests, Vec<String>) {
         problems.push(format!(
             "the install requests {} MiB in total; the budget is under 1024 MiB",
             total.memory_bytes >> 20
+        ));
+    }
+    if total.memory_limit_bytes >= MEMORY_BUDGET_BYTES {
+        problems.push(format!(
+            "the install's memory limits add up to {} MiB; keep them under 1024 MiB",
+            total.memory_limit_bytes >> 20
         ));
     }
     (total, problems)
@@ -788,7 +799,8 @@ spec:
             total,
             Requests {
                 cpu_millis: 60,
-                memory_bytes: 96 << 20
+                memory_bytes: 96 << 20,
+                memory_limit_bytes: 256 << 20,
             }
         );
         let (_, problems) = check_resources(&broken("replicas: 2", "replicas: 40"));
@@ -802,6 +814,11 @@ spec:
                 .iter()
                 .any(|p| p.contains("budget is under 1024 MiB")),
             "{problems:?}"
+        );
+        let (_, problems) = check_resources(&broken("memory: 64Mi}}", "memory: 600Mi}}"));
+        assert_eq!(
+            problems,
+            ["the install's memory limits add up to 1328 MiB; keep them under 1024 MiB"]
         );
         let (_, problems) = check_resources(&broken(", limits: {cpu: 200m, memory: 64Mi}", ""));
         assert_eq!(problems.len(), 2, "{problems:?}");
