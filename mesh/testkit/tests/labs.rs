@@ -149,8 +149,8 @@ struct Lab {
 
 impl Lab {
     /// bash for one step. Steps run as a learner's shell would (`set -eu`,
-    /// but no `pipefail`: `curl ... | head` is fine there); checks add
-    /// `pipefail` so a failing command in a pipe fails the check.
+    /// but no `pipefail`: `curl ... | head` is fine there); hidden steps add
+    /// `pipefail` so a failing command in a pipe fails the step.
     fn command(&self, script: &str) -> Command {
         let path = format!(
             "{}:{}",
