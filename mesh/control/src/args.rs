@@ -19,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::collector::CollectorSettings;
 use crate::dashboard::DashboardListen;
-use crate::kubernetes::KubernetesSource;
+use crate::kubernetes::{KubernetesSource, WebhookSettings, webhook};
 use crate::server::DEFAULT_STATE_DIR;
 use crate::{Error, Server, Settings};
 
@@ -60,6 +60,25 @@ pub struct Args {
     /// resources make the mesh.
     #[arg(long, env = "MESH_NAMESPACE", default_value = "default")]
     pub namespace: String,
+
+    /// With `--source kubernetes`: where the validating admission webhook
+    /// serves HTTPS (`off` runs without it).
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:15017",
+        value_name = "ADDR|off"
+    )]
+    pub webhook_listen: String,
+
+    /// The Service (`NAME.NAMESPACE`) the API server calls the webhook
+    /// through: the names its certificate is made for.
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_SERVICE",
+        default_value = "mesh-control.mesh-system"
+    )]
+    pub webhook_service: String,
 
     /// Log filter, in tracing's EnvFilter syntax: `info`, `debug`,
     /// `info,mesh_control=debug`.
@@ -132,7 +151,9 @@ impl Args {
                     ))
                 })?;
                 tracing::info!(namespace = %self.namespace, "source: the Kubernetes API");
-                Some(KubernetesSource::new(client, self.namespace.clone()))
+                let mut source = KubernetesSource::new(client, self.namespace.clone());
+                source.webhook = self.webhook()?;
+                Some(source)
             }
         };
         // On a cluster the state directory only caches the sidecars'
@@ -171,6 +192,34 @@ impl Args {
         shutdown_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await
+    }
+}
+
+impl Args {
+    /// `--webhook-listen` and `--webhook-service`, checked.
+    fn webhook(&self) -> Result<Option<WebhookSettings>, Error> {
+        if self.webhook_listen == "off" {
+            return Ok(None);
+        }
+        let listen = self.webhook_listen.parse().map_err(|e| {
+            Error::Usage(format!(
+                "--webhook-listen (MESH_WEBHOOK_LISTEN) {:?}: {e}; write an address like \
+                 0.0.0.0:15017, or `off`",
+                self.webhook_listen
+            ))
+        })?;
+        let Some((service, namespace)) = self.webhook_service.split_once('.') else {
+            return Err(Error::Usage(format!(
+                "--webhook-service (MESH_WEBHOOK_SERVICE) {:?}: write the Service as \
+                 NAME.NAMESPACE, like mesh-control.mesh-system",
+                self.webhook_service
+            )));
+        };
+        Ok(Some(WebhookSettings {
+            listen,
+            dns_names: webhook::service_dns_names(service, namespace),
+            inject: mesh_inject::Settings::default(),
+        }))
     }
 }
 
@@ -230,6 +279,15 @@ mod tests {
         .unwrap();
         assert_eq!(args.source, Some(SourceKind::Kubernetes));
         assert_eq!(args.namespace, "guestbook");
+        let webhook = args.webhook().unwrap().unwrap();
+        assert_eq!(webhook.listen.port(), 15017);
+        assert_eq!(webhook.dns_names[0], "mesh-control.mesh-system.svc");
+
+        let off = Args::try_parse_from(["mesh-control", "--webhook-listen", "off"]).unwrap();
+        assert!(off.webhook().unwrap().is_none());
+        let bad = Args::try_parse_from(["mesh-control", "--webhook-service", "nodot"]).unwrap();
+        let message = bad.webhook().unwrap_err().to_string();
+        assert!(message.contains("NAME.NAMESPACE"), "{message}");
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub mod store;
 mod watch;
 
 pub use args::{Args, SourceKind};
-pub use kubernetes::KubernetesSource;
+pub use kubernetes::{KubernetesSource, WebhookSettings};
 pub use server::{DEFAULT_STATE_DIR, MAX_WATCH_WAIT, Server, ServerHandle, Settings};
 pub use store::StoreError;
 
@@ -103,6 +103,10 @@ pub enum Error {
          write for example `info` or `info,mesh_control=debug`"
     )]
     LogFilter { filter: String, message: String },
+
+    /// The admission webhook could not start (`kubernetes/webhook.rs`).
+    #[error(transparent)]
+    Webhook(#[from] kubernetes::webhook::WebhookError),
 
     #[error("{0}")]
     Usage(String),

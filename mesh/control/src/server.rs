@@ -20,7 +20,7 @@ use crate::api;
 use crate::collector::{self, Collector, CollectorSettings};
 use crate::dashboard::{self, DashboardInfo, DashboardListen};
 use crate::graph::{self, Graph, GraphSettings};
-use crate::kubernetes::{self, KubernetesSource};
+use crate::kubernetes::{self, KubernetesSource, WebhookInfo};
 use crate::scrape::{self, ScrapeSettings};
 use crate::state::Shared;
 
@@ -132,6 +132,11 @@ impl Server {
         let graph = Arc::new(Graph::new(settings.graph.clone()));
         let scrape_settings = settings.scrape.clone();
         let kubernetes_source = settings.kubernetes.clone();
+        let webhook = match &kubernetes_source {
+            Some(source) => kubernetes::start_webhook(source, shutdown.clone()).await?,
+            None => None,
+        };
+        let (webhook, webhook_task) = webhook.unzip();
         let shared = Arc::new(Shared::load(settings, shutdown.clone())?);
         // One API, on both ports: the dashboard's page calls it same-origin.
         let app = api::router(shared.clone())
@@ -162,6 +167,7 @@ impl Server {
 
         Ok(ServerHandle {
             addr,
+            webhook,
             dashboard_addr,
             shared,
             collector,
@@ -173,6 +179,7 @@ impl Server {
                 writer,
                 scraper,
                 source,
+                webhook: webhook_task,
             }),
         })
     }
@@ -183,6 +190,8 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    /// The admission webhook, with `--source kubernetes`.
+    webhook: Option<WebhookInfo>,
     dashboard_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     collector: Arc<Collector>,
@@ -200,6 +209,8 @@ struct Tasks {
     scraper: JoinHandle<()>,
     /// The Kubernetes watch loop, with `--source kubernetes`.
     source: Option<JoinHandle<()>>,
+    /// The admission webhook's server and caBundle publisher.
+    webhook: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -211,6 +222,11 @@ impl ServerHandle {
     /// `http://127.0.0.1:PORT`, the base URL of the API.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The admission webhook (address, CA), if it runs.
+    pub fn webhook(&self) -> Option<&WebhookInfo> {
+        self.webhook.as_ref()
     }
 
     /// Where the dashboard listens, if it runs.
@@ -260,6 +276,9 @@ impl ServerHandle {
             tasks.scraper.await.map_err(Error::Task)?;
             if let Some(source) = tasks.source {
                 source.await.map_err(Error::Task)?;
+            }
+            if let Some(webhook) = tasks.webhook {
+                webhook.await.map_err(Error::Task)?;
             }
             // The writer makes its last registry write before it returns.
             tasks.writer.await.map_err(Error::Task)?;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use fake_api::{FakeApi, NAMESPACE};
 use mesh_api::snapshot::Snapshot;
 use mesh_api::xds::{ProxyAnnounce, ProxyMode};
-use mesh_control::{KubernetesSource, Server, ServerHandle, Settings};
+use mesh_control::kubernetes::webhook;
+use mesh_control::{KubernetesSource, Server, ServerHandle, Settings, WebhookSettings};
 use serde_json::{Value, json};
 
 /// Every kind of call the control plane may make, as RBAC names it. The
@@ -102,10 +103,23 @@ impl Mesh {
     /// A control plane with `--source kubernetes` on the fake API server,
     /// and one sidecar ("probe") connected to it as a pod's sidecar would.
     async fn start(api: FakeApi) -> Mesh {
+        Mesh::start_with(api, false).await
+    }
+
+    /// The same, with the admission webhooks on a free port.
+    async fn start_with(api: FakeApi, webhooks: bool) -> Mesh {
         let state = tempfile::tempdir().unwrap();
         let mut settings = Settings::local(state.path());
         settings.lease = Duration::from_secs(60);
-        settings.kubernetes = Some(KubernetesSource::new(api.client(), NAMESPACE));
+        let mut source = KubernetesSource::new(api.client(), NAMESPACE);
+        if webhooks {
+            source.webhook = Some(WebhookSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                dns_names: webhook::service_dns_names("mesh-control", "mesh-system"),
+                inject: mesh_inject::Settings::default(),
+            });
+        }
+        settings.kubernetes = Some(source);
         let control = Server::start(settings).await.expect("control plane starts");
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let probe = ProxyAnnounce {
@@ -509,4 +523,350 @@ async fn meshctl_apply_is_refused_with_the_kubectl_command_to_use_instead() {
             .iter()
             .all(|c| c.verb == "list" || c.verb == "watch")
     );
+}
+
+// === RBAC: the rendered Role allows exactly what the control plane does ===
+
+/// One RBAC grant: (apiGroup, resource, verb), and the namespace it holds
+/// in (`None`: cluster-wide), and the resourceNames it is limited to.
+#[derive(Debug)]
+struct Grant {
+    group: String,
+    resource: String,
+    verb: String,
+    namespace: Option<String>,
+    names: Vec<String>,
+}
+
+/// Every grant of the Roles and ClusterRoles bound to mesh-control's
+/// ServiceAccount in the rendered overlay.
+fn granted(rendered: &str) -> Vec<Grant> {
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(rendered)
+        .map(|d| serde_yaml::with::singleton_map_recursive::deserialize(d).unwrap_or(Value::Null))
+        .filter(|d: &Value| !d.is_null())
+        .collect();
+    let bound_to_us = |binding: &Value| {
+        binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["name"] == "mesh-control"
+                    && s["namespace"] == "mesh-system"
+            })
+    };
+    let mut grants = Vec::new();
+    for binding in docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+        .filter(|d| bound_to_us(d))
+    {
+        // A RoleBinding grants in its own namespace, whatever it refers to.
+        let namespace = (binding["kind"] == "RoleBinding").then(|| {
+            binding["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+        let role_ref = &binding["roleRef"];
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == role_ref["kind"]
+                    && d["metadata"]["name"] == role_ref["name"]
+                    && (d["kind"] == "ClusterRole"
+                        || d["metadata"]["namespace"] == binding["metadata"]["namespace"])
+            })
+            .unwrap_or_else(|| panic!("{} refers to a missing role", binding["metadata"]["name"]));
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            let list = |field: &str| -> Vec<String> {
+                rule[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for verb in list("verbs") {
+                        grants.push(Grant {
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            verb,
+                            namespace: namespace.clone(),
+                            names: list("resourceNames"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+fn render_overlay(overlay: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root.join("k8s/overlays").join(overlay))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl could not run ({e}); it renders k8s/ (kubectl kustomize): install \
+                 kubectl or run scripts/setup-test-machine.sh"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize k8s/overlays/{overlay} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_rendered_role_allows_every_call_the_control_plane_makes_and_nothing_more() {
+    // Make every kind of call: read everything, accept and reject (twice,
+    // so the Event recorder patches its series) Istio objects of each kind.
+    let api = FakeApi::default();
+    helloworld(&api);
+    api.apply(istio("DestinationRule", "helloworld-service", subsets()));
+    api.apply(istio(
+        "Gateway",
+        "guestbook-gateway",
+        json!({"selector": {"istio": "ingressgateway"},
+               "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                            "hosts": ["*"]}]}),
+    ));
+    api.apply(istio("VirtualService", "helloworld-service", canary(80)));
+    webhook_configurations(&api);
+    let mesh = Mesh::start_with(api.clone(), true).await;
+    mesh.eventually("80/20", |s| weights(s, "helloworld-service").len() == 2)
+        .await;
+    ca_bundles_published(&mesh).await;
+    for weight in [60, 40] {
+        let mut spec = canary(weight);
+        spec["http"][0]["route"][0]["percent"] = json!(weight);
+        api.apply(istio("VirtualService", "helloworld-service", spec));
+        let generation =
+            api.get("VirtualService", "helloworld-service").unwrap()["metadata"]["generation"]
+                .clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while api.get("VirtualService", "helloworld-service").unwrap()["status"]["observedGeneration"]
+            != generation
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no status written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let calls = api.calls();
+    let made: BTreeSet<String> = calls.iter().map(|c| c.rule()).collect();
+    assert!(made.contains("patch events.k8s.io/events"), "{made:#?}");
+    assert!(
+        made.contains("patch networking.istio.io/gateways/status"),
+        "{made:#?}"
+    );
+    assert!(
+        made.contains("patch admissionregistration.k8s.io/mutatingwebhookconfigurations"),
+        "{made:#?}"
+    );
+
+    for overlay in ["kind", "minikube"] {
+        let grants = granted(&render_overlay(overlay));
+        let allows = |call: &fake_api::Call, g: &Grant| {
+            g.group == call.group
+                && g.resource == call.resource
+                && g.verb == call.verb
+                && (g.names.is_empty() || call.name.as_ref().is_some_and(|n| g.names.contains(n)))
+                && g.namespace.as_ref().is_none_or(|ns| *ns == call.namespace)
+        };
+        // Every call the control plane made is allowed...
+        let denied: BTreeSet<String> = calls
+            .iter()
+            .filter(|c| !grants.iter().any(|g| allows(c, g)))
+            .map(|c| format!("{} {:?} in namespace {:?}", c.rule(), c.name, c.namespace))
+            .collect();
+        assert!(
+            denied.is_empty(),
+            "k8s/overlays/{overlay}: mesh-control's roles do not allow {denied:#?}"
+        );
+        // ...and nothing is granted that no call needs.
+        let unused: Vec<String> = grants
+            .iter()
+            .filter(|g| !calls.iter().any(|c| allows(c, g)))
+            .map(|g| {
+                format!(
+                    "{} {}/{} {:?} {:?}",
+                    g.verb, g.group, g.resource, g.names, g.namespace
+                )
+            })
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "k8s/overlays/{overlay}: mesh-control's roles grant what it never uses: {unused:#?}"
+        );
+    }
+}
+
+// === the admission webhooks, over HTTPS ===
+
+/// The two webhook configurations of k8s/, as applied before mesh-control
+/// has made its certificate (no caBundle yet).
+fn webhook_configurations(api: &FakeApi) {
+    let webhook = |name: &str, path: &str| {
+        json!({"name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+               "clientConfig": {"service": {"name": "mesh-control", "namespace": "mesh-system",
+                                            "path": path, "port": 443}}})
+    };
+    api.apply(json!({"kind": "ValidatingWebhookConfiguration",
+                     "metadata": {"name": webhook::VALIDATING_CONFIGURATION},
+                     "webhooks": [webhook("validation.micromesh.dev", "/validate")]}));
+    api.apply(json!({"kind": "MutatingWebhookConfiguration",
+                     "metadata": {"name": webhook::MUTATING_CONFIGURATION},
+                     "webhooks": [webhook("sidecar-injector.micromesh.dev", "/inject")]}));
+}
+
+/// Wait until both configurations carry the control plane's CA.
+async fn ca_bundles_published(mesh: &Mesh) {
+    let ca = mesh
+        .control
+        .webhook()
+        .expect("the webhooks run")
+        .ca_pem
+        .clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (kind, name) in [
+        (
+            "ValidatingWebhookConfiguration",
+            webhook::VALIDATING_CONFIGURATION,
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            webhook::MUTATING_CONFIGURATION,
+        ),
+    ] {
+        loop {
+            let object = mesh.api.get(kind, name).unwrap();
+            let bundle = &object["webhooks"][0]["clientConfig"]["caBundle"];
+            if !bundle.is_null() {
+                let pem: k8s_openapi::ByteString = serde_json::from_value(bundle.clone()).unwrap();
+                assert_eq!(
+                    String::from_utf8(pem.0).unwrap(),
+                    ca,
+                    "{kind}: the caBundle is our CA"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{kind}: no caBundle"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// POST `body` to the webhook over TLS, trusting only the published CA and
+/// checking the certificate's name as the API server does.
+async fn post_tls(mesh: &Mesh, path: &str, body: &Value) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+
+    let info = mesh.control.webhook().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(info.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(info.addr).await.unwrap();
+    let server_name = "mesh-control.mesh-system.svc".try_into().unwrap();
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("the serving certificate is valid for the Service's name");
+    let body = serde_json::to_vec(body).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: mesh-control.mesh-system.svc\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body).await.unwrap();
+    let mut response = Vec::new();
+    // The server closes after answering (Connection: close); whether a TLS
+    // close_notify comes first does not matter here.
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test]
+async fn the_webhooks_serve_https_with_a_certificate_whose_ca_they_publish() {
+    let api = FakeApi::default();
+    webhook_configurations(&api);
+    let mesh = Mesh::start_with(api.clone(), true).await;
+    ca_bundles_published(&mesh).await;
+
+    // kubectl apply -f of the talk's `percent`: refused, with meshctl's words.
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1", "operation": "CREATE", "userInfo": {"username": "learner"},
+            "kind": {"group": "networking.istio.io", "version": "v1alpha3", "kind": "VirtualService"},
+            "resource": {"group": "networking.istio.io", "version": "v1alpha3",
+                         "resource": "virtualservices"},
+            "name": "helloworld-service", "namespace": NAMESPACE,
+            "object": {"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+                       "metadata": {"name": "helloworld-service", "namespace": NAMESPACE},
+                       "spec": {"hosts": ["helloworld-service"], "http": [{"route": [
+                           {"destination": {"host": "helloworld-service"}, "percent": 100}]}]}}
+        }
+    });
+    let answer = post_tls(&mesh, "/validate", &review).await;
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.http[0].route[0].percent"),
+        "{message}"
+    );
+
+    // With `weight` instead, it is allowed.
+    let mut valid = review.clone();
+    valid["request"]["object"]["spec"]["http"][0]["route"][0] =
+        json!({"destination": {"host": "helloworld-service"}, "weight": 100});
+    let answer = post_tls(&mesh, "/validate", &valid).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
+
+    // A pod created in an injected namespace gets its sidecar as a JSON Patch.
+    let pod = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-2", "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NAMESPACE,
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"generateName": "hw-v1-", "namespace": NAMESPACE,
+                                    "labels": {"app": "helloworld-service", "version": "v1"}},
+                       "spec": {"containers": [{"name": "helloworld",
+                                                "image": "micromesh/helloworld:0.1.0",
+                                                "ports": [{"name": "http", "containerPort": 8080}]}]}}
+        }
+    });
+    let answer = post_tls(&mesh, "/inject", &pod).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer:#}");
 }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod crd;
 pub mod discovery;
 mod source;
+pub mod webhook;
 
 use std::fmt;
 
@@ -41,6 +42,19 @@ pub struct KubernetesSource {
     pub namespace: String,
     /// Who writes Events and status (`reportingController` in an Event).
     pub reporter: String,
+    /// The validating admission webhook (`webhook.rs`), if it runs.
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// Where the admission webhook listens and what its certificate names.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// `0.0.0.0:15017` in a pod; port 0 picks a free one.
+    pub listen: std::net::SocketAddr,
+    /// The names the API server calls it by (`webhook::service_dns_names`).
+    pub dns_names: Vec<String>,
+    /// What the injected sidecar is: its image, the control plane's URL.
+    pub inject: mesh_inject::Settings,
 }
 
 impl KubernetesSource {
@@ -50,6 +64,7 @@ impl KubernetesSource {
             client,
             namespace: namespace.into(),
             reporter: "mesh-control".to_string(),
+            webhook: None,
         }
     }
 }
@@ -60,6 +75,65 @@ impl fmt::Debug for KubernetesSource {
         f.debug_struct("KubernetesSource")
             .field("namespace", &self.namespace)
             .field("reporter", &self.reporter)
+            .field("webhook", &self.webhook)
             .finish_non_exhaustive()
     }
+}
+
+/// A running webhook: where it listens, the CA its certificate chains to.
+#[derive(Clone, Debug)]
+pub struct WebhookInfo {
+    pub addr: std::net::SocketAddr,
+    pub ca_pem: String,
+}
+
+/// Start the webhook if `source` asks for one: make the certificate, bind,
+/// serve, and publish the CA in the background (retrying until the
+/// configuration exists and may be patched: `kubectl apply -k` creates it
+/// alongside the control plane, in no guaranteed order).
+pub(crate) async fn start_webhook(
+    source: &KubernetesSource,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Option<(WebhookInfo, tokio::task::JoinHandle<()>)>, webhook::WebhookError> {
+    let Some(settings) = &source.webhook else {
+        return Ok(None);
+    };
+    let certificate = webhook::ServingCertificate::generate(&settings.dns_names)?;
+    let listener = webhook::bind(settings.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|error| webhook::WebhookError::Bind {
+            addr: settings.listen,
+            error,
+        })?;
+    let info = WebhookInfo {
+        addr,
+        ca_pem: certificate.ca_pem.clone(),
+    };
+    let client = source.client.clone();
+    let inject = settings.inject.clone();
+    let task = tokio::spawn(async move {
+        let publish = async {
+            let mut pause = std::time::Duration::from_millis(500);
+            loop {
+                match webhook::publish_ca_bundle(client.clone(), &certificate.ca_pem).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!("{e}; retrying in {pause:?}"),
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+        };
+        let serve = webhook::serve(listener, &certificate, inject, shutdown.clone());
+        let (served, ()) = tokio::join!(serve, async {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = publish => {}
+            }
+        });
+        if let Err(e) = served {
+            tracing::error!("the admission webhook stopped: {e}");
+        }
+    });
+    Ok(Some((info, task)))
 }

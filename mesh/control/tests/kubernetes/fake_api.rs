@@ -33,7 +33,10 @@ pub struct Call {
     pub group: String,
     /// `services`, `virtualservices/status`, `events`.
     pub resource: String,
+    /// `""` for a cluster-scoped resource.
     pub namespace: String,
+    /// The object named in the path, if any (RBAC's resourceNames).
+    pub name: Option<String>,
     pub body: Option<Value>,
 }
 
@@ -83,6 +86,16 @@ pub fn type_of(kind: &str) -> (&'static str, &'static str, &'static str) {
         "VirtualService" => ("networking.istio.io", "v1", "virtualservices"),
         "DestinationRule" => ("networking.istio.io", "v1", "destinationrules"),
         "Gateway" => ("networking.istio.io", "v1", "gateways"),
+        "ValidatingWebhookConfiguration" => (
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingwebhookconfigurations",
+        ),
+        "MutatingWebhookConfiguration" => (
+            "admissionregistration.k8s.io",
+            "v1",
+            "mutatingwebhookconfigurations",
+        ),
         other => panic!("the fake API server does not know kind {other}"),
     }
 }
@@ -143,7 +156,9 @@ impl FakeApi {
             ),
         };
         let meta = &mut object["metadata"];
-        meta["namespace"] = json!(NAMESPACE);
+        if !kind.ends_with("WebhookConfiguration") {
+            meta["namespace"] = json!(NAMESPACE);
+        }
         meta["resourceVersion"] = json!(rv.to_string());
         meta["generation"] = json!(generation);
         meta["uid"] = uid;
@@ -233,6 +248,7 @@ impl FakeApi {
             _ => panic!("unexpected path {path}"),
         };
         let (namespace, resource, name, sub) = match rest {
+            [resource, name] => ("", *resource, Some(*name), None),
             ["namespaces", ns, resource] => (*ns, *resource, None, None),
             ["namespaces", ns, resource, name] => (*ns, *resource, Some(*name), None),
             ["namespaces", ns, resource, name, sub] => (*ns, *resource, Some(*name), Some(*sub)),
@@ -263,6 +279,7 @@ impl FakeApi {
                 group: group.to_string(),
                 resource: full_resource.clone(),
                 namespace: namespace.to_string(),
+                name: name.map(str::to_string),
                 body: body.clone(),
             });
             if world.failing {
@@ -283,6 +300,17 @@ impl FakeApi {
                 self.watch(&key, from).await
             }
             "patch" if sub == Some("status") => self.patch_status(&key, name.unwrap(), body),
+            "get" => match self.get_key(&key, name.unwrap()) {
+                Some(object) => json_response(StatusCode::OK, &object),
+                None => status(StatusCode::NOT_FOUND, "not found"),
+            },
+            "patch" if resource.ends_with("webhookconfigurations") => {
+                self.patch_webhooks(&key, name.unwrap(), body.expect("a patch body"))
+            }
+            // The Event recorder's series update: a repeat of the same Event.
+            "patch" if resource == "events" => {
+                json_response(StatusCode::OK, &body.expect("an Event patch"))
+            }
             "create" if resource == "events" => {
                 let mut event = body.expect("an Event body");
                 if event["metadata"]["name"].is_null() {
@@ -292,6 +320,34 @@ impl FakeApi {
             }
             _ => panic!("the fake API server does not answer {verb} {key}"),
         }
+    }
+
+    fn get_key(&self, key: &str, name: &str) -> Option<Value> {
+        let world = self.world.lock().unwrap();
+        world.collections.get(key)?.objects.get(name).cloned()
+    }
+
+    /// A strategic merge patch of `webhooks`, merged by webhook name as the
+    /// API server merges it (the only patch mesh-control sends there).
+    fn patch_webhooks(&self, key: &str, name: &str, patch: Value) -> Response<Body> {
+        let mut world = self.world.lock().unwrap();
+        let Some(object) = world
+            .collections
+            .get_mut(key)
+            .and_then(|c| c.objects.get_mut(name))
+        else {
+            return status(StatusCode::NOT_FOUND, "not found");
+        };
+        for change in patch["webhooks"].as_array().expect("a webhooks list") {
+            let webhook = object["webhooks"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|w| w["name"] == change["name"])
+                .expect("a strategic merge patch of an existing webhook");
+            webhook["clientConfig"]["caBundle"] = change["clientConfig"]["caBundle"].clone();
+        }
+        json_response(StatusCode::OK, object)
     }
 
     fn list(&self, key: &str) -> Response<Body> {
