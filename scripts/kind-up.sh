@@ -73,6 +73,9 @@ started=$SECONDS
 # === the cluster ===
 if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     say "cluster $CLUSTER exists; reusing it"
+    # A kubeconfig edited since (or another machine's) may lack its context.
+    kind export kubeconfig --name "$CLUSTER" >/dev/null 2>&1 \
+        || die "cannot write the kubeconfig of cluster $CLUSTER; 'scripts/down.sh kind' and run again"
 else
     say "creating the kind cluster $CLUSTER (k8s/kind-cluster.yaml: localhost:8080 -> the gateway)"
     kind create cluster --config k8s/kind-cluster.yaml \

@@ -78,7 +78,19 @@ impl Shared {
         registry.restore(loaded.registry.proxies.clone(), Instant::now());
         // One above anything handed out before: every proxy's `version=N`
         // is now stale, so each one resyncs on its next poll.
-        let version = loaded.last_version() + 1;
+        let mut version = loaded.last_version() + 1;
+        // With the Kubernetes source the state directory is scratch space,
+        // lost with the pod: a restarted control plane would count 1, 2, 3
+        // again and could hand a proxy holding "3" another "3", which the
+        // proxy would take for "up to date". Milliseconds since 1970 are
+        // above any number an earlier run handed out (unless it made more
+        // than a thousand versions a second for its whole life).
+        if settings.kubernetes.is_some() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            version = version.max(now);
+        }
         // Persist the new version before serving: if we restart again before
         // any change, we must still not hand out this number twice. This
         // also proves the state directory is writable, before anyone relies

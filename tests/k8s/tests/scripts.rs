@@ -18,8 +18,8 @@ use k8s_tests::repo_root;
 const SCRIPTS: [&str; 3] = ["kind-up.sh", "minikube-up.sh", "down.sh"];
 
 /// System tools the scripts use before (and while) checking prerequisites.
-const SYSTEM_TOOLS: [&str; 8] = [
-    "bash", "env", "sed", "sort", "head", "grep", "dirname", "seq",
+const SYSTEM_TOOLS: [&str; 9] = [
+    "bash", "env", "sed", "sort", "head", "grep", "dirname", "seq", "cat",
 ];
 
 fn find_on_path(tool: &str) -> PathBuf {
@@ -57,11 +57,21 @@ impl Sandbox {
     }
 
     fn run(&self, script: &str, args: &[&str]) -> (Output, Duration, String) {
+        self.run_with(script, args, &[])
+    }
+
+    fn run_with(
+        &self,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Output, Duration, String) {
         let started = Instant::now();
         let out = Command::new(self.dir.path().join("bash"))
             .arg(repo_root().join("scripts").join(script))
             .args(args)
             .env_clear()
+            .envs(env.iter().copied())
             .env("PATH", self.dir.path())
             .env("CALLS", self.calls_file())
             .env("HOME", self.dir.path())
@@ -236,4 +246,61 @@ fn the_scripts_pass_shellcheck() {
         "shellcheck found problems:\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn kind_up_runs_through_twice_on_an_existing_cluster() {
+    // Every tool answers as on a laptop where the cluster already exists
+    // and the images are built: the whole flow runs, twice, and never
+    // creates a cluster again.
+    let kind = (
+        "kind",
+        r#"case "$1" in version) echo "kind v0.27.0 go1.23.4 linux/amd64";; get) echo micromesh;; *) exit 0;; esac"#,
+    );
+    let kubectl = (
+        "kubectl",
+        r#"case "$*" in
+  "version --client") echo "Client Version: v1.31.2";;
+  *"get deployments -o name"*) echo deployment.apps/one; echo deployment.apps/two;;
+  *) exit 0;;
+esac"#,
+    );
+    let curl = (
+        "curl",
+        r#"echo '<html><title>Guestbook (v1)</title></html>'"#,
+    );
+    let sandbox = Sandbox::new(&[DOCKER, kubectl, kind, curl]);
+    for run in 1..=2 {
+        let (out, _, calls) = sandbox.run_with("kind-up.sh", &[], &[("SKIP_BUILD", "1")]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("cluster micromesh exists; reusing it"),
+            "{stdout}"
+        );
+        // One progress line per Deployment, in both namespaces.
+        assert!(stdout.contains("[1/4] mesh-system/one"), "{stdout}");
+        assert!(stdout.contains("[4/4] guestbook/two"), "{stdout}");
+        assert!(
+            stdout.contains("the Guestbook answers at http://localhost:8080/"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("scripts/down.sh kind"),
+            "next steps: {stdout}"
+        );
+        assert!(!calls.contains("kind create"), "{calls}");
+        assert!(
+            calls.contains("kubectl --context kind-micromesh apply -k k8s/overlays/kind"),
+            "{calls}"
+        );
+        assert!(
+            calls.contains("kind load docker-image --name micromesh micromesh/mesh-proxy:"),
+            "{calls}"
+        );
+    }
 }
