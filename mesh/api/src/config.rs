@@ -444,6 +444,13 @@ impl ConfigSet {
         analyze::analyze(self, &analyze::Registry::from_proxies(proxies))
     }
 
+    /// Per resource id, how it combines with others for the same host
+    /// (`gateway *: 2 of 2 (a-messages + b-hello)`); only resources that
+    /// share a host appear. `meshctl get` shows it as the MERGED column.
+    pub fn merges(&self) -> BTreeMap<String, Vec<String>> {
+        analyze::merges(self)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -508,11 +515,88 @@ impl ConfigSet {
             .collect()
     }
 
-    /// The DestinationRule in force for a service: the oldest one in the
-    /// routed namespace whose host names it.
-    pub fn destination_rule_for(&self, service: &str) -> Option<(&Resource, &DestinationRule)> {
-        self.destination_rules()
-            .find(|(r, dr)| r.is_routed() && host_key(&dr.host) == service)
+    /// The DestinationRule in force for a service: every DestinationRule in
+    /// the routed namespace whose host names it, oldest first, merged as
+    /// istiod's `mergeDestinationRule` merges them: the subsets of all of
+    /// them (a subset name already defined keeps the older definition), and
+    /// the top-level `trafficPolicy` of the oldest one that has one.
+    /// Returns the merged rule and the resources it came from, oldest first.
+    pub fn destination_rule_for(&self, service: &str) -> Option<(Vec<&Resource>, DestinationRule)> {
+        let mut from = Vec::new();
+        let mut merged: Option<DestinationRule> = None;
+        for (resource, rule) in self
+            .destination_rules()
+            .filter(|(r, dr)| r.is_routed() && host_key(&dr.host) == service)
+        {
+            from.push(resource);
+            let Some(merged) = merged.as_mut() else {
+                merged = Some(rule.clone());
+                continue;
+            };
+            for subset in &rule.subsets {
+                if merged.subset(&subset.name).is_none() {
+                    merged.subsets.push(subset.clone());
+                }
+            }
+            if merged.traffic_policy.is_none() {
+                merged.traffic_policy = rule.traffic_policy.clone();
+            }
+        }
+        merged.map(|rule| (from, rule))
+    }
+
+    /// What a gateway proxy with `labels` serves, in the order istiod builds
+    /// a gateway's routes (`buildGatewayHTTPRouteConfig`): the routed Gateways
+    /// that select it, oldest first; for each, the VirtualServices bound to
+    /// it, oldest first; each VirtualService host that meets a server host
+    /// gives a domain. Every VirtualService for a domain is merged into it,
+    /// in that order (one that reaches it twice, through two Gateways,
+    /// counts once: Istio appends its routes again, where they never match).
+    pub fn gateway_virtual_hosts(&self, labels: &BTreeMap<String, String>) -> GatewayHosts<'_> {
+        let gateways: Vec<(&Resource, &Gateway)> = self
+            .gateways()
+            .filter(|(r, gw)| r.is_routed() && gw.selects(labels))
+            .collect();
+        let mut hosts: Vec<GatewayHost<'_>> = Vec::new();
+        for (gateway, spec) in &gateways {
+            let bound = self.virtual_services().filter(|(r, vs)| {
+                r.is_routed()
+                    && vs.bound_gateways(&r.metadata.namespace).any(|(ns, name)| {
+                        ns == gateway.metadata.namespace && name == gateway.metadata.name
+                    })
+            });
+            for (resource, virtual_service) in bound {
+                for host in &virtual_service.hosts {
+                    for server_host in spec.hosts() {
+                        let Some(domain) = intersect_hosts(server_host, host) else {
+                            continue;
+                        };
+                        let domain = domain.to_ascii_lowercase();
+                        let entry = match hosts.iter().position(|h| h.domain == domain) {
+                            Some(i) => &mut hosts[i],
+                            None => {
+                                hosts.push(GatewayHost {
+                                    domain,
+                                    virtual_services: Vec::new(),
+                                });
+                                hosts.last_mut().expect("just pushed")
+                            }
+                        };
+                        if !entry
+                            .virtual_services
+                            .iter()
+                            .any(|(r, _)| r.id() == resource.id())
+                        {
+                            entry.virtual_services.push((resource, virtual_service));
+                        }
+                    }
+                }
+            }
+        }
+        GatewayHosts {
+            gateways: gateways.into_iter().map(|(r, _)| r).collect(),
+            hosts,
+        }
     }
 
     fn position(&self, resource: &Resource) -> Option<usize> {
@@ -521,6 +605,24 @@ impl ConfigSet {
             .iter()
             .position(|e| e.resource.key() == Some(key))
     }
+}
+
+/// What one gateway proxy serves: see [`ConfigSet::gateway_virtual_hosts`].
+#[derive(Debug)]
+pub struct GatewayHosts<'a> {
+    /// The routed Gateways that select the proxy, oldest first.
+    pub gateways: Vec<&'a Resource>,
+    /// One entry per domain, in the order the domains first appear.
+    pub hosts: Vec<GatewayHost<'a>>,
+}
+
+/// One domain a gateway serves and the VirtualServices merged into it.
+#[derive(Debug)]
+pub struct GatewayHost<'a> {
+    /// Lower case: `*`, `shop.example.com`.
+    pub domain: String,
+    /// In merge order (see [`ConfigSet::gateway_virtual_hosts`]).
+    pub virtual_services: Vec<(&'a Resource, &'a VirtualService)>,
 }
 
 /// Hosts that name the same thing compare equal: a service's short name and

@@ -61,6 +61,12 @@ pub struct VirtualHost {
 pub struct HttpRoute {
     /// The rule's `name`, or `<virtualservice>[<index>]`.
     pub name: String,
+    /// The VirtualService the rule comes from, `namespace/name` (`None` for
+    /// a route micromesh made up, such as a service's default route). At a
+    /// gateway one host merges the rules of several VirtualServices, so
+    /// `/config_dump` shows where each rule was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Any one of these must match (OR); an empty list matches every request.
     #[serde(default)]
     pub matches: Vec<RouteMatch>,

@@ -442,3 +442,311 @@ fn diagnostics_print_like_istioctl() {
         "{line}"
     );
 }
+
+// === several rules for one host (issue 18) ===
+
+/// `(level, code, resource, field)` of the findings with one of `codes`.
+fn only(diagnostics: &[Diagnostic], codes: &[&str]) -> Vec<(String, String, String, String)> {
+    let kept: Vec<Diagnostic> = diagnostics
+        .iter()
+        .filter(|d| codes.contains(&d.code.as_str()))
+        .cloned()
+        .collect();
+    summary(&kept)
+}
+
+#[test]
+fn two_mesh_virtual_services_for_one_host_name_both_and_the_winner() {
+    // Applied in this order: `b-first` is older although its name sorts
+    // later, so creation order, not the name, picks the winner.
+    let set = config(&[
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-first}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service}}]}]
+",
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-second}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service}}], timeout: 2s}]
+",
+    ]);
+    let diagnostics = set.analyze(&services(&["helloworld-service"]));
+    assert_eq!(
+        summary(&diagnostics),
+        vec![finding(
+            "Warning",
+            "ConflictingMeshGatewayVirtualServiceHosts",
+            "VirtualService default/a-second",
+            "spec.hosts[0]"
+        )]
+    );
+    let message = &diagnostics[0].message;
+    for needle in [
+        "VirtualService default/b-first and VirtualService default/a-second",
+        "VirtualService default/b-first is older, so it wins",
+        "applied first",
+        "IST0109",
+    ] {
+        assert!(message.contains(needle), "{needle:?} missing in: {message}");
+    }
+    // The MERGED column says the same in a few words.
+    let merges = set.merges();
+    assert_eq!(
+        merges["VirtualService default/b-first"],
+        vec!["mesh helloworld-service: used (older than a-second)"]
+    );
+    assert_eq!(
+        merges["VirtualService default/a-second"],
+        vec!["mesh helloworld-service: not used (b-first is older)"]
+    );
+}
+
+const INGRESS_A: &str = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gateway-a}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+";
+
+const INGRESS_B: &str = "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gateway-b}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+";
+
+const MESSAGES_VS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-messages}
+spec:
+  hosts: ['*']
+  gateways: [gateway-a]
+  http:
+  - match: [{uri: {prefix: /messages}}]
+    route: [{destination: {host: guestbook-service}}]
+";
+
+const HELLO_VS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-hello}
+spec:
+  hosts: ['*']
+  gateways: [gateway-b]
+  http:
+  - match: [{uri: {prefix: /hello}}]
+    route: [{destination: {host: helloworld-service}}]
+";
+
+#[test]
+fn gateway_virtual_services_through_two_gateways_of_one_ingress_are_merged_and_said_so() {
+    // The case the issue names: two Gateway resources select the same
+    // ingress, each with a VirtualService for `*`. Istio merges them; so
+    // does micromesh, and analysis says in which order.
+    let set = config(&[INGRESS_A, INGRESS_B, MESSAGES_VS, HELLO_VS]);
+    let codes = [
+        "GatewayVirtualServicesMerged",
+        "GatewayCatchAllShadowed",
+        "ConflictingMeshGatewayVirtualServiceHosts",
+    ];
+    let expected = vec![finding(
+        "Info",
+        "GatewayVirtualServicesMerged",
+        "VirtualService default/b-hello",
+        "spec.hosts",
+    )];
+    // Without proxies (the Gateways' selectors decide) and with a running
+    // ingress whose labels both select: the same finding.
+    let offline = set.analyze(&services(&["guestbook-service", "helloworld-service"]));
+    assert_eq!(only(&offline, &codes), expected);
+    let live = set.analyze_proxies(&[
+        sidecar("guestbook-service", "v1"),
+        sidecar("helloworld-service", "v1"),
+        ingress(),
+    ]);
+    assert_eq!(only(&live, &codes), expected);
+    let message = &live
+        .iter()
+        .find(|d| d.code == "GatewayVirtualServicesMerged")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("host `*` merges the rules of default/a-messages, default/b-hello"),
+        "{message}"
+    );
+    assert!(
+        message.contains("after VirtualService default/a-messages's"),
+        "{message}"
+    );
+    assert_eq!(
+        set.merges()["VirtualService default/b-hello"],
+        vec!["gateway *: 2 of 2 (a-messages + b-hello)"]
+    );
+
+    // A Gateway for another ingress does not merge.
+    let other = INGRESS_B.replace("ingressgateway", "other-ingress");
+    let set = config(&[INGRESS_A, &other, MESSAGES_VS, HELLO_VS]);
+    let diagnostics = set.analyze(&services(&["guestbook-service", "helloworld-service"]));
+    assert_eq!(only(&diagnostics, &codes), vec![]);
+    assert!(set.merges().is_empty());
+}
+
+#[test]
+fn a_second_catch_all_for_a_gateway_host_is_reported_as_never_running() {
+    let catch_all = |name: &str, service: &str| {
+        format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: ['*']
+  gateways: [gateway-a]
+  http:
+  - match: [{{uri: {{prefix: /{service}}}}}]
+    route: [{{destination: {{host: {service}}}}}]
+  - route: [{{destination: {{host: {service}}}}}]
+"
+        )
+    };
+    let older = catch_all("ui", "guestbook-ui");
+    let newer = catch_all("hello", "helloworld-service");
+    let set = config(&[INGRESS_A, &older, &newer]);
+    let diagnostics = set.analyze(&services(&["guestbook-ui", "helloworld-service"]));
+    assert_eq!(
+        only(
+            &diagnostics,
+            &[
+                "GatewayCatchAllShadowed",
+                "GatewayVirtualServicesMerged",
+                "VirtualServiceUnreachableRule"
+            ]
+        ),
+        vec![
+            finding(
+                "Info",
+                "GatewayVirtualServicesMerged",
+                "VirtualService default/hello",
+                "spec.hosts"
+            ),
+            finding(
+                "Warning",
+                "GatewayCatchAllShadowed",
+                "VirtualService default/hello",
+                "spec.http[1]"
+            ),
+        ]
+    );
+    let message = &diagnostics
+        .iter()
+        .find(|d| d.code == "GatewayCatchAllShadowed")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("rule 1 of VirtualService default/ui, which is older"),
+        "{message}"
+    );
+    assert!(
+        message.contains("only the first one takes effect"),
+        "{message}"
+    );
+}
+
+#[test]
+fn destination_rules_for_one_host_merge_and_only_real_conflicts_are_warnings() {
+    let v1 = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw-v1}
+spec:
+  host: helloworld-service
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets: [{name: v1, labels: {version: v1}}]
+";
+    let v2 = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw-v2}
+spec:
+  host: helloworld-service.default.svc.cluster.local
+  subsets: [{name: v2, labels: {version: v2}}]
+";
+    let to_v2 = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hw}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service, subset: v2}}]}]
+";
+    // Different subsets: both apply, so the route to v2 (defined only by the
+    // newer rule) is not a missing subset; the merge is noted as Info.
+    let set = config(&[v1, v2, to_v2]);
+    let running = [
+        sidecar("helloworld-service", "v1"),
+        sidecar("helloworld-service", "v2"),
+    ];
+    assert_eq!(
+        summary(&set.analyze_proxies(&running)),
+        vec![finding(
+            "Info",
+            "DestinationRulesMerged",
+            "DestinationRule default/hw-v2",
+            "spec.host"
+        )]
+    );
+    assert_eq!(
+        set.merges()["DestinationRule default/hw-v2"],
+        vec!["helloworld-service: 2 of 2 (hw-v1 + hw-v2)"]
+    );
+
+    // A third rule that repeats subset v1 and sets its own top-level
+    // policy: both are ignored, and each is a warning naming the older rule.
+    let again = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw-again}
+spec:
+  host: helloworld-service
+  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+  subsets: [{name: v1, labels: {version: v2}}]
+";
+    let set = config(&[v1, v2, to_v2, again]);
+    let diagnostics = set.analyze_proxies(&running);
+    assert_eq!(
+        only(&diagnostics, &["ConflictingDestinationRulesHost"]),
+        vec![
+            finding(
+                "Warning",
+                "ConflictingDestinationRulesHost",
+                "DestinationRule default/hw-again",
+                "spec.subsets[0]"
+            ),
+            finding(
+                "Warning",
+                "ConflictingDestinationRulesHost",
+                "DestinationRule default/hw-again",
+                "spec.trafficPolicy"
+            ),
+        ]
+    );
+    assert!(
+        diagnostics
+            .iter()
+            .filter(|d| d.code == "ConflictingDestinationRulesHost")
+            .all(|d| d.message.contains("DestinationRule default/hw-v1")),
+        "{diagnostics:#?}"
+    );
+}

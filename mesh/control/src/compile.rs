@@ -21,8 +21,43 @@
 //! - no `retries` means Istio's default retry policy, `attempts: 0` none;
 //! - the route timeout is off unless set.
 //!
+//! Several resources for one host are combined as istiod combines them
+//! (checked against istio/istio's `pilot/pkg/networking/core/gateway.go`,
+//! `route.SortVHostRoutes`, `model.configCompareByCreationTime` and
+//! `model.mergeDestinationRule`):
+//! - **Sidecars** (the `mesh` gateway): one VirtualService per host, the
+//!   oldest. Envoy's route table cannot hold one domain twice, so istiod
+//!   keeps the first and drops the duplicate; `istioctl analyze` calls
+//!   this IST0109, "undefined behavior". `meshctl analyze` names both
+//!   resources and the winner (`ConflictingMeshGatewayVirtualServiceHosts`).
+//! - **Gateways**: every VirtualService bound to a Gateway that selects this
+//!   gateway proxy is merged into each host it meets, in istiod's order:
+//!   the Gateways that select the proxy, oldest first; for each, its bound
+//!   VirtualServices, oldest first (so with one Gateway, or two Gateways that
+//!   bind the same VirtualServices, simply creation order). Rules keep their
+//!   order within a VirtualService. Then, as `SortVHostRoutes` does, every
+//!   catch-all match (no match, `uri: {prefix: /}` or `uri: {regex: .*}`
+//!   with no other condition) is moved after all other rules, keeping its
+//!   order: the first catch-all then takes whatever nothing else matched and
+//!   the others never match (`meshctl analyze`: `GatewayCatchAllShadowed`).
+//!   A rule with a catch-all match beside other matches is split the way
+//!   Envoy sees it: one route per match, so only its catch-all part moves.
+//!   Each route's `origin` names its VirtualService in `/config_dump`.
+//! - **DestinationRules** for one service: the subsets of all of them, oldest
+//!   first (a subset name already defined keeps the older definition), and
+//!   the top-level `trafficPolicy` of the oldest one that has one
+//!   (`ConfigSet::destination_rule_for`; analysis reports the conflicts).
+//!
+//! "Oldest" is Istio's creation time, with ties broken by name, then
+//! namespace. micromesh's local store has no clock: a resource is older
+//! when it was applied first (within one file, the earlier document), and
+//! re-applying keeps its age, like a Kubernetes object's
+//! `creationTimestamp`. With `--source kubernetes` the order is the
+//! objects' `creationTimestamp`, then name.
+//! Not implemented, so rejected by name when applied: `delegate`
+//! (VirtualService chaining) and `exportTo` (micromesh has one namespace).
+//!
 //! And micromesh's own choices, each explained where it is made:
-//! - one VirtualService per host: the oldest wins (analysis names the others);
 //! - a route with a fault gets no retries;
 //! - a destination no instance serves still gets a cluster, an empty one, so
 //!   the proxy answers 503 "no healthy upstream" (and `meshctl analyze` says
@@ -33,10 +68,10 @@
 use std::collections::BTreeMap;
 
 use mesh_api::config::virtual_service::{self as vs, VirtualService};
-use mesh_api::config::{ConfigSet, Gateway, Resource, host_key, intersect_hosts, service_of_host};
+use mesh_api::config::{ConfigSet, Resource, host_key, service_of_host};
 use mesh_api::snapshot::{
     Cluster, Destination, Endpoint, Fault, FaultAbort, FaultDelay, GatewayConfig, HttpRoute,
-    Mirror, RetryPolicy, Snapshot, VirtualHost,
+    Mirror, RetryPolicy, RouteMatch, Snapshot, StringMatch, VirtualHost,
 };
 use mesh_api::xds::{ProxyAnnounce, ProxyMode, ports};
 
@@ -154,7 +189,8 @@ pub fn domains_for(service: &str) -> Vec<String> {
 // === gateway ===
 
 /// What the gateway serves: the VirtualServices bound to the Gateways that
-/// select this proxy, for the hosts those Gateways serve.
+/// select this proxy, merged per host (`ConfigSet::gateway_virtual_hosts`
+/// decides which and in what order; the module doc gives Istio's rules).
 ///
 /// Istio builds one Envoy listener per Gateway server port; micromesh's
 /// gateway has one HTTP listener (8080 locally, 80 in a cluster), so every
@@ -165,9 +201,7 @@ fn compile_gateway(
     proxy: &ProxyAnnounce,
     clusters: &mut Clusters,
 ) -> GatewayConfig {
-    let gateways: Vec<(&Resource, &Gateway)> =
-        config.gateways().filter(|(r, _)| r.is_routed()).collect();
-    if gateways.is_empty() {
+    if !config.gateways().any(|(r, _)| r.is_routed()) {
         // No Gateway resource yet: keep the quick start working. (Istio's
         // gateway would listen on nothing and refuse connections.)
         return GatewayConfig {
@@ -184,60 +218,103 @@ fn compile_gateway(
     labels
         .entry("app".to_string())
         .or_insert_with(|| proxy.service.clone());
-    let selected: Vec<(&Resource, &Gateway)> = gateways
-        .into_iter()
-        .filter(|(_, gw)| gw.selects(&labels))
-        .collect();
+    let served = config.gateway_virtual_hosts(&labels);
 
-    let mut virtual_hosts = Vec::new();
-    let mut claimed: Vec<String> = Vec::new();
-    for (resource, virtual_service) in config.virtual_services().filter(|(r, _)| r.is_routed()) {
-        // The selected Gateways this VirtualService binds to.
-        let bound: Vec<&Gateway> = virtual_service
-            .bound_gateways(&resource.metadata.namespace)
-            .filter_map(|(ns, name)| {
-                selected
-                    .iter()
-                    .find(|(r, _)| r.metadata.namespace == ns && r.metadata.name == name)
-                    .map(|(_, gw)| *gw)
-            })
-            .collect();
-        if bound.is_empty() {
+    // Domains merged from the same VirtualServices share one virtual host
+    // (istiod's `collapseDuplicateRoutes` does the same for Envoy).
+    let mut virtual_hosts: Vec<(Vec<String>, VirtualHost)> = Vec::new();
+    for host in &served.hosts {
+        let ids: Vec<String> = host.virtual_services.iter().map(|(r, _)| r.id()).collect();
+        if let Some((_, vh)) = virtual_hosts.iter_mut().find(|(seen, _)| *seen == ids) {
+            vh.domains.push(host.domain.clone());
             continue;
         }
-        for host in &virtual_service.hosts {
-            // Each server host the VirtualService host meets gives a domain:
-            // `*` on the server keeps the VirtualService's host, `*` in the
-            // VirtualService takes the server's.
-            let mut domains: Vec<String> = Vec::new();
-            for server_host in bound.iter().flat_map(|gw| gw.hosts()) {
-                if let Some(domain) = intersect_hosts(server_host, host) {
-                    let domain = domain.to_ascii_lowercase();
-                    // One VirtualService per host: the oldest wins, as for sidecars.
-                    if !claimed.contains(&domain) && !domains.contains(&domain) {
-                        domains.push(domain);
-                    }
-                }
-            }
-            if domains.is_empty() {
-                continue;
-            }
-            claimed.extend(domains.iter().cloned());
-            virtual_hosts.push(VirtualHost {
-                name: format!("{} ({})", domains.join(", "), resource.metadata.name),
-                domains,
-                routes: compile_routes(resource, virtual_service, clusters),
-            });
-        }
+        let routes = host
+            .virtual_services
+            .iter()
+            .flat_map(|(resource, vs)| compile_routes(resource, vs, clusters))
+            .collect();
+        let names: Vec<&str> = host
+            .virtual_services
+            .iter()
+            .map(|(r, _)| r.metadata.name.as_str())
+            .collect();
+        virtual_hosts.push((
+            ids,
+            VirtualHost {
+                // Completed with its domains below, once all are known.
+                name: names.join(" + "),
+                domains: vec![host.domain.clone()],
+                routes: catch_all_last(routes),
+            },
+        ));
     }
 
     GatewayConfig {
-        gateways: selected
+        gateways: served
+            .gateways
             .iter()
-            .map(|(r, _)| format!("{}/{}", r.metadata.namespace, r.metadata.name))
+            .map(|r| format!("{}/{}", r.metadata.namespace, r.metadata.name))
             .collect(),
-        virtual_hosts,
+        virtual_hosts: virtual_hosts
+            .into_iter()
+            .map(|(_, mut vh)| {
+                // `* (a-messages + b-hello)`: the proxy's 404 names it.
+                vh.name = format!("{} ({})", vh.domains.join(", "), vh.name);
+                vh
+            })
+            .collect(),
     }
+}
+
+/// istiod's `SortVHostRoutes` for a gateway host: catch-all routes move
+/// after every other route, each group keeping its order, so the rules of
+/// a newer VirtualService are not hidden behind an older one's default.
+///
+/// Envoy's routes have one match each (istiod writes a route per `match`
+/// entry); micromesh's route keeps them together, so a route with both
+/// kinds is split in two: its specific matches stay, its catch-all ones move.
+fn catch_all_last(routes: Vec<HttpRoute>) -> Vec<HttpRoute> {
+    let mut specific = Vec::new();
+    let mut catch_all = Vec::new();
+    for route in routes {
+        if route.matches.is_empty() {
+            catch_all.push(route);
+            continue;
+        }
+        let (everything, some): (Vec<RouteMatch>, Vec<RouteMatch>) =
+            route.matches.iter().cloned().partition(is_catch_all);
+        if !some.is_empty() {
+            specific.push(HttpRoute {
+                matches: some,
+                ..route.clone()
+            });
+        }
+        if !everything.is_empty() {
+            catch_all.push(HttpRoute {
+                matches: everything,
+                ..route
+            });
+        }
+    }
+    specific.extend(catch_all);
+    specific
+}
+
+/// Envoy's `IsCatchAllRoute` for one match: path prefix `/` or regex `.*`
+/// and nothing else (a method match is a header match in Envoy).
+fn is_catch_all(m: &RouteMatch) -> bool {
+    let path_matches_all = match &m.uri {
+        None => true,
+        Some(StringMatch::Prefix(p)) => p == "/" || p.is_empty(),
+        Some(StringMatch::Regex(r)) => r == ".*",
+        Some(StringMatch::Exact(_)) => false,
+    };
+    path_matches_all
+        && m.method.is_none()
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
 }
 
 // === routes ===
@@ -251,13 +328,13 @@ fn compile_routes(
         .http
         .iter()
         .enumerate()
-        .map(|(index, rule)| compile_route(&resource.metadata.name, index, rule, clusters))
+        .map(|(index, rule)| compile_route(resource, index, rule, clusters))
         .collect()
 }
 
 /// One `http[]` rule of a VirtualService, resolved against the clusters.
 fn compile_route(
-    vs_name: &str,
+    resource: &Resource,
     index: usize,
     rule: &vs::HttpRoute,
     clusters: &mut Clusters,
@@ -296,7 +373,11 @@ fn compile_route(
         name: rule
             .name
             .clone()
-            .unwrap_or_else(|| format!("{vs_name}[{index}]")),
+            .unwrap_or_else(|| format!("{}[{index}]", resource.metadata.name)),
+        origin: Some(format!(
+            "{}/{}",
+            resource.metadata.namespace, resource.metadata.name
+        )),
         matches: rule.matches.clone(),
         destinations,
         retries: retry_policy(rule),
@@ -410,6 +491,7 @@ impl Clusters<'_> {
         if self.built.contains_key(&name) {
             return name;
         }
+        // Every DestinationRule for the service, merged (subsets from all).
         let rule = self.config.destination_rule_for(service).map(|(_, dr)| dr);
         let all = self
             .services
@@ -418,7 +500,7 @@ impl Clusters<'_> {
             .unwrap_or_default();
         let endpoints = match subset {
             None => all.to_vec(),
-            Some(subset_name) => match rule.and_then(|dr| dr.subset(subset_name)) {
+            Some(subset_name) => match rule.as_ref().and_then(|dr| dr.subset(subset_name)) {
                 Some(subset) => all
                     .iter()
                     .filter(|e| subset.selects(&e.labels))
@@ -430,7 +512,10 @@ impl Clusters<'_> {
                 None => Vec::new(),
             },
         };
-        let policy = rule.map(|dr| dr.policy_for(subset)).unwrap_or_default();
+        let policy = rule
+            .as_ref()
+            .map(|dr| dr.policy_for(subset))
+            .unwrap_or_default();
         self.built.insert(
             name.clone(),
             Cluster {
@@ -1141,5 +1226,299 @@ spec:
             .unwrap();
         assert!(gateway.gateways.is_empty());
         assert!(gateway.virtual_hosts.is_empty());
+    }
+
+    // --- several rules for one host (issue 18) ---
+
+    /// Apply each text in turn, as separate `meshctl apply`s: earlier is older.
+    fn applied(texts: &[&str]) -> ConfigSet {
+        texts.iter().fold(ConfigSet::default(), |set, text| {
+            let resources = ConfigSet::parse(&[SourceFile {
+                name: "test.yaml".into(),
+                content: text.to_string(),
+            }])
+            .unwrap_or_else(|e| panic!("test YAML is invalid:\n{e}"));
+            set.apply(resources).0
+        })
+    }
+
+    /// A gateway VirtualService for `*`, bound to `gateway`, one rule per
+    /// `(uri prefix, service)`; prefix `/` is written as no match at all.
+    fn gateway_vs(name: &str, gateway: &str, rules: &[(&str, &str)]) -> String {
+        let mut yaml = format!(
+            "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: ['*']
+  gateways: [{gateway}]
+  http:
+"
+        );
+        for (prefix, service) in rules {
+            if *prefix != "/" {
+                yaml += &format!(
+                    "  - match: [{{uri: {{prefix: {prefix}}}}}]\n    route: [{{destination: {{host: {service}}}}}]\n"
+                );
+            } else {
+                yaml += &format!("  - route: [{{destination: {{host: {service}}}}}]\n");
+            }
+        }
+        yaml
+    }
+
+    /// `(route name, origin)` of the gateway's only virtual host.
+    fn gateway_routes(config: &ConfigSet) -> Vec<(String, String)> {
+        let snapshot = compile(config, &guestbook(), &gateway_proxy(), 1);
+        assert_consistent(&snapshot);
+        let gateway = snapshot.gateway.unwrap();
+        assert_eq!(
+            gateway.virtual_hosts.len(),
+            1,
+            "{:#?}",
+            gateway.virtual_hosts
+        );
+        gateway.virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.origin.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    fn named(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn gateway_virtual_services_for_one_host_are_merged_in_creation_order() {
+        // Two Gateway resources that select the same ingress, a VirtualService
+        // on each: the issue's a-messages / b-hello case.
+        let second_gateway = GATEWAY.replace("guestbook-gateway", "hello-gateway");
+        let config = applied(&[
+            GATEWAY,
+            &second_gateway,
+            &gateway_vs(
+                "a-messages",
+                "guestbook-gateway",
+                &[("/messages", "guestbook-service")],
+            ),
+            &gateway_vs(
+                "b-hello",
+                "hello-gateway",
+                &[("/hello", "helloworld-service")],
+            ),
+        ]);
+        let snapshot = compile(&config, &guestbook(), &gateway_proxy(), 1);
+        let gateway = snapshot.gateway.as_ref().unwrap();
+        assert_eq!(
+            gateway.gateways,
+            vec!["default/guestbook-gateway", "default/hello-gateway"]
+        );
+        assert_eq!(gateway.virtual_hosts[0].name, "* (a-messages + b-hello)");
+        assert_eq!(
+            gateway_routes(&config),
+            named(&[
+                ("a-messages[0]", "default/a-messages"),
+                ("b-hello[0]", "default/b-hello"),
+            ])
+        );
+        // Sidecars are not affected: gateway rules never reach them.
+        let sidecar_snapshot = compile(
+            &config,
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert!(
+            sidecar_snapshot
+                .virtual_hosts
+                .iter()
+                .all(|vh| vh.routes.iter().all(|r| r.origin.is_none())),
+            "only default routes for sidecars"
+        );
+    }
+
+    #[test]
+    fn overlapping_gateway_matches_go_to_the_older_virtual_service() {
+        // `z-old` is applied first: creation order decides, not the name.
+        let old = gateway_vs(
+            "z-old",
+            "guestbook-gateway",
+            &[("/hello", "helloworld-service")],
+        );
+        let new = gateway_vs("a-new", "guestbook-gateway", &[("/hello", "guestbook-ui")]);
+        assert_eq!(
+            gateway_routes(&applied(&[GATEWAY, &old, &new])),
+            named(&[("z-old[0]", "default/z-old"), ("a-new[0]", "default/a-new")])
+        );
+        assert_eq!(
+            gateway_routes(&applied(&[GATEWAY, &new, &old])),
+            named(&[("a-new[0]", "default/a-new"), ("z-old[0]", "default/z-old")])
+        );
+        // Re-applying the older one (configured) keeps its age.
+        assert_eq!(
+            gateway_routes(&applied(&[
+                GATEWAY,
+                &old,
+                &new,
+                &old.replace("helloworld-service", "guestbook-service")
+            ])),
+            named(&[("z-old[0]", "default/z-old"), ("a-new[0]", "default/a-new")])
+        );
+    }
+
+    #[test]
+    fn catch_all_rules_move_after_every_other_rule_at_a_gateway() {
+        // The older VirtualService ends with a default route; Istio moves it
+        // after the newer one's /hello rule, so /hello still reaches it. The
+        // newer one's own default comes after the older default: it never
+        // matches (analysis says so).
+        let ui = gateway_vs(
+            "ui",
+            "guestbook-gateway",
+            &[("/static", "guestbook-ui"), ("/", "guestbook-ui")],
+        );
+        let hello = gateway_vs(
+            "hello",
+            "guestbook-gateway",
+            &[
+                ("/hello", "helloworld-service"),
+                ("/", "helloworld-service"),
+            ],
+        );
+        assert_eq!(
+            gateway_routes(&applied(&[GATEWAY, &ui, &hello])),
+            named(&[
+                ("ui[0]", "default/ui"),
+                ("hello[0]", "default/hello"),
+                ("ui[1]", "default/ui"),
+                ("hello[1]", "default/hello"),
+            ])
+        );
+
+        // A rule whose matches mix a catch-all with a specific one is split
+        // as Envoy sees it (one route per match): only the catch-all part moves.
+        let mixed = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mixed}
+spec:
+  hosts: ['*']
+  gateways: [guestbook-gateway]
+  http:
+  - match: [{headers: {x-beta: {exact: '1'}}}, {uri: {prefix: /}}]
+    route: [{destination: {host: guestbook-ui}}]
+";
+        let config = applied(&[GATEWAY, mixed, &hello]);
+        let snapshot = compile(&config, &guestbook(), &gateway_proxy(), 1);
+        let routes = &snapshot.gateway.unwrap().virtual_hosts[0].routes;
+        let shape: Vec<(&str, usize, bool)> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.matches.len(),
+                    r.matches.iter().all(is_catch_all),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("mixed[0]", 1, false),
+                ("hello[0]", 1, false),
+                ("mixed[0]", 1, true),
+                ("hello[1]", 0, true),
+            ]
+        );
+        assert!(routes[0].matches[0].headers.contains_key("x-beta"));
+    }
+
+    #[test]
+    fn mesh_virtual_services_for_one_host_keep_only_the_oldest_with_its_origin() {
+        let first = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: z-first}
+spec:
+  hosts: [helloworld-service]
+  http: [{route: [{destination: {host: helloworld-service}}], timeout: 1s}]
+";
+        let second = first.replace("z-first", "a-second").replace("1s", "2s");
+        let snapshot = compile(
+            &applied(&[first, &second]),
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        let routes = outbound(&snapshot, "helloworld-service").routes;
+        assert_eq!(routes.len(), 1, "no merge for sidecars");
+        assert_eq!(routes[0].origin.as_deref(), Some("default/z-first"));
+        assert_eq!(routes[0].timeout_ms, Some(1_000));
+    }
+
+    #[test]
+    fn destination_rules_for_one_host_merge_subsets_and_keep_the_first_policy() {
+        let v1 = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw-v1}
+spec:
+  host: helloworld-service
+  subsets: [{name: v1, labels: {version: v1}}]
+";
+        // The newer rule adds v2, repeats v1 with other labels (ignored: the
+        // older definition stays), and brings the first top-level policy:
+        // the older rule has none, so this one is used, as in Istio.
+        let v2 = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw-v2}
+spec:
+  host: helloworld-service.default.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets:
+  - {name: v2, labels: {version: v2}}
+  - {name: v1, labels: {version: v2}}
+";
+        let third = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw-late}
+spec:
+  host: helloworld-service
+  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+";
+        let snapshot = compile(
+            &applied(&[v1, v2, third]),
+            &guestbook(),
+            &sidecar("ui-1", "guestbook-ui", "v1", 1000),
+            1,
+        );
+        assert_consistent(&snapshot);
+        let instances = |name: &str| -> Vec<String> {
+            cluster(&snapshot, name)
+                .endpoints
+                .iter()
+                .map(|e| e.instance.clone())
+                .collect()
+        };
+        assert_eq!(instances("helloworld-service|v1"), vec!["hw-1"]);
+        assert_eq!(instances("helloworld-service|v2"), vec!["hw-2"]);
+        for name in [
+            "helloworld-service",
+            "helloworld-service|v1",
+            "helloworld-service|v2",
+        ] {
+            assert_eq!(
+                cluster(&snapshot, name).policy.load_balancer,
+                LoadBalancer::Random,
+                "{name}: the top-level policy of the oldest rule that has one"
+            );
+        }
     }
 }

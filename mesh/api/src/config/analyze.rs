@@ -10,9 +10,11 @@
 //! | --- | --- | --- |
 //! | `ReferencedResourceNotFound` | Error | a subset or a Gateway that nothing defines |
 //! | `ReferencedResourceNotFound` | Warning | a destination host with no service |
-//! | `ConflictingMeshGatewayVirtualServiceHosts` | Warning | two VirtualServices for one host (sidecars) |
-//! | `ConflictingGatewayVirtualServiceHosts` | Warning | two VirtualServices for one host on one Gateway |
-//! | `ConflictingDestinationRulesHost` | Warning | two DestinationRules for one host |
+//! | `ConflictingMeshGatewayVirtualServiceHosts` | Warning | two VirtualServices for one host (sidecars): Istio's IST0109; names both and the winner |
+//! | `GatewayVirtualServicesMerged` | Info | VirtualServices merged into one gateway host, and in which order |
+//! | `GatewayCatchAllShadowed` | Warning | a second catch-all rule for one gateway host: only the first takes effect |
+//! | `ConflictingDestinationRulesHost` | Warning | two DestinationRules for one host both define a subset, or both a top-level policy |
+//! | `DestinationRulesMerged` | Info | DestinationRules for one host whose subsets are merged |
 //! | `VirtualServiceHostNotFoundInGateway` | Warning | a host none of the bound Gateways serves |
 //! | `VirtualServiceUnreachableRule` | Warning | a rule after one that matches everything |
 //! | `SubsetSelectsNoInstances` | Warning | a subset whose labels no running instance has |
@@ -24,11 +26,17 @@
 //! | `FaultInjectsNothing` | Info | a fault with no `percentage` (Istio injects 0%) |
 //! | `RetriesDisabled` | Info | `retries` without `attempts`, or retries on a fault route |
 //! | `Deprecated` | Info | Istio's old `LEAST_CONN` |
+//!
+//! How several rules for one host combine (Istio's order and caveats) is
+//! written out in mesh-control's compile.rs; [`merges`] summarises it per
+//! resource for `meshctl get` and the dashboard.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::virtual_service::{Destination, HttpRoute};
-use super::{ConfigSet, Diagnostic, Resource, host_key, intersect_hosts, service_of_host};
+use super::{
+    ConfigSet, Diagnostic, GatewayHost, Resource, host_key, intersect_hosts, service_of_host,
+};
 use crate::snapshot::StringMatch;
 use crate::xds::{ProxyAnnounce, ProxyMode, ports};
 
@@ -122,7 +130,7 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
         }
     }
 
-    // Subsets defined per service, from the DestinationRule in force.
+    // Subsets defined per service, from every DestinationRule for it (merged).
     let subsets_of = |service: &str| -> Vec<String> {
         set.destination_rule_for(service)
             .map(|(_, dr)| dr.subsets.iter().map(|s| s.name.clone()).collect())
@@ -218,8 +226,11 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
             analyze_rule(&mut out, resource, i, rule, registry, &subsets_of);
         }
 
-        // A rule that matches everything hides the rules after it.
-        if let Some(i) = vs.http.iter().position(matches_everything)
+        // A rule that matches everything hides the rules after it, in a
+        // sidecar. (At a gateway istiod moves catch-all rules last, so the
+        // rules after it still run there.)
+        if vs.binds_mesh()
+            && let Some(i) = vs.http.iter().position(matches_everything)
             && i + 1 < vs.http.len()
         {
             out.add(
@@ -227,70 +238,113 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
                     "VirtualServiceUnreachableRule",
                     resource,
                     &format!("spec.http[{}]", i + 1),
-                    format!("rule {} matches every request, so the {} rule(s) after it never run; rules are tried in order, put catch-all rules last", i, vs.http.len() - i - 1),
+                    format!("rule {} matches every request, so for the sidecars the {} rule(s) after it never run; rules are tried in order, put catch-all rules last", i, vs.http.len() - i - 1),
                 );
         }
     }
 
-    // --- Conflicts between VirtualServices ---
-    let mut mesh_owner: BTreeMap<String, &Resource> = BTreeMap::new();
-    for (resource, vs) in set
-        .virtual_services()
-        .filter(|(r, vs)| r.is_routed() && vs.binds_mesh())
-    {
-        for (i, host) in vs.hosts.iter().enumerate() {
-            match mesh_owner.get(&host_key(host)) {
-                Some(owner) if owner.id() != resource.id() => out.add(
-                    "Warning",
-                    "ConflictingMeshGatewayVirtualServiceHosts",
-                    resource,
-                    &format!("spec.hosts[{i}]"),
-                    format!("{} also routes host `{host}` for the sidecars and is older, so it wins; this VirtualService's routes for `{host}` are not used (Istio also uses only one). Merge the rules into one VirtualService", owner.id()),
-                ),
-                Some(_) => {}
-                None => {
-                    mesh_owner.insert(host_key(host), resource);
-                }
-            }
-        }
+    // --- Several VirtualServices for one host ---
+    // Sidecars: the oldest wins (Istio's IST0109 case).
+    for conflict in mesh_conflicts(set) {
+        let (winner, _) = conflict.winner;
+        let (loser, index) = conflict.loser;
+        let host = &conflict.host;
+        out.add(
+            "Warning",
+            "ConflictingMeshGatewayVirtualServiceHosts",
+            loser,
+            &format!("spec.hosts[{index}]"),
+            format!("{} and {} both route host `{host}` for the sidecars (the `mesh` gateway). {} is older, so it wins: it was applied first (Istio: created first; same second, by name), and this VirtualService's rules for `{host}` are not used. Istio keeps only one too, and `istioctl analyze` reports IST0109 (undefined behaviour). Merge the rules into one VirtualService", winner.id(), loser.id(), winner.id()),
+        );
     }
-    let mut gateway_owner: BTreeMap<(String, String), &Resource> = BTreeMap::new();
-    for (resource, vs) in set.virtual_services().filter(|(r, _)| r.is_routed()) {
-        for (_, gateway) in vs.bound_gateways(&resource.metadata.namespace) {
-            for (i, host) in vs.hosts.iter().enumerate() {
-                let key = (gateway.to_string(), host_key(host));
-                match gateway_owner.get(&key) {
-                    Some(owner) if owner.id() != resource.id() => out.add(
-                        "Warning",
-                        "ConflictingGatewayVirtualServiceHosts",
-                        resource,
-                        &format!("spec.hosts[{i}]"),
-                        format!("{} also routes host `{host}` on Gateway `{gateway}` and is older, so micromesh uses its routes only (Istio would merge both rule lists). Merge the rules into one VirtualService", owner.id()),
-                    ),
-                    Some(_) => {}
-                    None => {
-                        gateway_owner.insert(key, resource);
-                    }
-                }
+
+    // Gateways: every VirtualService for a host is merged, oldest first.
+    let mut reported: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for (labels, host) in gateway_merges(set, ingresses(set, registry).iter()) {
+        let domain = &host.domain;
+        let order = host
+            .virtual_services
+            .iter()
+            .map(|(r, _)| format!("{}/{}", r.metadata.namespace, r.metadata.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let first_catch_all = host
+            .virtual_services
+            .iter()
+            .find_map(|(r, vs)| vs.http.iter().position(matches_everything).map(|i| (*r, i)));
+        for (position, (resource, vs)) in host.virtual_services.iter().enumerate() {
+            let key = |code: &str| (resource.id(), code.to_string(), domain.clone());
+            if position > 0 && reported.insert(key("merged")) {
+                let (previous, _) = host.virtual_services[position - 1];
+                out.add(
+                    "Info",
+                    "GatewayVirtualServicesMerged",
+                    resource,
+                    "spec.hosts",
+                    format!("at the gateway proxies with {}, host `{domain}` merges the rules of {order}, in that order (Gateways oldest first, then the VirtualServices bound to each, oldest first; catch-all rules last), as Istio merges VirtualServices at a gateway: this one's rules are tried after {}'s", label_text(labels), previous.id()),
+                );
+            }
+            let Some((owner, owner_rule)) = first_catch_all else {
+                continue;
+            };
+            if owner.id() == resource.id() {
+                continue;
+            }
+            if let Some(i) = vs.http.iter().position(matches_everything)
+                && reported.insert(key("catch-all"))
+            {
+                out.add(
+                    "Warning",
+                    "GatewayCatchAllShadowed",
+                    resource,
+                    &format!("spec.http[{i}]"),
+                    format!("this rule matches every request for host `{domain}` at the gateway, and so does rule {owner_rule} of {}, which is older. Istio moves catch-all rules after all others, and only the first one takes effect: {}'s gets every request no other rule matches, so this one never runs. Keep one default route per gateway host", owner.id(), owner.id()),
+                );
             }
         }
     }
 
     // --- DestinationRules ---
-    let mut dr_owner: BTreeMap<String, &Resource> = BTreeMap::new();
+    // Several for one host are merged (see `ConfigSet::destination_rule_for`).
+    let mut dr_seen: BTreeMap<String, Vec<(&Resource, &super::DestinationRule)>> = BTreeMap::new();
     for (resource, dr) in set.destination_rules().filter(|(r, _)| r.is_routed()) {
-        let key = host_key(&dr.host);
-        if let Some(owner) = dr_owner.get(&key) {
+        let older = dr_seen.entry(host_key(&dr.host)).or_default();
+        let mut conflicts = false;
+        for (i, subset) in dr.subsets.iter().enumerate() {
+            if let Some((owner, _)) = older.iter().find(|(_, o)| o.subset(&subset.name).is_some()) {
+                conflicts = true;
+                out.add(
+                    "Warning",
+                    "ConflictingDestinationRulesHost",
+                    resource,
+                    &format!("spec.subsets[{i}]"),
+                    format!("subset `{}` is also defined by {}, which is older, so its definition is used and this one is ignored (Istio merges the DestinationRules of one host but keeps the first subset of each name). Rename or remove one of them", subset.name, owner.id()),
+                );
+            }
+        }
+        if dr.traffic_policy.is_some()
+            && let Some((owner, _)) = older.iter().find(|(_, o)| o.traffic_policy.is_some())
+        {
+            conflicts = true;
             out.add(
                 "Warning",
                 "ConflictingDestinationRulesHost",
                 resource,
-                "spec.host",
-                format!("{} is also for host `{}` and is older, so it is the one in force; this one is not used. Merge the subsets into one DestinationRule", owner.id(), dr.host),
+                "spec.trafficPolicy",
+                format!("{} is older and also sets a top-level trafficPolicy for host `{}`, so its policy is used and this one is ignored (Istio takes the top-level policy of the oldest rule that has one; subsets are merged). Move the policy into one DestinationRule", owner.id(), dr.host),
             );
-            continue;
         }
-        dr_owner.insert(key, resource);
+        if !older.is_empty() && !conflicts {
+            let names: Vec<String> = older.iter().map(|(r, _)| r.id()).collect();
+            out.add(
+                "Info",
+                "DestinationRulesMerged",
+                resource,
+                "spec.host",
+                format!("merged with {} for host `{}`: the subsets of all of them apply (as Istio merges DestinationRules of one host)", names.join(", "), dr.host),
+            );
+        }
+        older.push((resource, dr));
 
         let service = service_of_host(&dr.host);
         match service {
@@ -417,6 +471,153 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
     }
 
     out.0
+}
+
+// === several rules for one host ===
+
+/// Two mesh-bound VirtualServices for one host: the older one wins.
+struct MeshConflict<'a> {
+    host: String,
+    /// The older VirtualService, and the index of the host in its `hosts`.
+    winner: (&'a Resource, usize),
+    loser: (&'a Resource, usize),
+}
+
+/// Every host two sidecar VirtualServices claim, oldest first, as
+/// `ConfigSet::mesh_virtual_services` resolves them.
+fn mesh_conflicts(set: &ConfigSet) -> Vec<MeshConflict<'_>> {
+    let mut owner: BTreeMap<String, (&Resource, usize)> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (resource, vs) in set
+        .virtual_services()
+        .filter(|(r, vs)| r.is_routed() && vs.binds_mesh())
+    {
+        for (i, host) in vs.hosts.iter().enumerate() {
+            match owner.get(&host_key(host)) {
+                Some(winner) if winner.0.id() != resource.id() => conflicts.push(MeshConflict {
+                    host: host.clone(),
+                    winner: *winner,
+                    loser: (resource, i),
+                }),
+                Some(_) => {}
+                None => {
+                    owner.insert(host_key(host), (resource, i));
+                }
+            }
+        }
+    }
+    conflicts
+}
+
+/// The label sets of the gateway proxies to check: the running ones when
+/// known, else one per distinct Gateway selector (two Gateways with the same
+/// selector select the same ingress).
+fn ingresses(set: &ConfigSet, registry: &Registry) -> Vec<BTreeMap<String, String>> {
+    let mut out: Vec<BTreeMap<String, String>> = Vec::new();
+    let running = registry.gateways.as_deref().unwrap_or_default();
+    let candidates: Vec<BTreeMap<String, String>> = if running.is_empty() {
+        set.gateways()
+            .filter(|(r, _)| r.is_routed())
+            .map(|(_, gw)| gw.selector.clone())
+            .collect()
+    } else {
+        running.to_vec()
+    };
+    for labels in candidates {
+        if !out.contains(&labels) {
+            out.push(labels);
+        }
+    }
+    out
+}
+
+/// The gateway hosts into which more than one VirtualService is merged, for
+/// each ingress, exactly as the compiler merges them.
+fn gateway_merges<'a, 'l>(
+    set: &'a ConfigSet,
+    ingresses: impl Iterator<Item = &'l BTreeMap<String, String>>,
+) -> Vec<(&'l BTreeMap<String, String>, GatewayHost<'a>)> {
+    ingresses
+        .flat_map(|labels| {
+            set.gateway_virtual_hosts(labels)
+                .hosts
+                .into_iter()
+                .filter(|h| h.virtual_services.len() > 1)
+                .map(move |h| (labels, h))
+        })
+        .collect()
+}
+
+/// For each resource that shares a host with another, a short note of how
+/// they combine: `gateway *: 2 of 2 (a-messages + b-hello)`,
+/// `mesh helloworld-service: not used, second loses to first`... This is the
+/// MERGED column of `meshctl get` and the dashboard's route view. Gateway
+/// proxies are taken to be what the Gateways' selectors select.
+pub fn merges(set: &ConfigSet) -> BTreeMap<String, Vec<String>> {
+    let mut notes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut note = |resource: &Resource, text: String| {
+        let list = notes.entry(resource.id()).or_default();
+        if !list.contains(&text) {
+            list.push(text);
+        }
+    };
+    for c in mesh_conflicts(set) {
+        let (winner, _) = c.winner;
+        let (loser, _) = c.loser;
+        note(
+            winner,
+            format!("mesh {}: used (older than {})", c.host, loser.metadata.name),
+        );
+        note(
+            loser,
+            format!(
+                "mesh {}: not used ({} is older)",
+                c.host, winner.metadata.name
+            ),
+        );
+    }
+    let ingresses = ingresses(set, &Registry::default());
+    for (_, host) in gateway_merges(set, ingresses.iter()) {
+        let names: Vec<&str> = host
+            .virtual_services
+            .iter()
+            .map(|(r, _)| r.metadata.name.as_str())
+            .collect();
+        for (i, (resource, _)) in host.virtual_services.iter().enumerate() {
+            note(
+                resource,
+                format!(
+                    "gateway {}: {} of {} ({})",
+                    host.domain,
+                    i + 1,
+                    names.len(),
+                    names.join(" + ")
+                ),
+            );
+        }
+    }
+    let mut by_host: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
+    for (resource, dr) in set.destination_rules().filter(|(r, _)| r.is_routed()) {
+        by_host
+            .entry(host_key(&dr.host))
+            .or_default()
+            .push(resource);
+    }
+    for (host, rules) in by_host.iter().filter(|(_, rules)| rules.len() > 1) {
+        let names: Vec<&str> = rules.iter().map(|r| r.metadata.name.as_str()).collect();
+        for (i, resource) in rules.iter().enumerate() {
+            note(
+                resource,
+                format!(
+                    "{host}: {} of {} ({})",
+                    i + 1,
+                    names.len(),
+                    names.join(" + ")
+                ),
+            );
+        }
+    }
+    notes
 }
 
 fn analyze_rule(
