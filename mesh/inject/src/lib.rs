@@ -693,6 +693,30 @@ mod tests {
     }
 
     #[test]
+    fn the_webhooks_pod_gets_the_same_sidecar_as_its_deployment() {
+        // What the API server sends the webhook: a Pod made from the
+        // template, named by generateName only (no name yet).
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "hello-5d8f7-", "namespace": "guestbook",
+                         "labels": {"app": "hello", "version": "v1"}},
+            "spec": {"containers": [{"name": "hello", "image": "hello:1",
+                                     "ports": [{"name": "http", "containerPort": 8080}]}]}
+        });
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &patch(&pod, &Settings::default()).unwrap()).unwrap();
+        let from_deployment = injected(&deployment(json!([{
+            "name": "hello", "image": "hello:1",
+            "ports": [{"name": "http", "containerPort": 8080}]
+        }])));
+        assert_eq!(patched["spec"], from_deployment["spec"]["template"]["spec"]);
+        assert_eq!(
+            patched["metadata"]["annotations"],
+            from_deployment["spec"]["template"]["metadata"]["annotations"]
+        );
+    }
+
+    #[test]
     fn refuses_what_it_cannot_serve_with_the_reason() {
         let no_port = deployment(json!([{"name": "a", "image": "a:1"}]));
         assert_eq!(problem(&no_port), Problem::NoAppPort);
