@@ -870,3 +870,37 @@ async fn the_webhooks_serve_https_with_a_certificate_whose_ca_they_publish() {
     assert_eq!(answer["response"]["allowed"], true, "{answer:#}");
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer:#}");
 }
+
+#[tokio::test]
+async fn a_restarted_control_plane_never_reuses_a_version_a_proxy_may_hold() {
+    // On a cluster the state directory is lost with the pod, so versions
+    // start from the clock: above anything a previous run handed out.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let api = FakeApi::default();
+    helloworld(&api);
+    let first = Mesh::start(api.clone()).await;
+    let first_version = first
+        .eventually("two endpoints", |s| {
+            endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 2)
+        })
+        .await
+        .version;
+    assert!(first_version >= before, "{first_version} < {before}");
+    first.control.shutdown().await.unwrap();
+
+    // A new pod: a fresh state directory, the same cluster.
+    let second = Mesh::start(api.clone()).await;
+    let rebuilt = second
+        .eventually("rebuilt from the API alone", |s| {
+            endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 2)
+        })
+        .await;
+    assert!(
+        rebuilt.version > first_version,
+        "{} after {first_version}: a proxy holding {first_version} resyncs",
+        rebuilt.version
+    );
+}
