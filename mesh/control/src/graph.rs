@@ -23,7 +23,8 @@
 //! A request that **reached no endpoint** (a fault abort, no healthy
 //! endpoint, an overflow) has no destination workload: the caller's sidecar
 //! labels it as Istio does, `destination_workload="unknown"` with
-//! `destination_service` naming the service. It still belongs to the
+//! `destination_service_name` naming the service (`destination_service` is
+//! its full name, `helloworld-service.default.svc.cluster.local`). It still belongs to the
 //! caller's edge to that service, so that the edge turns red (Kiali draws
 //! these on the service node). When the service runs one version, that is
 //! the edge to its only workload node; with several versions no single
@@ -283,11 +284,13 @@ fn edge_key(sample: &Sample) -> Option<EdgeKey> {
             .filter(|v| !v.is_empty())
             .unwrap_or(UNKNOWN)
     };
-    let destination = match (
-        reporter,
-        label("destination_workload"),
-        label("destination_service"),
-    ) {
+    // `destination_service_name` is the service's short name; a sidecar
+    // older than Istio's full label set only wrote `destination_service`.
+    let service = sample
+        .label("destination_service_name")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| label("destination_service"));
+    let destination = match (reporter, label("destination_workload"), service) {
         // Reached no endpoint, but the caller knows which service it
         // called: the service's edge (a version is picked in `view`).
         (Reporter::Source, UNKNOWN, service) if service != UNKNOWN => Workload::service(service),
@@ -971,12 +974,15 @@ mod tests {
     }
 
     /// What a caller's sidecar writes for requests that reached no endpoint
-    /// of `service` (Istio's labels: the service known, no workload).
+    /// of `service` (Istio's labels: the service known by its full and its
+    /// short name, no workload).
     fn unreached(src: (&str, &str), service: &str, flags: &str, count: u64) -> String {
         let labels = format!(
             "reporter=\"source\",source_workload=\"{}\",source_version=\"{}\",\
              destination_workload=\"unknown\",destination_version=\"unknown\",\
-             destination_service=\"{service}\",response_code=\"503\",response_flags=\"{flags}\"",
+             destination_service=\"{service}.default.svc.cluster.local\",\
+             destination_service_name=\"{service}\",destination_service_namespace=\"default\",\
+             response_code=\"503\",response_flags=\"{flags}\"",
             src.0, src.1
         );
         format!(

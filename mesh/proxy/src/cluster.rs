@@ -15,11 +15,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use mesh_api::snapshot::{ConnectionPool, LoadBalancer, OutlierDetection};
 
-use crate::metrics::{SeriesCache, UNKNOWN};
+use crate::metrics::{Peer, SeriesCache, ServiceName, UNKNOWN};
 use crate::outlier::OutlierState;
 use crate::pool::ConnPool;
 
@@ -47,6 +47,11 @@ pub struct ClusterState {
     pub pending: Arc<AtomicU32>,
     /// Requests in flight (circuit breaker: max concurrent requests).
     pub active_requests: Arc<AtomicU32>,
+    /// The service's `destination_service*` labels, built on first use.
+    pub service_name: OnceLock<Arc<ServiceName>>,
+    /// The series of the requests that reached no endpoint (fault aborts,
+    /// overflow, no healthy endpoint), as `metrics.rs` caches them.
+    pub series: SeriesCache,
 }
 
 /// One endpoint of a cluster: an instance's sidecar inbound address.
@@ -63,6 +68,9 @@ pub struct EndpointRt {
     pub state: Arc<EndpointState>,
     /// The metric series its last request used (`metrics.rs`).
     pub series: SeriesCache,
+    /// Its `destination_*` labels, built on its first request
+    /// (`telemetry.rs`).
+    pub peer: OnceLock<Arc<Peer>>,
 }
 
 impl EndpointRt {
@@ -83,6 +91,7 @@ impl EndpointRt {
             labels,
             state,
             series: SeriesCache::default(),
+            peer: OnceLock::new(),
         }
     }
 }

@@ -12,6 +12,8 @@
 //! | `MESH_VERSION` | `v1` |
 //! | `MESH_INSTANCE` | `<service>-<version>-<5 random hex>` |
 //! | `MESH_LABELS` | none; `k=v,k=v`; `app` and `version` always added |
+//! | `MESH_NAMESPACE` | `default`: the workload's namespace in the metrics' labels (injected from the pod) |
+//! | `MESH_CLUSTER` | `Kubernetes`: the cluster name in the metrics' labels (Istio's default `ISTIO_META_CLUSTER_ID`) |
 //! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
 //! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
 //! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
@@ -92,6 +94,10 @@ pub struct Config {
     pub instance: String,
     /// Workload labels; always includes `app` and `version`.
     pub labels: BTreeMap<String, String>,
+    /// The workload's namespace (`MESH_NAMESPACE`), for the metrics' labels.
+    pub namespace: String,
+    /// The cluster's name (`MESH_CLUSTER`), for the metrics' labels.
+    pub cluster: String,
     /// `None`: run without a control plane, on snapshots given through
     /// [`ProxyHandle::apply_snapshot`](crate::ProxyHandle::apply_snapshot).
     pub control_url: Option<String>,
@@ -122,6 +128,11 @@ pub struct Config {
     /// work-stealing pool of this many threads otherwise.
     pub concurrency: usize,
 }
+
+/// The namespace a workload is in when none is configured (Kubernetes').
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The cluster name when none is configured: Istio's default cluster ID.
+pub const DEFAULT_CLUSTER: &str = "Kubernetes";
 
 /// Istio gives each sidecar's Envoy two worker threads by default.
 pub const DEFAULT_CONCURRENCY: usize = 2;
@@ -178,6 +189,18 @@ impl Config {
             // resources select it with `selector: {istio: ingressgateway}`.
             labels.insert("istio".into(), "ingressgateway".into());
         }
+
+        // Istio's labels name the namespace and the cluster. Locally there
+        // is neither, so Istio's own defaults: namespace `default`, cluster
+        // `Kubernetes`. Injected sidecars get the pod's namespace.
+        let namespace = strings
+            .get("MESH_NAMESPACE")
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        check_name("MESH_NAMESPACE", &namespace)?;
+        let cluster = strings
+            .get("MESH_CLUSTER")
+            .unwrap_or_else(|| DEFAULT_CLUSTER.into());
+        check_name("MESH_CLUSTER", &cluster)?;
 
         let explicit_control_url = strings.get("MESH_CONTROL_URL");
         let control_url = explicit_control_url
@@ -270,6 +293,8 @@ impl Config {
             version,
             instance,
             labels,
+            namespace,
+            cluster,
             // A snapshot file replaces the control plane.
             control_url: snapshot_file.is_none().then_some(control_url),
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
@@ -458,6 +483,25 @@ mod tests {
             "spans go to the control plane's collector by default"
         );
         assert_eq!(config.snapshot_file, None);
+        assert_eq!(config.namespace, "default", "Istio's local defaults");
+        assert_eq!(config.cluster, "Kubernetes");
+    }
+
+    #[test]
+    fn namespace_and_cluster_come_from_the_pod() {
+        let config = Config::from_strings(&env(&[
+            ("MESH_SERVICE", "hw"),
+            ("MESH_NAMESPACE", "guestbook"),
+            ("MESH_CLUSTER", "east-1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (config.namespace.as_str(), config.cluster.as_str()),
+            ("guestbook", "east-1")
+        );
+        let bad = Config::from_strings(&env(&[("MESH_SERVICE", "hw"), ("MESH_NAMESPACE", "a b")]))
+            .unwrap_err();
+        assert_eq!(bad.var, "MESH_NAMESPACE");
     }
 
     #[test]

@@ -3,19 +3,30 @@
 //!
 //! An Istio sidecar counts every request twice in the mesh: the caller's
 //! Envoy with `reporter="source"`, the callee's with
-//! `reporter="destination"`. Each count carries who called whom (workload and
-//! version on both ends), the service asked for, the status and Envoy's
-//! response flags. micromesh writes the same names and labels, so a Grafana
-//! dashboard or a Kiali query written for Istio reads a micromesh sidecar
-//! unchanged:
+//! `reporter="destination"`. Each count carries all of Istio's standard
+//! labels ("Istio Standard Metrics" on istio.io): both workloads with their
+//! namespace, app, version, canonical service and revision, cluster and
+//! principal; the service asked for by its full name; the protocol, status,
+//! gRPC status, Envoy's response flags and the connection's security policy.
+//! micromesh writes the same names, labels and values, so Istio's Grafana
+//! dashboards and Kiali read a micromesh sidecar unchanged:
 //!
 //! ```text
-//! istio_requests_total{reporter="source",source_workload="guestbook-ui",source_version="v1",
-//!   destination_workload="helloworld-service",destination_version="v2",
-//!   destination_service="helloworld-service",response_code="200",response_flags="-"} 42
+//! istio_requests_total{reporter="source",source_workload="guestbook-ui",
+//!   source_workload_namespace="default",source_principal="unknown",source_app="guestbook-ui",
+//!   source_version="v1",source_canonical_service="guestbook-ui",source_canonical_revision="v1",
+//!   source_cluster="Kubernetes",destination_workload="helloworld-service",...,
+//!   destination_service="helloworld-service.default.svc.cluster.local",
+//!   destination_service_name="helloworld-service",destination_service_namespace="default",
+//!   request_protocol="http",response_code="200",grpc_response_status="",response_flags="-",
+//!   connection_security_policy="unknown"} 42
 //! istio_request_duration_milliseconds_bucket{...,le="5"} 40     (histogram)
 //! istio_request_bytes_bucket{...}, istio_response_bytes_bucket{...}
+//! istio_build{component="proxy",tag="0.1.0"} 1
 //! ```
+//!
+//! Principals are `unknown` and a destination's security policy `none`
+//! until micromesh has mTLS (a source always says `unknown`, as Istio's).
 //!
 //! The registry is the prometheus-client crate's. Two things are our own, to
 //! keep the request path cheap:
@@ -23,13 +34,18 @@
 //! - [`AtomicHistogram`]: the crate's `Histogram` takes a mutex on every
 //!   `observe`; ours adds to one atomic bucket counter and the atomic sum, so
 //!   concurrent requests never wait for each other.
-//! - [`SeriesCache`]: finding a series in a `Family` hashes its eight labels
+//! - [`SeriesCache`]: finding a series in a `Family` hashes its 25 labels
 //!   and takes the family's read lock, four times per request (one per
 //!   metric). Each endpoint instead remembers the last series it used: when
 //!   the next request has the same labels (same caller, same status: by far
 //!   the common case) it uses those handles directly, lock-free. Only a
 //!   request whose labels differ looks up the families.
+//! - The label values themselves are built before any request: a [`Peer`]
+//!   per workload and a [`ServiceName`] per service, shared behind `Arc`s,
+//!   so comparing a request's labels with the cached ones is mostly pointer
+//!   comparisons and nothing is formatted per request.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +57,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -79,71 +96,283 @@ impl Reporter {
     }
 }
 
-/// The label set of one series, owned: a key of the families.
+/// One end of a request as the labels name it: Istio's `source_*` and
+/// `destination_*` groups carry the same eight facts about a workload.
+///
+/// Built once per endpoint, per caller and for the proxy itself, then shared
+/// behind an `Arc`: a request only clones the `Arc`, never a string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// The workload (micromesh names it by its `app`, the service it runs).
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+    /// The SPIFFE identity; `unknown` until micromesh has mTLS.
+    pub principal: Arc<str>,
+    /// The `app` and `version` labels.
+    pub app: Arc<str>,
+    pub version: Arc<str>,
+    /// Istio's canonical service and revision: the
+    /// `service.istio.io/canonical-name` / `-revision` labels, else
+    /// `app.kubernetes.io/name` / `version`, else `app` / `version`, else
+    /// the workload / `latest`.
+    pub canonical_service: Arc<str>,
+    pub canonical_revision: Arc<str>,
+    pub cluster: Arc<str>,
+}
+
+impl Peer {
+    /// A workload with these pod labels, in `namespace` of `cluster`.
+    pub fn of_workload(
+        workload: &str,
+        labels: &BTreeMap<String, String>,
+        namespace: &str,
+        cluster: &str,
+    ) -> Peer {
+        let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).map(String::as_str);
+        Peer {
+            workload: workload.into(),
+            namespace: namespace.into(),
+            principal: UNKNOWN.into(),
+            app: first(&["app"]).unwrap_or(UNKNOWN).into(),
+            version: first(&["version"]).unwrap_or(UNKNOWN).into(),
+            canonical_service: first(&[CANONICAL_NAME, "app.kubernetes.io/name", "app"])
+                .unwrap_or(workload)
+                .into(),
+            canonical_revision: first(&[
+                CANONICAL_REVISION,
+                "app.kubernetes.io/version",
+                "version",
+            ])
+            .unwrap_or("latest")
+            .into(),
+            cluster: cluster.into(),
+        }
+    }
+
+    /// Nothing known: no endpoint was reached, or the caller is outside
+    /// the mesh.
+    pub fn unknown() -> Peer {
+        let u: Arc<str> = UNKNOWN.into();
+        Peer {
+            workload: u.clone(),
+            namespace: u.clone(),
+            principal: u.clone(),
+            app: u.clone(),
+            version: u.clone(),
+            canonical_service: u.clone(),
+            canonical_revision: u.clone(),
+            cluster: u,
+        }
+    }
+}
+
+/// Istio's labels for a workload's canonical service and revision.
+pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+
+/// The service a request asked for: `destination_service` (the full
+/// Kubernetes name), `destination_service_name` and `_namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub host: Arc<str>,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+}
+
+impl ServiceName {
+    /// A mesh service in `namespace`: `helloworld-service` becomes
+    /// `helloworld-service.default.svc.cluster.local`.
+    pub fn in_namespace(name: &str, namespace: &str) -> ServiceName {
+        ServiceName {
+            host: format!("{name}.{namespace}.svc.cluster.local").into(),
+            name: name.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The host an app called, read as Kubernetes' DNS would: a bare name
+    /// is a service of the caller's namespace, `name.ns[.svc[.cluster.local]]`
+    /// one of namespace `ns`. Any other host (an IP, an external name) is
+    /// kept as it is, in namespace `unknown`.
+    pub fn of_host(host: &str, own_namespace: &str) -> ServiceName {
+        let parts: Vec<&str> = host.split('.').collect();
+        let is_name =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !parts.iter().all(|p| is_name(p)) || parts[0].chars().all(|c| c.is_ascii_digit()) {
+            return ServiceName {
+                host: host.into(),
+                name: host.into(),
+                namespace: UNKNOWN.into(),
+            };
+        }
+        match parts.as_slice() {
+            [name] => ServiceName::in_namespace(name, own_namespace),
+            [name, ns] | [name, ns, "svc"] | [name, ns, "svc", "cluster", "local"] => {
+                ServiceName::in_namespace(name, ns)
+            }
+            _ => ServiceName {
+                host: host.into(),
+                name: host.into(),
+                namespace: UNKNOWN.into(),
+            },
+        }
+    }
+}
+
+/// What Istio's `request_protocol` says: gRPC is told apart by its
+/// `Content-Type`; everything else micromesh proxies is HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Istio's `connection_security_policy`. Istio's reference: `mutual_tls`
+/// when the destination's sidecar terminated mTLS, `none` when it received
+/// plain text, and `unknown` whenever the source reports (a client cannot
+/// know the server's policy). micromesh has no mTLS yet, so a destination
+/// always says `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SecurityPolicy {
+    Unknown,
+    None,
+}
+
+impl SecurityPolicy {
+    pub fn for_reporter(reporter: Reporter) -> SecurityPolicy {
+        match reporter {
+            Reporter::Source => SecurityPolicy::Unknown,
+            Reporter::Destination => SecurityPolicy::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityPolicy::Unknown => UNKNOWN,
+            SecurityPolicy::None => "none",
+        }
+    }
+}
+
+/// The label set of one series, owned: a key of the families. Its strings
+/// are shared (`Arc`), so making one per request costs a few reference
+/// counts and no formatting.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Labels {
     pub reporter: Reporter,
-    pub source_workload: Arc<str>,
-    pub source_version: Arc<str>,
-    pub destination_workload: Arc<str>,
-    pub destination_version: Arc<str>,
-    pub destination_service: Arc<str>,
+    pub source: Arc<Peer>,
+    pub destination: Arc<Peer>,
+    pub service: Arc<ServiceName>,
+    pub protocol: Protocol,
     pub response_code: u16,
+    /// gRPC's `grpc-status`; `None` (an empty label, as Istio writes) for
+    /// plain HTTP or when the server sent none.
+    pub grpc_status: Option<u16>,
     pub response_flags: ResponseFlags,
 }
 
 /// The same labels, borrowed from the request: compared with a cached
-/// series without allocating, turned into [`Labels`] only on a miss.
+/// series without touching any reference count, turned into [`Labels`]
+/// only on a miss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LabelsRef<'a> {
     pub reporter: Reporter,
-    pub source_workload: &'a str,
-    pub source_version: &'a str,
-    pub destination_workload: &'a str,
-    pub destination_version: &'a str,
-    pub destination_service: &'a str,
+    pub source: &'a Arc<Peer>,
+    pub destination: &'a Arc<Peer>,
+    pub service: &'a Arc<ServiceName>,
+    pub protocol: Protocol,
     pub response_code: u16,
+    pub grpc_status: Option<u16>,
     pub response_flags: ResponseFlags,
 }
 
 impl LabelsRef<'_> {
     fn is(&self, labels: &Labels) -> bool {
+        // `Arc<T: Eq>`'s `==` compares pointers first: the common case (the
+        // same endpoint, the same caller) never compares strings.
         self.reporter == labels.reporter
             && self.response_code == labels.response_code
             && self.response_flags == labels.response_flags
-            && self.source_workload == &*labels.source_workload
-            && self.source_version == &*labels.source_version
-            && self.destination_workload == &*labels.destination_workload
-            && self.destination_version == &*labels.destination_version
-            && self.destination_service == &*labels.destination_service
+            && self.grpc_status == labels.grpc_status
+            && self.protocol == labels.protocol
+            && *self.source == labels.source
+            && *self.destination == labels.destination
+            && *self.service == labels.service
     }
 
     pub fn to_labels(&self) -> Labels {
         Labels {
             reporter: self.reporter,
-            source_workload: self.source_workload.into(),
-            source_version: self.source_version.into(),
-            destination_workload: self.destination_workload.into(),
-            destination_version: self.destination_version.into(),
-            destination_service: self.destination_service.into(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            service: self.service.clone(),
+            protocol: self.protocol,
             response_code: self.response_code,
+            grpc_status: self.grpc_status,
             response_flags: self.response_flags,
         }
     }
 }
 
 impl EncodeLabelSet for Labels {
+    /// Istio's standard labels, all of them, in the order of its reference.
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
+        let (s, d) = (&*self.source, &*self.destination);
         ("reporter", self.reporter.as_str()).encode(encoder.encode_label())?;
-        ("source_workload", &*self.source_workload).encode(encoder.encode_label())?;
-        ("source_version", &*self.source_version).encode(encoder.encode_label())?;
-        ("destination_workload", &*self.destination_workload).encode(encoder.encode_label())?;
-        ("destination_version", &*self.destination_version).encode(encoder.encode_label())?;
-        ("destination_service", &*self.destination_service).encode(encoder.encode_label())?;
+        for (prefix, peer) in [("source", s), ("destination", d)] {
+            let pairs: [(&str, &str); 8] = [
+                ("workload", &peer.workload),
+                ("workload_namespace", &peer.namespace),
+                ("principal", &peer.principal),
+                ("app", &peer.app),
+                ("version", &peer.version),
+                ("canonical_service", &peer.canonical_service),
+                ("canonical_revision", &peer.canonical_revision),
+                ("cluster", &peer.cluster),
+            ];
+            for (name, value) in pairs {
+                (LabelName(prefix, name), value).encode(encoder.encode_label())?;
+            }
+            if prefix == "destination" {
+                ("destination_service", &*self.service.host).encode(encoder.encode_label())?;
+                ("destination_service_name", &*self.service.name).encode(encoder.encode_label())?;
+                ("destination_service_namespace", &*self.service.namespace)
+                    .encode(encoder.encode_label())?;
+            }
+        }
+        ("request_protocol", self.protocol.as_str()).encode(encoder.encode_label())?;
         ("response_code", self.response_code).encode(encoder.encode_label())?;
+        // Empty for plain HTTP, as Istio writes it.
+        ("grpc_response_status", self.grpc_status).encode(encoder.encode_label())?;
         ("response_flags", self.response_flags).encode(encoder.encode_label())?;
+        (
+            "connection_security_policy",
+            SecurityPolicy::for_reporter(self.reporter).as_str(),
+        )
+            .encode(encoder.encode_label())?;
         Ok(())
+    }
+}
+
+/// `source_` + `workload`, written straight into the page (no `String`).
+struct LabelName(&'static str, &'static str);
+
+impl prometheus_client::encoding::EncodeLabelKey for LabelName {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelKeyEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}_{}", self.0, self.1)
     }
 }
 
@@ -315,6 +544,13 @@ impl Metrics {
             "Response body size in bytes",
             response_bytes.clone(),
         );
+        // Istio's dashboards list every component's version from this
+        // gauge: `istio_build{component="proxy",tag="1.24.0"} 1`.
+        let build = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+        build
+            .get_or_create(&[("component", "proxy"), ("tag", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("istio_build", "The build this proxy runs", build);
         let (spans_sent, spans_dropped, spans_failed) =
             (Counter::default(), Counter::default(), Counter::default());
         registry.register(
@@ -430,16 +666,44 @@ impl SeriesCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::LazyLock;
+
+    static UI: LazyLock<Arc<Peer>> = LazyLock::new(|| {
+        let labels = BTreeMap::from([
+            ("app".to_string(), "guestbook-ui".to_string()),
+            ("version".to_string(), "v1".to_string()),
+        ]);
+        Arc::new(Peer::of_workload(
+            "guestbook-ui",
+            &labels,
+            "default",
+            "Kubernetes",
+        ))
+    });
+    static HW: LazyLock<Arc<Peer>> = LazyLock::new(|| {
+        let labels = BTreeMap::from([
+            ("app".to_string(), "helloworld-service".to_string()),
+            ("version".to_string(), "v2".to_string()),
+        ]);
+        Arc::new(Peer::of_workload(
+            "helloworld-service",
+            &labels,
+            "default",
+            "Kubernetes",
+        ))
+    });
+    static HW_SERVICE: LazyLock<Arc<ServiceName>> =
+        LazyLock::new(|| Arc::new(ServiceName::in_namespace("helloworld-service", "default")));
 
     fn labels(code: u16, flags: ResponseFlags) -> LabelsRef<'static> {
         LabelsRef {
             reporter: Reporter::Source,
-            source_workload: "guestbook-ui",
-            source_version: "v1",
-            destination_workload: "helloworld-service",
-            destination_version: "v2",
-            destination_service: "helloworld-service",
+            source: &UI,
+            destination: &HW,
+            service: &HW_SERVICE,
+            protocol: Protocol::Http,
             response_code: code,
+            grpc_status: None,
             response_flags: flags,
         }
     }
@@ -456,15 +720,28 @@ mod tests {
         );
     }
 
+    /// Every label of Istio's "Istio Standard Metrics" reference, with the
+    /// values Istio gives a plain-text HTTP request seen by the caller.
+    const SERIES: &str = "reporter=\"source\",\
+        source_workload=\"guestbook-ui\",source_workload_namespace=\"default\",\
+        source_principal=\"unknown\",source_app=\"guestbook-ui\",source_version=\"v1\",\
+        source_canonical_service=\"guestbook-ui\",source_canonical_revision=\"v1\",\
+        source_cluster=\"Kubernetes\",\
+        destination_workload=\"helloworld-service\",destination_workload_namespace=\"default\",\
+        destination_principal=\"unknown\",destination_app=\"helloworld-service\",\
+        destination_version=\"v2\",destination_canonical_service=\"helloworld-service\",\
+        destination_canonical_revision=\"v2\",destination_cluster=\"Kubernetes\",\
+        destination_service=\"helloworld-service.default.svc.cluster.local\",\
+        destination_service_name=\"helloworld-service\",destination_service_namespace=\"default\",\
+        request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\",\
+        response_flags=\"-\",connection_security_policy=\"unknown\"";
+
     #[test]
     fn the_page_has_istios_names_labels_and_envoys_buckets() {
         let metrics = Metrics::new();
         observe(&metrics, None, 200, 3.0);
         let page = metrics.render();
-        let series = "reporter=\"source\",source_workload=\"guestbook-ui\",source_version=\"v1\",\
-                      destination_workload=\"helloworld-service\",destination_version=\"v2\",\
-                      destination_service=\"helloworld-service\",response_code=\"200\",\
-                      response_flags=\"-\"";
+        let series = SERIES;
         assert!(
             page.contains("# TYPE istio_requests_total counter"),
             "{page}"
@@ -496,14 +773,127 @@ mod tests {
             )),
             "{page}"
         );
-        assert!(page.contains("istio_request_bytes_bucket"), "{page}");
-        assert!(page.contains("istio_response_bytes_sum"), "{page}");
+        assert!(
+            page.contains("# TYPE istio_request_bytes histogram"),
+            "{page}"
+        );
+        assert!(
+            page.contains("# TYPE istio_response_bytes histogram"),
+            "{page}"
+        );
+        assert!(
+            page.contains(&format!("istio_response_bytes_sum{{{series}}} 12.0\n")),
+            "{page}"
+        );
         assert!(page.contains("micromesh_spans_dropped_total 0"), "{page}");
+        let build = format!(
+            "istio_build{{component=\"proxy\",tag=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(page.contains(&build), "{page}");
         let le_lines = page
             .lines()
             .filter(|l| l.starts_with("istio_request_duration_milliseconds_bucket"))
             .count();
         assert_eq!(le_lines, BUCKETS.len() + 1, "Envoy's buckets and +Inf");
+    }
+
+    #[test]
+    fn a_destination_report_says_none_and_grpc_says_its_status() {
+        let metrics = Metrics::new();
+        metrics.record(
+            None,
+            &Observation {
+                labels: LabelsRef {
+                    reporter: Reporter::Destination,
+                    protocol: Protocol::Grpc,
+                    grpc_status: Some(14),
+                    ..labels(200, ResponseFlags::empty())
+                },
+                duration_ms: 1.0,
+                request_bytes: 5,
+                response_bytes: 0,
+            },
+        );
+        let page = metrics.render();
+        assert!(
+            page.contains(
+                "request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"14\",\
+                 response_flags=\"-\",connection_security_policy=\"none\"} 1\n"
+            ),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn canonical_names_follow_istios_label_order() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let plain = Peer::of_workload("hw", &map(&[]), "default", "Kubernetes");
+        assert_eq!(&*plain.canonical_service, "hw", "no label: the workload");
+        assert_eq!(&*plain.canonical_revision, "latest");
+        assert_eq!(&*plain.app, "unknown");
+        let k8s = Peer::of_workload(
+            "hw",
+            &map(&[
+                ("app", "hw"),
+                ("version", "v1"),
+                ("app.kubernetes.io/name", "hello"),
+                ("app.kubernetes.io/version", "1.2"),
+            ]),
+            "ns",
+            "c",
+        );
+        assert_eq!(
+            (&*k8s.canonical_service, &*k8s.canonical_revision),
+            ("hello", "1.2")
+        );
+        let istio = Peer::of_workload(
+            "hw",
+            &map(&[
+                ("app.kubernetes.io/name", "hello"),
+                (CANONICAL_NAME, "greeter"),
+                (CANONICAL_REVISION, "r7"),
+            ]),
+            "ns",
+            "c",
+        );
+        assert_eq!(
+            (&*istio.canonical_service, &*istio.canonical_revision),
+            ("greeter", "r7")
+        );
+    }
+
+    #[test]
+    fn hosts_are_read_as_kubernetes_dns_reads_them() {
+        let full = |host: &str| ServiceName::of_host(host, "guestbook");
+        let hw = ServiceName::in_namespace("helloworld-service", "guestbook");
+        assert_eq!(&*hw.host, "helloworld-service.guestbook.svc.cluster.local");
+        assert_eq!(
+            full("helloworld-service"),
+            hw,
+            "a bare name: the caller's namespace"
+        );
+        assert_eq!(
+            full("helloworld-service.other"),
+            ServiceName::in_namespace("helloworld-service", "other")
+        );
+        assert_eq!(full("helloworld-service.guestbook.svc"), hw);
+        assert_eq!(full("helloworld-service.guestbook.svc.cluster.local"), hw);
+        let external = full("example.com.evil.org");
+        assert_eq!(
+            (&*external.host, &*external.name, &*external.namespace),
+            ("example.com.evil.org", "example.com.evil.org", "unknown")
+        );
+        assert_eq!(
+            &*full("10.0.0.1").namespace,
+            "unknown",
+            "an IP is no service"
+        );
     }
 
     #[test]
@@ -536,9 +926,9 @@ mod tests {
         assert_eq!(ok.response_bytes.count(), 2);
         assert_eq!(ok.response_bytes.sum(), 24.0);
         assert!(
-            metrics
-                .render()
-                .contains("response_code=\"503\",response_flags=\"UF,URX\"")
+            metrics.render().contains(
+                "response_code=\"503\",grpc_response_status=\"\",response_flags=\"UF,URX\""
+            )
         );
     }
 
@@ -550,11 +940,30 @@ mod tests {
         assert!(cache.get(&a).is_none());
         observe(&metrics, Some(&cache), 200, 1.0);
         assert!(cache.get(&a).is_some());
-        let other_caller = LabelsRef {
-            source_version: "v2",
-            ..a
-        };
-        assert!(cache.get(&other_caller).is_none());
+        // Another caller with equal contents but its own allocation still
+        // hits (`Arc`'s `==` falls back to comparing values)...
+        let same_ui = Arc::new((**UI).clone());
+        assert!(
+            cache
+                .get(&LabelsRef {
+                    source: &same_ui,
+                    ..a
+                })
+                .is_some()
+        );
+        // ...and a caller that differs in any one label misses.
+        let other_ns = Arc::new(Peer {
+            namespace: "other".into(),
+            ..(**UI).clone()
+        });
+        assert!(
+            cache
+                .get(&LabelsRef {
+                    source: &other_ns,
+                    ..a
+                })
+                .is_none()
+        );
         assert!(cache.get(&labels(500, ResponseFlags::empty())).is_none());
     }
 

@@ -7,12 +7,19 @@
 //!    inbound side, CLIENT on the outbound side and at the gateway) and
 //!    writes it into the request sent on, in every header format;
 //! 2. tells the callee who calls: the outbound side adds
-//!    `x-mesh-source-workload` / `x-mesh-source-version`, the inbound side
-//!    reads and removes them before the app sees the request (Istio's
-//!    sidecars exchange the same facts in `x-envoy-peer-metadata`);
+//!    `x-mesh-peer-metadata` (workload, namespace, app, version, canonical
+//!    service and revision, cluster), the inbound side reads and removes it
+//!    before the app sees the request (Istio's sidecars exchange the same
+//!    facts in `x-envoy-peer-metadata`);
 //! 3. travels with the response body and, when the last byte has gone (or
 //!    the caller went away), counts the request once in the metrics and
 //!    hands the finished span to the reporter's queue.
+//!
+//! Every label value a request needs was built before it arrived: this
+//! proxy's own [`Peer`] at start, each endpoint's and each cluster's service
+//! name once per snapshot, a caller's once per distinct header. A request
+//! only picks `Arc`s and compares them with the series its endpoint used
+//! last (`metrics.rs`'s `SeriesCache`); nothing is formatted per request.
 //!
 //! Recording happens when the exchange is dropped, so no path can forget it:
 //! a response streamed to the end, a local error reply, or a caller that
@@ -28,6 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
@@ -35,16 +43,23 @@ use http_body_util::BodyExt;
 use mesh_api::xds::ProxyMode;
 
 use crate::body::{ResponseBody, Rsp};
+use crate::cluster::{ClusterRt, EndpointRt};
 use crate::config::Config;
 use crate::log::{Direction, RequestLog, ResponseFlags};
-use crate::metrics::{LabelsRef, Metrics, Observation, Reporter, SeriesCache, UNKNOWN};
+use crate::metrics::{
+    LabelsRef, Metrics, Observation, Peer, Protocol, Reporter, SeriesCache, ServiceName, UNKNOWN,
+};
 use crate::proxy::Shared;
 use crate::report::{Counters, SpanQueue};
 use crate::trace::{Incoming, Kind, LocalService, Remote, Span, SpanContext};
 
-/// Set by the caller's sidecar: the calling workload and its version.
-pub const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static("x-mesh-source-workload");
-pub const SOURCE_VERSION: HeaderName = HeaderName::from_static("x-mesh-source-version");
+/// Set by the caller's sidecar: who calls, as
+/// `workload=guestbook-ui;namespace=default;app=guestbook-ui;version=v1;canonical_service=guestbook-ui;canonical_revision=v1;cluster=Kubernetes`.
+pub const PEER_METADATA: HeaderName = HeaderName::from_static("x-mesh-peer-metadata");
+
+/// gRPC's status, in the response headers (a trailers-only reply) or in
+/// the trailers.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 // === impl Telemetry ===
 
@@ -67,8 +82,17 @@ pub struct Telemetry {
     pub inbound_series: SeriesCache,
     /// The app's port, for the inbound cluster's name.
     pub app_port: u16,
-    source_workload: HeaderValue,
-    source_version: HeaderValue,
+    /// This proxy's workload, as both ends of its requests' labels name it.
+    pub me: Arc<Peer>,
+    /// The service the inbound side serves (`destination_service`).
+    pub own_service: Arc<ServiceName>,
+    /// A peer the proxy knows nothing about.
+    pub unknown: Arc<Peer>,
+    /// `me`, as the header the outbound side sends.
+    peer_header: HeaderValue,
+    /// The last caller's header and what it says: callers are few, so
+    /// parsing happens once per caller change, not per request.
+    last_caller: ArcSwapOption<(HeaderValue, Arc<Peer>)>,
 }
 
 impl Telemetry {
@@ -81,10 +105,16 @@ impl Telemetry {
             dropped: metrics.spans_dropped.clone(),
             failed: metrics.spans_failed.clone(),
         };
-        // Service and version names were checked at start (letters, digits,
-        // `-`, `_`, `.`), so they are valid header values.
-        let header =
-            |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(UNKNOWN));
+        let me = Arc::new(Peer::of_workload(
+            &config.service,
+            &config.labels,
+            &config.namespace,
+            &config.cluster,
+        ));
+        // Names were checked at start (letters, digits, `-`, `_`, `.`) and
+        // `encode_peer` drops anything else, so this is a valid header value.
+        let peer_header =
+            HeaderValue::from_str(&encode_peer(&me)).unwrap_or(HeaderValue::from_static(""));
         Telemetry {
             enabled: config.telemetry,
             sampling: config.trace_sampling,
@@ -98,10 +128,56 @@ impl Telemetry {
             }),
             inbound_series: SeriesCache::default(),
             app_port: config.app_addr.port(),
-            source_workload: header(&config.service),
-            source_version: header(&config.version),
+            own_service: Arc::new(ServiceName::in_namespace(
+                &config.service.to_ascii_lowercase(),
+                &config.namespace,
+            )),
+            unknown: Arc::new(Peer::unknown()),
+            me,
+            peer_header,
+            last_caller: ArcSwapOption::empty(),
             metrics,
         }
+    }
+
+    /// The caller a `x-mesh-peer-metadata` header names: the last caller's
+    /// `Peer` when the header is the same bytes, else parsed anew.
+    fn caller(&self, header: HeaderValue) -> Arc<Peer> {
+        if let Some(last) = &*self.last_caller.load()
+            && last.0 == header
+        {
+            return last.1.clone();
+        }
+        let peer = Arc::new(decode_peer(header.as_bytes()));
+        self.last_caller
+            .store(Some(Arc::new((header, peer.clone()))));
+        peer
+    }
+
+    /// An endpoint's workload, as `destination_*` labels name it: built on
+    /// its first request and kept with the endpoint. The control plane
+    /// serves one namespace, so every endpoint is in this proxy's namespace
+    /// and cluster.
+    fn endpoint_peer<'e>(&self, endpoint: &'e EndpointRt) -> &'e Arc<Peer> {
+        endpoint.peer.get_or_init(|| {
+            Arc::new(Peer::of_workload(
+                &endpoint.workload,
+                &endpoint.labels,
+                &self.me.namespace,
+                &self.me.cluster,
+            ))
+        })
+    }
+
+    /// A cluster's service, as `destination_service*` name it: built once
+    /// per cluster name (the state outlives snapshots).
+    fn cluster_service<'c>(&self, cluster: &'c ClusterRt) -> &'c Arc<ServiceName> {
+        cluster.state.service_name.get_or_init(|| {
+            Arc::new(ServiceName::in_namespace(
+                &cluster.service,
+                &self.me.namespace,
+            ))
+        })
     }
 
     /// The reporter's counters, for the reporter task.
@@ -142,7 +218,10 @@ pub struct Exchange {
     span: Option<SpanContext>,
     user_agent: Option<String>,
     /// Inbound: the caller, as its sidecar named it.
-    caller: Option<(String, String)>,
+    caller: Option<Arc<Peer>>,
+    protocol: Protocol,
+    /// gRPC's `grpc-status`, once seen in the response headers or trailers.
+    grpc_status: Option<u16>,
     request_bytes: u64,
     /// `None` until a response is sent.
     status: Option<u16>,
@@ -168,12 +247,14 @@ impl Exchange {
         let telemetry = &shared.telemetry;
         let headers = arrival.headers;
         let caller = if arrival.direction == Direction::Inbound {
-            // Always removed: they are for this sidecar, not for the app.
-            let workload = headers.remove(SOURCE_WORKLOAD);
-            let version = headers.remove(SOURCE_VERSION);
-            workload.map(|w| (label_value(Some(&w)), label_value(version.as_ref())))
+            // Always removed: it is for this sidecar, not for the app.
+            headers.remove(PEER_METADATA).map(|h| telemetry.caller(h))
         } else {
             None
+        };
+        let protocol = match headers.get(http::header::CONTENT_TYPE) {
+            Some(t) if t.as_bytes().starts_with(b"application/grpc") => Protocol::Grpc,
+            _ => Protocol::Http,
         };
         let mut exchange = Exchange {
             shared: shared.clone(),
@@ -189,6 +270,8 @@ impl Exchange {
             span: None,
             user_agent: None,
             caller,
+            protocol,
+            grpc_status: None,
             request_bytes: 0,
             status: None,
             response_bytes: 0,
@@ -214,8 +297,7 @@ impl Exchange {
         }
         exchange.span = Some(span);
         if exchange.direction != Direction::Inbound {
-            headers.insert(SOURCE_WORKLOAD, telemetry.source_workload.clone());
-            headers.insert(SOURCE_VERSION, telemetry.source_version.clone());
+            headers.insert(PEER_METADATA, telemetry.peer_header.clone());
         }
         exchange
     }
@@ -231,6 +313,9 @@ impl Exchange {
         self.status = Some(rsp.status().as_u16());
         if !self.shared.telemetry.enabled {
             return rsp;
+        }
+        if self.protocol == Protocol::Grpc {
+            self.grpc_status = grpc_status(rsp.headers());
         }
         rsp.map(|inner| {
             ObservedBody {
@@ -260,47 +345,48 @@ impl Exchange {
         let (cluster, endpoint) = self.log.target();
         let host = strip_port(&self.authority);
         let config = &self.shared.config;
+        let unrouted: Arc<ServiceName>;
 
         // --- metrics ---
-        let unknown_caller = (UNKNOWN.to_string(), UNKNOWN.to_string());
-        let labels = match self.direction {
-            Direction::Inbound => {
-                let (workload, version) = self.caller.as_ref().unwrap_or(&unknown_caller);
-                LabelsRef {
-                    reporter: Reporter::Destination,
-                    source_workload: workload,
-                    source_version: version,
-                    destination_workload: &config.service,
-                    destination_version: &config.version,
-                    destination_service: &config.service,
-                    response_code: status,
-                    response_flags: flags,
-                }
-            }
-            Direction::Outbound | Direction::Gateway => LabelsRef {
-                reporter: Reporter::Source,
-                source_workload: &config.service,
-                source_version: &config.version,
+        let (reporter, source, destination, service, cache) = match self.direction {
+            Direction::Inbound => (
+                Reporter::Destination,
+                self.caller.as_ref().unwrap_or(&telemetry.unknown),
+                &telemetry.me,
+                &telemetry.own_service,
+                Some(&telemetry.inbound_series),
+            ),
+            Direction::Outbound | Direction::Gateway => {
                 // No endpoint chosen (a fault abort, no healthy endpoint,
-                // overflow, no route): no workload answered, so `unknown`,
-                // as Istio writes it. `destination_service` still names the
-                // service, which is what puts the failure on that service's
-                // edge in the graph.
-                destination_workload: endpoint.as_ref().map_or(UNKNOWN, |e| &e.workload),
-                destination_version: endpoint.as_ref().map_or(UNKNOWN, |e| &e.version),
-                // The host the app called. At the gateway, where users call
-                // a public host name, the service it was routed to.
-                destination_service: match (&cluster, self.direction) {
-                    (Some(c), Direction::Gateway) => &c.service,
-                    _ => host,
-                },
-                response_code: status,
-                response_flags: flags,
-            },
+                // overflow): no workload answered, so `unknown`, as Istio
+                // writes it, while `destination_service` still names the
+                // routed service; that puts the failure on the service's
+                // edge in the graph. No route at all: the host the app
+                // called is all there is to name.
+                let destination = match &endpoint {
+                    Some(e) => telemetry.endpoint_peer(e),
+                    None => &telemetry.unknown,
+                };
+                let (service, cache) = match (&cluster, &endpoint) {
+                    (Some(c), Some(e)) => (telemetry.cluster_service(c), Some(&e.series)),
+                    (Some(c), None) => (telemetry.cluster_service(c), Some(&c.state.series)),
+                    (None, _) => {
+                        unrouted = Arc::new(ServiceName::of_host(host, &telemetry.me.namespace));
+                        (&unrouted, None)
+                    }
+                };
+                (Reporter::Source, &telemetry.me, destination, service, cache)
+            }
         };
-        let cache = match self.direction {
-            Direction::Inbound => Some(&telemetry.inbound_series),
-            _ => endpoint.as_ref().map(|e| &e.series),
+        let labels = LabelsRef {
+            reporter,
+            source,
+            destination,
+            service,
+            protocol: self.protocol,
+            response_code: status,
+            grpc_status: self.grpc_status,
+            response_flags: flags,
         };
         telemetry.metrics.record(
             cache,
@@ -323,7 +409,7 @@ impl Exchange {
             Direction::Inbound => (
                 Kind::Server,
                 Remote {
-                    service: self.caller.as_ref().map(|(w, _)| w.as_str().into()),
+                    service: self.caller.as_ref().map(|p| p.workload.clone()),
                     address: Some(self.peer),
                 },
                 format!("inbound|{}||{}", telemetry.app_port, config.service),
@@ -381,20 +467,95 @@ impl Drop for Exchange {
     }
 }
 
-/// A caller-supplied label value: a workload or version name, else
-/// `unknown` (a header is not allowed to inject label syntax or unbounded
-/// names into the metrics).
-fn label_value(value: Option<&HeaderValue>) -> String {
-    value
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 63
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+/// A caller-supplied label value is kept only if it looks like a name
+/// (letters, digits, `-`, `_`, `.`, at most 63 characters): a header must
+/// not inject label syntax or unbounded names into the metrics.
+fn is_label_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The fields of `x-mesh-peer-metadata`, in order. The principal is not
+/// among them: with mTLS it will come from the caller's certificate, which a
+/// header cannot forge.
+const PEER_FIELDS: [&str; 7] = [
+    "workload",
+    "namespace",
+    "app",
+    "version",
+    "canonical_service",
+    "canonical_revision",
+    "cluster",
+];
+
+fn peer_fields(peer: &Peer) -> [&str; 7] {
+    [
+        &peer.workload,
+        &peer.namespace,
+        &peer.app,
+        &peer.version,
+        &peer.canonical_service,
+        &peer.canonical_revision,
+        &peer.cluster,
+    ]
+}
+
+/// `workload=guestbook-ui;namespace=default;...`; a value that is not a
+/// name is sent as `unknown`.
+fn encode_peer(peer: &Peer) -> String {
+    PEER_FIELDS
+        .iter()
+        .zip(peer_fields(peer))
+        .map(|(key, value)| {
+            let value = if is_label_value(value) {
+                value
+            } else {
+                UNKNOWN
+            };
+            format!("{key}={value}")
         })
-        .unwrap_or(UNKNOWN)
-        .to_string()
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The caller a header describes; a missing or malformed field is
+/// `unknown`, an unknown key is ignored (a newer sidecar may send more).
+fn decode_peer(header: &[u8]) -> Peer {
+    let mut peer = Peer::unknown();
+    let Ok(text) = std::str::from_utf8(header) else {
+        return peer;
+    };
+    for pair in text.split(';') {
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        if !is_label_value(value) {
+            continue;
+        }
+        let field = match key.trim() {
+            "workload" => &mut peer.workload,
+            "namespace" => &mut peer.namespace,
+            "app" => &mut peer.app,
+            "version" => &mut peer.version,
+            "canonical_service" => &mut peer.canonical_service,
+            "canonical_revision" => &mut peer.canonical_revision,
+            "cluster" => &mut peer.cluster,
+            _ => continue,
+        };
+        *field = value.into();
+    }
+    peer
+}
+
+/// `grpc-status` as a number, when present and valid.
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `host:port` -> `host` (IPv6 `[::1]:80` -> `[::1]`).
@@ -436,10 +597,15 @@ impl Body for ObservedBody {
         // is needed.
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.exchange.response_bytes += data.len() as u64;
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.exchange.response_bytes += data.len() as u64;
+            } else if let Some(trailers) = frame.trailers_ref()
+                && this.exchange.protocol == Protocol::Grpc
+            {
+                // A gRPC server's status normally arrives here, last.
+                this.exchange.grpc_status = grpc_status(trailers).or(this.exchange.grpc_status);
+            }
         }
         polled
     }
@@ -469,13 +635,43 @@ mod tests {
     }
 
     #[test]
-    fn caller_labels_are_names_or_unknown() {
-        let v = |s: &'static str| Some(HeaderValue::from_static(s));
-        assert_eq!(label_value(v("guestbook-ui").as_ref()), "guestbook-ui");
-        assert_eq!(label_value(v("v1.2_x").as_ref()), "v1.2_x");
-        assert_eq!(label_value(None), "unknown");
-        assert_eq!(label_value(v("").as_ref()), "unknown");
-        assert_eq!(label_value(v("a\"b").as_ref()), "unknown");
-        assert_eq!(label_value(v("x y").as_ref()), "unknown");
+    fn the_peer_header_round_trips_and_refuses_what_is_not_a_name() {
+        let labels = [("app", "guestbook-ui"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ui = Peer::of_workload("guestbook-ui", &labels, "guestbook", "east");
+        let header = encode_peer(&ui);
+        assert_eq!(
+            header,
+            "workload=guestbook-ui;namespace=guestbook;app=guestbook-ui;version=v1;\
+             canonical_service=guestbook-ui;canonical_revision=v1;cluster=east"
+        );
+        assert_eq!(decode_peer(header.as_bytes()), ui);
+        // What a header cannot do: set the principal, inject label syntax,
+        // or send an unbounded name.
+        let forged = decode_peer(
+            format!(
+                "workload=a\"b;principal=spiffe://x;namespace={};app=x y;version=v2",
+                "n".repeat(64)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(&*forged.workload, "unknown");
+        assert_eq!(&*forged.principal, "unknown");
+        assert_eq!(&*forged.namespace, "unknown");
+        assert_eq!(&*forged.app, "unknown");
+        assert_eq!(&*forged.version, "v2");
+        assert_eq!(decode_peer(b"\xff"), Peer::unknown());
+    }
+
+    #[test]
+    fn grpc_status_is_a_number_or_nothing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("14"));
+        assert_eq!(grpc_status(&headers), Some(14));
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("oops"));
+        assert_eq!(grpc_status(&headers), None);
     }
 }

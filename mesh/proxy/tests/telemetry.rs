@@ -359,8 +359,7 @@ async fn a_trace_crosses_the_gateway_and_two_sidecars_as_one_tree() {
         format!("00-{trace}-{hw_id}-01")
     );
     assert_eq!(header(&parts, "x-request-id"), "req-forwarded");
-    assert!(!parts.headers.contains_key("x-mesh-source-workload"));
-    assert!(!parts.headers.contains_key("x-mesh-source-version"));
+    assert!(!parts.headers.contains_key("x-mesh-peer-metadata"));
 
     // Now an app that does not forward the headers: its call starts a new
     // trace, a CLIENT root, while it serves the gateway's trace.
@@ -760,7 +759,14 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
             &[
                 ("destination_workload", "helloworld-service"),
                 ("destination_version", "v1"),
-                ("destination_service", "helloworld-service"),
+                (
+                    "destination_service",
+                    "helloworld-service.default.svc.cluster.local",
+                ),
+                ("destination_service_name", "helloworld-service"),
+                ("destination_workload_namespace", "default"),
+                ("destination_cluster", "Kubernetes"),
+                ("connection_security_policy", "unknown"),
                 ("response_code", "200"),
                 ("response_flags", "-"),
             ],
@@ -778,7 +784,11 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
             &[
                 ("destination_workload", "unknown"),
                 ("destination_version", "unknown"),
-                ("destination_service", "nowhere"),
+                // No route: the host as called, read as Kubernetes' DNS
+                // would (a bare name is in the caller's namespace).
+                ("destination_service", "nowhere.default.svc.cluster.local"),
+                ("destination_service_name", "nowhere"),
+                ("destination_workload_namespace", "unknown"),
                 ("response_code", "503"),
                 ("response_flags", "NR"),
             ],
@@ -803,7 +813,19 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
         ("source_workload", "guestbook-ui"),
         ("source_version", "v1"),
         ("destination_workload", "helloworld-service"),
-        ("destination_service", "helloworld-service"),
+        (
+            "destination_service",
+            "helloworld-service.default.svc.cluster.local",
+        ),
+        // What the caller's sidecar said about itself, in the header.
+        ("source_workload_namespace", "default"),
+        ("source_canonical_service", "guestbook-ui"),
+        ("source_canonical_revision", "v1"),
+        ("source_cluster", "Kubernetes"),
+        ("source_principal", "unknown"),
+        // A destination knows its own policy: plain text until mTLS.
+        ("connection_security_policy", "none"),
+        ("request_protocol", "http"),
     ];
     eventually("the destination counts", WAIT, async || {
         let v1_page = stats(&v1).await;
@@ -884,7 +906,7 @@ async fn telemetry_off_records_nothing_and_adds_no_headers() {
         let _ = rsp.bytes().await;
     }
     let parts = app.last_request.lock().unwrap().clone().unwrap();
-    for name in ["traceparent", "x-b3-traceid", "x-mesh-source-workload"] {
+    for name in ["traceparent", "x-b3-traceid", "x-mesh-peer-metadata"] {
         assert!(!parts.headers.contains_key(name), "{name} was added");
     }
     assert!(parts.headers.contains_key("x-request-id"), "still added");
@@ -1002,7 +1024,10 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
         ("reporter", "source"),
         ("destination_workload", "unknown"),
         ("destination_version", "unknown"),
-        ("destination_service", "helloworld-service"),
+        (
+            "destination_service",
+            "helloworld-service.default.svc.cluster.local",
+        ),
         ("response_code", "503"),
         ("response_flags", "FI"),
     ];
