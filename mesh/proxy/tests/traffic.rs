@@ -412,6 +412,53 @@ async fn a_full_connection_pool_overflows_with_503_uo() {
 }
 
 #[tokio::test]
+async fn http2_max_requests_caps_the_requests_in_flight_across_the_cluster() {
+    let (_guard, logs) = Logs::capture();
+    let slow = |name: &'static str| {
+        Upstream::with_delay(
+            name,
+            Arc::new(move |_, _| (200, name.to_string())),
+            Duration::from_millis(800),
+        )
+    };
+    let (a, b) = (slow("a").await, slow("b").await);
+    let mut hw = cluster("hw", vec![a.endpoint(), b.endpoint()]);
+    // Istio's meaning: at most this many requests in flight to the
+    // destination, whatever the connections (here unlimited).
+    hw.policy.connection_pool.http2_max_requests = Some(2);
+    let proxy = sidecar(snap(host(vec![route(vec![to("hw", 100)])]), vec![hw])).await;
+    let client = client_via(proxy.outbound_addr().unwrap());
+
+    // Five at once over two endpoints: two are in flight, three overflow at
+    // once (503 UO), though each endpoint alone is under the limit.
+    let replies = futures::future::join_all((0..5).map(|_| get(&client, "http://hw:8080/"))).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let overflow: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!((ok, overflow.len()), (2, 3));
+    assert!(
+        overflow
+            .iter()
+            .all(|r| r.body.ends_with("reset reason: overflow"))
+    );
+    assert_eq!(a.hits() + b.hits(), 2);
+    let uo = logs
+        .access_lines()
+        .iter()
+        .filter(|l| l.contains(" 503 UO "))
+        .count();
+    assert_eq!(uo, 3);
+    assert!(
+        logs.text().contains("connectionPool.http.http2MaxRequests"),
+        "the proxy's log names the limit that tripped"
+    );
+
+    // The slots come back when the responses end: two at once pass again.
+    let replies = futures::future::join_all((0..2).map(|_| get(&client, "http://hw:8080/"))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_mirror_gets_a_shadow_copy() {
     let v1 = Upstream::start("v1").await;
     let shadow = Upstream::start("shadow").await;
