@@ -19,6 +19,7 @@ need cargo   "install Rust from https://rustup.rs (the 'cargo' command)"
 need python3 "helloworld-service is Python 3: 'sudo apt install python3' (Debian/Ubuntu) or 'brew install python'"
 need java    "sentiment-service needs a Java 17+ JDK: 'sudo apt install openjdk-17-jdk-headless' (Debian/Ubuntu) or 'brew install openjdk@17'"
 
-echo "==> building micromesh (release; the first build takes a few minutes)"
+echo "==> building micromesh (release; the first build compiles every dependency: 16 minutes were measured"
+echo "    on a busy 2-core machine, less with more free cores; later builds take seconds)"
 cargo build --release --workspace --bins
 exec target/release/meshctl up "$@"
