@@ -9,9 +9,22 @@
 //! (zipkin-api's `zipkin2-api.yaml`); what micromesh's sidecars put in the
 //! tags is written down in `docs/telemetry-contract.md`.
 //!
-//! Like Zipkin, we *normalise* ids rather than reject them: hex is
-//! lowercased, and a short id is left-padded with zeros. A 64-bit trace id
-//! stays 64-bit (16 hex): Zipkin compares trace ids as strings.
+//! The id rules are Zipkin's own (`zipkin2.Span` in openzipkin/zipkin), so
+//! a client that works against Zipkin works here:
+//!
+//! - ids are lowercase hex with no prefix; `4BF9...` is refused, as Zipkin
+//!   refuses it, rather than silently stored under another spelling;
+//! - a short id is left-padded with zeros to 16 or 32 characters;
+//! - an all-zero trace id or span id is refused; an all-zero `parentId`
+//!   means "no parent" (some tracers send that for a root span);
+//! - a 128-bit trace id whose upper 64 bits are zero *is* the 64-bit id:
+//!   it is stored, and found, as its 16-character form. Zipkin compares
+//!   trace ids as strings, so this is what joins a B3 64-bit id to the same
+//!   id arriving padded in W3C's `traceparent` or OTLP's 16 bytes.
+//!
+//! A timestamp or duration of zero or below is treated as absent (Zipkin's
+//! builder does the same), and a tag value may be a JSON number or boolean:
+//! it is kept as its text, since Zipkin's tags are strings.
 
 use std::collections::BTreeMap;
 
@@ -30,10 +43,18 @@ pub struct Span {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Start, in microseconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "positive_or_absent"
+    )]
     pub timestamp: Option<u64>,
     /// In microseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "positive_or_absent"
+    )]
     pub duration: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_endpoint: Option<Endpoint>,
@@ -41,7 +62,11 @@ pub struct Span {
     pub remote_endpoint: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotations: Vec<Annotation>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "tag_values_as_text"
+    )]
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<bool>,
@@ -134,8 +159,8 @@ impl Span {
     }
 
     /// Check a posted span and bring it to the form the store keeps: ids
-    /// lowercased and padded, service names lowercased (Zipkin does both),
-    /// an empty `parentId` taken as none.
+    /// padded, service and span names lowercased (Zipkin does both), an
+    /// empty or all-zero `parentId` taken as none.
     pub fn normalize(mut self, index: usize) -> Result<Span, SpanError> {
         let error = |span: &Span, field: &'static str, message: String| SpanError {
             index,
@@ -152,10 +177,12 @@ impl Span {
             Ok(id) => id,
             Err(message) => return Err(error(&self, "id", message)),
         };
+        // An empty parentId is none (micromesh's sidecars never send one,
+        // but hand-written reporters do); Zipkin refuses it, we are lenient.
         self.parent_id = match self.parent_id.take().filter(|p| !p.is_empty()) {
             None => None,
-            Some(parent) => match normalize_span_id(&parent) {
-                Ok(parent) => Some(parent),
+            Some(parent) => match normalize_parent_id(&parent) {
+                Ok(parent) => parent,
                 Err(message) => return Err(error(&self, "parentId", message)),
             },
         };
@@ -168,9 +195,6 @@ impl Span {
                     .into(),
             ));
         }
-        if self.timestamp == Some(0) {
-            self.timestamp = None;
-        }
         for endpoint in [&mut self.local_endpoint, &mut self.remote_endpoint]
             .into_iter()
             .flatten()
@@ -178,6 +202,19 @@ impl Span {
             if let Some(name) = &mut endpoint.service_name {
                 *name = name.to_lowercase();
             }
+            // Zipkin drops an address it cannot parse, and a port of 0,
+            // rather than refusing the span; the API promises readers
+            // well-formed addresses.
+            endpoint.ipv4 = endpoint
+                .ipv4
+                .take()
+                .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
+            endpoint.ipv6 = endpoint
+                .ipv6
+                .take()
+                .filter(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+            endpoint.port = endpoint.port.filter(|p| *p > 0);
+            endpoint.service_name = endpoint.service_name.take().filter(|n| !n.is_empty());
         }
         if let Some(name) = &mut self.name {
             *name = name.to_lowercase();
@@ -187,20 +224,37 @@ impl Span {
 }
 
 /// Zipkin accepts 1 to 32 hex characters: up to 16 means a 64-bit id, more
-/// a 128-bit one; either is left-padded to its full width.
-fn normalize_trace_id(id: &str) -> Result<String, String> {
+/// a 128-bit one; either is left-padded to its full width, and a 128-bit id
+/// whose upper half is zero becomes its 64-bit form.
+pub fn normalize_trace_id(id: &str) -> Result<String, String> {
     check_hex(id, 32)?;
+    if all_zeros(id) {
+        return Err("is all zeros, which W3C and B3 reserve for \"no trace\"".into());
+    }
     let width = if id.len() <= 16 { 16 } else { 32 };
-    Ok(pad(id, width))
+    let id = pad(id, width);
+    match id.split_at(16) {
+        (high, low) if width == 32 && all_zeros(high) => Ok(low.to_string()),
+        _ => Ok(id),
+    }
 }
 
 fn normalize_span_id(id: &str) -> Result<String, String> {
     check_hex(id, 16)?;
-    let id = pad(id, 16);
-    if id.bytes().all(|b| b == b'0') {
+    if all_zeros(id) {
         return Err("is all zeros, which W3C and B3 reserve for \"no span\"".into());
     }
-    Ok(id)
+    Ok(pad(id, 16))
+}
+
+/// A parent id of all zeros is how some tracers write "root span".
+fn normalize_parent_id(id: &str) -> Result<Option<String>, String> {
+    check_hex(id, 16)?;
+    Ok((!all_zeros(id)).then(|| pad(id, 16)))
+}
+
+fn all_zeros(id: &str) -> bool {
+    id.bytes().all(|b| b == b'0')
 }
 
 fn check_hex(id: &str, max: usize) -> Result<(), String> {
@@ -214,14 +268,48 @@ fn check_hex(id: &str, max: usize) -> Result<(), String> {
             id.len()
         ));
     }
-    if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{id:?} is not hexadecimal"));
+    if !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "{id:?} is not lowercase hexadecimal (Zipkin's ids are lower-hex with no prefix, \
+             e.g. 4bf92f3577b34da6)"
+        ));
     }
     Ok(())
 }
 
 fn pad(id: &str, width: usize) -> String {
-    format!("{:0>width$}", id.to_ascii_lowercase())
+    format!("{id:0>width$}")
+}
+
+/// Zipkin's builder keeps a timestamp or duration only when it is above
+/// zero: `0` and negatives mean "not known", never an error.
+fn positive_or_absent<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value: Option<i64> = Option::deserialize(deserializer)?;
+    Ok(value.filter(|v| *v > 0).map(|v| v as u64))
+}
+
+/// Tag values are strings in Zipkin's model, but its JSON reader also takes
+/// a number (`"http.status_code": 200`), keeping the number's text; so do we,
+/// and booleans too. `null` or an object is refused.
+fn tag_values_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let raw: BTreeMap<String, serde_json::Value> = BTreeMap::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => Ok((key, text)),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
+            other => Err(D::Error::custom(format!(
+                "tag {key:?} has value {other}; a tag value is a string (or a number)"
+            ))),
+        })
+        .collect()
 }
 
 /// Parse a posted body: a JSON array of spans, each checked and
@@ -252,7 +340,7 @@ mod tests {
     #[test]
     fn a_sidecar_span_parses_with_its_tags() {
         let body = br#"[{
-            "traceId": "4BF92F3577B34DA6A3CE929D0E0E4736", "id": "00f067aa0ba902b7",
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "id": "00f067aa0ba902b7",
             "parentId": "a2fb4a1d1a96d312", "kind": "CLIENT",
             "name": "helloworld-service:8080/hello/ray",
             "timestamp": 1718000000123456, "duration": 3210,
@@ -282,11 +370,43 @@ mod tests {
     }
 
     #[test]
+    fn zipkins_id_rules() {
+        // A 128-bit id with a zero upper half is its 64-bit form.
+        let spans = parse_batch(br#"[{"traceId": "0000000000000000a3ce929d0e0e4736", "id": "1"}]"#)
+            .unwrap();
+        assert_eq!(spans[0].trace_id, "a3ce929d0e0e4736");
+        // An all-zero parent is a root; an all-zero trace id is refused.
+        let spans =
+            parse_batch(br#"[{"traceId": "a", "id": "1", "parentId": "0000000000000000"}]"#)
+                .unwrap();
+        assert_eq!(spans[0].parent_id, None);
+        let e = parse_batch(br#"[{"traceId": "00000000000000000000000000000000", "id": "1"}]"#)
+            .unwrap_err();
+        assert!(e.contains("traceId") && e.contains("all zeros"), "{e}");
+        // Uppercase hex is refused, as Zipkin refuses it.
+        let e = parse_batch(br#"[{"traceId": "a", "id": "00F067AA0BA902B7"}]"#).unwrap_err();
+        assert!(e.contains("lowercase"), "{e}");
+    }
+
+    #[test]
+    fn non_positive_times_are_absent_and_numeric_tags_are_text() {
+        let body = br#"[{"traceId": "a", "id": "1", "timestamp": -5, "duration": 0,
+            "tags": {"http.status_code": 200, "retry": true, "ratio": 0.5}}]"#;
+        let span = &parse_batch(body).unwrap()[0];
+        assert_eq!((span.timestamp, span.duration), (None, None));
+        assert_eq!(span.tag("http.status_code"), Some("200"));
+        assert_eq!(span.tag("retry"), Some("true"));
+        assert_eq!(span.tag("ratio"), Some("0.5"));
+        let e = parse_batch(br#"[{"traceId": "a", "id": "1", "tags": {"k": null}}]"#).unwrap_err();
+        assert!(e.contains("tags") && e.contains("\"k\""), "{e}");
+    }
+
+    #[test]
     fn bad_spans_are_refused_with_their_position_and_field() {
         let e = parse_batch(br#"[{"traceId": "a", "id": "1"}, {"traceId": "xyz", "id": "1"}]"#)
             .unwrap_err();
         assert!(
-            e.contains("span 1") && e.contains("traceId") && e.contains("not hex"),
+            e.contains("span 1") && e.contains("traceId") && e.contains("not lowercase hex"),
             "{e}"
         );
         let e = parse_batch(br#"[{"traceId": "a", "id": "0000"}]"#).unwrap_err();
