@@ -304,3 +304,53 @@ esac"#,
         );
     }
 }
+
+#[test]
+fn minikube_up_runs_through_and_prints_the_node_port_url() {
+    let minikube = (
+        "minikube",
+        r#"case "$*" in
+  "version --short") echo v1.34.0;;
+  "-p micromesh ip") echo 192.168.49.2;;
+  *) exit 0;;
+esac"#,
+    );
+    let kubectl = (
+        "kubectl",
+        r#"case "$*" in
+  "version --client") echo "Client Version: v1.31.2";;
+  *"get deployments -o name"*) echo deployment.apps/one;;
+  *"get service ingressgateway"*) printf 31234;;
+  *) exit 0;;
+esac"#,
+    );
+    let curl = (
+        "curl",
+        r#"echo '<html><title>Guestbook (v1)</title></html>'"#,
+    );
+    let sandbox = Sandbox::new(&[DOCKER, kubectl, minikube, curl]);
+    let (out, _, calls) = sandbox.run_with("minikube-up.sh", &[], &[("SKIP_BUILD", "1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("profile micromesh is running; reusing it"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the Guestbook answers at http://192.168.49.2:31234/"),
+        "{stdout}"
+    );
+    assert!(!calls.contains("minikube -p micromesh start"), "{calls}");
+    assert!(
+        calls.contains("minikube -p micromesh image load micromesh/sentiment-service:"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("kubectl --context micromesh apply -k k8s/overlays/minikube"),
+        "{calls}"
+    );
+}
