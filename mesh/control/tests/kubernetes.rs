@@ -904,3 +904,65 @@ async fn a_restarted_control_plane_never_reuses_a_version_a_proxy_may_hold() {
         rebuilt.version
     );
 }
+
+#[tokio::test]
+async fn analysis_findings_appear_in_status_as_istio_shows_them() {
+    let api = FakeApi::default();
+    helloworld(&api);
+    api.apply(istio("DestinationRule", "helloworld-service", subsets()));
+    let mesh = Mesh::start(api.clone()).await;
+
+    // A route to subset v3, which no DestinationRule defines: valid, so it
+    // is accepted and serves (as `meshctl apply` applies it), but analysis
+    // says what is wrong, in the object's status.
+    let mut spec = canary(50);
+    spec["http"][0]["route"][1]["destination"]["subset"] = json!("v3");
+    api.apply(istio("VirtualService", "helloworld-service", spec));
+    let status =
+        |api: &FakeApi| api.get("VirtualService", "helloworld-service").unwrap()["status"].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while status(&api)["validationMessages"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{:#}", status(&api));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = status(&api);
+    assert_eq!(written["conditions"][0]["status"], "True", "{written:#}");
+    let finding = &written["validationMessages"][0];
+    assert_eq!(finding["level"], "ERROR", "{written:#}");
+    assert_eq!(finding["type"]["name"], "ReferencedResourceNotFound");
+    assert_eq!(finding["field"], "spec.http[0].route[1].destination.subset");
+    mesh.eventually("the accepted route serves", |s| {
+        weights(s, "helloworld-service")
+            .iter()
+            .any(|(cluster, _)| cluster == "helloworld-service|v3")
+    })
+    .await;
+
+    // Defining v3 (and giving it a pod) clears the finding, without any
+    // change to the VirtualService itself.
+    api.apply(pod("hw-v3-a", "helloworld-service", "v3"));
+    let mut dr = subsets();
+    dr["subsets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "v3", "labels": {"version": "v3"}}));
+    api.apply(istio("DestinationRule", "helloworld-service", dr));
+    api.apply(slice(
+        "helloworld-service",
+        &[
+            ("hw-v1-a", "10.0.0.1", true, false),
+            ("hw-v2-a", "10.0.0.2", true, false),
+            ("hw-v3-a", "10.0.0.3", true, false),
+        ],
+    ));
+    while status(&api)["validationMessages"]
+        .as_array()
+        .is_some_and(|m| !m.is_empty())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{:#}", status(&api));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

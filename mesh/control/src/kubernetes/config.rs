@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 
 use kube::api::DynamicObject;
 use mesh_api::config::{
-    ConfigErrors, ConfigSet, Kind, NETWORKING_GROUP, ROUTED_NAMESPACE, Resource, SourceFile,
+    ConfigErrors, ConfigSet, Diagnostic, Kind, NETWORKING_GROUP, ROUTED_NAMESPACE, Resource,
+    SourceFile,
 };
 use serde_json::{Map, Value, json};
 
@@ -64,6 +65,10 @@ pub struct Judged {
     pub uid: String,
     pub generation: Option<i64>,
     pub verdict: Verdict,
+    /// What analysis (`meshctl analyze`, Istio's `istioctl analyze`) says
+    /// about the version that serves: shown in status, never blocking, as
+    /// `meshctl apply` applies such config and prints the findings.
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 /// The Istio objects read so far, with the last good version of each.
@@ -109,6 +114,7 @@ impl IstioConfig {
                 uid: object.metadata.uid.clone().unwrap_or_default(),
                 generation: object.metadata.generation,
                 verdict,
+                diagnostics: Vec::new(),
             });
         }
         self.last_good.retain(|key, _| present.contains_key(key));
@@ -123,6 +129,27 @@ impl IstioConfig {
         let resources = ordered.into_iter().map(|(_, _, r)| r.clone()).collect();
         let (config, _changes) = ConfigSet::default().apply(resources);
         (config, judged)
+    }
+}
+
+/// Hand each object the findings about it. Analysis names resources as
+/// micromesh holds them (in the routed namespace); the message is about the
+/// object in its real namespace.
+pub fn attach(judged: &mut [Judged], diagnostics: &[Diagnostic]) {
+    for judged in judged.iter_mut() {
+        let id = format!(
+            "{} {ROUTED_NAMESPACE}/{}",
+            judged.key.kind.as_str(),
+            judged.key.name
+        );
+        judged.diagnostics = diagnostics
+            .iter()
+            .filter(|d| d.resource == id)
+            .map(|d| Diagnostic {
+                resource: judged.key.id(),
+                ..d.clone()
+            })
+            .collect();
     }
 }
 

@@ -45,6 +45,33 @@ pub struct IstioStatus {
     /// `Accepted`: whether micromesh serves this version of the resource.
     #[serde(default)]
     pub conditions: Vec<IstioCondition>,
+    /// What `meshctl analyze` finds about it, in Istio's shape
+    /// (`istioctl analyze` messages appear in an Istio object's status).
+    #[serde(default)]
+    pub validation_messages: Vec<ValidationMessage>,
+}
+
+/// One analysis finding.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationMessage {
+    /// `ERROR`, `WARNING` or `INFO`.
+    pub level: String,
+    #[serde(rename = "type")]
+    pub type_: MessageType,
+    /// The field it is about: `spec.http[0].route[0].destination.subset`.
+    #[serde(default)]
+    pub field: String,
+    /// What is wrong and what to do.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Which finding: `ReferencedResourceNotFound`, ...
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageType {
+    pub name: String,
 }
 
 /// One condition, in Kubernetes' usual shape.

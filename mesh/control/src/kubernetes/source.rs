@@ -22,12 +22,13 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_kind};
-use mesh_api::config::{Kind, NETWORKING_GROUP};
+use mesh_api::config::{Diagnostic, Kind, NETWORKING_GROUP};
+use mesh_api::xds::{ProxyAnnounce, ProxyMode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::KubernetesSource;
-use super::config::{IstioConfig, Judged, ObjectKey, Verdict};
+use super::config::{self, IstioConfig, Judged, ObjectKey, Verdict};
 use super::discovery;
 use crate::state::Shared;
 
@@ -163,9 +164,21 @@ pub(crate) async fn run(shared: Arc<Shared>, source: KubernetesSource) {
             .collect();
         let borrowed: Vec<(Kind, &DynamicObject)> =
             objects.iter().map(|(k, o)| (*k, o.as_ref())).collect();
-        let (config, judged) = istio.update(&borrowed);
+        let (config, mut judged) = istio.update(&borrowed);
         {
             let mut model = shared.lock().await;
+            // What analysis sees as running: the endpoints, and the gateway
+            // proxies that announced themselves (a Gateway selects them).
+            let mut proxies: Vec<ProxyAnnounce> =
+                workloads.iter().map(|w| w.announce.clone()).collect();
+            proxies.extend(
+                model
+                    .registry
+                    .live_announces()
+                    .into_iter()
+                    .filter(|a| a.mode == ProxyMode::Gateway),
+            );
+            config::attach(&mut judged, &config.analyze_proxies(&proxies));
             if shared.replace_discovered(&mut model, workloads, config) {
                 tracing::info!(version = model.version, "the cluster changed the mesh");
             }
@@ -192,11 +205,14 @@ fn hint(error: &watcher::Error) -> &'static str {
 /// Writes each verdict once per object version: a status condition on every
 /// Istio object, and a Warning Event on a rejected one (`kubectl describe vs
 /// NAME` shows it, `kubectl get events` lists it).
+/// (uid, generation, verdict, findings): what one status write said.
+type Written = (String, Option<i64>, Verdict, Vec<Diagnostic>);
+
 struct StatusWriter {
     client: kube::Client,
     recorder: Recorder,
-    /// What was last written for each object: (uid, generation, verdict).
-    written: BTreeMap<ObjectKey, (String, Option<i64>, Verdict)>,
+    /// What was last written for each object.
+    written: BTreeMap<ObjectKey, Written>,
 }
 
 impl StatusWriter {
@@ -220,6 +236,7 @@ impl StatusWriter {
                 judged.uid.clone(),
                 judged.generation,
                 judged.verdict.clone(),
+                judged.diagnostics.clone(),
             );
             if self.written.get(&judged.key) == Some(&current) {
                 continue;
@@ -292,9 +309,24 @@ impl StatusWriter {
             &key.namespace,
             &istio_resource(key.kind),
         );
+        // Istio's shape: `validationMessages` next to the conditions, one
+        // per finding of `istioctl analyze` (ours: `meshctl analyze`).
+        let messages: Vec<_> = judged
+            .diagnostics
+            .iter()
+            .map(|d| {
+                json!({
+                    "level": d.level.to_ascii_uppercase(),
+                    "type": {"name": d.code},
+                    "field": d.field,
+                    "message": d.message,
+                })
+            })
+            .collect();
         let patch = json!({
             "status": {
                 "observedGeneration": judged.generation,
+                "validationMessages": messages,
                 "conditions": [{
                     "type": ACCEPTED,
                     "status": accepted,
