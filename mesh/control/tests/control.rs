@@ -5,7 +5,6 @@
 //! condition.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use mesh_api::xds::{
     AckRequest, AnnounceResponse, ApiError, ProxyAnnounce, ProxyMode, ProxyStatus, ServiceStatus,
 };
 use mesh_control::{Error, Server, ServerHandle, Settings, StoreError};
+use mesh_testkit::wait_until;
 use reqwest::StatusCode;
 
 // === helpers ===
@@ -152,25 +152,6 @@ fn endpoint_instances(snapshot: &Snapshot, cluster: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Poll `check` until it holds, or fail after `timeout` saying what we waited for.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // === discovery ===
 
 #[tokio::test]
@@ -303,12 +284,13 @@ async fn an_expired_lease_takes_the_instance_out_of_traffic_and_a_heartbeat_brin
     let announced_at = Instant::now();
     let joined = mesh.announce(&hw).await;
 
-    eventually(
+    wait_until(
         "hw-1 to become unhealthy",
         Duration::from_secs(5),
-        || async { !mesh.services().await[0].endpoints[0].healthy },
+        || async { Ok(!mesh.services().await[0].endpoints[0].healthy) },
     )
-    .await;
+    .await
+    .unwrap();
     assert!(
         announced_at.elapsed() >= lease,
         "not before its lease ran out"
@@ -461,12 +443,13 @@ async fn a_waiting_long_poll_wakes_when_another_instance_joins() {
         })
     };
     // Make sure the poll is parked before the change, so this tests the wake-up.
-    eventually(
+    wait_until(
         "the long-poll to be waiting",
         Duration::from_secs(5),
-        || async { mesh.control.watching() == 1 },
+        || async { Ok(mesh.control.watching() == 1) },
     )
-    .await;
+    .await
+    .unwrap();
 
     mesh.announce(&sidecar("hw-1", "helloworld-service", "v1", 40001))
         .await;
@@ -573,12 +556,13 @@ async fn shutdown_answers_a_pending_long_poll_instead_of_waiting_it_out() {
         ));
         tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) })
     };
-    eventually(
+    wait_until(
         "the long-poll to be waiting",
         Duration::from_secs(5),
-        || async { mesh.control.watching() == 1 },
+        || async { Ok(mesh.control.watching() == 1) },
     )
-    .await;
+    .await
+    .unwrap();
 
     let Mesh { control, .. } = mesh;
     tokio::time::timeout(Duration::from_secs(10), control.shutdown())

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use anyhow::anyhow;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -26,6 +27,7 @@ use mesh_control::graph::{Reporter, reduce};
 use mesh_control::scrape::parse;
 use mesh_control::{Server, ServerHandle, Settings};
 use mesh_proxy::{Config, Proxy, ProxyHandle};
+use mesh_testkit::retry_until_ok;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -108,48 +110,14 @@ impl Mesh {
 
     /// Wait until `proxy` has `count` endpoints for `service`.
     async fn wait_for_endpoints(&self, proxy: usize, service: &str, count: usize) {
-        let proxy = self.proxy(proxy);
-        eventually(
-            &format!(
-                "{} to see {count} endpoint(s) of {service}",
-                proxy.instance()
-            ),
-            || async {
-                let snapshot = proxy.current_snapshot().ok_or("no snapshot yet")?;
-                let found = snapshot
-                    .clusters
-                    .iter()
-                    .find(|c| c.name == service)
-                    .map(|c| c.endpoints.len())
-                    .unwrap_or(0);
-                if found == count {
-                    Ok(())
-                } else {
-                    Err(format!("{found} endpoints"))
-                }
-            },
-        )
-        .await
+        mesh_testkit::wait_for_endpoints(self.proxy(proxy), service, count)
+            .await
+            .unwrap();
     }
 }
 
-async fn eventually<T, F, Fut, E>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(why) if tokio::time::Instant::now() >= deadline => {
-                panic!("gave up waiting for {what}: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
+/// How long the tests wait for traces, scrapes and the graph to settle.
+const SETTLE: Duration = Duration::from_secs(15);
 
 // === the apps ===
 
@@ -254,16 +222,17 @@ async fn one_request_is_one_trace_across_every_hop_and_the_counters_match() {
     let (mesh, client) = guestbook(true).await;
     // Let the scraper see every proxy once before any traffic, so the
     // graph's increase counts every request below.
-    eventually("the first scrape of every proxy", || async {
+    retry_until_ok("the first scrape of every proxy", SETTLE, || async {
         let graph = mesh.get("/api/v1/graph").await;
         let scraped = graph["scrapes"]["proxies"].as_u64().unwrap_or(0);
         if scraped == 3 {
             Ok(())
         } else {
-            Err(format!("{scraped} proxies scraped"))
+            Err(anyhow!("{scraped} proxies scraped"))
         }
     })
-    .await;
+    .await
+    .unwrap();
 
     let http = via(&mesh, client);
     const N: u64 = 20;
@@ -274,7 +243,7 @@ async fn one_request_is_one_trace_across_every_hop_and_the_counters_match() {
 
     // --- The trace: test-client CLIENT -> guestbook-ui SERVER -> guestbook-ui
     // CLIENT -> helloworld-service SERVER, each the parent of the next.
-    let spans: Vec<Value> = eventually("a trace with all four spans", || async {
+    let spans: Vec<Value> = retry_until_ok("a trace with all four spans", SETTLE, || async {
         let traces = mesh
             .get("/api/v2/traces?serviceName=helloworld-service&limit=1")
             .await;
@@ -282,10 +251,11 @@ async fn one_request_is_one_trace_across_every_hop_and_the_counters_match() {
         if spans.len() == 4 {
             Ok(spans)
         } else {
-            Err(format!("{} spans: {spans:#?}", spans.len()))
+            Err(anyhow!("{} spans: {spans:#?}", spans.len()))
         }
     })
-    .await;
+    .await
+    .unwrap();
     let find = |service: &str, kind: Kind| {
         let kind = serde_json::to_value(kind).unwrap();
         spans
@@ -306,17 +276,18 @@ async fn one_request_is_one_trace_across_every_hop_and_the_counters_match() {
     assert_eq!(hw_server["parentId"], ui_client["id"]);
     assert_eq!(hw_server["tags"]["istio.canonical_revision"], "v1");
     let trace_id = root["traceId"].as_str().unwrap().to_string();
-    let analysis = eventually("the trace to settle", || async {
+    let analysis = retry_until_ok("the trace to settle", SETTLE, || async {
         let a = mesh
             .get(&format!("/api/v1/traces/{trace_id}/analysis"))
             .await;
         if a["settled"] == true {
             Ok(a)
         } else {
-            Err("still receiving spans".to_string())
+            Err(anyhow!("still receiving spans"))
         }
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(analysis["broken"], false, "{analysis:#}");
     let depths: Vec<u64> = analysis["spans"]
         .as_array()
@@ -356,27 +327,32 @@ async fn one_request_is_one_trace_across_every_hop_and_the_counters_match() {
     assert_eq!(inbound.requests, N as f64);
 
     // --- The graph: both edges, each counting all N requests.
-    eventually("the graph's edges to count every request", || async {
-        let graph = mesh.get("/api/v1/graph?window=60").await;
-        let count = |src: &str, dst: &str| {
-            graph["edges"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["source"] == src && e["target"] == dst)
-                .and_then(|e| e["requests"].as_f64())
-        };
-        let hops = (
-            count("test-client@v1", "guestbook-ui@v1"),
-            count("guestbook-ui@v1", "helloworld-service@v1"),
-        );
-        if hops == (Some(N as f64), Some(N as f64)) {
-            Ok(())
-        } else {
-            Err(format!("{hops:?}: {graph:#}"))
-        }
-    })
-    .await;
+    retry_until_ok(
+        "the graph's edges to count every request",
+        SETTLE,
+        || async {
+            let graph = mesh.get("/api/v1/graph?window=60").await;
+            let count = |src: &str, dst: &str| {
+                graph["edges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["source"] == src && e["target"] == dst)
+                    .and_then(|e| e["requests"].as_f64())
+            };
+            let hops = (
+                count("test-client@v1", "guestbook-ui@v1"),
+                count("guestbook-ui@v1", "helloworld-service@v1"),
+            );
+            if hops == (Some(N as f64), Some(N as f64)) {
+                Ok(())
+            } else {
+                Err(anyhow!("{hops:?}: {graph:#}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
     let stat = mesh.get("/api/v1/stat?window=60").await;
     let row = stat
         .as_array()
@@ -396,7 +372,7 @@ async fn an_app_that_drops_the_trace_headers_is_named_where_the_chain_broke() {
         let response = http.get("http://guestbook-ui:8080/").send().await.unwrap();
         assert_eq!(response.status(), 200);
     }
-    let broken = eventually("the broken chain to be reported", || async {
+    let broken = retry_until_ok("the broken chain to be reported", SETTLE, || async {
         let list = mesh.get("/api/v1/traces?broken=true&limit=50").await;
         let found = list.as_array().unwrap().iter().find(|t| {
             t["problems"]
@@ -405,9 +381,10 @@ async fn an_app_that_drops_the_trace_headers_is_named_where_the_chain_broke() {
                 .iter()
                 .any(|p| p["kind"] == "headersNotForwarded")
         });
-        found.cloned().ok_or_else(|| format!("{list:#}"))
+        found.cloned().ok_or_else(|| anyhow!("{list:#}"))
     })
-    .await;
+    .await
+    .unwrap();
     let problem = broken["problems"]
         .as_array()
         .unwrap()
@@ -423,9 +400,20 @@ async fn an_app_that_drops_the_trace_headers_is_named_where_the_chain_broke() {
     );
     // The trace it came from is flagged as well.
     let upstream = problem["relatedTraceId"].as_str().unwrap();
-    let analysis = mesh
-        .get(&format!("/api/v1/traces/{upstream}/analysis"))
-        .await;
+    // Judged once its spans have settled: before that, its chain may still
+    // look merely incomplete (`missingParent`).
+    let analysis = retry_until_ok("the related trace to settle", SETTLE, || async {
+        let a = mesh
+            .get(&format!("/api/v1/traces/{upstream}/analysis"))
+            .await;
+        if a["settled"] == true {
+            Ok(a)
+        } else {
+            Err(anyhow!("still receiving spans"))
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(analysis["broken"], true);
     assert_eq!(analysis["problems"][0]["kind"], "brokenDownstream");
 }
