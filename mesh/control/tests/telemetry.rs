@@ -333,67 +333,67 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
 
     // The counters grow at a steady pace while the test watches: 50 rps
     // from the gateway, 40 rps to v1 and 10 rps (half of them 503s) to v2.
+    // Each scrape reads counters computed from the clock as it arrives.
     let started = std::time::Instant::now();
-    let pump = {
-        let (gateway, ui) = (gateway.clone(), ui.clone());
-        tokio::spawn(async move {
-            loop {
-                let t = started.elapsed().as_secs_f64();
-                let n = |rate: f64| (rate * t) as u64;
-                gateway.set(series(
-                    "source",
-                    "ingressgateway@v1",
-                    "guestbook-ui@v1",
-                    "200",
-                    n(50.0),
-                    3.0,
-                ));
-                ui.set(
-                    [
-                        series(
-                            "source",
-                            "guestbook-ui@v1",
-                            "helloworld-service@v1",
-                            "200",
-                            n(40.0),
-                            3.0,
-                        ),
-                        series(
-                            "source",
-                            "guestbook-ui@v1",
-                            "helloworld-service@v2",
-                            "200",
-                            n(5.0),
-                            30.0,
-                        ),
-                        series(
-                            "source",
-                            "guestbook-ui@v1",
-                            "helloworld-service@v2",
-                            "503",
-                            n(5.0),
-                            30.0,
-                        ),
-                        series(
-                            "destination",
-                            "ingressgateway@v1",
-                            "guestbook-ui@v1",
-                            "200",
-                            n(50.0),
-                            2.0,
-                        ),
-                    ]
-                    .concat(),
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    gateway.serve_with(move || {
+        let n = |rate: f64| (rate * started.elapsed().as_secs_f64()) as u64;
+        series(
+            "source",
+            "ingressgateway@v1",
+            "guestbook-ui@v1",
+            "200",
+            n(50.0),
+            3.0,
+        )
+    });
+    ui.serve_with(move || {
+        // One reading of the clock for every series of the page, as a
+        // real proxy's page is one consistent snapshot of its counters.
+        let t = started.elapsed().as_secs_f64();
+        let n = |rate: f64| (rate * t) as u64;
+        [
+            series(
+                "source",
+                "guestbook-ui@v1",
+                "helloworld-service@v1",
+                "200",
+                n(40.0),
+                3.0,
+            ),
+            series(
+                "source",
+                "guestbook-ui@v1",
+                "helloworld-service@v2",
+                "200",
+                n(5.0),
+                30.0,
+            ),
+            series(
+                "source",
+                "guestbook-ui@v1",
+                "helloworld-service@v2",
+                "503",
+                n(5.0),
+                30.0,
+            ),
+            series(
+                "destination",
+                "ingressgateway@v1",
+                "guestbook-ui@v1",
+                "200",
+                n(50.0),
+                2.0,
+            ),
+        ]
+        .concat()
+    });
 
     let graph = eventually(
         "the graph to show all three edges with their rates",
         || async {
-            let graph = control.get("/api/v1/graph?window=2").await;
+            let graph = control
+                .get(&format!("/api/v1/graph?window={WINDOW_S}"))
+                .await;
             let edges = graph["edges"].as_array().unwrap();
             let rps = |target: &str| {
                 edges
@@ -402,12 +402,15 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
                     .and_then(|e| e["rps"].as_f64())
                     .unwrap_or(0.0)
             };
-            // Rates from counters sampled every 100 ms wobble a little.
-            let near = |v: f64, want: f64| (v - want).abs() <= want * 0.2;
-            if edges.len() == 3
-                && near(rps("guestbook-ui@v1"), 50.0)
-                && near(rps("helloworld-service@v1"), 40.0)
-                && near(rps("helloworld-service@v2"), 10.0)
+            // The first scrapes give rates over less than the window: wait
+            // until the window is full before judging them.
+            let full = started.elapsed()
+                >= Duration::from_secs(WINDOW_S) + SCRAPE_INTERVAL + support::SCRAPE_TIMEOUT;
+            if full
+                && edges.len() == 3
+                && near_rate(rps("guestbook-ui@v1"), 50.0)
+                && near_rate(rps("helloworld-service@v1"), 40.0)
+                && near_rate(rps("helloworld-service@v2"), 10.0)
             {
                 Ok(graph)
             } else {
@@ -416,18 +419,16 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
         },
     )
     .await;
-    pump.abort();
 
     let edges = graph["edges"].as_array().unwrap();
     let edge = |target: &str| edges.iter().find(|e| e["target"] == target).unwrap();
     // The gateway reports its own edge; the destination's copy is not doubled.
     assert_eq!(edge("guestbook-ui@v1")["reporter"], "source");
     let v2 = edge("helloworld-service@v2");
+    // Both of v2's counters come from one reading of the clock, so their
+    // increases over any window are equal: exactly half are errors.
     let error_rate = v2["errorRate"].as_f64().unwrap();
-    assert!(
-        (error_rate - 0.5).abs() < 0.15,
-        "half of v2's answers are 503: {error_rate}"
-    );
+    assert_eq!(error_rate, 0.5, "half of v2's answers are 503");
     // 30 ms requests: p99 inside (25, 50].
     let p99 = v2["p99Ms"].as_f64().unwrap();
     assert!(p99 > 25.0 && p99 <= 50.0, "{p99}");
@@ -452,17 +453,42 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
     assert_eq!(failing, ["hw-1", "hw-2"]);
 
     // `meshctl stat`'s numbers: one row per workload and version.
-    let rows: Vec<StatRow> =
-        serde_json::from_value(control.get("/api/v1/stat?window=2").await).unwrap();
+    let rows: Vec<StatRow> = serde_json::from_value(
+        control
+            .get(&format!("/api/v1/stat?window={WINDOW_S}"))
+            .await,
+    )
+    .unwrap();
     let row = |w: &str, v: &str| {
         rows.iter()
             .find(|r| r.workload == w && r.version == v)
             .unwrap()
     };
-    assert!((row("helloworld-service", "v2").success_rate.unwrap() - 0.5).abs() < 0.15);
+    assert_eq!(row("helloworld-service", "v2").success_rate, Some(0.5));
     assert_eq!(row("helloworld-service", "v1").success_rate, Some(1.0));
     assert_eq!(row("helloworld-service", "v1").instances, 1);
-    assert!((row("guestbook-ui", "v1").rps - 50.0).abs() < 10.0);
+    let ui_rps = row("guestbook-ui", "v1").rps;
+    assert!(near_rate(ui_rps, 50.0), "guestbook-ui's rps: {ui_rps}");
+}
+
+/// The graph's window in these tests, in seconds.
+const WINDOW_S: u64 = 2;
+
+/// How often `support::Control` scrapes the proxies (its settings).
+const SCRAPE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether a rate the graph measured from the fakes' clock-driven counters
+/// can be `rps`. Over a window the graph divides the counter's increase by
+/// the time between two scrapes (at least the window less one scrape
+/// interval and one scrape timeout, a slower scrape fails). The increase is
+/// off by under one request (counters are whole), and each counter was
+/// read up to one scrape timeout before the scrape was timestamped, which
+/// is up to `rps * timeout` requests. So: |measured - rps| <=
+/// (1 + rps * timeout) / (window - interval - timeout).
+fn near_rate(measured: f64, rps: f64) -> bool {
+    let timeout = support::SCRAPE_TIMEOUT.as_secs_f64();
+    let shortest = WINDOW_S as f64 - SCRAPE_INTERVAL.as_secs_f64() - timeout;
+    (measured - rps).abs() <= (1.0 + rps * timeout) / shortest
 }
 
 // === the dashboard's port ===
