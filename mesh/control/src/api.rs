@@ -17,6 +17,7 @@
 //! POST   /v1/config/delete                 delete Istio YAML      (config_api.rs)
 //! GET    /v1/config?kind=K                 list applied resources (config_api.rs)
 //! GET    /v1/analyze                       cross-reference check  (config_api.rs)
+//! GET    /metrics                          istiod's own metrics   (pilot.rs)
 //! POST   /api/v2/spans, GET /api/v2/...    Zipkin's API           (collector/)
 //! GET    /api/v1/traces[/{id}/analysis]    traces, broken chains  (collector/)
 //! GET    /api/v1/graph, /api/v1/stat       traffic graph, stat    (graph.rs)
@@ -57,9 +58,31 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/config/delete", post(config_api::delete))
         .route("/v1/config", get(config_api::list))
         .route("/v1/analyze", get(config_api::analyze))
+        .route("/metrics", get(pilot_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
+}
+
+/// `GET /metrics`: pushes, rejects, convergence and the proxies whose
+/// lease is live, in Prometheus' text format (`pilot.rs`).
+async fn pilot_metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> Response {
+    let connected = {
+        let model = shared.lock().await;
+        model
+            .registry
+            .proxies(std::time::Instant::now())
+            .iter()
+            .filter(|p| p.live)
+            .count()
+    };
+    (
+        [(header::CONTENT_TYPE, crate::pilot::CONTENT_TYPE)],
+        shared.pilot.render(connected),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiFailure {

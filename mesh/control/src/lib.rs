@@ -60,6 +60,7 @@ mod config_api;
 pub mod dashboard;
 pub mod graph;
 pub mod kubernetes;
+pub mod pilot;
 pub mod registry;
 pub mod scrape;
 mod server;

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
 use crate::compile::Workload;
+use crate::pilot::PilotMetrics;
 use crate::registry::Registry;
 use crate::store::{ConfigFile, RegistryFile, Store, StoreError};
 use crate::watch::SnapshotCache;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// The latest version's sidecar snapshot, compiled once for all.
     pub snapshots: SnapshotCache,
+    /// Pushes, rejects and convergence, for `GET /metrics` (`pilot.rs`).
+    pub pilot: PilotMetrics,
 }
 
 // === impl Shared ===
@@ -117,6 +120,11 @@ impl Shared {
             settings,
             shutdown,
             snapshots: SnapshotCache::default(),
+            pilot: {
+                let pilot = PilotMetrics::default();
+                pilot.version_made(version, Instant::now());
+                pilot
+            },
         })
     }
 
@@ -223,6 +231,7 @@ impl Shared {
 
     fn publish(&self, version: u64) {
         tracing::debug!(version, "new config version");
+        self.pilot.version_made(version, Instant::now());
         // `send_replace` stores the value even when nobody is watching.
         self.versions.send_replace(version);
     }

@@ -195,6 +195,7 @@ pub async fn snapshot(
     }
     // Compile without the lock. Every sidecar's snapshot of one version is
     // the same but for its `proxy` field, so it is compiled once and shared.
+    let started = Instant::now();
     let body = if inputs.proxy.mode == ProxyMode::Sidecar {
         let shared_part = shared
             .snapshots
@@ -205,6 +206,10 @@ pub async fn snapshot(
         // A gateway's snapshot depends on which Gateways select it: its own.
         serde_json::to_vec(&inputs.compile()).map_err(serialize_failure)?
     };
+    let now = Instant::now();
+    shared
+        .pilot
+        .pushed(inputs.version, now.duration_since(started), now);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -346,6 +351,7 @@ pub async fn ack(
     if ack.accepted {
         tracing::debug!(instance, version = ack.version, "proxy accepted snapshot");
     } else {
+        shared.pilot.rejected();
         // The proxy keeps serving its last good snapshot; a human should
         // look at why this one was refused (Envoy logs the same as a NACK).
         tracing::warn!(
