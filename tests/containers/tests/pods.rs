@@ -11,10 +11,12 @@
 //!     cargo test -p containers-tests --test pods -- canary    # one test
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use containers_tests::pods::{Mesh, PodSpec, endpoints_of, greeting_version, routes_for};
 use containers_tests::runner::{self, Test};
+use mesh_testkit::assert_binomial;
 
 fn main() -> ExitCode {
     const TESTS: &[Test] = &[
@@ -194,7 +196,8 @@ async fn guestbook_page_messages_and_a_fault() {
 /// binomial spread; with the control plane stopped traffic keeps flowing on
 /// the last snapshot; started again, the proxies resync and a new rule takes
 /// effect; an app container killed leaves the rotation while requests keep
-/// succeeding on the other instance.
+/// succeeding, sent throughout, from before the kill until after the
+/// snapshot dropped it.
 async fn canary_control_plane_outage_and_a_lost_instance() {
     let mut mesh = Mesh::start("canary").await;
     for spec in [
@@ -230,17 +233,12 @@ async fn canary_control_plane_outage_and_a_lost_instance() {
     // about once in 16 000 runs), computed, not guessed.
     let n = 400;
     let versions = greetings(&mesh, n).await;
-    let v2 = versions.iter().filter(|v| *v == "v2").count() as f64;
-    let expected = n as f64 * 0.2;
-    let tolerance = 4.0 * (n as f64 * 0.2 * 0.8).sqrt();
     assert!(
         versions.iter().all(|v| v == "v1" || v == "v2"),
         "every request got a greeting: {versions:?}"
     );
-    assert!(
-        (v2 - expected).abs() <= tolerance,
-        "v2 served {v2} of {n} requests; 80/20 expects {expected} +- {tolerance:.0}"
-    );
+    let v2 = versions.iter().filter(|v| *v == "v2").count() as u64;
+    assert_binomial("requests served by v2 under 80/20", v2, n as u64, 0.2, 4.0);
 
     // --- control plane down: the sidecars keep their last good snapshot ---
     mesh.stop_control_plane().await;
@@ -301,6 +299,13 @@ async fn canary_control_plane_outage_and_a_lost_instance() {
         },
     )
     .await;
+    // Requests flow the whole time: from before the kill until well after
+    // the snapshot dropped the instance. Every one must succeed with a
+    // greeting: a request that meets the dead instance is retried (Istio's
+    // default policy: connect failures and 503) onto the live one.
+    let load = Greeter::start(&mesh, 4);
+    load.wait_for_more(20).await;
+    let before_kill = load.sent();
     mesh.kill_app("helloworld-service-v1").await;
     mesh.wait_for_snapshot(
         "guestbook-ui-v1",
@@ -308,10 +313,20 @@ async fn canary_control_plane_outage_and_a_lost_instance() {
         |s| endpoints_of(s, "helloworld-service") == ["helloworld-service-v2"],
     )
     .await;
-    let versions = greetings(&mesh, 40).await;
+    let at_removal = load.sent();
+    load.wait_for_more(40).await;
+    let versions = load.finish().await;
     assert!(
-        versions.iter().all(|v| v == "v2"),
-        "every request succeeds on the remaining instance: {versions:?}"
+        at_removal > before_kill,
+        "the load ran between the kill and the instance's removal"
+    );
+    assert!(
+        versions.iter().all(|v| v == "v1" || v == "v2"),
+        "every request around the kill succeeds with a greeting: {versions:?}"
+    );
+    assert!(
+        versions[at_removal..].iter().all(|v| v == "v2"),
+        "after the removal only v2 answers: {versions:?}"
     );
 }
 
@@ -336,16 +351,91 @@ async fn page_where(mesh: &Mesh, what: &str, check: impl Fn(&str) -> bool) -> St
     .await
 }
 
+/// Which helloworld version greeted on one page load through the gateway:
+/// `"none"` when the page had no greeting, `"error"` or `"HTTP <code>"`
+/// when the request failed.
+async fn greet(client: &reqwest::Client, url: &str) -> String {
+    match client.get(url).send().await {
+        Ok(r) if r.status() == 200 => match r.text().await {
+            Ok(page) => greeting_version(&page).unwrap_or("none").to_string(),
+            Err(_) => "error".to_string(),
+        },
+        Ok(r) => format!("HTTP {}", r.status().as_u16()),
+        Err(_) => "error".to_string(),
+    }
+}
+
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// Steady load on the page: `workers` loops load it back to back until
+/// [`Greeter::finish`], recording every outcome in the order they end.
+struct Greeter {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Greeter {
+    fn start(mesh: &Mesh, workers: usize) -> Greeter {
+        let url = Arc::new(mesh.gateway_url());
+        let client = plain_client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let (url, client, stop, seen) =
+                (url.clone(), client.clone(), stop.clone(), seen.clone());
+            tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let version = greet(&client, &url).await;
+                    seen.lock().expect("not poisoned").push(version);
+                }
+            });
+        }
+        Greeter { stop, seen, tasks }
+    }
+
+    /// Page loads finished so far.
+    fn sent(&self) -> usize {
+        self.seen.lock().expect("not poisoned").len()
+    }
+
+    /// Wait until `more` further page loads have finished (60 s at most).
+    async fn wait_for_more(&self, more: usize) {
+        let target = self.sent() + more;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.sent() < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the load made only {} of {target} page loads in 60 s",
+                self.sent()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stop the loops and return every outcome.
+    async fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Some(done) = self.tasks.join_next().await {
+            done.expect("a load worker does not panic");
+        }
+        std::mem::take(&mut *self.seen.lock().expect("not poisoned"))
+    }
+}
+
 /// Loads the page `n` times, 8 at a time, and returns which helloworld
 /// version greeted on each (`"none"` when the page had no greeting, `"error"`
 /// when the request failed).
 async fn greetings(mesh: &Mesh, n: usize) -> Vec<String> {
     let url = Arc::new(mesh.gateway_url());
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .expect("a plain HTTP client builds");
+    let client = plain_client();
     let mut tasks = tokio::task::JoinSet::new();
     let workers = 8;
     for worker in 0..workers {
@@ -354,15 +444,7 @@ async fn greetings(mesh: &Mesh, n: usize) -> Vec<String> {
         tasks.spawn(async move {
             let mut seen = Vec::new();
             for _ in 0..count {
-                let version = match client.get(url.as_str()).send().await {
-                    Ok(r) if r.status() == 200 => match r.text().await {
-                        Ok(page) => greeting_version(&page).unwrap_or("none").to_string(),
-                        Err(_) => "error".to_string(),
-                    },
-                    Ok(r) => format!("HTTP {}", r.status().as_u16()),
-                    Err(_) => "error".to_string(),
-                };
-                seen.push(version);
+                seen.push(greet(&client, &url).await);
             }
             seen
         });
