@@ -323,6 +323,9 @@ async function refreshRoutes() {
       const card = el("div", { class: "card", "data-virtual-service": vs.name },
         el("h3", {}, `VirtualService ${vs.namespace}/${vs.name}`),
         el("p", {}, `hosts: ${vs.hosts.join(", ")}` + (vs.gateways.length ? ` · gateways: ${vs.gateways.join(", ")}` : "")));
+      // Several VirtualServices for one host: merged at a gateway, only the
+      // oldest used by the sidecars (as Istio does).
+      if (vs.merged.length) card.append(el("p", { class: "merged" }, "merged: " + vs.merged.join("; ")));
       vs.rules.forEach((rule, i) => {
         const r = el("div", { class: "rule" },
           el("p", {}, el("strong", {}, rule.name ? `rule ${i + 1} (${rule.name})` : `rule ${i + 1}`),
@@ -343,6 +346,7 @@ async function refreshRoutes() {
       out.push(el("div", { class: "card", "data-destination-rule": dr.name },
         el("h3", {}, `DestinationRule ${dr.namespace}/${dr.name}`),
         el("p", {}, `host: ${dr.host} · subsets: ${dr.subsets.join(", ") || "none"}`),
+        ...(dr.merged.length ? [el("p", { class: "merged" }, "merged: " + dr.merged.join("; "))] : []),
         ...diagnostics(dr.diagnostics)));
     }
     const others = view.diagnostics.filter((d) =>

@@ -203,7 +203,10 @@ fn compile_gateway(
 ) -> GatewayConfig {
     if !config.gateways().any(|(r, _)| r.is_routed()) {
         // No Gateway resource yet: keep the quick start working. (Istio's
-        // gateway would listen on nothing and refuse connections.)
+        // gateway would listen on nothing and refuse connections.) The UI's
+        // cluster exists even before the UI registers (empty: 503), or the
+        // proxy would reject the whole snapshot for a missing cluster.
+        clusters.cluster(DEFAULT_INGRESS_SERVICE, None);
         return GatewayConfig {
             gateways: Vec::new(),
             virtual_hosts: vec![VirtualHost {
@@ -708,6 +711,9 @@ spec:
             ..sidecar("gw", "ingressgateway", "", 0)
         };
         let snapshot = compile(&ConfigSet::default(), &[], &gw, 1);
+        // Even with no UI registered yet, the snapshot is whole (the proxy
+        // rejects a route to a cluster it does not have).
+        assert_consistent(&snapshot);
         let gateway = snapshot.gateway.unwrap();
         assert_eq!(gateway.virtual_hosts[0].domains, vec!["*"]);
         assert_eq!(

@@ -158,6 +158,16 @@ pub async fn list(
     Ok(Pretty(model.config.list(query.kind.as_deref())))
 }
 
+/// `GET /v1/merges`: per resource id, how it combines with the other
+/// VirtualServices or DestinationRules of its host (merged at a gateway,
+/// used or not used by the sidecars): `meshctl get`'s MERGED column.
+pub async fn merges(
+    State(shared): State<Arc<Shared>>,
+) -> Pretty<std::collections::BTreeMap<String, Vec<String>>> {
+    let model = shared.lock().await;
+    Pretty(model.config.merges())
+}
+
 /// `GET /v1/analyze`: cross-reference findings against the live registry
 /// (a route to a subset no DestinationRule defines, a host nobody serves, a
 /// subset no running instance matches...).

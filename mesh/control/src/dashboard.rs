@@ -25,8 +25,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use mesh_api::config::Diagnostic;
 use mesh_api::config::virtual_service::{HttpRoute, RouteDestination};
+use mesh_api::config::{ConfigSet, Diagnostic};
 use mesh_api::snapshot::{RouteMatch, StringMatch};
 use serde::Serialize;
 
@@ -161,6 +161,9 @@ pub struct VirtualServiceView {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub rules: Vec<RuleView>,
+    /// How it combines with the other VirtualServices of its hosts:
+    /// `gateway *: 2 of 2 (a-messages + b-hello)` (`ConfigSet::merges`).
+    pub merged: Vec<String>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -196,6 +199,8 @@ pub struct DestinationRuleView {
     pub host: String,
     /// `v1 (version=v1)`.
     pub subsets: Vec<String>,
+    /// The other DestinationRules of its host it is merged with.
+    pub merged: Vec<String>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -318,6 +323,13 @@ async fn routes(State(api): State<DashboardApi>) -> Pretty<RoutesView> {
     let diagnostics = model
         .config
         .analyze_proxies(&model.registry.live_announces());
+    Pretty(routes_view(&model.config, diagnostics))
+}
+
+/// The Routes view of `config`, with analysis' `diagnostics`.
+fn routes_view(config: &ConfigSet, diagnostics: Vec<Diagnostic>) -> RoutesView {
+    let merges = config.merges();
+    let merged = |id: &str| merges.get(id).cloned().unwrap_or_default();
     let about = |id: &str| -> Vec<Diagnostic> {
         diagnostics
             .iter()
@@ -325,8 +337,7 @@ async fn routes(State(api): State<DashboardApi>) -> Pretty<RoutesView> {
             .cloned()
             .collect()
     };
-    let virtual_services = model
-        .config
+    let virtual_services = config
         .virtual_services()
         .map(|(resource, vs)| VirtualServiceView {
             name: resource.metadata.name.clone(),
@@ -334,11 +345,11 @@ async fn routes(State(api): State<DashboardApi>) -> Pretty<RoutesView> {
             hosts: vs.hosts.clone(),
             gateways: vs.gateways.clone(),
             rules: vs.http.iter().map(describe_rule).collect(),
+            merged: merged(&resource.id()),
             diagnostics: about(&resource.id()),
         })
         .collect();
-    let destination_rules = model
-        .config
+    let destination_rules = config
         .destination_rules()
         .map(|(resource, dr)| DestinationRuleView {
             name: resource.metadata.name.clone(),
@@ -353,14 +364,15 @@ async fn routes(State(api): State<DashboardApi>) -> Pretty<RoutesView> {
                     format!("{} ({})", s.name, labels.join(", "))
                 })
                 .collect(),
+            merged: merged(&resource.id()),
             diagnostics: about(&resource.id()),
         })
         .collect();
-    Pretty(RoutesView {
+    RoutesView {
         virtual_services,
         destination_rules,
         diagnostics,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +405,44 @@ mod tests {
             effective_split(&[to("v1", None), to("v2", None)])[0].percent,
             0.0
         );
+    }
+
+    #[test]
+    fn the_routes_view_says_what_is_merged() {
+        let texts = [
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: hw-v1}\nspec:\n  host: helloworld-service\n  subsets: [{name: v1, labels: {version: v1}}]\n",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: hw-v2}\nspec:\n  host: helloworld-service\n  subsets: [{name: v2, labels: {version: v2}}]\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: hw}\nspec:\n  hosts: [helloworld-service]\n  http: [{route: [{destination: {host: helloworld-service, subset: v2}}]}]\n",
+        ];
+        let config = texts.iter().fold(ConfigSet::default(), |set, text| {
+            let parsed = ConfigSet::parse(&[mesh_api::config::SourceFile {
+                name: "t.yaml".into(),
+                content: text.to_string(),
+            }])
+            .expect("valid test YAML");
+            set.apply(parsed).0
+        });
+        let view = routes_view(&config, Vec::new());
+        let merged: Vec<(&str, &Vec<String>)> = view
+            .destination_rules
+            .iter()
+            .map(|d| (d.name.as_str(), &d.merged))
+            .collect();
+        assert_eq!(
+            merged,
+            vec![
+                (
+                    "hw-v1",
+                    &vec!["helloworld-service: 1 of 2 (hw-v1 + hw-v2)".to_string()]
+                ),
+                (
+                    "hw-v2",
+                    &vec!["helloworld-service: 2 of 2 (hw-v1 + hw-v2)".to_string()]
+                ),
+            ]
+        );
+        // A VirtualService alone for its host: nothing merged.
+        assert!(view.virtual_services[0].merged.is_empty());
     }
 
     #[test]

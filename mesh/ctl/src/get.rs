@@ -9,6 +9,7 @@
 //! - `virtualservices`, `destinationrules`, `gateways`: the applied Istio
 //!   resources, with the `meshctl analyze` findings that concern them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -127,6 +128,10 @@ pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
             // The findings that concern what is listed; a failing analysis
             // must not hide the listing itself.
             let diagnostics: Vec<Diagnostic> = control.get("/v1/analyze").await.unwrap_or_default();
+            // How rules for one host combine (MERGED); a control plane
+            // without this endpoint just shows no column.
+            let merges: BTreeMap<String, Vec<String>> =
+                control.get("/v1/merges").await.unwrap_or_default();
             let relevant = diagnostics_for(&resources, &diagnostics);
             match (args.output, name) {
                 (Some(format), Some(_)) => print_structured(&resources[0], format)?,
@@ -136,7 +141,7 @@ pub async fn run(ctx: &Ctx, args: GetArgs) -> Result<ExitCode> {
                     if resources.is_empty() {
                         println!("No {} applied.", args.kind);
                     } else {
-                        print_table(resources_table(kind, &resources))?;
+                        print_table(resources_table(kind, &resources, &merges))?;
                     }
                 }
             }
@@ -255,11 +260,21 @@ pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
 
 /// VirtualService: hosts and gateways; DestinationRule: host and subsets;
 /// Gateway: selector and server hosts. The NAMESPACE column appears only
-/// when some resource is outside `default`.
-pub fn resources_table(kind: config::Kind, resources: &[Value]) -> Table {
+/// when some resource is outside `default`, MERGED only when some resource
+/// shares its host with another (`merges`, from `GET /v1/merges`): at a
+/// gateway Istio merges the VirtualServices of a host, the sidecars use the
+/// oldest only, and DestinationRules of a host are merged.
+pub fn resources_table(
+    kind: config::Kind,
+    resources: &[Value],
+    merges: &BTreeMap<String, Vec<String>>,
+) -> Table {
     let namespaced = resources
         .iter()
         .any(|r| ResourceView(r).namespace() != "default");
+    let merged = resources
+        .iter()
+        .any(|r| merges.contains_key(&ResourceView(r).id()));
     let columns: &[&str] = match kind {
         config::Kind::VirtualService => &["NAME", "GATEWAYS", "HOSTS"],
         config::Kind::DestinationRule => &["NAME", "HOST", "SUBSETS"],
@@ -270,6 +285,9 @@ pub fn resources_table(kind: config::Kind, resources: &[Value]) -> Table {
         headers.push("NAMESPACE");
     }
     headers.extend(columns);
+    if merged {
+        headers.push("MERGED");
+    }
     let mut table = Table::new(headers);
     for r in resources {
         let view = ResourceView(r);
@@ -323,6 +341,13 @@ pub fn resources_table(kind: config::Kind, resources: &[Value]) -> Table {
                     .unwrap_or_default();
                 row.push(dash_if_empty(hosts.join(",")));
             }
+        }
+        if merged {
+            let notes = merges
+                .get(&view.id())
+                .map(|notes| notes.join("; "))
+                .unwrap_or_default();
+            row.push(dash_if_empty(notes));
         }
         table.row(row);
     }
@@ -559,7 +584,11 @@ mod tests {
             "spec": {"hosts": ["*"], "gateways": ["guestbook-gateway"], "http": []}
         });
         assert_eq!(
-            words(&resources_table(config::Kind::VirtualService, &[vs])),
+            words(&resources_table(
+                config::Kind::VirtualService,
+                &[vs],
+                &BTreeMap::new()
+            )),
             [
                 vec!["NAME", "GATEWAYS", "HOSTS"],
                 vec!["guestbook-ui", "guestbook-gateway", "*"]
@@ -571,7 +600,11 @@ mod tests {
             "spec": {"host": "helloworld-service", "subsets": [{"name": "v1"}, {"name": "v2"}]}
         });
         assert_eq!(
-            words(&resources_table(config::Kind::DestinationRule, &[dr])),
+            words(&resources_table(
+                config::Kind::DestinationRule,
+                &[dr],
+                &BTreeMap::new()
+            )),
             [
                 vec!["NAMESPACE", "NAME", "HOST", "SUBSETS"],
                 vec!["labs", "helloworld-service", "helloworld-service", "v1,v2"]
@@ -583,8 +616,53 @@ mod tests {
                      "servers": [{"port": {"number": 80}, "hosts": ["*"]}]}
         });
         assert_eq!(
-            words(&resources_table(config::Kind::Gateway, &[gw]))[1],
+            words(&resources_table(
+                config::Kind::Gateway,
+                &[gw],
+                &BTreeMap::new()
+            ))[1],
             ["guestbook-gateway", "istio=ingressgateway", "*"]
+        );
+    }
+
+    #[test]
+    fn virtual_services_merged_at_a_gateway_show_a_merged_column() {
+        // Two files for host `*` at one gateway, applied one after the
+        // other: the control plane's `merges()` feeds the column.
+        let files = [
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b-messages}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http: [{match: [{uri: {prefix: /messages}}], route: [{destination: {host: guestbook-service}}]}]\n",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a-hello}\nspec:\n  hosts: ['*']\n  gateways: [gw]\n  http: [{match: [{uri: {prefix: /hello}}], route: [{destination: {host: helloworld-service}}]}]\n",
+        ];
+        let set = files
+            .iter()
+            .fold(config::ConfigSet::default(), |set, text| {
+                let parsed = config::ConfigSet::parse(&[config::SourceFile {
+                    name: "t.yaml".into(),
+                    content: text.to_string(),
+                }])
+                .expect("valid test YAML");
+                set.apply(parsed).0
+            });
+        let listed: Vec<Value> = set
+            .list(Some("vs"))
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("a resource serializes"))
+            .collect();
+        let rendered =
+            resources_table(config::Kind::VirtualService, &listed, &set.merges()).render();
+        let lines: Vec<&str> = rendered.lines().collect();
+        assert!(lines[0].ends_with("MERGED"), "{rendered}");
+        // Listed by name, merged by age: b-messages was applied first.
+        assert!(
+            lines[1].starts_with("a-hello")
+                && lines[1].ends_with("gateway *: 2 of 2 (b-messages + a-hello)"),
+            "{rendered}"
+        );
+        assert!(
+            lines[2].starts_with("b-messages")
+                && lines[2].ends_with("gateway *: 1 of 2 (b-messages + a-hello)"),
+            "{rendered}"
         );
     }
 
