@@ -186,13 +186,7 @@ mod tests {
                 aborted += 1;
             }
         }
-        let (p, n) = (0.5, n as f64);
-        let tolerance = 4.0 * (n * p * (1.0 - p)).sqrt();
-        assert!(
-            (aborted as f64 - n * p).abs() <= tolerance,
-            "{aborted} aborted of {n}, expected {} ± {tolerance:.0}",
-            n * p
-        );
+        mesh_testkit::assert_binomial("aborted requests", aborted, n, 0.5, 4.0);
     }
 
     #[tokio::test]

@@ -117,12 +117,7 @@ mod tests {
         let v1 = (0..n)
             .filter(|_| &*split.choose().unwrap().cluster.name == "hw|v1")
             .count();
-        let (p, n) = (0.8, n as f64);
-        let tolerance = 4.0 * (n * p * (1.0 - p)).sqrt();
-        assert!(
-            (v1 as f64 - n * p).abs() <= tolerance,
-            "{v1} of {n} went to v1"
-        );
+        mesh_testkit::assert_binomial("requests to v1", v1 as u64, n, 0.8, 4.0);
     }
 
     #[test]
@@ -134,9 +129,7 @@ mod tests {
             counts[name.trim_start_matches("hw|v").parse::<usize>().unwrap() - 1] += 1;
         }
         assert_eq!(counts[0], 0);
-        let share = counts[1] as f64 / 5_000.0;
-        let tolerance = 4.0 * (0.8f64 * 0.2 / 5_000.0).sqrt();
-        assert!((share - 0.8).abs() <= tolerance, "4:1 is 80%: {share}");
+        mesh_testkit::assert_binomial("4:1 is 80%", counts[1] as u64, 5_000, 0.8, 4.0);
     }
 
     #[tokio::test]

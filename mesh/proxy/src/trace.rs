@@ -768,14 +768,8 @@ mod tests {
         let p = 0.25;
         let sampled = (0..n)
             .filter(|_| SpanContext::open(Incoming::default(), p * 100.0, &rng).sampled)
-            .count() as f64;
-        let expected = n as f64 * p;
-        let sigma = (n as f64 * p * (1.0 - p)).sqrt();
-        assert!(
-            (sampled - expected).abs() < 4.0 * sigma,
-            "{sampled} sampled of {n}, expected {expected} ± {}",
-            4.0 * sigma
-        );
+            .count() as u64;
+        mesh_testkit::assert_binomial("sampled requests", sampled, n, p, 4.0);
         // A B3 debug flag records whatever the rate.
         let debug = Incoming {
             debug: true,
