@@ -258,7 +258,11 @@ impl Logs {
     }
 }
 
-/// Poll `check` until it holds or `deadline` passes.
+/// Poll the condition `check` until it holds, or panic when `deadline`
+/// passes. It takes a `bool`, so nothing here can retry a failed request
+/// away: a test that sends requests checks each one itself. (The same
+/// semantics as `mesh_testkit::wait_until`, in the closure style these
+/// tests use; `mesh_testkit::retry_until_ok` is the one that retries errors.)
 pub async fn eventually(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
     let end = tokio::time::Instant::now() + deadline;
     loop {
