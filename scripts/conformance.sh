@@ -13,6 +13,9 @@
 # 3. The talk's Guestbook rules do in local mode what they ask: applied to a
 #    running mesh, the gateway routes, the 20% canary splits within a
 #    binomial tolerance, and Chrome users get v2.
+# 4. Istio's own Grafana dashboards read micromesh through a real
+#    Prometheus, namespace selected: every HTTP panel has data
+#    (scripts/istio-dashboards.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -121,6 +124,11 @@ if grep -q 'work-server' <<<"$out"; then
 else
     fail "analyze said nothing about the jdk example's missing service"
 fi
+
+echo "--- 4: Istio's dashboards through a real Prometheus"
+cleanup
+trap - EXIT
+./scripts/istio-dashboards.sh "$shared" || fail "Istio's dashboards (above)"
 
 echo
 if [ "$failures" -gt 0 ]; then

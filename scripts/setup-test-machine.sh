@@ -15,6 +15,8 @@ declare -A APT=(
     [docker]=docker.io
     [debootstrap]=debootstrap
     [promtool]=prometheus
+    # A real Prometheus scrapes a running mesh (mesh/control/tests/prometheus.rs).
+    [prometheus]=prometheus
     # The dashboard's browser test (mesh/control/tests/browser.rs).
     [chromium]=chromium
     [chromedriver]=chromium-driver
