@@ -16,6 +16,8 @@
 # 4. Istio's own Grafana dashboards read micromesh through a real
 #    Prometheus, namespace selected: every HTTP panel has data
 #    (scripts/istio-dashboards.sh).
+# 5. The trace collector answers as Zipkin's API spec says
+#    (scripts/zipkin-conformance.sh: schemathesis, from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -129,6 +131,9 @@ echo "--- 4: Istio's dashboards through a real Prometheus"
 cleanup
 trap - EXIT
 ./scripts/istio-dashboards.sh "$shared" || fail "Istio's dashboards (above)"
+
+echo "--- 5: the collector against Zipkin's own API spec (schemathesis)"
+./scripts/zipkin-conformance.sh "$shared/zipkin/zipkin2-api.yaml" || fail "Zipkin API conformance (above)"
 
 echo
 if [ "$failures" -gt 0 ]; then

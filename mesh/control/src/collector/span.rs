@@ -219,6 +219,11 @@ impl Span {
         if let Some(name) = &mut self.name {
             *name = name.to_lowercase();
         }
+        // Zipkin keeps annotations sorted by time, each one once: the API
+        // promises readers unique items.
+        self.annotations
+            .sort_by(|a, b| (a.timestamp, &a.value).cmp(&(b.timestamp, &b.value)));
+        self.annotations.dedup();
         Ok(self)
     }
 }
@@ -397,6 +402,15 @@ mod tests {
         assert_eq!(span.tag("http.status_code"), Some("200"));
         assert_eq!(span.tag("retry"), Some("true"));
         assert_eq!(span.tag("ratio"), Some("0.5"));
+        let twice = br#"[{"traceId": "a", "id": "1", "annotations": [
+            {"timestamp": 2, "value": "retry"}, {"timestamp": 1, "value": "sent"},
+            {"timestamp": 2, "value": "retry"}]}]"#;
+        let values: Vec<_> = parse_batch(twice).unwrap()[0]
+            .annotations
+            .iter()
+            .map(|a| (a.timestamp, a.value.clone()))
+            .collect();
+        assert_eq!(values, [(1, "sent".into()), (2, "retry".into())]);
         let e = parse_batch(br#"[{"traceId": "a", "id": "1", "tags": {"k": null}}]"#).unwrap_err();
         assert!(e.contains("tags") && e.contains("\"k\""), "{e}");
     }
