@@ -286,9 +286,10 @@ impl Spec {
 
 // === ConfigSet ===
 
-/// The applied resources, in the order they were first created (which
-/// decides who wins when two VirtualServices claim one host: the oldest, as
-/// istiod orders configs by creation time).
+/// The applied resources, in the order they were first created, as istiod
+/// orders configs by creation time: it decides which VirtualService of a
+/// host the sidecars use (the oldest), the order in which a gateway merges
+/// the VirtualServices of a host, and how DestinationRules merge.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StoredConfigSet", into = "StoredConfigSet")]
 pub struct ConfigSet {
