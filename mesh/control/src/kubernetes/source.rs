@@ -14,6 +14,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -126,23 +127,31 @@ pub(crate) async fn run(shared: Arc<Shared>, source: KubernetesSource) {
         };
         // A watcher with backoff retries for ever; the merged stream ends
         // only if every watcher did, which they do not.
-        let Some((what, result)) = tick else { return };
-        match result {
-            Ok(true) => {
-                if listed.insert(what) && listed.len() == watchers {
-                    tracing::info!(namespace = ns, "listed every watched kind");
+        let Some(first) = tick else { return };
+        // Everything the watchers already hold becomes one rebuild, so one
+        // new version instead of one per object (a relist delivers dozens at
+        // once): istiod's push debounce, without waiting for more.
+        let mut changed = false;
+        let mut next = Some(first);
+        while let Some((what, result)) = next.take() {
+            match result {
+                Ok(init_done) => {
+                    changed = true;
+                    if init_done && listed.insert(what) && listed.len() == watchers {
+                        tracing::info!(namespace = ns, "listed every watched kind");
+                    }
                 }
-            }
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(
+                Err(error) => tracing::warn!(
                     "cannot watch {} in namespace {ns}: {error}; every proxy keeps its last \
                      snapshot, retrying with backoff{}",
                     what.describe(),
                     hint(&error)
-                );
-                continue;
+                ),
             }
+            next = streams.next().now_or_never().flatten();
+        }
+        if !changed {
+            continue;
         }
         // Until every kind has been listed once, the picture is partial:
         // serving it would empty routes that are merely not read yet.
