@@ -7,6 +7,13 @@
 //! long-poll (`watch.rs`), compiled for it by `compile.rs`. Registry and
 //! config survive a restart (`store.rs`).
 //!
+//! On a cluster (`--source kubernetes`, `kubernetes/`) the same model comes
+//! from the API server instead: Services, EndpointSlices and Pods for the
+//! workloads, VirtualService, DestinationRule and Gateway custom resources
+//! for the config, and admission webhooks that validate the Istio kinds and
+//! inject sidecars. Compile, push, telemetry and the dashboard do not know
+//! the difference.
+//!
 //! It also watches what the proxies do: it collects their spans with
 //! Zipkin's API (`collector/`), scrapes their Prometheus metrics into a live
 //! traffic graph (`scrape.rs`, `graph.rs`), and serves the dashboard that
