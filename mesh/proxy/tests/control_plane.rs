@@ -285,6 +285,9 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
     proxy.shutdown().await;
 }
 
+/// Makes a route's header operations invalid in one way.
+type BreakOps = fn(&mut mesh_api::snapshot::HeaderOps);
+
 #[tokio::test]
 async fn a_snapshot_with_an_invalid_header_is_rejected_and_the_last_good_one_serves() {
     let upstream = Upstream::start("other-1").await;
@@ -301,7 +304,7 @@ async fn a_snapshot_with_an_invalid_header_is_rejected_and_the_last_good_one_ser
     // A header name with a space (set, add or remove) and a value no HTTP
     // header can carry (a control character, BEL): each makes the whole
     // snapshot fail to compile.
-    let bad_ops: [(&str, fn(&mut mesh_api::snapshot::HeaderOps)); 4] = [
+    let bad_ops: [(&str, BreakOps); 4] = [
         ("x bad", |ops| {
             ops.set.insert("x bad".into(), "v".into());
         }),
