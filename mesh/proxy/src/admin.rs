@@ -3,6 +3,13 @@
 //! - `GET /ready`: 200 once a snapshot is in use and, for a sidecar, the app
 //!   accepts connections; 503 with the reason otherwise. meshctl, Kubernetes
 //!   readiness probes and the tests wait on it.
+//! - `GET /healthz/ready`: the proxy alone, never the app: 200 once a
+//!   snapshot is in use (the listeners are bound before this port answers
+//!   at all), 503 otherwise. Istio's pilot-agent serves the same path on
+//!   15021 and reports only Envoy's own readiness (first config received,
+//!   listeners up). A native sidecar's startup probe needs exactly this:
+//!   Kubernetes starts the app only after the sidecar's startup probe
+//!   passes, so a probe that waited for the app (`/ready`) would wait forever.
 //! - `GET /config_dump`: the snapshot in use as pretty JSON, its version,
 //!   and the last rejected version and why (Envoy's `/config_dump`).
 //! - `GET /stats/prometheus`: Istio's request metrics and the span
@@ -32,21 +39,33 @@ pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result
     }
     Ok(match req.uri().path() {
         "/ready" => ready(&shared).await,
+        "/healthz/ready" => proxy_ready(&shared),
         "/config_dump" => config_dump(&shared),
         "/stats/prometheus" => stats(&shared),
         _ => text_response(
             StatusCode::NOT_FOUND,
-            "admin endpoints: GET /ready, GET /config_dump, GET /stats/prometheus\n",
+            "admin endpoints: GET /ready, GET /healthz/ready, GET /config_dump, \
+             GET /stats/prometheus\n",
         ),
     })
 }
 
-async fn ready(shared: &Shared) -> Rsp {
+/// Whether the proxy itself can serve: it has a snapshot. Its listeners were
+/// all bound in `Proxy::start` before the admin port began to answer.
+fn proxy_ready(shared: &Shared) -> Rsp {
     if shared.current.load().is_none() {
         return text_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no config from the control plane yet\n",
         );
+    }
+    text_response(StatusCode::OK, "proxy ready\n")
+}
+
+async fn ready(shared: &Shared) -> Rsp {
+    let proxy = proxy_ready(shared);
+    if proxy.status() != StatusCode::OK {
+        return proxy;
     }
     if shared.config.mode == ProxyMode::Sidecar && !probe_app(shared.config.app_addr).await {
         return text_response(
