@@ -41,7 +41,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
-    TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -55,7 +54,8 @@ pub const INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
 
 /// The sidecar's ports: Istio's, so the knowledge transfers.
 pub mod ports {
-    /// Admin: `/ready`, `/config_dump`, `/stats/prometheus`.
+    /// Admin: `/ready`, `/healthz/ready` (the startup probe), `/config_dump`,
+    /// `/stats/prometheus`.
     pub const ADMIN: i32 = 15000;
     /// Where `HTTP_PROXY` sends the app's outbound calls.
     pub const OUTBOUND: i32 = 15001;
@@ -570,15 +570,18 @@ fn sidecar_container(settings: &Settings, app_port: i32, inbound_name: &str) -> 
             port(inbound_name, ports::INBOUND),
             port("mesh-admin", ports::ADMIN),
         ]),
-        // The startup probe holds the app until the proxy listens. It cannot
-        // be `/ready`: that also waits for the app to accept connections,
-        // and the app only starts once this probe has passed. `/ready` is
-        // the readiness probe instead: the pod takes traffic once the proxy
-        // has its config and the app answers.
+        // The startup probe holds the app until the proxy has its first
+        // config and its listeners are up: `/healthz/ready`, the proxy alone
+        // (Istio's pilot-agent path). It cannot be `/ready`: that also waits
+        // for the app to accept connections, and the app only starts once
+        // this probe has passed. `/ready` is the readiness probe instead:
+        // the pod takes traffic once the proxy has its config and the app
+        // answers.
         startup_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz/ready".into()),
                 port: admin.clone(),
-                host: None,
+                ..Default::default()
             }),
             period_seconds: Some(1),
             failure_threshold: Some(60),

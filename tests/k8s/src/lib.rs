@@ -586,7 +586,8 @@ pub fn check_resources(m: &Manifests) -> (Requests, Vec<String>) {
 }
 
 /// Every pod in a namespace labelled for injection has a native mesh-proxy
-/// sidecar with a startup probe, and no mesh-proxy runs as a plain container.
+/// sidecar with a startup probe that does not wait for the app (not `/ready`),
+/// and no mesh-proxy runs as a plain container.
 pub fn check_sidecars(m: &Manifests) -> Vec<String> {
     let injected: BTreeSet<&str> = m
         .objects
@@ -631,6 +632,18 @@ pub fn check_sidecars(m: &Manifests) -> Vec<String> {
                 }
                 if c.startup_probe.is_none() {
                     problems.push(format!("{what}: {SIDECAR} has no startupProbe, so the app may start before its proxy"));
+                }
+                let startup_path = c
+                    .startup_probe
+                    .as_ref()
+                    .and_then(|p| p.http_get.as_ref())
+                    .and_then(|g| g.path.as_deref());
+                if startup_path == Some("/ready") {
+                    problems.push(format!(
+                        "{what}: {SIDECAR}'s startupProbe is /ready, which waits for the app; the app \
+                         starts only after this probe passes, so the pod never starts. Probe the \
+                         proxy alone: /healthz/ready"
+                    ));
                 }
             }
         }
@@ -846,6 +859,13 @@ spec:
                 "readinessProbe: {tcpSocket: {port: 15000}}"
             ))[0]
                 .contains("no startupProbe")
+        );
+        assert!(
+            check_sidecars(&broken(
+                "startupProbe: {tcpSocket: {port: 15000}}",
+                "startupProbe: {httpGet: {path: /ready, port: 15000}}"
+            ))[0]
+                .contains("/healthz/ready")
         );
         assert!(
             check_sidecars(&broken("name: mesh-proxy", "name: proxy"))[0]
