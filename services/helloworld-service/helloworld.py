@@ -31,10 +31,19 @@ variable):
                   resilience labs (retries, outlier detection), default 0
     DELAY_MS      milliseconds to wait before answering /hello, for the
                   timeout labs, default 0
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+                  where to send this service's own span (OTLP/HTTP JSON),
+                  e.g. http://127.0.0.1:15010/v1/traces (the control plane's
+                  collector); OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces also
+                  works (OpenTelemetry's names). Default: no span is sent
+    OTEL_SERVICE_NAME  the span's service, default helloworld-service
 
 This service calls no other service, so it has no trace headers to forward;
 the services that do call others (guestbook-ui, guestbook-service) forward
-them, and say why.
+them, and say why. It does *read* them: with an OTLP endpoint set it reports
+one span of its own ("greet", the work inside the request), as an app with
+an OpenTelemetry SDK would, under the span its sidecar recorded, so the
+trace shows the app's part as well as the mesh's (see export_span).
 """
 
 import json
@@ -42,8 +51,10 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Mapping
@@ -65,6 +76,8 @@ class Config:
     greeting: str = "Hello"
     failure_rate: float = 0.0
     delay_ms: int = 0
+    otlp_endpoint: str = ""
+    service_name: str = "helloworld-service"
 
 
 def load_config(env: Mapping[str, str]) -> Config:
@@ -108,6 +121,16 @@ def load_config(env: Mapping[str, str]) -> Config:
     if delay_ms < 0:
         raise ConfigError(f"DELAY_MS={delay_ms} is negative; write 0 or more milliseconds")
 
+    # OpenTelemetry's own variable names, so the usual SDK settings work.
+    otlp_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    if not otlp_endpoint and get("OTEL_EXPORTER_OTLP_ENDPOINT", ""):
+        otlp_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT", "").rstrip("/") + "/v1/traces"
+    if otlp_endpoint and not otlp_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={otlp_endpoint!r} is not an http(s) URL; "
+            "write e.g. http://127.0.0.1:15010/v1/traces"
+        )
+
     return Config(
         host=get("HOST", "0.0.0.0"),
         port=port,
@@ -118,7 +141,63 @@ def load_config(env: Mapping[str, str]) -> Config:
         greeting=get("GREETING", "Hello"),
         failure_rate=failure_rate,
         delay_ms=delay_ms,
+        otlp_endpoint=otlp_endpoint,
+        service_name=get("OTEL_SERVICE_NAME", "helloworld-service"),
     )
+
+
+# === Its own span, over OTLP ===
+
+# The collector is reached directly, never through HTTP_PROXY (which points
+# at this app's sidecar inside `meshctl up`): telemetry is not mesh traffic.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def export_span(cfg: Config, traceparent: str, start_ns: int, end_ns: int, status: int) -> None:
+    """Send one span, "greet", as OTLP/HTTP JSON, on a thread of its own.
+
+    What an OpenTelemetry SDK does, in twenty lines of standard library: take
+    the trace id and parent span id from the W3C `traceparent` header the
+    sidecar set on this request (`00-{trace}-{parent}-{flags}`), make a new
+    span id, and export. Without a sampled traceparent there is no trace to
+    join, and nothing is sent. A failed export is logged, never an error for
+    the request.
+    """
+    parts = traceparent.strip().split("-")
+    if not cfg.otlp_endpoint or len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return
+    try:
+        sampled = int(parts[3], 16) & 1
+    except ValueError:  # a malformed header is ignored, as the sidecar ignores it
+        return
+    if not sampled:  # the mesh records nothing for this request either
+        return
+    span = {
+        "traceId": parts[1], "spanId": os.urandom(8).hex(), "parentSpanId": parts[2],
+        "name": "greet", "kind": 1,  # INTERNAL: work inside the sidecar's SERVER span
+        "startTimeUnixNano": str(start_ns), "endTimeUnixNano": str(end_ns),
+        "attributes": [{"key": "http.response.status_code", "value": {"intValue": str(status)}},
+                       {"key": "service.version", "value": {"stringValue": cfg.version}}],
+    }
+    if status >= 500:
+        span["status"] = {"code": 2, "message": f"answered {status}"}
+    body = {"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": cfg.service_name}}]},
+        "scopeSpans": [{"scope": {"name": "helloworld.py"}, "spans": [span]}],
+    }]}
+
+    def send() -> None:
+        request = urllib.request.Request(
+            cfg.otlp_endpoint, data=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        try:
+            with DIRECT.open(request, timeout=5) as resp:
+                resp.read()
+        except OSError as err:  # URLError and HTTPError are OSErrors
+            sys.stderr.write(f"helloworld-service: span not exported to {cfg.otlp_endpoint}: {err}\n")
+
+    threading.Thread(target=send, daemon=True).start()
 
 
 # === HTTP handler ===
@@ -143,6 +222,12 @@ class HelloHandler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": f"no route for GET {path}; try GET /hello/{{name}} or GET /health"})
 
     def hello(self, name: str) -> None:
+        start_ns = time.time_ns()
+        status = self._hello(name)
+        export_span(self.config, self.headers.get("traceparent", ""), start_ns, time.time_ns(), status)
+
+    def _hello(self, name: str) -> int:
+        """Answer /hello/{name}; returns the status sent."""
         cfg = self.config
         if cfg.delay_ms > 0:
             # Each request runs on its own thread (ThreadingHTTPServer), so
@@ -158,11 +243,12 @@ class HelloHandler(BaseHTTPRequestHandler):
                     "hostname": cfg.hostname,
                 },
             )
-            return
+            return 503
         self.send_json(
             200,
             {"greeting": f"{cfg.greeting} {name}", "version": cfg.version, "hostname": cfg.hostname},
         )
+        return 200
 
     def send_json(self, status: int, body: dict) -> None:
         self.send_body(status, "application/json", json.dumps(body).encode("utf-8"))

@@ -102,6 +102,64 @@ class HelloTest(unittest.TestCase):
             self.assertIn("/hello/{name}", json.loads(body)["error"])
 
 
+class FakeCollector:
+    """An OTLP/HTTP endpoint on 127.0.0.1:0 that keeps every JSON body posted."""
+
+    def __init__(self):
+        self.bodies = []
+        self.arrived = threading.Event()
+        outer = self
+
+        class Handler(helloworld.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                outer.bodies.append((self.path, self.headers.get("Content-Type"), json.loads(self.rfile.read(length))))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                outer.arrived.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = helloworld.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/v1/traces" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class OtlpSpanTest(unittest.TestCase):
+    def test_a_request_with_traceparent_reports_a_greet_span_under_the_sidecars(self):
+        collector = FakeCollector()
+        self.addCleanup(collector.close)
+        hw = Running(otlp_endpoint=collector.url)
+        self.addCleanup(hw.close)
+        trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        request = urllib.request.Request(
+            hw.base + "/hello/ray", headers={"traceparent": f"00-{trace}-{parent}-01"}
+        )
+        with DIRECT.open(request, timeout=10) as resp:
+            self.assertEqual(resp.status, 200)
+        self.assertTrue(collector.arrived.wait(10), "no span was exported")
+        path, ctype, body = collector.bodies[0]
+        self.assertEqual((path, ctype), ("/v1/traces", "application/json"))
+        resource_spans = body["resourceSpans"][0]
+        self.assertEqual(
+            resource_spans["resource"]["attributes"],
+            [{"key": "service.name", "value": {"stringValue": "helloworld-service"}}],
+        )
+        span = resource_spans["scopeSpans"][0]["spans"][0]
+        # The sidecar's trace, under the sidecar's span: one trace, not two.
+        self.assertEqual((span["traceId"], span["parentSpanId"]), (trace, parent))
+        self.assertEqual((span["name"], span["kind"]), ("greet", 1))
+        self.assertRegex(span["spanId"], "^[0-9a-f]{16}$")
+        self.assertLessEqual(int(span["startTimeUnixNano"]), int(span["endTimeUnixNano"]))
+
+
 class ConfigTest(unittest.TestCase):
     def test_defaults(self):
         cfg = helloworld.load_config({"HOSTNAME": "pod-1"})
@@ -122,8 +180,16 @@ class ConfigTest(unittest.TestCase):
         self.assertEqual((cfg.host, cfg.port, cfg.version, cfg.greeting), ("127.0.0.1", 9000, "v2", "Hola"))
         self.assertEqual((cfg.failure_rate, cfg.delay_ms, cfg.hostname), (0.25, 150, "hw-2"))
 
+    def test_otlp_endpoint_uses_opentelemetrys_variables(self):
+        traces = helloworld.load_config({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
+        self.assertEqual(traces.otlp_endpoint, "http://c:4318/v1/traces")
+        base = helloworld.load_config({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/", "OTEL_SERVICE_NAME": "hw"})
+        self.assertEqual((base.otlp_endpoint, base.service_name), ("http://c:4318/v1/traces", "hw"))
+        self.assertEqual(helloworld.load_config({}).otlp_endpoint, "")
+
     def test_bad_values_name_the_variable(self):
         for env, name in [
+            ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "c:4318"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
             ({"PORT": "eighty"}, "PORT"),
             ({"PORT": "70000"}, "PORT"),
             ({"FAILURE_RATE": "half"}, "FAILURE_RATE"),

@@ -273,3 +273,87 @@ async fn a_bad_otlp_request_is_refused_in_its_own_format() {
         "nothing stored"
     );
 }
+
+/// The Guestbook's helloworld-service (Python, standard library) reports
+/// its own "greet" span over OTLP JSON when OpenTelemetry's endpoint
+/// variable is set; here against the real collector, with the request
+/// carrying the `traceparent` its sidecar would have written.
+#[tokio::test]
+async fn helloworld_services_own_span_joins_the_trace_its_sidecar_started() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let control = Control::start().await;
+    // The helloworld sidecar's SERVER span, which the app's span goes under.
+    let sidecar_server = "00000000000000c1";
+    let spans = json!([span(
+        TRACE,
+        sidecar_server,
+        Some("00000000000000b2"),
+        "SERVER",
+        "helloworld-service",
+        1_000_000,
+        9_000
+    )]);
+    control.post_spans(spans).await;
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../services/helloworld-service/helloworld.py"
+    );
+    let mut app = KillOnDrop(
+        Command::new("python3")
+            .arg(script)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                control.url("/v1/traces"),
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect(
+                "python3 runs helloworld-service (scripts/setup-test-machine.sh installs python3)",
+            ),
+    );
+    // "helloworld-service v1 listening on http://127.0.0.1:PORT (...)"
+    let mut stderr = BufReader::new(app.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("helloworld-service did not start: {line}"))
+        .to_string();
+
+    let answer = control
+        .http
+        .get(format!("{base}/hello/ray"))
+        .header("traceparent", format!("00-{TRACE}-{sidecar_server}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+
+    let greet = support::eventually("helloworld-service's span to arrive", || async {
+        let spans = trace(&control).await;
+        spans
+            .into_iter()
+            .find(|s| s["name"] == "greet")
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    assert_eq!(greet["parentId"], sidecar_server);
+    assert_eq!(greet["localEndpoint"]["serviceName"], "helloworld-service");
+    assert_eq!(greet["tags"]["http.response.status_code"], "200");
+}
+
+/// A child process that is ended when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
