@@ -366,7 +366,11 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
                 .unwrap();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let path = if i % 5 == 0 { "/fail" } else { "/hello" };
+                let path = if i.is_multiple_of(5) {
+                    "/fail"
+                } else {
+                    "/hello"
+                };
                 if let Ok(rsp) = via
                     .post(format!("http://helloworld-service:8080{path}"))
                     .body("hello")
