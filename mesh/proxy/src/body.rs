@@ -1,28 +1,272 @@
 //! Bodies and the request/response types every layer of the proxy speaks.
 //!
-//! The proxy reads a request body completely before routing it (up to
-//! [`MAX_REQUEST_BODY`]): a retry must be able to send the same bytes again,
-//! and Envoy buffers for the same reason (its `per_connection_buffer_limit`).
-//! Responses are streamed back as they arrive; only locally generated answers
-//! (errors, fault aborts) are built in memory.
+//! Bodies stream through the proxy in both directions: a chunk is read from
+//! one side only when the other side can take it (hyper's flow control on
+//! HTTP/1.1 and HTTP/2), so a 100 MiB upload costs a few buffers of memory,
+//! not 100 MiB, and the mesh sets no size limit of its own. An app that
+//! hangs up mid-body ends its request: the upstream request is reset and
+//! its connection closed, nothing is kept.
+//!
+//! Retries need the same bytes twice. As linkerd2-proxy does, the proxy
+//! keeps a bounded replay buffer ([`REPLAY_BUFFER`], Linkerd's 64 KiB): only
+//! a route that may retry (or mirror) reads up to that much ahead
+//! ([`ReqBody::replayable`]); a body that ends within it is held in memory
+//! and every attempt sends it again, a larger one streams on and is sent
+//! once, and the access log says the retry was skipped
+//! (`retry_skipped=body_over_replay_buffer`, see `log.rs`). Requests
+//! without a body (most GETs) never wait for anything.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::error::ProxyError;
+use crate::log::RequestLog;
 
-/// The request every layer below the listener handles: headers plus the
-/// whole body, cheap to clone for a retry.
-pub type Req = http::Request<Bytes>;
+/// The request every layer below the listener handles: headers plus a body
+/// that streams, or sits in memory when a retry may need it again.
+pub type Req = http::Request<ReqBody>;
 /// A response streaming back to the client.
 pub type Rsp = http::Response<ResponseBody>;
 /// Either an upstream's streaming body or one the proxy made itself.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 
-/// Requests with a larger body are refused with 413 (Envoy's default buffer
-/// limit is also 1 MiB).
-pub const MAX_REQUEST_BODY: usize = 1024 * 1024;
+/// How much of a request body the proxy holds so a retry can send it again
+/// (linkerd2-proxy's limit). A larger body is streamed and not retried.
+pub const REPLAY_BUFFER: usize = 64 * 1024;
+
+/// A request body on its way through the proxy.
+#[derive(Debug)]
+pub struct ReqBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// All of it in memory (and the trailers, if any): cheap to copy, so
+    /// every attempt can send it.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// Arriving from the client: what was read ahead (at most the replay
+    /// buffer), then the rest as it comes.
+    Streaming {
+        prefix: Option<Bytes>,
+        rest: Arriving,
+    },
+}
+
+/// The client's body, counting the bytes read into the request's log
+/// (telemetry's `request_bytes`).
+#[derive(Debug)]
+struct Arriving {
+    inner: hyper::body::Incoming,
+    log: Option<Arc<RequestLog>>,
+}
+
+impl Arriving {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(log)) = (&frame, &self.log)
+            && let Some(data) = frame.data_ref()
+        {
+            log.add_request_bytes(data.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    async fn frame(&mut self) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+}
+
+impl ReqBody {
+    /// A body already in memory.
+    pub fn full(data: impl Into<Bytes>) -> ReqBody {
+        let data: Bytes = data.into();
+        ReqBody {
+            kind: Kind::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers: None,
+            },
+        }
+    }
+
+    /// No body at all.
+    pub fn empty() -> ReqBody {
+        ReqBody::full(Bytes::new())
+    }
+
+    /// The client's body as hyper delivers it, streamed on as it arrives;
+    /// the bytes read are counted in `log`. A body that is already over
+    /// (a GET) is an empty buffered one, replayable for free.
+    pub fn arriving(inner: hyper::body::Incoming, log: Option<Arc<RequestLog>>) -> ReqBody {
+        if inner.is_end_stream() {
+            return ReqBody::empty();
+        }
+        ReqBody {
+            kind: Kind::Streaming {
+                prefix: None,
+                rest: Arriving { inner, log },
+            },
+        }
+    }
+
+    /// Whether the whole body is in memory, so [`try_clone`](Self::try_clone)
+    /// works and a retry can resend it.
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.kind, Kind::Buffered { .. })
+    }
+
+    /// A copy for another attempt, if the whole body is in memory.
+    pub fn try_clone(&self) -> Option<ReqBody> {
+        match &self.kind {
+            Kind::Buffered { data, trailers } => Some(ReqBody {
+                kind: Kind::Buffered {
+                    data: data.clone(),
+                    trailers: trailers.clone(),
+                },
+            }),
+            Kind::Streaming { .. } => None,
+        }
+    }
+
+    /// Read ahead up to `limit` bytes so the body can be replayed: a body
+    /// that ends within the limit comes back buffered (replayable); a longer
+    /// one comes back streaming, the bytes read so far first, and is not
+    /// replayable. Only what was read ahead is held, never more than `limit`
+    /// plus one chunk.
+    pub async fn replayable(self, limit: usize) -> Result<ReqBody, ProxyError> {
+        let mut rest = match self.kind {
+            Kind::Buffered { .. } => return Ok(self),
+            // Read ahead once only; what was read is already the prefix.
+            Kind::Streaming {
+                prefix: Some(prefix),
+                rest,
+            } => {
+                return Ok(ReqBody {
+                    kind: Kind::Streaming {
+                        prefix: Some(prefix),
+                        rest,
+                    },
+                });
+            }
+            Kind::Streaming { prefix: None, rest } => rest,
+        };
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut held = 0;
+        let mut trailers = None;
+        while held <= limit {
+            match rest.frame().await {
+                None => break,
+                Some(Err(error)) => return Err(ProxyError::DownstreamBody(error)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        held += data.len();
+                        chunks.push(data);
+                    }
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        break;
+                    }
+                },
+            }
+            if rest.inner.is_end_stream() {
+                break;
+            }
+        }
+        let data = concat(chunks, held);
+        if held <= limit {
+            return Ok(ReqBody {
+                kind: Kind::Buffered {
+                    data: (!data.is_empty()).then_some(data),
+                    trailers,
+                },
+            });
+        }
+        Ok(ReqBody {
+            kind: Kind::Streaming {
+                prefix: Some(data),
+                rest,
+            },
+        })
+    }
+}
+
+/// One buffer from several chunks (no copy when there is only one).
+fn concat(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut all = BytesMut::with_capacity(len);
+    for chunk in chunks {
+        all.extend_from_slice(&chunk);
+    }
+    all.freeze()
+}
+
+impl From<Bytes> for ReqBody {
+    fn from(data: Bytes) -> ReqBody {
+        ReqBody::full(data)
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.kind {
+            Kind::Buffered { data, trailers } => Poll::Ready(match data.take() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+            Kind::Streaming { prefix, rest } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => rest.poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Streaming { prefix, rest } => prefix.is_none() && rest.inner.is_end_stream(),
+        }
+    }
+
+    /// Exact when the client sent a `Content-Length` (hyper then forwards
+    /// it as one, rather than switching to chunked).
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Streaming { prefix, rest } => {
+                let ahead = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let hint = rest.inner.size_hint();
+                let mut total = SizeHint::new();
+                total.set_lower(hint.lower() + ahead);
+                if let Some(upper) = hint.upper() {
+                    total.set_upper(upper + ahead);
+                }
+                total
+            }
+        }
+    }
+}
 
 /// A body the proxy writes itself.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -55,36 +299,20 @@ pub fn number_value(n: u64) -> http::HeaderValue {
     }
 }
 
-/// Read a request body into memory, refusing more than `limit` bytes.
-pub async fn buffer<B>(body: B, limit: usize) -> Result<Bytes, ProxyError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ProxyError::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
-}
-
-/// Copy a buffered request, extensions included (for retries and mirrors).
-pub fn clone_request(req: &Req) -> Req {
-    let mut copy = http::Request::new(req.body().clone());
+/// Copy a request whose body is in memory, extensions included (for
+/// retries and mirrors); `None` if its body is streaming.
+pub fn clone_request(req: &Req) -> Option<Req> {
+    let mut copy = http::Request::new(req.body().try_clone()?);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     *copy.extensions_mut() = req.extensions().clone();
-    copy
+    Some(copy)
 }
 
 /// What every layer of the outbound stack is: a cloneable tower service from
-/// a buffered request to a streaming response, failing with a [`ProxyError`].
+/// a request to a streaming response, failing with a [`ProxyError`].
 ///
 /// Each layer's response future is boxed: one small allocation per layer per
 /// request, in exchange for code a learner can read without naming futures.

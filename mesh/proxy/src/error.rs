@@ -54,9 +54,13 @@ pub enum ProxyError {
     /// One attempt's `perTryTimeout` fired (retried if the policy says so).
     #[error("upstream per-try timeout")]
     PerTryTimeout,
-    /// The request body is larger than the proxy buffers.
-    #[error("request body larger than {limit} bytes")]
-    BodyTooLarge { limit: usize },
+    /// The client's request body broke off (it hung up mid-body, or sent a
+    /// malformed chunk) while the proxy read it ahead for a retry.
+    #[error(
+        "the request body could not be read from the client: {0}. \
+         Did the client hang up before sending all of it?"
+    )]
+    DownstreamBody(#[source] hyper::Error),
     /// The request cannot be proxied as written.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -75,10 +79,11 @@ impl ProxyError {
             ProxyError::Reset { .. } => ResponseFlags::UC,
             ProxyError::Overflow { .. } => ResponseFlags::UO,
             ProxyError::Timeout | ProxyError::PerTryTimeout => ResponseFlags::UT,
-            ProxyError::NoConfig
-            | ProxyError::BodyTooLarge { .. }
-            | ProxyError::BadRequest(_)
-            | ProxyError::Internal(_) => ResponseFlags::empty(),
+            // Envoy's DC: the downstream went away (or broke its body).
+            ProxyError::DownstreamBody(_) => ResponseFlags::DC,
+            ProxyError::NoConfig | ProxyError::BadRequest(_) | ProxyError::Internal(_) => {
+                ResponseFlags::empty()
+            }
         }
     }
 
@@ -139,10 +144,7 @@ impl ProxyError {
             ProxyError::Timeout | ProxyError::PerTryTimeout => {
                 text_response(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
             }
-            ProxyError::BodyTooLarge { .. } => {
-                text_response(StatusCode::PAYLOAD_TOO_LARGE, format!("{self}\n"))
-            }
-            ProxyError::BadRequest(_) => {
+            ProxyError::DownstreamBody(_) | ProxyError::BadRequest(_) => {
                 text_response(StatusCode::BAD_REQUEST, format!("{self}\n"))
             }
             ProxyError::Internal(_) => {

@@ -3,7 +3,7 @@
 //!
 //! Traffic arrives already routed, balanced and retried by the caller's
 //! sidecar, so the inbound side only forwards: pooled keep-alive connections
-//! to the app, an `x-request-id` if missing, the SERVER span (whose id the
+//! to the app, bodies streamed both ways, an `x-request-id` if missing, the SERVER span (whose id the
 //! app receives as the parent in the trace headers) and the
 //! `reporter="destination"` metrics, one access-log line (`inbound`). An app that refuses connections gives 503 `UF`, like Envoy's
 //! inbound cluster. Later labs add mTLS and authorization here.
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use hyper::body::Incoming;
 
-use crate::body::{MAX_REQUEST_BODY, Rsp, buffer};
+use crate::body::{ReqBody, Rsp};
 use crate::log::{AccessLog, Direction};
 use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop};
 use crate::proxy::Shared;
@@ -43,7 +43,7 @@ pub async fn handle(
     let (mut parts, ()) = head.into_parts();
     // Open the SERVER span; the app gets it as its parent in the trace
     // headers, and the caller's source headers are taken off.
-    let mut exchange = Exchange::begin(
+    let exchange = Exchange::begin(
         &shared,
         Arrival {
             direction: Direction::Inbound,
@@ -60,8 +60,8 @@ pub async fn handle(
 
     let (cluster, endpoint) = &shared.app;
     let result = async {
-        let body = buffer(body, MAX_REQUEST_BODY).await?;
-        exchange.request_body(body.len());
+        // Streamed to the app as it arrives: nothing to retry here.
+        let body = ReqBody::arriving(body, Some(log.clone()));
         let req = http::Request::from_parts(parts, body);
         log.record_cluster(cluster);
         log.record_endpoint(endpoint);

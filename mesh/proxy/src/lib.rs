@@ -23,6 +23,7 @@
 //! | fault injection: delay, abort | `fault.rs` |
 //! | route timeout | `timeout.rs` |
 //! | retries, per-try timeout, backoff | `retry.rs` |
+//! | request and response bodies: streaming, the 64 KiB replay buffer | `body.rs` |
 //! | weighted split (canary) | `split.rs` |
 //! | load balancing | `balance.rs` |
 //! | outlier detection | `outlier.rs` |

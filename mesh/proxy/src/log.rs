@@ -14,6 +14,12 @@
 //! flags and duration always sit side by side (`503 FI 0ms`), so
 //! `grep ' 503 FI '` finds a fault and scripts can split on whitespace.
 //!
+//! One note is not Envoy's: when a route would have retried a failure but
+//! the request body had outgrown the replay buffer (64 KiB, see `body.rs`),
+//! the line ends with `retry_skipped=body_over_replay_buffer` (the JSON
+//! field `retry_skipped`, `-` otherwise), so an unretried 503 explains
+//! itself.
+//!
 //! One format, two encodings, chosen like Istio's
 //! `meshConfig.accessLogEncoding` with `MESH_ACCESS_LOG_ENCODING`:
 //!
@@ -36,7 +42,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
@@ -168,6 +174,11 @@ pub struct Upstream {
 #[derive(Debug, Default)]
 pub struct RequestLog {
     flags: AtomicU16,
+    /// Request body bytes read from the client so far (the body streams,
+    /// so this grows while the request is in flight).
+    request_bytes: AtomicU64,
+    /// A retry was due but skipped: the body had outgrown the replay buffer.
+    retry_skipped: AtomicBool,
     // Only this request's own attempts touch the lock, one at a time; it is
     // never contended and never shared between requests.
     state: Mutex<LogState>,
@@ -194,6 +205,27 @@ impl RequestLog {
 
     pub fn flags(&self) -> ResponseFlags {
         ResponseFlags(self.flags.load(Ordering::Relaxed))
+    }
+
+    /// Count request body bytes read from the client.
+    pub fn add_request_bytes(&self, n: u64) {
+        self.request_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Request body bytes read from the client so far.
+    pub fn request_bytes(&self) -> u64 {
+        self.request_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Record that a retry the route allowed was not made because the
+    /// request body was larger than the replay buffer (`body.rs`).
+    pub fn skip_retry(&self) {
+        self.retry_skipped.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a retry was skipped for the body's size.
+    pub fn retry_skipped(&self) -> bool {
+        self.retry_skipped.load(Ordering::Relaxed)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -274,6 +306,13 @@ impl AccessLog<'_> {
         let (cluster, _) = self.log.target();
         let cluster = cluster.as_ref().map_or("-", |c| &*c.name);
         let flags = self.log.flags();
+        // Not one of Envoy's flags (Envoy has none for this): a separate
+        // field, appended to the text line only when it applies.
+        let (retry_skipped, skipped_note) = if self.log.retry_skipped() {
+            (RETRY_SKIPPED, " retry_skipped=body_over_replay_buffer")
+        } else {
+            ("-", "")
+        };
         tracing::info!(
             target: ACCESS_TARGET,
             direction = %self.direction,
@@ -287,7 +326,8 @@ impl AccessLog<'_> {
             upstream_cluster = cluster,
             upstream_instance = instance,
             request_id = self.request_id,
-            "{} {} {}{} {} {} {}ms upstream={} ({})",
+            retry_skipped,
+            "{} {} {}{} {} {} {}ms upstream={} ({}){}",
             self.direction,
             self.method,
             self.authority,
@@ -297,9 +337,14 @@ impl AccessLog<'_> {
             self.duration.as_millis(),
             address,
             instance,
+            skipped_note,
         );
     }
 }
+
+/// The access log's `retry_skipped` value when a retriable failure was not
+/// retried because the request body outgrew the replay buffer.
+pub const RETRY_SKIPPED: &str = "body_over_replay_buffer";
 
 // === the access log's encodings ===
 

@@ -4,8 +4,9 @@
 //! For each request: note the start time; strip hop-by-hop headers; give it
 //! an `x-request-id` if it has none; open the telemetry [`Exchange`] (the
 //! CLIENT span, propagated in the trace headers, and the `RequestLog` the
-//! layers write into); read the body into memory (so retries can resend
-//! it); load the compiled snapshot once; route it through [`route_stack`];
+//! layers write into); hand the body on as it arrives (it streams; the
+//! retry layer reads ahead into its bounded replay buffer only when the
+//! route may retry, see `body.rs`); load the compiled snapshot once; route it through [`route_stack`];
 //! turn a failure into Envoy's response and flag; add
 //! `x-envoy-upstream-service-time`; write one access-log line. The exchange
 //! rides along with the response body and records the metrics and the span
@@ -26,7 +27,7 @@ use hyper::body::Incoming;
 use tower::ServiceExt;
 
 use crate::balance::Balance;
-use crate::body::{MAX_REQUEST_BODY, ProxyService, Rsp, buffer, number_value};
+use crate::body::{ProxyService, ReqBody, Rsp, number_value};
 use crate::error::ProxyError;
 use crate::fault::Fault;
 use crate::log::{AccessLog, Direction, RequestLog};
@@ -77,7 +78,7 @@ pub async fn handle(
         .unwrap_or_else(|| "/".to_string());
     // Open this proxy's CLIENT span (and name the source workload) on the
     // request that goes on; recorded when the response ends.
-    let mut exchange = Exchange::begin(
+    let exchange = Exchange::begin(
         &shared,
         Arrival {
             direction,
@@ -103,8 +104,7 @@ pub async fn handle(
                 exchange.authority, exchange.authority
             )));
         }
-        let body = buffer(body, MAX_REQUEST_BODY).await?;
-        exchange.request_body(body.len());
+        let body = ReqBody::arriving(body, Some(log.clone()));
         let mut req = http::Request::from_parts(parts, body);
         req.extensions_mut().insert(log.clone());
         // The one read of shared config on the request path.

@@ -35,21 +35,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::body::{Req, Rsp, RspFuture};
+use crate::body::{Req, ReqBody, Rsp, RspFuture};
 use crate::cluster::{ClusterRt, EndpointRt, EndpointState};
 use crate::error::ProxyError;
 
 /// How long to wait for a TCP connection (Istio's default `connectTimeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Sender = SendRequest<Full<Bytes>>;
+type Sender = SendRequest<ReqBody>;
 
 // === impl Pool ===
 
@@ -140,8 +140,10 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
     }
 }
 
-/// Origin form (`/path?query`) with the app's `Host` header.
-fn to_upstream(req: Req) -> http::Request<Full<Bytes>> {
+/// Origin form (`/path?query`) with the app's `Host` header. The body goes
+/// as it is: hyper writes each chunk as the client's side delivers it, and
+/// asks for the next only when the upstream connection took the last one.
+fn to_upstream(req: Req) -> http::Request<ReqBody> {
     let (mut parts, body) = req.into_parts();
     if !parts.headers.contains_key(http::header::HOST)
         && let Some(value) = parts
@@ -158,7 +160,7 @@ fn to_upstream(req: Req) -> http::Request<Full<Bytes>> {
     };
     parts.version = http::Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    http::Request::from_parts(parts, Full::new(body))
+    http::Request::from_parts(parts, body)
 }
 
 // === impl ConnPool ===

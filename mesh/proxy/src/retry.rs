@@ -19,8 +19,15 @@
 //! The balancer avoids endpoints earlier attempts used (Envoy's
 //! previous-hosts predicate) through the request's shared `RequestLog`.
 //! When the last allowed attempt still fails in a retriable way, the client
-//! gets that failure with flag `URX`. Requests are buffered before the stack,
-//! so each attempt sends the same body.
+//! gets that failure with flag `URX`.
+//!
+//! Each attempt sends the same body: when a retry is possible at all
+//! (`attempts > 0`), the body is first read ahead into the bounded replay
+//! buffer (`body.rs`, 64 KiB as in linkerd2-proxy). A body that outgrows it
+//! streams to the first attempt and is not retried: the failure goes back
+//! to the client as it is, and the access log says
+//! `retry_skipped=body_over_replay_buffer`. A route without retries never
+//! reads ahead and never copies the request.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,7 +37,7 @@ use http::HeaderName;
 use mesh_api::snapshot::RetryPolicy;
 use tower::ServiceExt;
 
-use crate::body::{ProxyService, Req, Rsp, RspFuture, clone_request, number_value};
+use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request, number_value};
 use crate::error::ProxyError;
 use crate::log::{RequestLog, ResponseFlags};
 use crate::rng::Rng;
@@ -145,19 +152,31 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
         Box::pin(async move {
             let log = req.extensions().get::<Arc<RequestLog>>().cloned();
             let tries = policy.attempts.saturating_add(1);
+            // Only a request that may be retried waits to fill the replay
+            // buffer; with no retries the body streams straight through.
+            let req = if tries > 1 {
+                let (parts, body) = req.into_parts();
+                Req::from_parts(parts, body.replayable(REPLAY_BUFFER).await?)
+            } else {
+                req
+            };
             let mut attempt = 1;
             let mut req = Some(req);
             loop {
                 // The last attempt takes the request itself; earlier ones a
                 // copy, kept for the next (one copy fewer per request, and
-                // none at all when the route allows no retries).
+                // none at all when the route allows no retries). A body
+                // over the replay buffer cannot be copied: the first
+                // attempt takes the request, and is the only one.
                 let mut try_req = match req.take() {
                     Some(last) if attempt >= tries => last,
-                    Some(kept) => {
-                        let copy = clone_request(&kept);
-                        req = Some(kept);
-                        copy
-                    }
+                    Some(kept) => match clone_request(&kept) {
+                        Some(copy) => {
+                            req = Some(kept);
+                            copy
+                        }
+                        None => kept,
+                    },
                     None => unreachable!("the request is kept until the last attempt"),
                 };
                 try_req
@@ -171,6 +190,13 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
                     None => future.await,
                 };
                 if !policy.is_retriable(&result) {
+                    return result;
+                }
+                if req.is_none() && attempt < tries {
+                    // Worth retrying, but the body is gone: say why not.
+                    if let Some(log) = &log {
+                        log.skip_retry();
+                    }
                     return result;
                 }
                 if attempt >= tries {

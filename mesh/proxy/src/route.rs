@@ -29,7 +29,7 @@ use http::{HeaderName, HeaderValue};
 use mesh_api::snapshot::{HeaderOps, HttpRoute, RouteMatch, StringMatch, VirtualHost};
 use tower::ServiceExt;
 
-use crate::body::{ProxyService, Req, Rsp, RspFuture, clone_request};
+use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request};
 use crate::cluster::ClusterRt;
 use crate::error::ProxyError;
 use crate::fault::FaultPolicy;
@@ -532,14 +532,21 @@ where
         route.request_headers.apply(req.headers_mut());
         route.rewrite(&mut req, matched);
 
-        if let Some((cluster, percentage)) = &route.mirror
-            && self.rng.chance(*percentage)
-        {
-            mirror(&req, cluster.clone(), self.rng.clone());
-        }
+        let mirror_to = match &route.mirror {
+            Some((cluster, percentage)) if self.rng.chance(*percentage) => Some(cluster.clone()),
+            _ => None,
+        };
+        let rng = self.rng.clone();
 
         let stack = (self.new_stack)(&route);
         Box::pin(async move {
+            if let Some(cluster) = mirror_to {
+                // The copy needs the body in memory: read ahead into the
+                // replay buffer (a larger body is not mirrored).
+                let (parts, body) = req.into_parts();
+                req = Req::from_parts(parts, body.replayable(REPLAY_BUFFER).await?);
+                mirror(&req, cluster, rng);
+            }
             let mut rsp = stack.oneshot(req).await?;
             route.response_headers.apply(rsp.headers_mut());
             Ok(rsp)
@@ -550,7 +557,13 @@ where
 /// Istio's `mirror`: send a copy to another cluster and forget it. As in
 /// Envoy, the copy's Host gets `-shadow` appended so the receiver can tell.
 fn mirror(req: &Req, cluster: Arc<ClusterRt>, rng: Rng) {
-    let mut copy = clone_request(req);
+    let Some(mut copy) = clone_request(req) else {
+        tracing::debug!(
+            cluster = %cluster.name,
+            "not mirrored: the request body is larger than the replay buffer"
+        );
+        return;
+    };
     copy.extensions_mut()
         .remove::<Arc<crate::log::RequestLog>>();
     if let Some(host) = copy
@@ -615,7 +628,7 @@ mod tests {
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        builder.body(bytes::Bytes::new()).unwrap()
+        builder.body(crate::body::ReqBody::empty()).unwrap()
     }
 
     fn routed(table: &RouteTable, req: &Req) -> Option<String> {

@@ -222,7 +222,6 @@ pub struct Exchange {
     protocol: Protocol,
     /// gRPC's `grpc-status`, once seen in the response headers or trailers.
     grpc_status: Option<u16>,
-    request_bytes: u64,
     /// `None` until a response is sent.
     status: Option<u16>,
     response_bytes: u64,
@@ -272,7 +271,6 @@ impl Exchange {
             caller,
             protocol,
             grpc_status: None,
-            request_bytes: 0,
             status: None,
             response_bytes: 0,
         };
@@ -300,11 +298,6 @@ impl Exchange {
             headers.insert(PEER_METADATA, telemetry.peer_header.clone());
         }
         exchange
-    }
-
-    /// The size of the request body (buffered before routing).
-    pub fn request_body(&mut self, bytes: usize) {
-        self.request_bytes = bytes as u64;
     }
 
     /// The response goes out: from now on its body carries the exchange, and
@@ -393,7 +386,8 @@ impl Exchange {
             &Observation {
                 labels,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
-                request_bytes: self.request_bytes,
+                // Counted as the body streamed through (`body.rs`).
+                request_bytes: self.log.request_bytes(),
                 response_bytes: self.response_bytes,
             },
         );
@@ -455,7 +449,7 @@ impl Exchange {
             request_id: std::mem::take(&mut self.request_id),
             user_agent: self.user_agent.take(),
             retries: (self.log.attempts() as u32).saturating_sub(1),
-            request_size: self.request_bytes,
+            request_size: self.log.request_bytes(),
             response_size: self.response_bytes,
         });
     }

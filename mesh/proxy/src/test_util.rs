@@ -31,7 +31,7 @@ pub fn request(path: &str) -> Req {
     http::Request::builder()
         .uri(path)
         .header("host", "hw:8080")
-        .body(bytes::Bytes::new())
+        .body(crate::body::ReqBody::empty())
         .unwrap()
 }
 
