@@ -60,7 +60,12 @@ curl -sf -X POST "$base/api/v2/spans" -H 'content-type: application/json' -d '[
 ]' || { echo "the collector refused the spec's example span" >&2; exit 1; }
 
 echo "==> schemathesis against $spec (collector at $base)"
-PYTHONPATH="$PWD/scripts" SCHEMATHESIS_HOOKS=zipkin_schemathesis_hooks \
+# Run from the temporary directory: schemathesis keeps its example database
+# (.schemathesis/) in the current directory, which is not the repository's.
+spec=$(realpath "$spec")
+scripts=$PWD/scripts
+cd "$work"
+PYTHONPATH="$scripts" SCHEMATHESIS_HOOKS=zipkin_schemathesis_hooks \
     st run "$spec" --url "$base/api/v2" \
     --checks not_a_server_error,response_schema_conformance,content_type_conformance \
     --max-examples 30 --max-time 120 --workers 2 --seed 16 \
