@@ -648,5 +648,17 @@ async fn a_rejected_snapshot_is_counted_as_an_xds_reject() {
         );
     }
     assert!(metrics().await.contains("pilot_xds{"), "connected proxies");
+    // Also on the dashboard's port, 15014 by default: where Prometheus
+    // finds istiod's metrics, and what the cluster manifest's annotations say.
+    let dashboard = control.dashboard_url().expect("the dashboard runs");
+    let page = http
+        .get(format!("{dashboard}metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("pilot_total_xds_rejects{"), "{page}");
     control.shutdown().await.unwrap();
 }
