@@ -109,6 +109,26 @@ pub struct RouteMatch {
     pub query_params: BTreeMap<String, StringMatch>,
 }
 
+impl RouteMatch {
+    /// Whether this match takes every request, as Envoy's (and istiod's)
+    /// `IsCatchAllRoute` decides: path prefix `/` (or none) or regex `.*`,
+    /// and no other condition (a method match is a header match in Envoy).
+    /// At a gateway istiod moves such routes after all others.
+    pub fn is_catch_all(&self) -> bool {
+        let path_matches_all = match &self.uri {
+            None => true,
+            Some(StringMatch::Prefix(p)) => p == "/" || p.is_empty(),
+            Some(StringMatch::Regex(r)) => r == ".*",
+            Some(StringMatch::Exact(_)) => false,
+        };
+        path_matches_all
+            && self.method.is_none()
+            && self.headers.is_empty()
+            && self.without_headers.is_empty()
+            && self.query_params.is_empty()
+    }
+}
+
 /// Istio's StringMatch: exactly one of `exact`, `prefix`, `regex` (RE2 syntax,
 /// matched against the whole value as Envoy does).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -750,3 +750,59 @@ spec:
         "{diagnostics:#?}"
     );
 }
+
+#[test]
+fn a_newer_gateway_rule_an_older_file_already_takes_is_reported() {
+    // Two files route /hello at the same gateway host: the older one is
+    // tried first, so the newer one's rule never runs.
+    let older = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: z-hello}
+spec:
+  hosts: ['*']
+  gateways: [gateway-a]
+  http:
+  - match: [{uri: {prefix: /hello}}]
+    route: [{destination: {host: helloworld-service}}]
+";
+    let newer = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-hello-beta}
+spec:
+  hosts: ['*']
+  gateways: [gateway-a]
+  http:
+  - match: [{uri: {prefix: /hello/beta}, headers: {x-beta: {exact: '1'}}}]
+    route: [{destination: {host: guestbook-ui}}]
+  - match: [{uri: {prefix: /ui}}]
+    route: [{destination: {host: guestbook-ui}}]
+";
+    let set = config(&[INGRESS_A, older, newer]);
+    let diagnostics = set.analyze(&services(&["guestbook-ui", "helloworld-service"]));
+    assert_eq!(
+        only(&diagnostics, &["GatewayRuleShadowed"]),
+        vec![finding(
+            "Warning",
+            "GatewayRuleShadowed",
+            "VirtualService default/a-hello-beta",
+            "spec.http[0]"
+        )]
+    );
+    let message = &diagnostics
+        .iter()
+        .find(|d| d.code == "GatewayRuleShadowed")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("rule 0 of VirtualService default/z-hello, which is older"),
+        "{message}"
+    );
+
+    // Applied the other way round, the narrower rule is older and runs
+    // first: nothing to report.
+    let set = config(&[INGRESS_A, newer, older]);
+    let diagnostics = set.analyze(&services(&["guestbook-ui", "helloworld-service"]));
+    assert_eq!(only(&diagnostics, &["GatewayRuleShadowed"]), vec![]);
+}

@@ -13,6 +13,7 @@
 //! | `ConflictingMeshGatewayVirtualServiceHosts` | Warning | two VirtualServices for one host (sidecars): Istio's IST0109; names both and the winner |
 //! | `GatewayVirtualServicesMerged` | Info | VirtualServices merged into one gateway host, and in which order |
 //! | `GatewayCatchAllShadowed` | Warning | a second catch-all rule for one gateway host: only the first takes effect |
+//! | `GatewayRuleShadowed` | Warning | a gateway rule whose every match an older VirtualService of the host takes first |
 //! | `ConflictingDestinationRulesHost` | Warning | two DestinationRules for one host both define a subset, or both a top-level policy |
 //! | `DestinationRulesMerged` | Info | DestinationRules for one host whose subsets are merged |
 //! | `VirtualServiceHostNotFoundInGateway` | Warning | a host none of the bound Gateways serves |
@@ -37,7 +38,7 @@ use super::virtual_service::{Destination, HttpRoute};
 use super::{
     ConfigSet, Diagnostic, GatewayHost, Resource, host_key, intersect_hosts, service_of_host,
 };
-use crate::snapshot::StringMatch;
+use crate::snapshot::{RouteMatch, StringMatch};
 use crate::xds::{ProxyAnnounce, ProxyMode, ports};
 
 /// What analysis knows about the running mesh.
@@ -274,6 +275,44 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
             .find_map(|(r, vs)| vs.http.iter().position(matches_everything).map(|i| (*r, i)));
         for (position, (resource, vs)) in host.virtual_services.iter().enumerate() {
             let key = |code: &str| (resource.id(), code.to_string(), domain.clone());
+            // A specific rule whose every match an older VirtualService's
+            // specific rule already takes (same match, or a shorter prefix).
+            for (i, rule) in vs.http.iter().enumerate() {
+                let specific: Vec<&RouteMatch> =
+                    rule.matches.iter().filter(|m| !m.is_catch_all()).collect();
+                if specific.is_empty() {
+                    continue;
+                }
+                let taken_by = specific.iter().map(|m| {
+                    host.virtual_services[..position]
+                        .iter()
+                        .find_map(|(older, ovs)| {
+                            ovs.http.iter().enumerate().find_map(|(j, orule)| {
+                                orule
+                                    .matches
+                                    .iter()
+                                    .any(|om| !om.is_catch_all() && takes_all_of(om, m))
+                                    .then_some((*older, j))
+                            })
+                        })
+                });
+                let owners: Option<Vec<(&Resource, usize)>> = taken_by.collect();
+                if let Some(owners) = owners
+                    && reported.insert(key(&format!("shadowed {i}")))
+                {
+                    let by: Vec<String> = owners
+                        .iter()
+                        .map(|(r, j)| format!("rule {j} of {}", r.id()))
+                        .collect();
+                    out.add(
+                        "Warning",
+                        "GatewayRuleShadowed",
+                        resource,
+                        &format!("spec.http[{i}]"),
+                        format!("every request this rule matches for host `{domain}` at the gateway is taken first by {}, which is older: merged VirtualServices are tried oldest first, so this rule never runs. Narrow the older rule, or move this rule into that VirtualService before it", by.join(" and ")),
+                    );
+                }
+            }
             if position > 0 && reported.insert(key("merged")) {
                 let (previous, _) = host.virtual_services[position - 1];
                 out.add(
@@ -734,21 +773,29 @@ fn analyze_rule(
     }
 }
 
-/// A rule with no conditions, or only `uri: {prefix: /}`, matches every request.
+/// Whether every request `newer` matches is also matched by `older`: the
+/// same match, or `older` only tests a uri prefix that `newer`'s uri
+/// (prefix or exact) starts with. (Envoy's prefix is a plain string prefix.)
+fn takes_all_of(older: &RouteMatch, newer: &RouteMatch) -> bool {
+    if older == newer {
+        return true;
+    }
+    let only_uri = older.method.is_none()
+        && older.headers.is_empty()
+        && older.without_headers.is_empty()
+        && older.query_params.is_empty();
+    match (&older.uri, &newer.uri) {
+        (Some(StringMatch::Prefix(p)), Some(StringMatch::Prefix(q) | StringMatch::Exact(q))) => {
+            only_uri && q.starts_with(p.as_str())
+        }
+        _ => false,
+    }
+}
+
+/// A rule with no conditions, or a catch-all match (`uri: {prefix: /}`),
+/// matches every request.
 fn matches_everything(rule: &HttpRoute) -> bool {
-    rule.matches.is_empty()
-        || rule.matches.iter().any(|m| {
-            m.method.is_none()
-                && m.headers.is_empty()
-                && m.without_headers.is_empty()
-                && m.query_params.is_empty()
-                && match &m.uri {
-                    None => true,
-                    Some(StringMatch::Prefix(p)) => p == "/" || p.is_empty(),
-                    Some(StringMatch::Regex(r)) => r == ".*",
-                    Some(StringMatch::Exact(_)) => false,
-                }
-        })
+    rule.matches.is_empty() || rule.matches.iter().any(RouteMatch::is_catch_all)
 }
 
 fn known(registry: &Registry) -> String {
