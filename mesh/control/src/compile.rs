@@ -40,8 +40,13 @@
 //!   with no other condition) is moved after all other rules, keeping its
 //!   order: the first catch-all then takes whatever nothing else matched and
 //!   the others never match (`meshctl analyze`: `GatewayCatchAllShadowed`).
+//!   This holds for a lone VirtualService too: at a gateway its rules after
+//!   a catch-all still run (in a sidecar they never do). A specific rule an
+//!   older VirtualService already matches never runs (`GatewayRuleShadowed`).
 //!   A rule with a catch-all match beside other matches is split the way
 //!   Envoy sees it: one route per match, so only its catch-all part moves.
+//!   A VirtualService that reaches a host through two Gateways counts once
+//!   (istiod appends its routes again, where they can never match).
 //!   Each route's `origin` names its VirtualService in `/config_dump`.
 //! - **DestinationRules** for one service: the subsets of all of them, oldest
 //!   first (a subset name already defined keeps the older definition), and
