@@ -46,7 +46,9 @@ use serde::{Deserialize, Serialize};
 pub use destination_rule::DestinationRule;
 pub use duration::{format_duration_ms, parse_duration_ms};
 pub use gateway::Gateway;
-pub use host::{ROUTED_NAMESPACE, intersect_hosts, service_of_host};
+pub use host::{
+    ROUTED_NAMESPACE, intersect_hosts, names_of_service, service_in_namespace, service_of_host,
+};
 pub use kinds::{Kind, NETWORKING_GROUP, NETWORKING_VERSIONS, UnknownKind};
 pub use virtual_service::VirtualService;
 
@@ -290,10 +292,22 @@ impl Spec {
 /// orders configs by creation time: it decides which VirtualService of a
 /// host the sidecars use (the oldest), the order in which a gateway merges
 /// the VirtualServices of a host, and how DestinationRules merge.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// A set also knows the namespace its services live in (`default` locally,
+/// the served namespace on a cluster), which decides what a host in a rule
+/// names: see [`ConfigSet::service_of_host`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StoredConfigSet", into = "StoredConfigSet")]
 pub struct ConfigSet {
     entries: Vec<Entry>,
+    namespace: String,
+}
+
+impl Default for ConfigSet {
+    /// An empty set for the local mesh (namespace `default`).
+    fn default() -> Self {
+        ConfigSet::for_namespace(ROUTED_NAMESPACE)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -336,6 +350,35 @@ impl TryFrom<StoredConfigSet> for ConfigSet {
 }
 
 impl ConfigSet {
+    /// An empty set whose services live in `namespace`: on a cluster, the
+    /// namespace mesh-control serves, so `reviews.guestbook` names `reviews`.
+    pub fn for_namespace(namespace: impl Into<String>) -> ConfigSet {
+        ConfigSet {
+            entries: Vec::new(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The namespace the mesh's services live in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The mesh service a host names, by Istio's rules in this set's
+    /// namespace ([`service_in_namespace`]).
+    pub fn service_of_host<'a>(&self, host: &'a str) -> Option<&'a str> {
+        service_in_namespace(host, &self.namespace)
+    }
+
+    /// Hosts that name the same thing compare equal: every form of a
+    /// service's name gives the service name; other hosts compare in lower
+    /// case.
+    pub fn host_key(&self, host: &str) -> String {
+        self.service_of_host(host)
+            .map(str::to_string)
+            .unwrap_or_else(|| host.to_ascii_lowercase())
+    }
+
     /// Parse and validate every document of every file, all or nothing.
     ///
     /// Empty documents are skipped; every error of every document is
@@ -502,7 +545,7 @@ impl ConfigSet {
                     .hosts
                     .iter()
                     .filter(|h| {
-                        let key = host_key(h);
+                        let key = self.host_key(h);
                         let free = !claimed.contains(&key);
                         if free {
                             claimed.push(key);
@@ -527,7 +570,7 @@ impl ConfigSet {
         let mut merged: Option<DestinationRule> = None;
         for (resource, rule) in self
             .destination_rules()
-            .filter(|(r, dr)| r.is_routed() && host_key(&dr.host) == service)
+            .filter(|(r, dr)| r.is_routed() && self.host_key(&dr.host) == service)
         {
             from.push(resource);
             let Some(merged) = merged.as_mut() else {
@@ -626,8 +669,7 @@ pub struct GatewayHost<'a> {
     pub virtual_services: Vec<(&'a Resource, &'a VirtualService)>,
 }
 
-/// Hosts that name the same thing compare equal: a service's short name and
-/// its FQDN give the service name; other hosts are compared in lower case.
+/// [`ConfigSet::host_key`] for the local mesh (namespace `default`).
 pub fn host_key(host: &str) -> String {
     service_of_host(host)
         .map(str::to_string)

@@ -73,7 +73,7 @@
 use std::collections::BTreeMap;
 
 use mesh_api::config::virtual_service::{self as vs, VirtualService};
-use mesh_api::config::{ConfigSet, Resource, host_key, service_of_host};
+use mesh_api::config::{ConfigSet, Resource, names_of_service};
 use mesh_api::snapshot::{
     Cluster, Destination, Endpoint, Fault, FaultAbort, FaultDelay, GatewayConfig, HttpRoute,
     Mirror, RetryPolicy, RouteMatch, Snapshot, StringMatch, VirtualHost,
@@ -140,8 +140,11 @@ pub fn compile(
     for (resource, virtual_service, hosts) in config.mesh_virtual_services() {
         for host in hosts {
             let routes = compile_routes(resource, virtual_service, &mut clusters);
-            let (name, domains) = match service_of_host(host) {
-                Some(service) => (service.to_string(), domains_for(service)),
+            let (name, domains) = match config.service_of_host(host) {
+                Some(service) => (
+                    service.to_string(),
+                    domains_for(service, config.namespace()),
+                ),
                 // A host that is no service of the mesh (`example.com`):
                 // the app may still call it through its sidecar.
                 None => (
@@ -149,7 +152,7 @@ pub fn compile(
                     vec![host.to_string(), format!("{host}:{}", ports::SERVICE)],
                 ),
             };
-            covered.push(host_key(host));
+            covered.push(config.host_key(host));
             virtual_hosts.push(VirtualHost {
                 name,
                 domains,
@@ -159,7 +162,7 @@ pub fn compile(
     }
     for service in services.keys() {
         if !covered.iter().any(|c| c == service) {
-            virtual_hosts.push(default_virtual_host(service));
+            virtual_hosts.push(default_virtual_host(service, config.namespace()));
         }
     }
 
@@ -176,18 +179,19 @@ pub fn compile(
     }
 }
 
-/// The authorities a service answers to: its short name, with the service
-/// port, and the Kubernetes DNS forms, so the same app config works everywhere.
-pub fn domains_for(service: &str) -> Vec<String> {
-    let names = [
-        service.to_string(),
-        format!("{service}.default"),
-        format!("{service}.default.svc"),
-        format!("{service}.default.svc.cluster.local"),
-    ];
-    names
-        .iter()
-        .flat_map(|name| [name.clone(), format!("{name}:{}", ports::SERVICE)])
+/// The authorities a service in `namespace` answers to: its short name and
+/// the Kubernetes DNS forms (`helloworld-service.guestbook`,
+/// `...guestbook.svc`, `...guestbook.svc.cluster.local`), each bare and with
+/// the service port, so the same app config works locally (namespace
+/// `default`) and on a cluster. Envoy's virtual host domains from istiod
+/// list the same forms; names in other namespaces are other services.
+pub fn domains_for(service: &str, namespace: &str) -> Vec<String> {
+    names_of_service(service, namespace)
+        .into_iter()
+        .flat_map(|name| {
+            let with_port = format!("{name}:{}", ports::SERVICE);
+            [name, with_port]
+        })
         .collect()
 }
 
@@ -438,10 +442,10 @@ fn retry_policy(rule: &vs::HttpRoute) -> RetryPolicy {
     policy
 }
 
-fn default_virtual_host(service: &str) -> VirtualHost {
+fn default_virtual_host(service: &str, namespace: &str) -> VirtualHost {
     VirtualHost {
         name: service.to_string(),
-        domains: domains_for(service),
+        domains: domains_for(service, namespace),
         routes: vec![default_route(service)],
     }
 }
@@ -473,7 +477,7 @@ struct Clusters<'a> {
 impl Clusters<'_> {
     /// The cluster for a route destination or mirror.
     fn for_destination(&mut self, destination: &vs::Destination) -> String {
-        match service_of_host(&destination.host) {
+        match self.config.service_of_host(&destination.host) {
             Some(service) => self.cluster(service, destination.subset.as_deref()),
             None => {
                 // A host outside the mesh: an empty cluster, so the request
@@ -748,7 +752,7 @@ spec:
         let snapshot = compile(&config, &guestbook(), &ui, 1);
         assert_consistent(&snapshot);
         let vh = outbound(&snapshot, "helloworld-service");
-        assert_eq!(vh.domains, domains_for("helloworld-service"));
+        assert_eq!(vh.domains, domains_for("helloworld-service", "default"));
         let route = &vh.routes[0];
         assert_eq!(route.name, "helloworld-service[0]");
         let split: Vec<(&str, u32)> = route
@@ -1531,5 +1535,91 @@ spec:
                 "{name}: the top-level policy of the oldest rule that has one"
             );
         }
+    }
+
+    #[test]
+    fn on_a_cluster_every_kubernetes_name_of_a_service_reaches_it() {
+        // mesh-control serves `guestbook`: the rules are written with three
+        // different forms of one service's name, as learners write them.
+        let resources = ConfigSet::parse(&[SourceFile {
+            name: "cluster.yaml".into(),
+            content: "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: helloworld-service}
+spec:
+  host: helloworld-service
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: helloworld-service}
+spec:
+  hosts: [helloworld-service.guestbook.svc.cluster.local]
+  http:
+  - route:
+    - destination: {host: helloworld-service.guestbook, subset: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere}
+spec:
+  hosts: [helloworld-service.default]
+  http:
+  - route:
+    - destination: {host: helloworld-service.default}
+"
+            .into(),
+        }])
+        .unwrap();
+        let config = ConfigSet::for_namespace("guestbook").apply(resources).0;
+        let ui = sidecar("ui-1", "guestbook-ui", "v1", 1000);
+        let snapshot = compile(&config, &guestbook(), &ui, 1);
+        assert_consistent(&snapshot);
+
+        // One virtual host for the service, answering to every form of its
+        // name in `guestbook`, bare and with the port, and routing to v2.
+        let hw = outbound(&snapshot, "helloworld-service");
+        for domain in [
+            "helloworld-service",
+            "helloworld-service:8080",
+            "helloworld-service.guestbook",
+            "helloworld-service.guestbook:8080",
+            "helloworld-service.guestbook.svc",
+            "helloworld-service.guestbook.svc.cluster.local",
+            "helloworld-service.guestbook.svc.cluster.local:8080",
+        ] {
+            assert!(hw.domains.iter().any(|d| d == domain), "{domain}: {hw:?}");
+        }
+        assert_eq!(
+            hw.routes[0].destinations[0].cluster,
+            "helloworld-service|v2"
+        );
+        // The short host in the DestinationRule is in the rule's namespace:
+        // its subsets became clusters with the v2 endpoint in them.
+        assert_eq!(
+            cluster(&snapshot, "helloworld-service|v2").endpoints.len(),
+            1
+        );
+
+        // A service without rules gets the same names in its namespace.
+        let ui_host = outbound(&snapshot, "guestbook-ui");
+        assert_eq!(ui_host.domains, domains_for("guestbook-ui", "guestbook"));
+        assert!(ui_host.domains.iter().all(|d| !d.contains(".default")));
+
+        // `.default` is another namespace on this cluster: not the mesh's
+        // service, so it stays a host of its own with no endpoints (503).
+        let other = outbound(&snapshot, "helloworld-service.default");
+        assert_eq!(
+            other.domains,
+            [
+                "helloworld-service.default",
+                "helloworld-service.default:8080"
+            ]
+        );
+        let target = &other.routes[0].destinations[0].cluster;
+        assert!(cluster(&snapshot, target).endpoints.is_empty());
     }
 }

@@ -966,3 +966,77 @@ async fn analysis_findings_appear_in_status_as_istio_shows_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn every_kubernetes_name_of_a_service_reaches_it_from_a_sidecar() {
+    let api = FakeApi::default();
+    helloworld(&api);
+    let mesh = Mesh::start(api.clone()).await;
+
+    // Before any rule: the default virtual host answers to the service's
+    // names in the served namespace (`guestbook`), not in `default`.
+    let before = mesh
+        .eventually("helloworld-service discovered", |s| {
+            s.virtual_hosts
+                .iter()
+                .any(|v| v.name == "helloworld-service")
+        })
+        .await;
+    let vhost = before
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "helloworld-service")
+        .unwrap();
+    for name in [
+        "helloworld-service:8080",
+        "helloworld-service.guestbook:8080",
+        "helloworld-service.guestbook.svc.cluster.local:8080",
+    ] {
+        assert!(vhost.domains.iter().any(|d| d == name), "{name}: {vhost:?}");
+    }
+    assert!(
+        vhost.domains.iter().all(|d| !d.contains(".default")),
+        "{vhost:?}"
+    );
+
+    // kubectl apply: the rules name the service three ways. The short host
+    // in the DestinationRule is in the rule's namespace; the VirtualService
+    // uses the FQDN and routes to `helloworld-service.guestbook`.
+    api.apply(istio("DestinationRule", "helloworld-service", subsets()));
+    api.apply(istio(
+        "VirtualService",
+        "helloworld-service",
+        json!({"hosts": ["helloworld-service.guestbook.svc.cluster.local"],
+               "http": [{"route": [
+                   {"destination": {"host": "helloworld-service.guestbook", "subset": "v1"},
+                    "weight": 80},
+                   {"destination": {"host": "helloworld-service.guestbook.svc", "subset": "v2"},
+                    "weight": 20}]}]}),
+    ));
+    let snapshot = mesh
+        .eventually("the canary by its Kubernetes names", |s| {
+            weights(s, "helloworld-service")
+                == [
+                    ("helloworld-service|v1".to_string(), 80),
+                    ("helloworld-service|v2".to_string(), 20),
+                ]
+        })
+        .await;
+    // One virtual host serves every form (the rule replaced the default
+    // one rather than standing beside it), and its subsets have endpoints.
+    let hosts: Vec<&str> = snapshot
+        .virtual_hosts
+        .iter()
+        .filter(|v| {
+            v.domains
+                .iter()
+                .any(|d| d == "helloworld-service.guestbook")
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(hosts, ["helloworld-service"]);
+    assert_eq!(
+        endpoints(&snapshot, "helloworld-service|v2"),
+        Some(vec!["hw-v2-a@10.0.0.2:15006".into()])
+    );
+}

@@ -35,9 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::virtual_service::{Destination, HttpRoute};
-use super::{
-    ConfigSet, Diagnostic, GatewayHost, Resource, host_key, intersect_hosts, service_of_host,
-};
+use super::{ConfigSet, Diagnostic, GatewayHost, Resource, intersect_hosts};
 use crate::snapshot::{RouteMatch, StringMatch};
 use crate::xds::{ProxyAnnounce, ProxyMode, ports};
 
@@ -147,7 +145,7 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
         if vs.binds_mesh() {
             for (i, host) in vs.hosts.iter().enumerate() {
                 let field = format!("spec.hosts[{i}]");
-                match service_of_host(host) {
+                match set.service_of_host(host) {
                     Some(service) if !registry.services.contains(service) => out.add(
                         "Warning",
                         "ReferencedResourceNotFound",
@@ -224,7 +222,7 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
         }
 
         for (i, rule) in vs.http.iter().enumerate() {
-            analyze_rule(&mut out, resource, i, rule, registry, &subsets_of);
+            analyze_rule(&mut out, set, resource, i, rule, registry, &subsets_of);
         }
 
         // A rule that matches everything hides the rules after it, in a
@@ -347,7 +345,7 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
     // Several for one host are merged (see `ConfigSet::destination_rule_for`).
     let mut dr_seen: BTreeMap<String, Vec<(&Resource, &super::DestinationRule)>> = BTreeMap::new();
     for (resource, dr) in set.destination_rules().filter(|(r, _)| r.is_routed()) {
-        let older = dr_seen.entry(host_key(&dr.host)).or_default();
+        let older = dr_seen.entry(set.host_key(&dr.host)).or_default();
         let mut conflicts = false;
         for (i, subset) in dr.subsets.iter().enumerate() {
             if let Some((owner, _)) = older.iter().find(|(_, o)| o.subset(&subset.name).is_some()) {
@@ -385,7 +383,7 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
         }
         older.push((resource, dr));
 
-        let service = service_of_host(&dr.host);
+        let service = set.service_of_host(&dr.host);
         match service {
             Some(service) if !registry.services.contains(service) => out.add(
                 "Warning",
@@ -532,7 +530,7 @@ fn mesh_conflicts(set: &ConfigSet) -> Vec<MeshConflict<'_>> {
         .filter(|(r, vs)| r.is_routed() && vs.binds_mesh())
     {
         for (i, host) in vs.hosts.iter().enumerate() {
-            match owner.get(&host_key(host)) {
+            match owner.get(&set.host_key(host)) {
                 Some(winner) if winner.0.id() != resource.id() => conflicts.push(MeshConflict {
                     host: host.clone(),
                     winner: *winner,
@@ -540,7 +538,7 @@ fn mesh_conflicts(set: &ConfigSet) -> Vec<MeshConflict<'_>> {
                 }),
                 Some(_) => {}
                 None => {
-                    owner.insert(host_key(host), (resource, i));
+                    owner.insert(set.host_key(host), (resource, i));
                 }
             }
         }
@@ -638,7 +636,7 @@ pub fn merges(set: &ConfigSet) -> BTreeMap<String, Vec<String>> {
     let mut by_host: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
     for (resource, dr) in set.destination_rules().filter(|(r, _)| r.is_routed()) {
         by_host
-            .entry(host_key(&dr.host))
+            .entry(set.host_key(&dr.host))
             .or_default()
             .push(resource);
     }
@@ -661,6 +659,7 @@ pub fn merges(set: &ConfigSet) -> BTreeMap<String, Vec<String>> {
 
 fn analyze_rule(
     out: &mut Findings,
+    set: &ConfigSet,
     resource: &Resource,
     index: usize,
     rule: &HttpRoute,
@@ -669,7 +668,7 @@ fn analyze_rule(
 ) {
     let at = format!("spec.http[{index}]");
     let check_destination = |out: &mut Findings, field: String, d: &Destination| {
-        match service_of_host(&d.host) {
+        match set.service_of_host(&d.host) {
             Some(service) => {
                 if !registry.services.contains(service) {
                     out.add(

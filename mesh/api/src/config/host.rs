@@ -1,12 +1,16 @@
 //! Host names in Istio resources, and how they resolve to mesh services.
 //!
 //! Istio reads a short host like `reviews` in a VirtualService as
-//! `reviews.<the resource's namespace>.svc.cluster.local`. micromesh has one
-//! namespace, `default`, so `guestbook-ui`, `guestbook-ui.default`,
-//! `guestbook-ui.default.svc` and `guestbook-ui.default.svc.cluster.local` all
-//! name the service `guestbook-ui`. Anything else (`example.com`) is a host
-//! outside the mesh's registry: a Gateway may serve it, but no sidecar can
-//! route to it (Istio would need a ServiceEntry).
+//! `reviews.<the resource's namespace>.svc.cluster.local`, and a sidecar
+//! answers to every form of that name. micromesh serves one namespace:
+//! `default` locally, the namespace mesh-control serves on a cluster
+//! (`--namespace guestbook`). In it, `guestbook-ui`, `guestbook-ui.guestbook`,
+//! `guestbook-ui.guestbook.svc` and `guestbook-ui.guestbook.svc.cluster.local`
+//! all name the service `guestbook-ui`; `guestbook-ui.default` names a
+//! service in another namespace, which is not in the mesh (Istio would route
+//! it, micromesh does not). Anything else (`example.com`) is a host outside
+//! the mesh's registry: a Gateway may serve it, but no sidecar can route to it
+//! (Istio would need a ServiceEntry).
 
 /// The one namespace micromesh routes.
 pub const ROUTED_NAMESPACE: &str = "default";
@@ -21,19 +25,43 @@ pub const ROUTED_NAMESPACE: &str = "default";
 /// assert_eq!(service_of_host("*"), None);
 /// ```
 pub fn service_of_host(host: &str) -> Option<&str> {
+    service_in_namespace(host, ROUTED_NAMESPACE)
+}
+
+/// The service a host names when the mesh's services live in `namespace`:
+/// the short name (a short host in a rule is in the rule's namespace, and
+/// micromesh reads rules only from the mesh's namespace), or
+/// `name.<namespace>`, `name.<namespace>.svc`,
+/// `name.<namespace>.svc.cluster.local`.
+///
+/// ```
+/// use mesh_api::config::service_in_namespace;
+/// let ns = "guestbook";
+/// assert_eq!(service_in_namespace("helloworld-service", ns), Some("helloworld-service"));
+/// assert_eq!(service_in_namespace("helloworld-service.guestbook", ns), Some("helloworld-service"));
+/// assert_eq!(service_in_namespace("helloworld-service.default", ns), None);
+/// ```
+pub fn service_in_namespace<'a>(host: &'a str, namespace: &str) -> Option<&'a str> {
     let (name, rest) = match host.split_once('.') {
-        Some((name, rest)) => (name, Some(rest)),
-        None => (host, None),
+        Some((name, rest)) => (name, rest),
+        None => return is_dns_label(host).then_some(host),
     };
     if !is_dns_label(name) {
         return None;
     }
-    match rest {
-        None | Some("default") | Some("default.svc") | Some("default.svc.cluster.local") => {
-            Some(name)
-        }
-        Some(_) => None,
-    }
+    let suffix = rest.strip_prefix(namespace)?;
+    matches!(suffix, "" | ".svc" | ".svc.cluster.local").then_some(name)
+}
+
+/// Every name a sidecar answers to for `service` in `namespace`, the forms
+/// [`service_in_namespace`] resolves, short name first.
+pub fn names_of_service(service: &str, namespace: &str) -> [String; 4] {
+    [
+        service.to_string(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
 }
 
 /// Whether a host pattern (`*`, `*.example.com`, `example.com`) matches a
@@ -137,6 +165,36 @@ mod tests {
         assert_eq!(service_of_host("helloworld-service.istio-system"), None);
         assert_eq!(service_of_host("www.example.com"), None);
         assert_eq!(service_of_host("*.default.svc.cluster.local"), None);
+    }
+
+    #[test]
+    fn kubernetes_names_resolve_in_the_mesh_namespace_only() {
+        // On a cluster mesh-control serves `guestbook`: every Kubernetes form
+        // of the name there is the service, and so is the short name.
+        for host in names_of_service("helloworld-service", "guestbook") {
+            assert_eq!(
+                service_in_namespace(&host, "guestbook"),
+                Some("helloworld-service"),
+                "{host}"
+            );
+        }
+        // The same service name in another namespace is another service,
+        // and a namespace that merely starts like ours is not ours.
+        for host in [
+            "helloworld-service.default",
+            "helloworld-service.default.svc.cluster.local",
+            "helloworld-service.guestbook2",
+            "helloworld-service.guestbook.svc.example.com",
+            "helloworld-service.guestbook.cluster.local",
+        ] {
+            assert_eq!(service_in_namespace(host, "guestbook"), None, "{host}");
+        }
+        // Locally the namespace is `default`: the old forms still resolve.
+        assert_eq!(
+            service_in_namespace("helloworld-service.default.svc", ROUTED_NAMESPACE),
+            Some("helloworld-service")
+        );
+        assert_eq!(service_in_namespace("Helloworld", "guestbook"), None);
     }
 
     #[test]

@@ -16,7 +16,11 @@
 //! micromesh routes one namespace (`mesh_api::config::ROUTED_NAMESPACE`,
 //! `default`); on a cluster that part is played by the namespace the control
 //! plane serves (`--namespace`), so its resources are read as if written in
-//! `default`, and every message names the object's real namespace.
+//! `default`, and every message names the object's real namespace. Hosts
+//! keep their meaning on the cluster: the config set is built for the served
+//! namespace, so `reviews`, `reviews.guestbook` and
+//! `reviews.guestbook.svc.cluster.local` all name `reviews`
+//! (`ConfigSet::service_of_host`).
 
 use std::collections::BTreeMap;
 
@@ -72,16 +76,33 @@ pub struct Judged {
 }
 
 /// The Istio objects read so far, with the last good version of each.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IstioConfig {
     /// The last version of each object that validated, with its creation
     /// time (which orders the set: the oldest VirtualService of a host wins).
     last_good: BTreeMap<ObjectKey, (String, Resource)>,
+    /// The served namespace: hosts like `reviews.guestbook` name its services.
+    namespace: String,
+}
+
+impl Default for IstioConfig {
+    /// Serving `default`, as the local mesh does.
+    fn default() -> Self {
+        IstioConfig::new(ROUTED_NAMESPACE)
+    }
 }
 
 // === impl IstioConfig ===
 
 impl IstioConfig {
+    /// The Istio objects of the served `namespace` (none read yet).
+    pub fn new(namespace: impl Into<String>) -> Self {
+        IstioConfig {
+            last_good: BTreeMap::new(),
+            namespace: namespace.into(),
+        }
+    }
+
     /// Judge every object that exists now and build the config set from the
     /// valid ones (and the last good version of the invalid ones). Objects
     /// that no longer exist are forgotten, last good version included.
@@ -127,7 +148,7 @@ impl IstioConfig {
         // RFC 3339 timestamps of one API server sort as text; ties by name.
         ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let resources = ordered.into_iter().map(|(_, _, r)| r.clone()).collect();
-        let (config, _changes) = ConfigSet::default().apply(resources);
+        let (config, _changes) = ConfigSet::for_namespace(&self.namespace).apply(resources);
         (config, judged)
     }
 }

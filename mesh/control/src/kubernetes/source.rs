@@ -117,7 +117,7 @@ pub(crate) async fn run(shared: Arc<Shared>, source: KubernetesSource) {
     let mut streams = futures::stream::select_all(streams);
 
     let mut listed = BTreeSet::new();
-    let mut istio = IstioConfig::default();
+    let mut istio = IstioConfig::new(ns);
     let mut status = StatusWriter::new(&source);
     tracing::info!(namespace = ns, "watching the Kubernetes API");
     loop {
