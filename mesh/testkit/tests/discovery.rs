@@ -53,11 +53,16 @@ async fn scaled_instances_all_take_traffic_and_a_dead_one_leaves() -> Result<()>
 
     // Kill one pod without a goodbye while two clients keep sending: app and
     // sidecar stop answering, and the instance stays in every snapshot until
-    // its lease runs out. Every request of that window must still succeed:
-    // the default retry policy (connect-failure) moves a request that hit
-    // the dead instance to a live one. Nothing in this test retries: each
-    // failure the mesh lets through is counted.
-    let load = Load::start(http.clone(), HELLO, 2);
+    // its lease runs out. Nothing in this test retries: each failure the
+    // mesh lets through is counted. A request that meets the dead instance
+    // (connection refused) must be retried onto a live one by the default
+    // retry policy (connect-failure). The one thing that policy does not
+    // cover, in Istio too (its default `retryOn` has no `reset`), is a
+    // request already on the wire to the instance as it goes: that fails
+    // with "connection termination". Each client has one request in flight
+    // at a time, so at most one such failure per client.
+    const CLIENTS: usize = 2;
+    let load = Load::start(http.clone(), HELLO, CLIENTS);
     load.send_at_least(20).await?;
     let before_kill = load.report();
     third.upstream.stop();
@@ -75,12 +80,19 @@ async fn scaled_instances_all_take_traffic_and_a_dead_one_leaves() -> Result<()>
         at_removal > before_kill.sent,
         "the load ran while the dead instance was still in the snapshot"
     );
-    assert_eq!(
-        report.failures,
-        Vec::<String>::new(),
-        "{} of {} requests failed around the kill",
-        report.failures.len(),
+    let (in_flight, others): (Vec<&String>, Vec<&String>) = report
+        .failures
+        .iter()
+        .partition(|f| f.ends_with("reset reason: connection termination"));
+    assert!(
+        others.is_empty(),
+        "{} of {} requests failed around the kill: {others:#?}",
+        others.len(),
         report.sent
+    );
+    assert!(
+        in_flight.len() <= CLIENTS,
+        "more requests cut in flight than clients had in flight: {in_flight:#?}"
     );
 
     // Once it left, only the two live instances answer.
