@@ -18,6 +18,10 @@
 #    (scripts/istio-dashboards.sh).
 # 5. The trace collector answers as Zipkin's API spec says
 #    (scripts/zipkin-conformance.sh: schemathesis, from PyPI).
+# 6. The talk's YAML through mesh-control's validating admission webhook (as
+#    `kubectl apply` would send it on a cluster) gets the same allow or deny,
+#    with the same message lines, as `meshctl validate` on the same document
+#    (mesh/control/tests/webhook.rs, an ignored test run here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -134,6 +138,11 @@ trap - EXIT
 
 echo "--- 5: the collector against Zipkin's own API spec (schemathesis)"
 ./scripts/zipkin-conformance.sh "$shared/zipkin/zipkin2-api.yaml" || fail "Zipkin API conformance (above)"
+
+echo "--- 6: the talk's YAML through the validating webhook, as meshctl validate judges it"
+MESH_TALK_YAML="$(cd "$talk" && pwd)" cargo test -q -p mesh-control --test webhook \
+    the_talks_yaml_gets_the_same_verdict_from_the_webhook_as_from_meshctl -- --ignored --nocapture \
+    || fail "the webhook and meshctl validate disagree on the talk's YAML (above)"
 
 echo
 if [ "$failures" -gt 0 ]; then
