@@ -5,7 +5,8 @@
 //! sidecar, so the inbound side only forwards: pooled keep-alive connections
 //! to the app, bodies streamed both ways, an `x-request-id` if missing, the SERVER span (whose id the
 //! app receives as the parent in the trace headers) and the
-//! `reporter="destination"` metrics, one access-log line (`inbound`). An app that refuses connections gives 503 `UF`, like Envoy's
+//! `reporter="destination"` metrics, one access-log line (`inbound`), and
+//! WebSockets spliced to the app once it answers 101 (`upgrade.rs`). An app that refuses connections gives 503 `UF`, like Envoy's
 //! inbound cluster. Later labs add mTLS and authorization here.
 
 use std::convert::Infallible;
@@ -17,21 +18,26 @@ use hyper::body::Incoming;
 
 use crate::body::{ReqBody, Rsp};
 use crate::log::{AccessLog, Direction};
-use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop};
+use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop, tunnel_of};
 use crate::proxy::Shared;
 use crate::route::authority_of;
 use crate::telemetry::{Arrival, Exchange};
+use crate::upgrade::Upgrade;
 
 /// Handle one request on the inbound listener; `peer` is the calling
 /// sidecar (or gateway).
 pub async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
-    req: http::Request<Incoming>,
+    mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    let upgrade = Upgrade::take(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = &upgrade {
+        upgrade.restore(&mut parts.headers);
+    }
     let request_id = ensure_request_id(&mut parts.headers);
     let path = parts
         .uri
@@ -81,5 +87,9 @@ pub async fn handle(
         log: &log,
     }
     .emit();
+    let rsp = match upgrade {
+        Some(upgrade) => upgrade.respond(rsp, tunnel_of(&exchange, Direction::Inbound)),
+        None => rsp,
+    };
     Ok(exchange.respond(rsp))
 }

@@ -29,6 +29,7 @@
 //! | outlier detection | `outlier.rs` |
 //! | connection pool, circuit breaker | `pool.rs` |
 //! | inbound: to the local app | `inbound.rs` |
+//! | WebSocket: routed, then spliced as a byte tunnel | `upgrade.rs` |
 //! | telemetry of one request: span, source headers, metrics, on body end | `telemetry.rs` |
 //! | trace context: W3C / B3 headers, ids, sampling, Zipkin v2 spans | `trace.rs` |
 //! | span reporter: bounded queue, batches, POST to the collector | `report.rs` |
@@ -108,6 +109,7 @@ pub mod table;
 pub mod telemetry;
 pub mod timeout;
 pub mod trace;
+pub mod upgrade;
 
 #[cfg(test)]
 mod test_util;

@@ -75,7 +75,8 @@ async fn connection<F, Fut>(
 {
     let builder = auto::Builder::new(TokioExecutor::new());
     let service = service_fn(move |req| handler(peer, req));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // With upgrades: a WebSocket's 101 hands the socket to its tunnel.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

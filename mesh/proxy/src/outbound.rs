@@ -40,6 +40,7 @@ use crate::route::{RouteRt, Router, authority_of};
 use crate::split::Split;
 use crate::telemetry::{Arrival, Exchange};
 use crate::timeout::Timeout;
+use crate::upgrade::{Tunnel, Upgrade};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const UPSTREAM_SERVICE_TIME: HeaderName =
@@ -62,11 +63,17 @@ pub async fn handle(
     shared: Arc<Shared>,
     direction: Direction,
     peer: SocketAddr,
-    req: http::Request<Incoming>,
+    mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    // A WebSocket is routed like any request; its upgrade headers survive
+    // the hop-by-hop strip (`upgrade.rs`).
+    let upgrade = Upgrade::take(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = &upgrade {
+        upgrade.restore(&mut parts.headers);
+    }
     let request_id = ensure_request_id(&mut parts.headers);
     let probe = http::Request::from_parts(parts, ());
     let authority = authority_of(&probe).to_string();
@@ -132,7 +139,25 @@ pub async fn handle(
         log: &log,
     }
     .emit();
+    let rsp = match upgrade {
+        Some(upgrade) => upgrade.respond(rsp, tunnel_of(&exchange, direction)),
+        None => rsp,
+    };
     Ok(exchange.respond(rsp))
+}
+
+/// What a WebSocket's tunnel line says about this request.
+pub(crate) fn tunnel_of(exchange: &Exchange, direction: Direction) -> Tunnel {
+    Tunnel {
+        direction,
+        authority: exchange.authority.clone(),
+        path: exchange.path_and_query.clone(),
+        request_id: exchange.request_id.clone(),
+        upstream: exchange
+            .log
+            .upstream()
+            .map_or_else(|| "-".to_string(), |u| u.address.to_string()),
+    }
 }
 
 /// Turn the stack's result into the response the client gets.

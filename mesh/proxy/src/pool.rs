@@ -112,9 +112,12 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
             Ok(rsp) => {
                 conn.uses += 1;
                 let (parts, incoming) = rsp.into_parts();
+                // After a 101 the connection belongs to the WebSocket
+                // tunnel (`upgrade.rs`), never back to the pool.
+                let reusable = parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
                 let body = PooledBody {
                     inner: incoming,
-                    conn: Some(conn),
+                    conn: reusable.then_some(conn),
                     endpoint: endpoint.state.clone(),
                     max_uses: limits.max_requests_per_connection,
                     _request_slot: request_slot,
@@ -272,7 +275,8 @@ async fn connect(address: &str, endpoint: Arc<EndpointState>) -> std::io::Result
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        // `with_upgrades`: a 101 hands the socket to the tunnel.
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "upstream connection ended");
         }
         endpoint.pool.connections.fetch_sub(1, Ordering::Relaxed);
