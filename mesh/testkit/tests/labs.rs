@@ -25,6 +25,13 @@
 //! down`, so a lab that forgets one breaks the next. Then it stops the mesh.
 //!
 //! Run one lab: `LAB=03 cargo test -p mesh-testkit --test labs -- --nocapture`.
+//!
+//! Blocks fenced ```` ```sh cluster ```` are the lab's steps on a cluster
+//! (`k8s/`); this runner does not run them, `labs/cluster.rs` checks them
+//! offline against the rendered kind overlay and the CRDs.
+
+#[path = "labs/cluster.rs"]
+mod cluster;
 
 use std::fs;
 use std::path::{Path, PathBuf};
