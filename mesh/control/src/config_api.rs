@@ -10,6 +10,8 @@
 //!                            (delete: parse_identities, the spec is not checked)
 //!                            (invalid: 400 with every error, nothing changes)
 //!   -> ConfigSet::apply      the new set and what changed
+//!   -> check_snapshot        the snapshots it compiles to pass the proxy's
+//!                            own check (400 if not: nothing changes)
 //!   -> persist config.json   on disk before anyone sees it
 //!   -> new version           every proxy's long-poll wakes and gets a snapshot
 //!   -> 200 {changes, diagnostics}   diagnostics: `istioctl analyze` for free
@@ -26,6 +28,7 @@ use mesh_api::config::{
     ApplyRequest, ApplyResponse, Change, ConfigErrors, ConfigSet, Diagnostic, Kind, Resource,
     SourceFile,
 };
+use mesh_api::xds::{ProxyAnnounce, ProxyMode};
 use serde::Deserialize;
 
 use crate::api::{ApiFailure, JsonBody, Pretty, QueryParams};
@@ -99,6 +102,7 @@ async fn change(
     let mut model = shared.lock().await;
     let (config, changes) = edit(&model.config);
     if config != *model.config {
+        refuse_what_a_proxy_would(&config, &model, verb)?;
         shared
             .replace_config(&mut model, config)
             .await
@@ -127,6 +131,42 @@ async fn change(
         changes,
         diagnostics,
     }))
+}
+
+/// The last gate before a change is committed: compile the snapshots the
+/// new config makes (a sidecar's, and every registered gateway's) and run
+/// the proxy's own check on them (`mesh_api::check`). The parser already
+/// refuses every field a proxy rejects; this catches what only the compiled
+/// whole shows, so no proxy is ever sent a snapshot it would NACK.
+fn refuse_what_a_proxy_would(
+    config: &ConfigSet,
+    model: &crate::state::Model,
+    verb: &str,
+) -> Result<(), ApiFailure> {
+    let workloads = model.discovered.as_ref().unwrap_or(&model.workloads);
+    let sidecar = ProxyAnnounce {
+        instance: format!("{verb}-check"),
+        ..Default::default()
+    };
+    let gateways = workloads
+        .iter()
+        .map(|w| &w.announce)
+        .filter(|a| a.mode == ProxyMode::Gateway);
+    for proxy in std::iter::once(&sidecar).chain(gateways) {
+        let snapshot = crate::compile::compile(config, workloads, proxy, model.version + 1);
+        if let Err(error) = mesh_api::check::check_snapshot(&snapshot) {
+            tracing::info!(%error, proxy = proxy.instance, "{verb} rejected: a proxy would reject the snapshot");
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{verb} refused: the snapshot it makes for proxy {:?} would be rejected \
+                     by the proxy: {error}; nothing was changed, fix the resource and {verb} again",
+                    proxy.instance
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn summary(changes: &[Change]) -> String {

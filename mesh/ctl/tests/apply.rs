@@ -165,3 +165,102 @@ fn apply_exits_0_with_warnings_when_applied_and_1_only_when_refused() {
     assert!(help.contains("1  Nothing was changed"), "{help}");
     let _ = std::fs::remove_dir_all(&control.dir);
 }
+
+/// Issue 15 item 1: a VirtualService a proxy would reject once froze every
+/// proxy (each NACKed every later snapshot). Each kind of field the proxy
+/// checks (`mesh_api::check`) is refused by `meshctl validate` offline and
+/// by `meshctl apply` at the control plane, with where it is and what to do.
+#[test]
+fn every_field_a_proxy_would_reject_is_refused_by_validate_and_apply() {
+    let control = ControlPlane::start();
+    let rule = |http: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: hw\n\
+             spec:\n  hosts: [helloworld-service]\n  http:\n{http}"
+        )
+    };
+    let route = "    route:\n    - destination: {host: helloworld-service}\n";
+    // (what, the http rule, the field the error must point at)
+    let cases = [
+        (
+            "header name with spaces",
+            format!("  - match:\n    - headers: {{\"x bad name\": {{exact: \"1\"}}}}\n{route}"),
+            "x bad name",
+        ),
+        (
+            "withoutHeaders name",
+            format!("  - match:\n    - withoutHeaders: {{\"a:b\": {{exact: \"1\"}}}}\n{route}"),
+            "a:b",
+        ),
+        (
+            "uri regex",
+            format!("  - match:\n    - uri: {{regex: \"(\"}}\n{route}"),
+            "uri",
+        ),
+        (
+            "header regex",
+            format!("  - match:\n    - headers: {{x-a: {{regex: \"[\"}}}}\n{route}"),
+            "x-a",
+        ),
+        (
+            "set header name",
+            format!("  - headers: {{request: {{set: {{\"x y\": \"1\"}}}}}}\n{route}"),
+            "x y",
+        ),
+        (
+            "header value control character",
+            format!("  - headers: {{response: {{add: {{x-a: \"a\\u0001b\"}}}}}}\n{route}"),
+            "control character",
+        ),
+        (
+            "remove header name",
+            format!("  - headers: {{request: {{remove: [\"(x)\"]}}}}\n{route}"),
+            "(x)",
+        ),
+        (
+            "mirror percentage",
+            format!(
+                "  - mirror: {{host: helloworld-service}}\n    mirrorPercentage: {{value: 150}}\n{route}"
+            ),
+            "150",
+        ),
+        (
+            "fault percentage",
+            format!("  - fault: {{delay: {{fixedDelay: 1s, percentage: {{value: -1}}}}}}\n{route}"),
+            "percentage",
+        ),
+        (
+            "abort status",
+            format!("  - fault: {{abort: {{httpStatus: 99}}}}\n{route}"),
+            "99",
+        ),
+        (
+            "retryOn",
+            format!("  - retries: {{attempts: 1, retryOn: \"bogus\"}}\n{route}"),
+            "bogus",
+        ),
+    ];
+    for (i, (what, http, field)) in cases.iter().enumerate() {
+        let file = control.file(&format!("bad-{i}.yaml"), &rule(http));
+        for verb in ["validate", "apply"] {
+            let out = control.meshctl(&[verb, "-f", &file]);
+            let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what}: {verb} must refuse it:\n{output}"
+            );
+            assert!(
+                output.contains(field),
+                "{what}: {verb} names {field:?}:\n{output}"
+            );
+        }
+    }
+    let listed = control.meshctl(&["get", "vs", "-o", "json"]);
+    assert!(
+        !text(&listed.stdout).contains("\"hw\""),
+        "no refused rule was stored: {}",
+        text(&listed.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&control.dir);
+}

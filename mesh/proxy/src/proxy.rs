@@ -90,20 +90,49 @@ pub struct ApplyStatus {
 }
 
 impl Shared {
-    /// Compile `snapshot` and swap it in; on error keep the current one.
+    /// Compile `snapshot` and swap it in.
+    ///
+    /// A snapshot that fails the shared check (`mesh_api::check`) is not
+    /// thrown away whole: [`mesh_api::check::isolate`] keeps the last good
+    /// version of each rejected virtual host, leaves out a bad endpoint, and
+    /// the rest (endpoints above all) is applied. The version is still
+    /// NACKed with every reason, as Envoy NACKs a resource type while it
+    /// keeps applying the others, so the control plane shows what was held
+    /// back. Only a snapshot that fails even after isolation is rejected
+    /// whole, and the current one keeps serving.
     pub fn apply(&self, snapshot: Snapshot) -> Result<(), CompileError> {
         // One snapshot at a time: the state store is reconciled against the
         // snapshot that wins.
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let version = snapshot.version;
+        let (snapshot, held_back) = match mesh_api::check::check_snapshot(&snapshot) {
+            Ok(()) => (snapshot, Vec::new()),
+            Err(_) => {
+                let current = self.current.load();
+                let last_good = current.as_ref().map(|c| c.snapshot.as_ref());
+                mesh_api::check::isolate(snapshot, last_good)
+            }
+        };
         match Compiled::compile(snapshot, &self.store) {
             Ok(compiled) => {
                 let compiled = Arc::new(compiled);
                 self.current.store(Some(compiled.clone()));
                 self.store
                     .retain(compiled.clusters.values().map(|c| c.as_ref()));
-                tracing::info!(version, "snapshot accepted");
-                Ok(())
+                if held_back.is_empty() {
+                    tracing::info!(version, "snapshot accepted");
+                    return Ok(());
+                }
+                let error = CompileError::PartlyApplied {
+                    reasons: held_back
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+                tracing::warn!(version, %error, "snapshot applied in part");
+                status.last_rejected = Some((version, error.to_string()));
+                Err(error)
             }
             Err(error) => {
                 tracing::warn!(version, %error, "snapshot rejected; keeping the last good one");

@@ -5,8 +5,12 @@
 //! domain hash map per listener, anchored regexes, parsed header names, and
 //! routes that point straight at their clusters. Anything that does not
 //! compile (a bad regex, a route to a cluster the snapshot lacks, weights
-//! that add up to zero) rejects the whole snapshot: the proxy NACKs it and
-//! keeps serving the last good one, as Envoy does with a bad xDS update.
+//! that add up to zero) fails [`Compiled::compile`]. The checks are
+//! `mesh_api::check`, the same ones the control plane runs before it
+//! commits a change, so a snapshot it sends should never fail here. If one
+//! does, `Shared::apply` (`crate::proxy`) applies what passes and keeps the
+//! last good version of only the rejected virtual host, then NACKs the
+//! version: one bad rule never holds back endpoint changes.
 //!
 //! The compiled snapshot is immutable. A new one replaces it in one atomic
 //! pointer swap (`arc_swap::ArcSwapOption` in [`crate::proxy`]); a request
@@ -20,45 +24,9 @@ use mesh_api::snapshot::Snapshot;
 use crate::cluster::{ClusterRt, EndpointRt, StateStore};
 use crate::route::RouteTable;
 
-/// Why a snapshot was rejected. The text goes back to the control plane in
-/// the NACK, and `meshctl get proxies` shows it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CompileError {
-    #[error("route {route:?}: {field} regex {pattern:?} does not compile: {error}")]
-    BadRegex {
-        route: String,
-        field: String,
-        pattern: String,
-        error: String,
-    },
-    #[error(
-        "route {route:?} sends traffic to cluster {cluster:?}, which is not in the snapshot; \
-         check the destination's host and subset (meshctl analyze)"
-    )]
-    UnknownCluster { route: String, cluster: String },
-    #[error("route {route:?} has no destination")]
-    NoDestinations { route: String },
-    #[error("route {route:?}: every destination has weight 0, so no request could be sent")]
-    ZeroWeight { route: String },
-    #[error("route {route:?}: {header:?} is not a valid HTTP header")]
-    BadHeader { route: String, header: String },
-    #[error("route {route:?}: {field} is {value}, expected 0..=100")]
-    BadPercentage {
-        route: String,
-        field: &'static str,
-        value: f64,
-    },
-    #[error("route {route:?}: fault abort status {status} is not an HTTP status (100..=599)")]
-    BadAbortStatus { route: String, status: u16 },
-    #[error("route {route:?}: unknown retryOn condition {condition:?}")]
-    BadRetryOn { route: String, condition: String },
-    #[error("domain {domain:?} is listed by two virtual hosts")]
-    DuplicateDomain { domain: String },
-    #[error("cluster {cluster:?} is defined twice")]
-    DuplicateCluster { cluster: String },
-    #[error("cluster {cluster:?}: endpoint {instance:?} has no address")]
-    EmptyAddress { cluster: String, instance: String },
-}
+/// Why a snapshot was rejected: the error of the one check shared with the
+/// control plane (`mesh_api::check`), so both sides word it the same.
+pub use mesh_api::check::SnapshotError as CompileError;
 
 /// The snapshot in use, ready for the request path.
 #[derive(Debug)]
@@ -76,6 +44,11 @@ impl Compiled {
     /// Compile `snapshot`, reusing per-cluster and per-endpoint state from
     /// `store` for clusters and endpoints that stay.
     pub fn compile(snapshot: Snapshot, store: &StateStore) -> Result<Compiled, CompileError> {
+        // The check the control plane ran before it sent this: anything it
+        // would refuse is refused here too, so the two cannot disagree. The
+        // conversions below then cannot fail on a field; their errors stay
+        // as a second line of defence.
+        mesh_api::check::check_snapshot(&snapshot)?;
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         for c in &snapshot.clusters {
             // An empty `service` (a hand-written snapshot) falls back to the
@@ -219,6 +192,29 @@ mod tests {
         for (snapshot, needle) in cases {
             let err = Compiled::compile(snapshot, &StateStore::default()).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    /// The shared check (`mesh_api::check`) and the `http` crate the proxy
+    /// parses with agree on every byte: a name or value the control plane
+    /// lets through is one the proxy can build, and the other way round.
+    #[test]
+    fn the_shared_header_checks_agree_with_the_http_crate() {
+        for b in 0u8..=255 {
+            let one = [b];
+            let text = String::from_utf8_lossy(&one).into_owned();
+            let name = format!("x{}", text.to_ascii_lowercase());
+            assert_eq!(
+                mesh_api::check::header_name(&name),
+                http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+                "header name {name:?}"
+            );
+            let value = format!("a{text}b");
+            assert_eq!(
+                mesh_api::check::header_value(&value),
+                http::HeaderValue::from_str(&value).is_ok(),
+                "header value {value:?}"
+            );
         }
     }
 }

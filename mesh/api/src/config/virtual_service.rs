@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
@@ -658,6 +657,15 @@ fn decode_header_matches(
             d.error(p, "a header name must not be empty");
             return None;
         }
+        // The proxy's own check (`mesh_api::check`): a name it could not
+        // match on would make every proxy reject the snapshot.
+        if !crate::check::header_name(name) {
+            d.error(
+                p,
+                format!("`{name}` is not a header name: use letters, digits and `-`, like `x-request-source`"),
+            );
+            return None;
+        }
         if name != name.to_ascii_lowercase() {
             d.error(
                 p,
@@ -717,7 +725,7 @@ fn decode_string_match(
                     None
                 }
                 "prefix" => Some(StringMatch::Prefix(text)),
-                _ => match Regex::new(&format!("^(?:{text})$")) {
+                _ => match crate::check::anchored_regex(&text) {
                     Ok(_) => Some(StringMatch::Regex(text)),
                     Err(e) => {
                         d.error(
@@ -916,13 +924,9 @@ fn decode_retries(d: &mut Decoder, path: &Path, value: &Value) -> Option<Retries
 fn decode_header_ops(d: &mut Decoder, path: &Path, value: &Value) -> Option<HeaderOps> {
     let object = d.object(path, value, &HEADER_OPERATIONS)?;
     let mut ops = HeaderOps::default();
-    // RFC 9110 field names are "tokens"; values may not hold line breaks.
-    let is_token = |name: &str| {
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
-    };
+    // RFC 9110 field names are "tokens"; values are visible ASCII on one
+    // line. The checks are the proxy's own (`mesh_api::check`).
+    let is_token = crate::check::header_name;
     let check_names = |d: &mut Decoder, p: &Path, names: Vec<&String>| {
         for name in names {
             if !is_token(name) {
@@ -940,6 +944,14 @@ fn decode_header_ops(d: &mut Decoder, path: &Path, value: &Value) -> Option<Head
                     p,
                     format!(
                         "header value {value:?} holds a line break; header values are one line"
+                    ),
+                );
+            } else if !crate::check::header_value(value) {
+                d.error(
+                    p,
+                    format!(
+                        "header value {value:?} holds a control character (only tab is \
+                         allowed); remove it or percent-encode it"
                     ),
                 );
             }
