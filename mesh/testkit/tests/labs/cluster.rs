@@ -120,19 +120,28 @@ pub fn cluster_blocks(readme: &str) -> Vec<String> {
 pub fn check_block(block: &str, root: &Path, cluster: &Cluster) -> Vec<String> {
     let mut problems = Vec::new();
     for line in block.lines() {
+        // `kubectl apply -f talk-era.yaml || echo "rejected..."`: the lab
+        // shows a refusal, so the file must be refused.
+        let refusal = line.contains("||");
         // Commands joined with `&&`, `;` or `|` are checked one by one.
         for command in line.split(['|', ';', '&']) {
             let words: Vec<&str> = command.split_whitespace().collect();
             if words.first() != Some(&"kubectl") {
                 continue;
             }
-            check_kubectl(&words[1..], root, cluster, &mut problems);
+            check_kubectl(&words[1..], refusal, root, cluster, &mut problems);
         }
     }
     problems
 }
 
-fn check_kubectl(args: &[&str], root: &Path, cluster: &Cluster, problems: &mut Vec<String>) {
+fn check_kubectl(
+    args: &[&str],
+    refusal: bool,
+    root: &Path,
+    cluster: &Cluster,
+    problems: &mut Vec<String>,
+) {
     let mut namespace = "default".to_string();
     let mut files = Vec::new();
     let mut positional = Vec::new();
@@ -167,7 +176,7 @@ fn check_kubectl(args: &[&str], root: &Path, cluster: &Cluster, problems: &mut V
         ));
     }
     for file in files {
-        check_file(&file, root, cluster, problems);
+        check_path(&file, refusal, root, cluster, problems);
     }
     // `kubectl VERB TYPE/NAME` or `kubectl VERB TYPE NAME`; only the kinds
     // the labs name are checked.
@@ -176,12 +185,20 @@ fn check_kubectl(args: &[&str], root: &Path, cluster: &Cluster, problems: &mut V
     };
     if !matches!(
         *verb,
-        "get" | "describe" | "scale" | "rollout" | "logs" | "port-forward" | "delete" | "edit"
+        "get"
+            | "describe"
+            | "scale"
+            | "rollout"
+            | "set"
+            | "logs"
+            | "port-forward"
+            | "delete"
+            | "edit"
     ) {
         return;
     }
     let rest: Vec<&str> = match (*verb, rest) {
-        ("rollout", [_action, tail @ ..]) => tail.to_vec(),
+        ("rollout" | "set", [_action, tail @ ..]) => tail.to_vec(),
         _ => rest.to_vec(),
     };
     let named: Vec<String> = match rest.as_slice() {
@@ -223,7 +240,37 @@ fn canonical_kind(kind: &str) -> Option<&'static str> {
     })
 }
 
-fn check_file(file: &str, root: &Path, cluster: &Cluster, problems: &mut Vec<String>) {
+/// `-f` takes a file or a directory (every YAML file in it, as kubectl).
+fn check_path(
+    file: &str,
+    refusal: bool,
+    root: &Path,
+    cluster: &Cluster,
+    problems: &mut Vec<String>,
+) {
+    let path = root.join(file);
+    if !path.is_dir() {
+        return check_file(file, refusal, root, cluster, problems);
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    for file in files {
+        check_file(&file, refusal, root, cluster, problems);
+    }
+}
+
+fn check_file(
+    file: &str,
+    refusal: bool,
+    root: &Path,
+    cluster: &Cluster,
+    problems: &mut Vec<String>,
+) {
     let path = root.join(file);
     let Ok(content) = std::fs::read_to_string(&path) else {
         problems.push(format!("`-f {file}`: no such file in the repository"));
@@ -233,10 +280,14 @@ fn check_file(file: &str, root: &Path, cluster: &Cluster, problems: &mut Vec<Str
         name: file.to_string(),
         content: content.clone(),
     };
-    if let Err(errors) = ConfigSet::parse(&[source]) {
-        problems.push(format!(
+    match ConfigSet::parse(&[source]) {
+        Err(errors) if !refusal => problems.push(format!(
             "`-f {file}` does not validate (the webhook would refuse it):\n{errors}"
-        ));
+        )),
+        Ok(_) if refusal => problems.push(format!(
+            "`-f {file}` is shown being refused (`|| ...`), but it validates"
+        )),
+        _ => {}
     }
     for doc in documents(&content) {
         let api_version = doc["apiVersion"].as_str().unwrap_or_default();
@@ -306,6 +357,13 @@ fn a_broken_reference_in_a_cluster_block_fails_the_check() {
         problems.iter().any(|p| p.contains("does not validate")),
         "{problems:?}"
     );
+    // A refusal the lab shows must be one.
+    let problems = check_block(
+        "kubectl apply -f labs/03-canary/destination-rule.yaml || echo rejected",
+        &root,
+        &cluster,
+    );
+    assert!(problems[0].contains("but it validates"), "{problems:?}");
     // A kind and version no CRD serves (here: no VirtualService CRD at all).
     let problems = check_block(
         "kubectl apply -f labs/03-canary/all-v1.yaml",
