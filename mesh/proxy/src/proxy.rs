@@ -437,7 +437,9 @@ impl ProxyHandle {
     }
 
     /// Compile and swap in `snapshot`, as if the control plane had pushed it:
-    /// `Ok` is an ACK; `Err` a NACK, and the previous snapshot stays in use.
+    /// `Ok` is an ACK; `Err` a NACK. A NACKed snapshot is applied in part if
+    /// it can be (`PartlyApplied`: each rejected virtual host keeps its last
+    /// good version); otherwise the previous snapshot stays in use.
     pub fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), CompileError> {
         self.shared.apply(snapshot)
     }

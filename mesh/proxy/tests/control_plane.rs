@@ -147,10 +147,13 @@ async fn the_proxy_announces_watches_acks_nacks_and_leaves() {
     assert_eq!((acks[0].version, acks[0].accepted), (1, true));
     assert_eq!((acks[1].version, acks[1].accepted), (2, false));
     assert!(acks[1].error.as_deref().unwrap().contains("nope"));
+    // Version 2 is NACKed but applied in part: its one virtual host is
+    // rejected, so the last good version of that host stays in use.
+    let current = proxy.current_snapshot().unwrap();
+    assert_eq!(current.version, 2);
     assert_eq!(
-        proxy.current_snapshot().unwrap().version,
-        1,
-        "the good one stays"
+        current.virtual_hosts[0].routes[0].destinations[0].cluster, "other",
+        "the rejected host keeps its last good route"
     );
 
     eventually("a ready announce", Duration::from_secs(10), async || {
@@ -302,8 +305,9 @@ async fn a_snapshot_with_an_invalid_header_is_rejected_and_the_last_good_one_ser
     let client = client_via(proxy.outbound_addr().unwrap());
 
     // A header name with a space (set, add or remove) and a value no HTTP
-    // header can carry (a control character, BEL): each makes the whole
-    // snapshot fail to compile.
+    // header can carry (a control character, BEL): each makes the proxy
+    // reject the virtual host that carries it (the rest of the snapshot is
+    // applied, and the host keeps its last good version).
     let bad_ops: [(&str, BreakOps); 4] = [
         ("x bad", |ops| {
             ops.set.insert("x bad".into(), "v".into());
@@ -325,17 +329,24 @@ async fn a_snapshot_with_an_invalid_header_is_rejected_and_the_last_good_one_ser
             .apply_snapshot(bad)
             .expect_err(&format!("a snapshot with header {header:?} is rejected"));
         assert!(
-            matches!(&error, mesh_proxy::CompileError::BadHeader { route, header: h }
-                if route == "default" && h == header),
+            matches!(&error, mesh_proxy::CompileError::PartlyApplied { .. }),
             "{error:?}"
         );
         let text = error.to_string();
         assert!(
-            text.contains("\"default\"") && text.contains("is not a valid HTTP header"),
+            text.contains(&format!(
+                "route \"default\": {header:?} is not a valid HTTP header"
+            )),
             "the error names the route and says what is wrong: {text}"
         );
-        // Nothing of the bad snapshot is in use.
-        assert_eq!(proxy.current_snapshot().unwrap().version, 1);
+        // Nothing of the bad rule is in use: the host is version 1's.
+        let current = proxy.current_snapshot().unwrap();
+        assert_eq!(current.version, version);
+        assert!(
+            current.virtual_hosts[0].routes[0]
+                .request_headers
+                .is_empty()
+        );
         let reply = get(&client, "http://other:8080/").await;
         assert_eq!((reply.status, reply.body.as_str()), (200, "other-1"));
     }

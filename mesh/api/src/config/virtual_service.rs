@@ -937,8 +937,8 @@ fn decode_header_ops(d: &mut Decoder, path: &Path, value: &Value) -> Option<Head
             }
         }
     };
-    let check_values = |d: &mut Decoder, p: &Path, values: Vec<&String>| {
-        for value in values {
+    let check_values = |d: &mut Decoder, p: &Path, values: &BTreeMap<String, String>| {
+        for (name, value) in values {
             if value.contains(['\r', '\n', '\0']) {
                 d.error(
                     p,
@@ -950,8 +950,8 @@ fn decode_header_ops(d: &mut Decoder, path: &Path, value: &Value) -> Option<Head
                 d.error(
                     p,
                     format!(
-                        "header value {value:?} holds a control character (only tab is \
-                         allowed); remove it or percent-encode it"
+                        "the value of header `{name}`, {value:?}, holds a control character \
+                         (only tab is allowed); remove it or percent-encode it"
                     ),
                 );
             }
@@ -960,12 +960,12 @@ fn decode_header_ops(d: &mut Decoder, path: &Path, value: &Value) -> Option<Head
     if let Some((p, v)) = object.get("set") {
         ops.set = d.string_map(&p, v).unwrap_or_default();
         check_names(d, &p, ops.set.keys().collect());
-        check_values(d, &p, ops.set.values().collect());
+        check_values(d, &p, &ops.set);
     }
     if let Some((p, v)) = object.get("add") {
         ops.add = d.string_map(&p, v).unwrap_or_default();
         check_names(d, &p, ops.add.keys().collect());
-        check_values(d, &p, ops.add.values().collect());
+        check_values(d, &p, &ops.add);
     }
     if let Some((p, v)) = object.get("remove") {
         ops.remove = d.string_list(&p, v).unwrap_or_default();
