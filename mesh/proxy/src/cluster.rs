@@ -103,6 +103,8 @@ pub struct EndpointState {
     pub in_flight: AtomicUsize,
     pub outlier: OutlierState,
     pub pool: ConnPool,
+    /// The shared HTTP/2 connection, for requests that arrived as HTTP/2.
+    pub h2: crate::h2::H2Conn,
 }
 
 /// Where per-cluster and per-endpoint state lives between snapshots.

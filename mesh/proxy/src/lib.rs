@@ -28,6 +28,7 @@
 //! | load balancing | `balance.rs` |
 //! | outlier detection | `outlier.rs` |
 //! | connection pool, circuit breaker | `pool.rs` |
+//! | HTTP/2 to the next hop (gRPC), one shared connection per endpoint | `h2.rs` |
 //! | inbound: to the local app | `inbound.rs` |
 //! | WebSocket: routed, then spliced as a byte tunnel | `upgrade.rs` |
 //! | telemetry of one request: span, source headers, metrics, on body end | `telemetry.rs` |
@@ -92,6 +93,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod fault;
+pub mod h2;
 pub mod inbound;
 pub mod listener;
 pub mod log;

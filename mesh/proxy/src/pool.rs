@@ -105,6 +105,19 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
             limit: "too many requests in flight (connectionPool.http.http2MaxRequests)",
         })?;
 
+    // HTTP/2 in, HTTP/2 out, over the endpoint's shared connection
+    // (`h2.rs`); the request slot is held until the response body ends.
+    if req.version() == http::Version::HTTP_2 {
+        let (parts, incoming) = crate::h2::send(endpoint, req).await?.into_parts();
+        let body = PooledBody {
+            inner: incoming,
+            conn: None,
+            endpoint: endpoint.state.clone(),
+            max_uses: None,
+            _request_slot: request_slot,
+        };
+        return Ok(Rsp::from_parts(parts, body.boxed()));
+    }
     let mut upstream = to_upstream(req);
     loop {
         let (mut conn, reused) = checkout(cluster, endpoint).await?;
@@ -260,17 +273,7 @@ async fn checkout(cluster: &ClusterRt, endpoint: &EndpointRt) -> Result<(Conn, b
 /// Open a connection and run its task; the task gives the connection's slot
 /// back when the connection ends, whoever ends it.
 async fn connect(address: &str, endpoint: Arc<EndpointState>) -> std::io::Result<Sender> {
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {CONNECT_TIMEOUT:?}"),
-            ));
-        }
-    };
-    // Small requests and responses: do not wait to fill a packet.
-    tcp.set_nodelay(true)?;
+    let tcp = connect_tcp(address).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(std::io::Error::other)?;
@@ -283,6 +286,23 @@ async fn connect(address: &str, endpoint: Arc<EndpointState>) -> std::io::Result
         endpoint.pool.notify.notify_waiters();
     });
     Ok(sender)
+}
+
+/// A TCP connection to `address`, within [`CONNECT_TIMEOUT`] (HTTP/1.1
+/// here, HTTP/2 in `h2.rs`).
+pub(crate) async fn connect_tcp(address: &str) -> std::io::Result<TcpStream> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            ));
+        }
+    };
+    // Small requests and responses: do not wait to fill a packet.
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// Add one to `counter` unless it has reached `max`.
