@@ -107,7 +107,7 @@ impl Shared {
         let (durable, _) = watch::channel(version);
         Ok(Shared {
             model: Mutex::new(Model {
-                workloads: Arc::new(registry.workloads()),
+                workloads: served_workloads(settings.kubernetes.is_some(), None, &registry),
                 discovered: None,
                 registry,
                 config: Arc::new(loaded.config.config),
@@ -145,10 +145,11 @@ impl Shared {
     /// the watchers, and have the writer persist it.
     pub fn registry_changed(&self, model: &mut Model) {
         model.version += 1;
-        model.workloads = match &model.discovered {
-            Some(discovered) => discovered.clone(),
-            None => Arc::new(model.registry.workloads()),
-        };
+        model.workloads = served_workloads(
+            self.settings.kubernetes.is_some(),
+            model.discovered.as_ref(),
+            &model.registry,
+        );
         self.registry_dirty.notify_one();
         self.publish(model.version);
     }
@@ -303,4 +304,50 @@ impl Shared {
 /// Check a few times per lease: an expiry is noticed at most one tick late.
 fn tick_for(lease: Duration) -> Duration {
     (lease / 8).clamp(Duration::from_millis(5), Duration::from_millis(100))
+}
+
+/// The workloads snapshots are compiled from. Locally the announces are the
+/// registry. With the Kubernetes source endpoints come only from
+/// EndpointSlices (`discovered`), never from announcements, which any pod
+/// able to reach the API could send (issue 15 item 10): before the first
+/// sync there are none, even if the registry restored announces from disk.
+/// Announces are still taken there, for ACKs and admin addresses.
+fn served_workloads(
+    kubernetes: bool,
+    discovered: Option<&Arc<Vec<Workload>>>,
+    registry: &Registry,
+) -> Arc<Vec<Workload>> {
+    match discovered {
+        Some(discovered) => discovered.clone(),
+        None if kubernetes => Arc::new(Vec::new()),
+        None => Arc::new(registry.workloads()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::xds::ProxyAnnounce;
+
+    #[test]
+    fn on_kubernetes_an_announce_never_becomes_an_endpoint() {
+        let mut registry = Registry::new(Duration::from_secs(5), Duration::from_secs(60));
+        registry.announce(
+            ProxyAnnounce {
+                instance: "rogue-1".into(),
+                service: "reviews".into(),
+                address: "10.0.0.66:15006".into(),
+                ready: true,
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        // Locally the announce is the endpoint.
+        assert_eq!(served_workloads(false, None, &registry).len(), 1);
+        // On Kubernetes, before and after the first EndpointSlice sync,
+        // only what the EndpointSlices say is served.
+        assert!(served_workloads(true, None, &registry).is_empty());
+        let sliced = Arc::new(Vec::new());
+        assert!(served_workloads(true, Some(&sliced), &registry).is_empty());
+    }
 }
