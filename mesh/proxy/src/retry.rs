@@ -10,9 +10,12 @@
 //!   failure, reset or per-try timeout), `gateway-error` (502/503/504 and the
 //!   same local failures), `connect-failure`, `reset`, `refused-stream` (an
 //!   HTTP/2 condition that HTTP/1.1 never produces), and
-//!   `retriable-status-codes` (the listed statuses). `unavailable`,
-//!   `cancelled` and the other gRPC conditions are accepted and never match
-//!   plain HTTP;
+//!   `retriable-status-codes` (the listed statuses), and Istio's gRPC
+//!   conditions `cancelled`, `deadline-exceeded`, `internal`,
+//!   `resource-exhausted`, `unavailable`: a gRPC answer whose
+//!   `grpc-status` header says so (as in Envoy, only a trailers-only
+//!   answer is looked at: a status in trailers comes after the body has
+//!   gone to the client, too late to try again);
 //! - waits a fully jittered exponential backoff before the next attempt:
 //!   random in `[0, 25ms * 2^(n-1)]`, capped at 250 ms, Envoy's defaults.
 //!
@@ -61,7 +64,16 @@ pub struct RetryPolicyRt {
     pub on_connect_failure: bool,
     pub on_reset: bool,
     pub on_status: Vec<u16>,
+    /// gRPC status codes (`grpc-status`) worth another attempt.
+    pub on_grpc: Vec<u16>,
 }
+
+/// gRPC's status codes that Envoy's `retry_on` can name.
+const GRPC_CANCELLED: u16 = 1;
+const GRPC_DEADLINE_EXCEEDED: u16 = 4;
+const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
+const GRPC_INTERNAL: u16 = 13;
+const GRPC_UNAVAILABLE: u16 = 14;
 
 impl RetryPolicyRt {
     pub fn compile(route: &str, policy: &RetryPolicy) -> Result<RetryPolicyRt, CompileError> {
@@ -77,9 +89,13 @@ impl RetryPolicyRt {
                 "connect-failure" => rt.on_connect_failure = true,
                 "reset" => rt.on_reset = true,
                 "retriable-status-codes" => rt.on_status = policy.retriable_status_codes.clone(),
-                // HTTP/2 and gRPC conditions: valid, never met by HTTP/1.1.
-                "refused-stream" | "unavailable" | "cancelled" | "deadline-exceeded"
-                | "resource-exhausted" | "internal" | "retriable-4xx" => {}
+                "cancelled" => rt.on_grpc.push(GRPC_CANCELLED),
+                "deadline-exceeded" => rt.on_grpc.push(GRPC_DEADLINE_EXCEEDED),
+                "resource-exhausted" => rt.on_grpc.push(GRPC_RESOURCE_EXHAUSTED),
+                "internal" => rt.on_grpc.push(GRPC_INTERNAL),
+                "unavailable" => rt.on_grpc.push(GRPC_UNAVAILABLE),
+                // Valid in Istio; not produced by micromesh's upstreams.
+                "refused-stream" | "retriable-4xx" => {}
                 other => {
                     return Err(CompileError::BadRetryOn {
                         route: route.to_string(),
@@ -99,6 +115,12 @@ impl RetryPolicyRt {
                 (self.on_5xx && (500..=599).contains(&status))
                     || (self.on_gateway_error && matches!(status, 502..=504))
                     || self.on_status.contains(&status)
+                    || (!self.on_grpc.is_empty()
+                        && rsp
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+                            .is_some_and(|code| self.on_grpc.contains(&code)))
             }
             Err(ProxyError::ConnectFailure { .. }) => {
                 self.on_connect_failure || self.on_5xx || self.on_gateway_error || self.on_reset
@@ -338,6 +360,56 @@ mod tests {
         assert!(start.elapsed() <= Duration::from_millis(100) + BACKOFF_BASE);
         send.send_response(response(200));
         assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+
+    fn grpc_answer(code: &str) -> Rsp {
+        let mut rsp = response(200);
+        rsp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_str(code).unwrap());
+        rsp
+    }
+
+    #[test]
+    fn grpc_conditions_match_the_grpc_status_header_as_istio_names_them() {
+        let istio = policy(
+            2,
+            &[
+                "unavailable",
+                "cancelled",
+                "resource-exhausted",
+                "deadline-exceeded",
+            ],
+            &[],
+        );
+        for code in ["14", "1", "8", "4"] {
+            assert!(
+                istio.is_retriable(&Ok(grpc_answer(code))),
+                "grpc-status {code}"
+            );
+        }
+        // OK, NOT_FOUND, INTERNAL (not listed): the answer stands.
+        for code in ["0", "5", "13"] {
+            assert!(
+                !istio.is_retriable(&Ok(grpc_answer(code))),
+                "grpc-status {code}"
+            );
+        }
+        // Plain 5xx conditions do not read gRPC statuses.
+        assert!(!policy(2, &["5xx"], &[]).is_retriable(&Ok(grpc_answer("14"))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_grpc_call_is_tried_again() {
+        let (inner, mut handle) = mock();
+        let retry = Retry::new(inner, policy(1, &["unavailable"], &[]), Rng::seeded(1));
+        let call = tokio::spawn(retry.oneshot(request("/demo.Greeter/Hello")));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(grpc_answer("14"));
+        let (second, send) = handle.next_request().await.unwrap();
+        assert_eq!(second.headers()[ATTEMPT_COUNT], "2");
+        send.send_response(grpc_answer("0"));
+        let rsp = call.await.unwrap().unwrap();
+        assert_eq!(rsp.headers()["grpc-status"], "0");
     }
 
     #[test]
