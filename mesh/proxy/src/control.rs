@@ -10,8 +10,10 @@
 //! - **watch**: `GET /v1/proxies/{instance}/snapshot?version=N&waitMs=15000`,
 //!   a long poll: 200 with a snapshot when the control plane's version differs
 //!   from N, 304 when the wait ends. Each snapshot is compiled; a good one is
-//!   swapped in and ACKed, a bad one NACKed with the reason while the last
-//!   good one stays in use (xDS does exactly this).
+//!   swapped in and ACKed, a bad one NACKed with the reason; of a bad one
+//!   the proxy still applies what passes (endpoints above all) and keeps the
+//!   last good version of each rejected virtual host, as Envoy NACKs one
+//!   resource type and applies the others (`Shared::apply` in proxy.rs).
 //!
 //! When the control plane is away, both loops retry with capped exponential
 //! backoff and log at the first failure and then each time the failure count

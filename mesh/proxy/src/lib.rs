@@ -58,7 +58,7 @@
 //! let admin = proxy.admin_addr();
 //!
 //! // Without a control plane, feed snapshots directly: Ok is an ACK,
-//! // Err a NACK (and the previous snapshot stays in use).
+//! // Err a NACK (each rejected virtual host keeps its last good version).
 //! proxy.apply_snapshot(snapshot)?;
 //! let in_use = proxy.current_snapshot();     // Option<Arc<Snapshot>>
 //!
