@@ -10,6 +10,11 @@
 //! spread gRPC calls that Kubernetes' per-connection balancing pins to one
 //! pod.
 //!
+//! The protocol follows the caller, as Istio's sidecars do for a port whose
+//! protocol is detected (Envoy's `USE_DOWNSTREAM_PROTOCOL`): an app that
+//! calls with HTTP/2 must be calling a service that speaks HTTP/2 (every
+//! gRPC server does); HTTP/1.1 callers are unaffected.
+//!
 //! Trailers (`grpc-status`) and streaming bodies pass as HTTP/2 frames.
 //! HTTP/1.1 requests stay HTTP/1.1 between sidecars (`pool.rs`): carrying
 //! them over HTTP/2 as Linkerd and Istio do is a later step, not measured
