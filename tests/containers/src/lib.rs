@@ -10,6 +10,8 @@
 //! - `tests/pods.rs` runs the Guestbook as pods of containers ([`pods`]):
 //!   images built offline ([`images`]), started through testcontainers on a
 //!   Docker network, driven through the gateway and the control plane's API.
+//! - `tests/kind_pods.rs` runs the kind overlay's rendered pod specs as
+//!   containers ([`kubelet`]): what a cluster would run, without a cluster.
 //!
 //! The rest is what those tests need: a small Dockerfile reader
 //! ([`dockerfile`]), `.dockerignore` rules ([`ignore`]), the workspace as
@@ -21,6 +23,7 @@ pub mod dockerfile;
 pub mod engine;
 pub mod ignore;
 pub mod images;
+pub mod kubelet;
 pub mod pods;
 pub mod runner;
 pub mod workspace;
