@@ -7,7 +7,9 @@
 #   ./scripts/conformance.sh ../shared
 #
 # 1. Every YAML file micromesh accepts (labs, the test fixtures, the talk's
-#    files) validates against Istio's own schema for its kind and version.
+#    files) validates against Istio's own schema for its kind and version;
+#    so do the Istio resources the k8s/ overlays render, and every kind our
+#    generated CRDs serve is one Istio serves.
 # 2. Every talk file micromesh rejects is rejected with an explanation (what
 #    to write instead, or what is not implemented), never a bare error.
 # 3. The talk's Guestbook rules do in local mode what they ask: applied to a
@@ -58,6 +60,46 @@ for file in labs/*/*.yaml mesh/api/tests/fixtures/*.yaml "$talk"/*.yaml "$talk"/
 done
 echo "micromesh accepts ${#accepted[@]} files; checking them against Istio's CRD schemas"
 python3 scripts/istio-schema-check.py --crds "$crds" "${accepted[@]}" || fail "accepted files that Istio's schema rejects (above)"
+
+echo "--- 1b: the cluster path: Istio resources in the rendered overlays, and the kinds our CRDs serve"
+# Every *.istio.io document the kind and minikube overlays render is checked
+# against Istio's schema like the files above (none today: the gateway's
+# default route needs no Gateway resource; this keeps a future one honest),
+# and every group/version/kind that k8s/crds serves must be one Istio serves,
+# so `kubectl apply` of a lab's YAML means the same on Istio.
+for overlay in kind minikube; do
+    rendered="$(mktemp)"
+    kubectl kustomize "k8s/overlays/$overlay" >"$rendered" || fail "k8s/overlays/$overlay does not render"
+    python3 - "$rendered" "$crds" <<'PY' || fail "k8s/overlays/$overlay: Istio resources or CRDs that Istio's own schema does not serve (above)"
+import subprocess, sys, tempfile, yaml
+rendered, crds = sys.argv[1], sys.argv[2]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+istio = [d for d in docs if str(d.get("apiVersion", "")).split("/")[0].endswith("istio.io")]
+served = set()
+for crd in yaml.safe_load_all(open(crds)):
+    if crd and crd.get("kind") == "CustomResourceDefinition":
+        spec = crd["spec"]
+        for v in spec["versions"]:
+            served.add((spec["group"], v["name"], spec["names"]["kind"]))
+bad = 0
+for d in docs:
+    if d.get("kind") != "CustomResourceDefinition":
+        continue
+    spec = d["spec"]
+    for v in spec["versions"]:
+        key = (spec["group"], v["name"], spec["names"]["kind"])
+        if key not in served:
+            print(f"our CRD serves {key}, which Istio's CRDs do not")
+            bad += 1
+print(f"{rendered}: {len(istio)} Istio resources, CRDs checked against Istio's")
+if istio:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(istio, f)
+    bad += subprocess.call([sys.executable, "scripts/istio-schema-check.py", "--crds", crds, f.name])
+sys.exit(1 if bad else 0)
+PY
+    rm -f "$rendered"
+done
 
 echo "--- 3: the talk's rules in local mode"
 work=$(mktemp -d)
