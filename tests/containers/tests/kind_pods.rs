@@ -200,6 +200,29 @@ async fn the_kind_overlay_runs_the_guestbook() {
     .await;
     assert!(first.contains("Hello"), "the greeting:\n{first}");
 
+    // Ready pods are not yet endpoints everywhere: a sidecar announces its
+    // instance once its app is ready, and guestbook-service's sidecar learns
+    // of sentiment-service's with its next snapshot (on a cluster the same
+    // gap is EndpointSlice propagation). Sign only once that snapshot holds
+    // the sentiment pod's inbound address, as `meshctl get endpoints` would
+    // show; before it, the call answers 503 UH and the message is stored
+    // `unknown`, which is the mesh behaving, not the wiring under test.
+    let sentiment = cluster.pods_of("sentiment-service")[0].clone();
+    let store = cluster.pods_of("guestbook-service")[0].clone();
+    let dump = format!("http://{}:15000/config_dump", store.ip);
+    let inbound = format!("{}:15006", sentiment.ip);
+    eventually(
+        "sentiment-service's endpoint in guestbook-service's sidecar snapshot",
+        || {
+            let (http, dump, inbound) = (http.clone(), dump.clone(), inbound.clone());
+            async move {
+                let body = http.get(&dump).send().await.ok()?.text().await.ok()?;
+                body.contains(&inbound).then_some(())
+            }
+        },
+    )
+    .await;
+
     // Sign it: ui -> guestbook-service -> sentiment-service, then stored.
     let signed = http
         .post(format!("http://{gateway}/greet"))
