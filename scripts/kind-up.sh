@@ -26,10 +26,9 @@ MIN_KIND=0.21.0
 MIN_KUBECTL=1.27.0
 MIN_DOCKER=20.10.0
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'kind-up.sh: %s\n' "$*" >&2; exit 1; }
-# version_ge A B: whether version A >= version B (dotted numbers).
-version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+SCRIPT=kind-up.sh
+# shellcheck source-path=SCRIPTDIR source=cluster-common.sh
+source scripts/cluster-common.sh
 
 # === prerequisites: all checked first, all reported at once ===
 problems=()
@@ -51,23 +50,11 @@ else
         problems+=("kind ${kind_version:-(unknown version)} is too old: native sidecars need Kubernetes 1.29, which kind $MIN_KIND+ runs; install a newer kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)")
     fi
 fi
-if ! command -v kubectl >/dev/null 2>&1; then
-    problems+=("kubectl is missing: install kubectl $MIN_KUBECTL or newer (https://kubernetes.io/docs/tasks/tools/)")
-else
-    kubectl_version="$(kubectl version --client 2>/dev/null | sed -n 's/^Client Version: v\([0-9][0-9.]*\).*/\1/p')"
-    if [ -z "$kubectl_version" ] || ! version_ge "$kubectl_version" "$MIN_KUBECTL"; then
-        problems+=("kubectl ${kubectl_version:-(unknown version)} is too old: 'kubectl apply -k' needs kustomize v5, in kubectl $MIN_KUBECTL+; install a newer one (https://kubernetes.io/docs/tasks/tools/)")
-    fi
-fi
-if [ ${#problems[@]} -gt 0 ]; then
-    printf 'kind-up.sh: cannot start, %d prerequisite(s) missing:\n' "${#problems[@]}" >&2
-    printf '  - %s\n' "${problems[@]}" >&2
-    exit 1
-fi
+check_kubectl "$MIN_KUBECTL"
+report_problems
 say "docker $docker_version, kind $kind_version, kubectl $kubectl_version"
 
-VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
-[ -n "$VERSION" ] || die "no version in Cargo.toml's [workspace.package]; run this from a micromesh checkout"
+workspace_version
 started=$SECONDS
 
 # === the cluster ===
@@ -82,46 +69,14 @@ else
         || die "kind could not create the cluster (output above); is port 8080 free? ('scripts/down.sh kind' removes a half-made one)"
 fi
 
-# === the images ===
-if [ -n "${SKIP_BUILD:-}" ]; then
-    say "SKIP_BUILD set: using the micromesh/*:$VERSION images already built"
-else
-    say "building the images, tag $VERSION (scripts/build-images.sh; the first build takes minutes)"
-    TAG="$VERSION" scripts/build-images.sh
-fi
-for name in "${IMAGES[@]}"; do
-    ref="micromesh/$name:$VERSION"
-    docker image inspect "$ref" >/dev/null 2>&1 \
-        || die "image $ref is missing: run 'TAG=$VERSION scripts/build-images.sh' (or this script without SKIP_BUILD)"
-    say "loading $ref into the cluster"
-    kind load docker-image --name "$CLUSTER" "$ref" >/dev/null
-done
-
-# === the manifests ===
-say "kubectl apply -k $OVERLAY"
-kubectl --context "$CONTEXT" apply -k "$OVERLAY"
-
-# === wait for every Deployment, one progress line each ===
-deployments=()
-for ns in mesh-system guestbook; do
-    for d in $(kubectl --context "$CONTEXT" -n "$ns" get deployments -o name); do
-        deployments+=("$ns/${d#*/}")
-    done
-done
-i=0
-for entry in "${deployments[@]}"; do
-    i=$((i + 1))
-    ns="${entry%%/*}"
-    name="${entry#*/}"
-    t0=$SECONDS
-    printf '==> [%d/%d] %-40s ' "$i" "${#deployments[@]}" "$entry"
-    if kubectl --context "$CONTEXT" -n "$ns" rollout status "deployment/$name" --timeout=300s >/dev/null; then
-        printf 'ready (%ds)\n' $((SECONDS - t0))
-    else
-        printf 'NOT READY\n'
-        die "$entry did not become ready in 5 minutes; look at 'kubectl --context $CONTEXT -n $ns describe deployment $name' and 'kubectl --context $CONTEXT -n $ns logs deployment/$name --all-containers'"
-    fi
-done
+# === the images, the manifests, every Deployment ready ===
+# shellcheck disable=SC2317 # called through build_and_load
+load_into_kind() {
+    say "loading $1 into the cluster"
+    kind load docker-image --name "$CLUSTER" "$1" >/dev/null
+}
+build_and_load load_into_kind
+apply_and_wait
 
 # === the page ===
 say "checking $URL"

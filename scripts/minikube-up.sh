@@ -20,9 +20,9 @@ IMAGES=(mesh-control mesh-proxy guestbook-ui guestbook-service helloworld-servic
 MIN_MINIKUBE=1.33.0
 MIN_KUBECTL=1.27.0
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'minikube-up.sh: %s\n' "$*" >&2; exit 1; }
-version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+SCRIPT=minikube-up.sh
+# shellcheck source-path=SCRIPTDIR source=cluster-common.sh
+source scripts/cluster-common.sh
 
 # === prerequisites: all checked first, all reported at once ===
 problems=()
@@ -40,23 +40,11 @@ else
         problems+=("minikube ${minikube_version:-(unknown version)} is too old: native sidecars need Kubernetes 1.29+; install minikube $MIN_MINIKUBE or newer (https://minikube.sigs.k8s.io/docs/start/)")
     fi
 fi
-if ! command -v kubectl >/dev/null 2>&1; then
-    problems+=("kubectl is missing: install kubectl $MIN_KUBECTL or newer (https://kubernetes.io/docs/tasks/tools/)")
-else
-    kubectl_version="$(kubectl version --client 2>/dev/null | sed -n 's/^Client Version: v\([0-9][0-9.]*\).*/\1/p')"
-    if [ -z "$kubectl_version" ] || ! version_ge "$kubectl_version" "$MIN_KUBECTL"; then
-        problems+=("kubectl ${kubectl_version:-(unknown version)} is too old: 'kubectl apply -k' needs kustomize v5, in kubectl $MIN_KUBECTL+; install a newer one (https://kubernetes.io/docs/tasks/tools/)")
-    fi
-fi
-if [ ${#problems[@]} -gt 0 ]; then
-    printf 'minikube-up.sh: cannot start, %d prerequisite(s) missing:\n' "${#problems[@]}" >&2
-    printf '  - %s\n' "${problems[@]}" >&2
-    exit 1
-fi
+check_kubectl "$MIN_KUBECTL"
+report_problems
 say "minikube $minikube_version, kubectl $kubectl_version"
 
-VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
-[ -n "$VERSION" ] || die "no version in Cargo.toml's [workspace.package]; run this from a micromesh checkout"
+workspace_version
 started=$SECONDS
 
 # === the cluster ===
@@ -68,46 +56,14 @@ else
         || die "minikube could not start (output above); 'scripts/down.sh minikube' removes a half-made profile"
 fi
 
-# === the images ===
-if [ -n "${SKIP_BUILD:-}" ]; then
-    say "SKIP_BUILD set: using the micromesh/*:$VERSION images already built"
-else
-    say "building the images, tag $VERSION (scripts/build-images.sh; the first build takes minutes)"
-    TAG="$VERSION" scripts/build-images.sh
-fi
-for name in "${IMAGES[@]}"; do
-    ref="micromesh/$name:$VERSION"
-    docker image inspect "$ref" >/dev/null 2>&1 \
-        || die "image $ref is missing: run 'TAG=$VERSION scripts/build-images.sh' (or this script without SKIP_BUILD)"
-    say "loading $ref into minikube"
-    minikube -p "$PROFILE" image load "$ref"
-done
-
-# === the manifests ===
-say "kubectl apply -k $OVERLAY"
-kubectl --context "$CONTEXT" apply -k "$OVERLAY"
-
-# === wait for every Deployment, one progress line each ===
-deployments=()
-for ns in mesh-system guestbook; do
-    for d in $(kubectl --context "$CONTEXT" -n "$ns" get deployments -o name); do
-        deployments+=("$ns/${d#*/}")
-    done
-done
-i=0
-for entry in "${deployments[@]}"; do
-    i=$((i + 1))
-    ns="${entry%%/*}"
-    name="${entry#*/}"
-    t0=$SECONDS
-    printf '==> [%d/%d] %-40s ' "$i" "${#deployments[@]}" "$entry"
-    if kubectl --context "$CONTEXT" -n "$ns" rollout status "deployment/$name" --timeout=300s >/dev/null; then
-        printf 'ready (%ds)\n' $((SECONDS - t0))
-    else
-        printf 'NOT READY\n'
-        die "$entry did not become ready in 5 minutes; look at 'kubectl --context $CONTEXT -n $ns describe deployment $name' and 'kubectl --context $CONTEXT -n $ns logs deployment/$name --all-containers'"
-    fi
-done
+# === the images, the manifests, every Deployment ready ===
+# shellcheck disable=SC2317 # called through build_and_load
+load_into_minikube() {
+    say "loading $1 into minikube"
+    minikube -p "$PROFILE" image load "$1"
+}
+build_and_load load_into_minikube
+apply_and_wait
 
 # === the page: node IP and the gateway's node port ===
 node_port="$(kubectl --context "$CONTEXT" -n mesh-system get service ingressgateway -o jsonpath='{.spec.ports[0].nodePort}')"
