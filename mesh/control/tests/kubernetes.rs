@@ -154,7 +154,7 @@ impl Mesh {
 
     /// Wait until the probe's snapshot satisfies `check`; on timeout, fail
     /// with the last snapshot.
-    async fn eventually(&self, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    async fn wait_until(&self, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let snapshot = self.snapshot().await;
@@ -217,7 +217,7 @@ async fn endpoints_follow_scaling_readiness_and_deletion() {
     let mesh = Mesh::start(api.clone()).await;
 
     // Listed at start: both ready pods, on their sidecar's inbound port.
-    mesh.eventually("two endpoints", |s| {
+    mesh.wait_until("two endpoints", |s| {
         endpoints(s, "helloworld-service")
             == Some(vec![
                 "hw-v1-a@10.0.0.1:15006".into(),
@@ -236,7 +236,7 @@ async fn endpoints_follow_scaling_readiness_and_deletion() {
             ("hw-v2-a", "10.0.0.2", true, false),
         ],
     ));
-    mesh.eventually("scaled to three", |s| {
+    mesh.wait_until("scaled to three", |s| {
         endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 3)
     })
     .await;
@@ -251,7 +251,7 @@ async fn endpoints_follow_scaling_readiness_and_deletion() {
             ("hw-v2-a", "10.0.0.2", false, true),
         ],
     ));
-    mesh.eventually("only the ready pod", |s| {
+    mesh.wait_until("only the ready pod", |s| {
         endpoints(s, "helloworld-service") == Some(vec!["hw-v1-a@10.0.0.1:15006".into()])
     })
     .await;
@@ -259,7 +259,7 @@ async fn endpoints_follow_scaling_readiness_and_deletion() {
     // kubectl delete service helloworld-service (and its slices go too).
     api.delete("EndpointSlice", "helloworld-service-x1");
     api.delete("Service", "helloworld-service");
-    mesh.eventually("the service is gone", |s| {
+    mesh.wait_until("the service is gone", |s| {
         endpoints(s, "helloworld-service").is_none()
     })
     .await;
@@ -282,7 +282,7 @@ async fn pod_labels_make_subsets_and_virtual_services_route_them() {
     // kubectl apply -f destination-rule.yaml: one cluster per subset,
     // selected by the pods' `version` label.
     api.apply(istio("DestinationRule", "helloworld-service", subsets()));
-    mesh.eventually("subset clusters", |s| {
+    mesh.wait_until("subset clusters", |s| {
         endpoints(s, "helloworld-service|v1") == Some(vec!["hw-v1-a@10.0.0.1:15006".into()])
             && endpoints(s, "helloworld-service|v2") == Some(vec!["hw-v2-a@10.0.0.2:15006".into()])
     })
@@ -290,7 +290,7 @@ async fn pod_labels_make_subsets_and_virtual_services_route_them() {
 
     // kubectl apply -f canary.yaml (80/20), then edit it to 50/50.
     api.apply(istio("VirtualService", "helloworld-service", canary(80)));
-    mesh.eventually("80/20", |s| {
+    mesh.wait_until("80/20", |s| {
         weights(s, "helloworld-service")
             == [
                 ("helloworld-service|v1".to_string(), 80),
@@ -299,7 +299,7 @@ async fn pod_labels_make_subsets_and_virtual_services_route_them() {
     })
     .await;
     api.apply(istio("VirtualService", "helloworld-service", canary(50)));
-    mesh.eventually("50/50", |s| {
+    mesh.wait_until("50/50", |s| {
         weights(s, "helloworld-service")
             == [
                 ("helloworld-service|v1".to_string(), 50),
@@ -310,7 +310,7 @@ async fn pod_labels_make_subsets_and_virtual_services_route_them() {
 
     // kubectl delete vs helloworld-service: back to the default route.
     api.delete("VirtualService", "helloworld-service");
-    mesh.eventually("default route", |s| {
+    mesh.wait_until("default route", |s| {
         weights(s, "helloworld-service") == [("helloworld-service".to_string(), 100)]
     })
     .await;
@@ -354,7 +354,7 @@ async fn an_invalid_resource_gets_an_event_and_a_status_and_the_last_good_config
     api.apply(istio("VirtualService", "helloworld-service", canary(80)));
     let mesh = Mesh::start(api.clone()).await;
     let good = mesh
-        .eventually("80/20", |s| weights(s, "helloworld-service").len() == 2)
+        .wait_until("80/20", |s| weights(s, "helloworld-service").len() == 2)
         .await;
 
     // The talk's YAML: `percent`, which Istio replaced with `weight`. (With
@@ -426,7 +426,7 @@ async fn a_watch_answering_410_gone_relists_without_losing_an_update() {
     let api = FakeApi::default();
     helloworld(&api);
     let mesh = Mesh::start(api.clone()).await;
-    mesh.eventually("two endpoints", |s| {
+    mesh.wait_until("two endpoints", |s| {
         endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 2)
     })
     .await;
@@ -446,7 +446,7 @@ async fn a_watch_answering_410_gone_relists_without_losing_an_update() {
     ));
     // (The fake's watches answer only events after their resourceVersion;
     // compacting hides the two updates from every watch opened before.)
-    mesh.eventually("the update seen through the relist", |s| {
+    mesh.wait_until("the update seen through the relist", |s| {
         endpoints(s, "helloworld-service")
             .is_some_and(|e| e.contains(&"hw-v2-b@10.0.0.4:15006".to_string()))
     })
@@ -464,7 +464,7 @@ async fn an_api_server_away_leaves_the_last_snapshot_then_resyncs() {
     helloworld(&api);
     let mesh = Mesh::start(api.clone()).await;
     let before = mesh
-        .eventually("two endpoints", |s| {
+        .wait_until("two endpoints", |s| {
             endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 2)
         })
         .await;
@@ -491,7 +491,7 @@ async fn an_api_server_away_leaves_the_last_snapshot_then_resyncs() {
         "helloworld-service",
         &[("hw-v2-a", "10.0.0.2", true, false)],
     ));
-    mesh.eventually("resynced after the outage", |s| {
+    mesh.wait_until("resynced after the outage", |s| {
         endpoints(s, "helloworld-service") == Some(vec!["hw-v2-a@10.0.0.2:15006".into()])
     })
     .await;
@@ -643,7 +643,7 @@ async fn the_rendered_role_allows_every_call_the_control_plane_makes_and_nothing
     api.apply(istio("VirtualService", "helloworld-service", canary(80)));
     webhook_configurations(&api);
     let mesh = Mesh::start_with(api.clone(), true).await;
-    mesh.eventually("80/20", |s| weights(s, "helloworld-service").len() == 2)
+    mesh.wait_until("80/20", |s| weights(s, "helloworld-service").len() == 2)
         .await;
     ca_bundles_published(&mesh).await;
     for weight in [60, 40] {
@@ -883,7 +883,7 @@ async fn a_restarted_control_plane_never_reuses_a_version_a_proxy_may_hold() {
     helloworld(&api);
     let first = Mesh::start(api.clone()).await;
     let first_version = first
-        .eventually("two endpoints", |s| {
+        .wait_until("two endpoints", |s| {
             endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 2)
         })
         .await
@@ -894,7 +894,7 @@ async fn a_restarted_control_plane_never_reuses_a_version_a_proxy_may_hold() {
     // A new pod: a fresh state directory, the same cluster.
     let second = Mesh::start(api.clone()).await;
     let rebuilt = second
-        .eventually("rebuilt from the API alone", |s| {
+        .wait_until("rebuilt from the API alone", |s| {
             endpoints(s, "helloworld-service").is_some_and(|e| e.len() == 2)
         })
         .await;
@@ -934,7 +934,7 @@ async fn analysis_findings_appear_in_status_as_istio_shows_them() {
     assert_eq!(finding["level"], "ERROR", "{written:#}");
     assert_eq!(finding["type"]["name"], "ReferencedResourceNotFound");
     assert_eq!(finding["field"], "spec.http[0].route[1].destination.subset");
-    mesh.eventually("the accepted route serves", |s| {
+    mesh.wait_until("the accepted route serves", |s| {
         weights(s, "helloworld-service")
             .iter()
             .any(|(cluster, _)| cluster == "helloworld-service|v3")
@@ -976,7 +976,7 @@ async fn every_kubernetes_name_of_a_service_reaches_it_from_a_sidecar() {
     // Before any rule: the default virtual host answers to the service's
     // names in the served namespace (`guestbook`), not in `default`.
     let before = mesh
-        .eventually("helloworld-service discovered", |s| {
+        .wait_until("helloworld-service discovered", |s| {
             s.virtual_hosts
                 .iter()
                 .any(|v| v.name == "helloworld-service")
@@ -1014,7 +1014,7 @@ async fn every_kubernetes_name_of_a_service_reaches_it_from_a_sidecar() {
                     "weight": 20}]}]}),
     ));
     let snapshot = mesh
-        .eventually("the canary by its Kubernetes names", |s| {
+        .wait_until("the canary by its Kubernetes names", |s| {
             weights(s, "helloworld-service")
                 == [
                     ("helloworld-service|v1".to_string(), 80),

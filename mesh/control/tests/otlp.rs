@@ -335,7 +335,7 @@ async fn helloworld_services_own_span_joins_the_trace_its_sidecar_started() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
 
-    let greet = support::eventually("helloworld-service's span to arrive", || async {
+    let greet = support::retry_until_ok("helloworld-service's span to arrive", || async {
         let spans = trace(&control).await;
         spans
             .into_iter()

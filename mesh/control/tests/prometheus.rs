@@ -92,7 +92,10 @@ async fn helloworld(version: &'static str) -> SocketAddr {
     addr
 }
 
-async fn eventually<T, F, Fut>(what: &str, seconds: u64, mut check: F) -> T
+/// Retry `check` until it returns `Ok`, for at most `seconds`: it retries
+/// errors, so it waits for Prometheus and its scrapes, never for a query's
+/// verdict.
+async fn retry_until_ok<T, F, Fut>(what: &str, seconds: u64, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -178,7 +181,7 @@ impl Prometheus {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         let log = dir.join("prometheus.log");
-        eventually("prometheus to be ready", 30, || async {
+        retry_until_ok("prometheus to be ready", 30, || async {
             let ready = prometheus
                 .http
                 .get(format!("{}/-/ready", prometheus.url))
@@ -329,7 +332,7 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
     let ui = mesh
         .sidecar("guestbook-ui", "v1", "127.0.0.1:9".parse().unwrap())
         .await;
-    eventually(
+    retry_until_ok(
         "guestbook-ui's sidecar to see both versions",
         15,
         || async {
@@ -392,7 +395,7 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
 
     // A config change while Prometheus watches: istiod's dashboard shows
     // the pushes it causes and how long the proxies took to get it.
-    eventually("the first scrape of the control plane", 30, || async {
+    retry_until_ok("the first scrape of the control plane", 30, || async {
         match prometheus.data("pilot_xds_pushes").await.is_empty() {
             true => Err("not scraped yet".to_string()),
             false => Ok(()),
@@ -505,7 +508,7 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
     ];
     for (what, query) in queries {
         let promql = grafana(query, &vars);
-        let data = eventually(what, 30, || async {
+        let data = retry_until_ok(what, 30, || async {
             let data = prometheus.data(&promql).await;
             if data.is_empty() {
                 Err(format!("no data for {promql}"))

@@ -17,7 +17,7 @@ use mesh_control::graph::StatRow;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::{Control, FakeAdmin, calls, eventually, hanging_admin, series, span};
+use support::{Control, FakeAdmin, calls, hanging_admin, retry_until_ok, series, span};
 
 // === the collector ===
 
@@ -208,7 +208,7 @@ async fn a_trace_split_by_an_app_that_did_not_forward_headers_is_reported_broken
         ]))
         .await;
     // The verdict waits until the traces settle (2 s without a new span).
-    let broken: Vec<Value> = eventually("both traces to be reported broken", || async {
+    let broken: Vec<Value> = retry_until_ok("both traces to be reported broken", || async {
         let list = control.get("/api/v1/traces?broken=true").await;
         let list = list.as_array().unwrap().clone();
         if list.len() == 2 {
@@ -388,7 +388,7 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
         .concat()
     });
 
-    let graph = eventually(
+    let graph = retry_until_ok(
         "the graph to show all three edges with their rates",
         || async {
             let graph = control

@@ -44,7 +44,7 @@ async fn the_binary_runs_without_its_control_plane_and_stops_on_sigterm() {
 
     let client = direct_client();
     let url = format!("http://{admin}/ready");
-    eventually(
+    wait_until(
         "the admin port answers",
         Duration::from_secs(10),
         async || client.get(&url).send().await.is_ok(),
@@ -131,7 +131,7 @@ async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
     // Ready at once: the snapshot came from the file.
     let client = direct_client();
     let ready_url = format!("http://{admin}/ready");
-    eventually(
+    wait_until(
         "the proxy is ready",
         Duration::from_secs(10),
         async || matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200),
@@ -144,7 +144,7 @@ async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "hw-1");
     let stats_url = format!("http://{admin}/stats/prometheus");
-    eventually(
+    wait_until(
         "the request is counted",
         Duration::from_secs(10),
         async || {
@@ -213,7 +213,7 @@ async fn access_log_of_one_request(encoding: &str) -> (String, String) {
         .unwrap();
     let client = direct_client();
     let ready_url = format!("http://{admin}/ready");
-    eventually(
+    wait_until(
         "the proxy is ready",
         Duration::from_secs(10),
         async || matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200),

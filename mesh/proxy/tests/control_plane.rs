@@ -139,7 +139,7 @@ async fn the_proxy_announces_watches_acks_nacks_and_leaves() {
 
     let proxy = Proxy::start(config_for(control, app.addr)).await.unwrap();
 
-    eventually("an ACK and a NACK", Duration::from_secs(10), async || {
+    wait_until("an ACK and a NACK", Duration::from_secs(10), async || {
         fake.acks.lock().unwrap().len() >= 2
     })
     .await;
@@ -156,7 +156,7 @@ async fn the_proxy_announces_watches_acks_nacks_and_leaves() {
         "the rejected host keeps its last good route"
     );
 
-    eventually("a ready announce", Duration::from_secs(10), async || {
+    wait_until("a ready announce", Duration::from_secs(10), async || {
         fake.announces.lock().unwrap().iter().any(|a| a.ready)
     })
     .await;
@@ -223,7 +223,7 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
         .push_back(snapshot(5, vec![service("other", vec![before.endpoint()])]));
     let listener = tokio::net::TcpListener::bind(control).await.unwrap();
     let server = start_fake(fake.clone(), listener).await;
-    eventually("the first snapshot", Duration::from_secs(10), async || {
+    wait_until("the first snapshot", Duration::from_secs(10), async || {
         proxy.current_snapshot().is_some()
     })
     .await;
@@ -271,7 +271,7 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
         .push_back(snapshot(6, vec![service("other", vec![after.endpoint()])]));
     let listener = tokio::net::TcpListener::bind(control).await.unwrap();
     let _server = start_fake(fake.clone(), listener).await;
-    eventually(
+    wait_until(
         "the proxy to resync to version 6",
         BACKOFF_MAX + Duration::from_secs(5),
         async || proxy.current_snapshot().is_some_and(|s| s.version == 6),

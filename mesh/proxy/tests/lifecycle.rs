@@ -30,7 +30,7 @@ async fn shutdown_waits_for_the_request_in_flight_and_refuses_new_ones() {
     let client = client_via(outbound);
 
     let in_flight = tokio::spawn(async move { get(&client, "http://hw:8080/").await });
-    eventually(
+    wait_until(
         "the request to reach the app",
         Duration::from_secs(10),
         async || upstream.hits() == 1,
@@ -90,7 +90,7 @@ async fn start_binary(
         .unwrap();
     let client = direct_client();
     let ready = format!("http://{admin}/ready");
-    eventually(
+    wait_until(
         "the binary is ready",
         Duration::from_secs(10),
         async || matches!(client.get(&ready).send().await, Ok(r) if r.status() == 200),
@@ -151,7 +151,7 @@ async fn one_event_loop_serves_concurrent_requests_and_drains_on_sigterm() {
     // SIGTERM with a request in flight: it is answered, then the binary exits 0.
     let before = upstream.hits();
     let in_flight = tokio::spawn(async move { get(&client, "http://hw:8080/").await });
-    eventually(
+    wait_until(
         "the request to reach the app",
         Duration::from_secs(10),
         async || upstream.hits() == before + 1,

@@ -63,7 +63,7 @@ async fn a_proxy_without_its_app_passes_the_startup_probe_but_not_readiness() {
 
     // Now the app starts on its port: readiness follows.
     let app = tokio::net::TcpListener::bind(app_addr).await.unwrap();
-    eventually(
+    wait_until(
         "/ready to pass once the app listens",
         Duration::from_secs(5),
         async || get(&client, &ready).await.status == 200,

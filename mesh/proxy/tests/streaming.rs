@@ -211,7 +211,7 @@ impl ProxyProcess {
         let child = command.spawn().unwrap();
         let client = direct_client();
         let ready = format!("http://{admin}/ready");
-        eventually(
+        wait_until(
             "the proxy is ready",
             Duration::from_secs(20),
             async || matches!(client.get(&ready).send().await, Ok(r) if r.status() == 200),
@@ -500,7 +500,7 @@ async fn a_client_that_hangs_up_mid_upload_ends_the_request_to_the_app() {
         tcp.write_all(&chunk).await.unwrap();
         sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
-    eventually(
+    wait_until(
         "the app is reading the body",
         Duration::from_secs(10),
         async || app.hits.load(Ordering::SeqCst) == 1,
@@ -510,7 +510,7 @@ async fn a_client_that_hangs_up_mid_upload_ends_the_request_to_the_app() {
 
     // The app's request body breaks off: nothing upstream waits for bytes
     // that will never come.
-    eventually(
+    wait_until(
         "the app sees the body end early",
         Duration::from_secs(10),
         async || !app.received().is_empty(),

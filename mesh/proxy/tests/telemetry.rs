@@ -65,7 +65,7 @@ impl Collector {
                 .filter(|s| s["tags"]["guid:x-request-id"] == id)
                 .collect()
         };
-        eventually(&format!("{n} spans of request {id}"), WAIT, async || {
+        wait_until(&format!("{n} spans of request {id}"), WAIT, async || {
             of_request().len() >= n
         })
         .await;
@@ -795,7 +795,7 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
             1,
         ),
     ];
-    eventually("the source counts", WAIT, async || {
+    wait_until("the source counts", WAIT, async || {
         let page = stats(&ui).await;
         expected.iter().all(|(labels, n)| {
             let labels: Vec<_> = source.iter().chain(labels.iter()).copied().collect();
@@ -827,7 +827,7 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
         ("connection_security_policy", "none"),
         ("request_protocol", "http"),
     ];
-    eventually("the destination counts", WAIT, async || {
+    wait_until("the destination counts", WAIT, async || {
         let v1_page = stats(&v1).await;
         let v2_page = stats(&v2).await;
         let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
@@ -941,7 +941,7 @@ async fn a_collector_that_refuses_spans_costs_nothing_but_a_count() {
     for _ in 0..3 {
         assert_eq!(get(&via, "http://hw:8080/").await.status, 200);
     }
-    eventually("the refused spans are counted", WAIT, async || {
+    wait_until("the refused spans are counted", WAIT, async || {
         stats(&proxy)
             .await
             .contains("micromesh_spans_failed_total 3")
@@ -1036,7 +1036,7 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
         ("response_code", "0"),
         ("response_flags", "DC"),
     ];
-    eventually("the abort and the hang-up are counted", WAIT, async || {
+    wait_until("the abort and the hang-up are counted", WAIT, async || {
         let page = stats(&ui).await;
         count(&page, &aborted) == 1 && count(&page, &hung_up) == 1
     })

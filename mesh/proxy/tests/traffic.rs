@@ -358,7 +358,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
     );
     assert_eq!(bad.hits(), 2, "the ejected endpoint got no request");
     // After its ejection time it gets traffic again.
-    eventually(
+    wait_until(
         "the ejected endpoint returns",
         Duration::from_secs(5),
         async || {
@@ -481,7 +481,7 @@ async fn a_mirror_gets_a_shadow_copy() {
     )
     .await;
     assert_eq!(reply.body, "v1", "the caller sees the primary's answer");
-    eventually(
+    wait_until(
         "the shadow copy arrives",
         Duration::from_secs(5),
         async || shadow.hits() == 1,

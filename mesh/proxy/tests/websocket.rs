@@ -152,7 +152,7 @@ async fn a_websocket_echoes_through_gateway_and_two_sidecars_and_outlives_a_rule
             .filter(|l| l.contains(" tunnel "))
             .collect::<Vec<_>>()
     };
-    eventually(
+    wait_until(
         "every proxy logged its closed tunnel",
         std::time::Duration::from_secs(10),
         async || tunnels().len() >= 3,

@@ -87,7 +87,7 @@ async fn page(http: &reqwest::Client, url: &str) -> Option<String> {
     r.text().await.ok()
 }
 
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+async fn wait_until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     mut probe: impl FnMut() -> F,
 ) -> T {
@@ -186,7 +186,7 @@ async fn the_kind_overlay_runs_the_guestbook() {
         .build()
         .unwrap();
     let url = format!("http://{gateway}/");
-    let first = eventually(
+    let first = wait_until(
         "the Guestbook page with a greeting, through the gateway",
         || {
             let (http, url) = (http.clone(), url.clone());
@@ -211,7 +211,7 @@ async fn the_kind_overlay_runs_the_guestbook() {
     let store = cluster.pods_of("guestbook-service")[0].clone();
     let dump = format!("http://{}:15000/config_dump", store.ip);
     let inbound = format!("{}:15006", sentiment.ip);
-    eventually(
+    wait_until(
         "sentiment-service's endpoint in guestbook-service's sidecar snapshot",
         || {
             let (http, dump, inbound) = (http.clone(), dump.clone(), inbound.clone());
@@ -232,7 +232,7 @@ async fn the_kind_overlay_runs_the_guestbook() {
         .await
         .expect("the gateway answers a post");
     assert_eq!(signed.status(), 303, "signing redirects back to the page");
-    let with_message = eventually("the message with its sentiment", || {
+    let with_message = wait_until("the message with its sentiment", || {
         let (http, url) = (http.clone(), url.clone());
         async move {
             page(&http, &url)

@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 
 use k8s_tests::repo_root;
 
-const SCRIPTS: [&str; 4] = ["kind-up.sh", "minikube-up.sh", "down.sh", "cluster-common.sh"];
+const SCRIPTS: [&str; 4] = [
+    "kind-up.sh",
+    "minikube-up.sh",
+    "down.sh",
+    "cluster-common.sh",
+];
 
 /// System tools the scripts use before (and while) checking prerequisites.
 const SYSTEM_TOOLS: [&str; 9] = [

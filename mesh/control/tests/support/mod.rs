@@ -124,8 +124,11 @@ impl Control {
     }
 }
 
-/// Poll until `check` returns Some, or fail saying what was awaited.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// Retry `check` until it returns `Ok`, or fail after 10 s saying what was
+/// awaited and the last error. It retries errors (the shape of
+/// `mesh_testkit::retry_until_ok`, with `String` errors): use it to wait for
+/// data to arrive, never for the property a test asserts.
+pub async fn retry_until_ok<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,

@@ -263,7 +263,7 @@ impl Logs {
 /// away: a test that sends requests checks each one itself. (The same
 /// semantics as `mesh_testkit::wait_until`, in the closure style these
 /// tests use; `mesh_testkit::retry_until_ok` is the one that retries errors.)
-pub async fn eventually(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub async fn wait_until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
     let end = tokio::time::Instant::now() + deadline;
     loop {
         if check().await {
