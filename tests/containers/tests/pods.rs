@@ -304,7 +304,7 @@ async fn canary_control_plane_outage_and_a_lost_instance() {
     // 503 by v1's sidecar and retried (Istio's default policy) onto v2, but
     // not every time: with four clients, runs here lose a few pages (four
     // in each of the last runs) around the kill and the removal (an open
-    // finding in issue 19.s note).
+    // finding in issue 19's note).
     // The test holds what is guaranteed today and prints the losses so the
     // number stays in sight: the load ran through the kill, every request
     // before it greeted, and once the instance is gone every request
