@@ -20,8 +20,9 @@
 //! them over HTTP/2 as Linkerd and Istio do is a later step, not measured
 //! yet.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -30,18 +31,20 @@ use crate::body::{Req, ReqBody};
 use crate::cluster::EndpointRt;
 use crate::error::ProxyError;
 
-/// The one HTTP/2 connection to an endpoint, if open.
+/// The one HTTP/2 connection to an endpoint, if open. Every request to the
+/// endpoint reads it, so it sits behind an atomic pointer (as the snapshot
+/// does), not a lock: the request path takes none.
 #[derive(Debug, Default)]
-pub struct H2Conn(Mutex<Option<SendRequest<ReqBody>>>);
+pub struct H2Conn(ArcSwapOption<SendRequest<ReqBody>>);
 
 impl H2Conn {
     fn get(&self) -> Option<SendRequest<ReqBody>> {
-        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        let current = self.0.load();
+        current.as_deref().filter(|s| !s.is_closed()).cloned()
     }
 
     fn set(&self, sender: SendRequest<ReqBody>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        self.0.store(Some(Arc::new(sender)));
     }
 }
 
