@@ -360,15 +360,28 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
         load.contains("guestbook-ui v1, Hello, helloworld-service v1"),
         "which versions answered:\n{load}"
     );
-    // Stop the background load, and give its last pages time to finish.
+    // Stop the background load and wait until its last pages are counted:
+    // the count no longer moves between two scrapes.
     drop(background);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = |page: &str| istio_requests(page, "helloworld-service");
+    let admin = admin_address(&meshctl(&["get", "proxies", "-o", "json"]), "guestbook-ui");
+    let settle_by = std::time::Instant::now() + Duration::from_secs(10);
+    let mut before = calls(&scrape(&http, &admin).await);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = calls(&scrape(&http, &admin).await);
+        if now == before {
+            break;
+        }
+        before = now;
+        assert!(
+            std::time::Instant::now() < settle_by,
+            "guestbook-ui's call count kept moving 10 s after the background load stopped"
+        );
+    }
 
     // Each page asks helloworld-service for one greeting: 20 pages are
     // exactly 20 more calls counted by guestbook-ui's sidecar.
-    let calls = |page: &str| istio_requests(page, "helloworld-service");
-    let admin = admin_address(&meshctl(&["get", "proxies", "-o", "json"]), "guestbook-ui");
-    let before = calls(&scrape(&http, &admin).await);
     let load = meshctl(&["load", &guestbook, "--rps", "10", "--duration", "2s"]);
     assert!(load.contains("20 requests"), "{load}");
     let after = calls(&scrape(&http, &admin).await);
