@@ -254,6 +254,27 @@ mod tests {
         Arc::new(RetryPolicyRt::compile("test", &spec).unwrap())
     }
 
+    #[test]
+    fn the_proxy_knows_exactly_the_conditions_the_shared_check_accepts() {
+        // `mesh_api::check::RETRY_ON` is what apply and the proxy accept;
+        // `compile` gives each its meaning. The two lists must not drift.
+        for condition in mesh_api::check::RETRY_ON {
+            let spec = RetryPolicy {
+                retry_on: vec![condition.to_string()],
+                ..RetryPolicy::default()
+            };
+            assert!(
+                RetryPolicyRt::compile("test", &spec).is_ok(),
+                "{condition} is accepted at apply but has no meaning in the proxy"
+            );
+        }
+        let unknown = RetryPolicy {
+            retry_on: vec!["on-a-whim".to_string()],
+            ..RetryPolicy::default()
+        };
+        assert!(RetryPolicyRt::compile("test", &unknown).is_err());
+    }
+
     fn logged() -> (Req, Arc<RequestLog>) {
         let mut req = request("/");
         let log = RequestLog::new();
