@@ -277,7 +277,7 @@ class Heartbeat:
 class Tools:
     """Where every program lives; a missing one is a clear error naming the fix."""
 
-    def __init__(self, bin_dir, need_mesh):
+    def __init__(self, bin_dir, need_mesh, need_control=True):
         missing = [t for t in ("wrk", "nginx", "haproxy", "taskset") if not shutil.which(t)]
         if missing:
             fail(f"missing {', '.join(missing)}: run ./scripts/bench.sh, which installs them "
@@ -289,7 +289,8 @@ class Tools:
         self.mesh_bench = bin_dir / "mesh-bench"
         self.mesh_proxy = bin_dir / "mesh-proxy"
         self.mesh_control = bin_dir / "mesh-control"
-        needed = [self.mesh_bench] + ([self.mesh_proxy, self.mesh_control] if need_mesh else [])
+        needed = [self.mesh_bench] + ([self.mesh_proxy] if need_mesh else []) \
+            + ([self.mesh_control] if need_mesh and need_control else [])
         for binary in needed:
             if not binary.exists():
                 fail(f"{binary} is not built: run ./scripts/bench.sh, which builds it")
@@ -485,6 +486,16 @@ class Bench:
         # Proxies on core 1; this script, the load generators and the upstream on core 0.
         self.proxy_core = 1 if self.cores >= 2 else None
         self.load_core = 0 if self.cores >= 2 else None
+        # Under --callgrind: the command every measured proxy runs inside
+        # (valgrind ...), and where the mesh-proxy sends its spans (a sink in
+        # this script, so nothing but the proxy's own work is counted).
+        self.wrap = []
+        self.span_sink_port = None
+        self.start_timeout = 30
+
+    def measured(self, argv):
+        """The argv of a measured proxy: as is, or inside valgrind under --callgrind."""
+        return self.wrap + argv
 
     # --- the upstream, shared by every case ---
 
@@ -514,7 +525,7 @@ class Bench:
         running = starters[name]()
         try:
             wait_until(f"waiting for case {name} to answer 200 on 127.0.0.1:{running.port}",
-                       lambda: http_get(running.port)[0] == 200, 30,
+                       lambda: http_get(running.port)[0] == 200, self.start_timeout,
                        running.proxies + running.helpers)
         except RuntimeError as e:
             status, body = http_get(running.port)
@@ -530,7 +541,7 @@ class Bench:
         port = free_port()
         conf = Path(self.workdir) / "nginx-proxy.conf"
         conf.write_text(nginx_proxy_conf(self.workdir, port, self.upstream_port))
-        proc = Proc("nginx", [self.tools.nginx, "-p", self.workdir, "-c", str(conf)],
+        proc = Proc("nginx", self.measured([self.tools.nginx, "-p", self.workdir, "-c", str(conf)]),
                     self.workdir, core=self.proxy_core)
         return Running(port, [proc])
 
@@ -539,7 +550,7 @@ class Bench:
         conf = Path(self.workdir) / "haproxy.cfg"
         conf.write_text(haproxy_conf(port, self.upstream_port))
         # -db: stay in the foreground, no master process.
-        proc = Proc("haproxy", [self.tools.haproxy, "-db", "-f", str(conf)],
+        proc = Proc("haproxy", self.measured([self.tools.haproxy, "-db", "-f", str(conf)]),
                     self.workdir, core=self.proxy_core)
         return Running(port, [proc])
 
@@ -547,8 +558,8 @@ class Bench:
         port = free_port()
         conf = Path(self.workdir) / "envoy.json"
         conf.write_text(json.dumps(envoy_conf(port, self.upstream_port, free_port()), indent=1))
-        proc = Proc("envoy", [self.tools.envoy, "-c", str(conf), "--concurrency", "1",
-                              "--disable-hot-restart", "-l", "warning"],
+        proc = Proc("envoy", self.measured([self.tools.envoy, "-c", str(conf), "--concurrency", "1",
+                                            "--disable-hot-restart", "-l", "warning"]),
                     self.workdir, core=self.proxy_core)
         return Running(port, [proc])
 
@@ -604,11 +615,13 @@ class Bench:
         helpers, proxies, heartbeat = [], [], None
         static = hops == 1 and proxy_supports_snapshot_file()
         control_port = None
-        if not static or telemetry == "on":
+        if not static or (telemetry == "on" and not self.span_sink_port):
             control, control_port = self.start_control()
             helpers.append(control)
         client_env = self.mesh_env("bench-client", "bench-client-1", control_port, telemetry,
                                    self.upstream_port)
+        if static and self.span_sink_port:
+            client_env["MESH_ZIPKIN_URL"] = f"http://127.0.0.1:{self.span_sink_port}/api/v2/spans"
         if static:
             snapshot = Path(self.workdir) / "snapshot.json"
             snapshot.write_text(subprocess.run(
@@ -625,9 +638,9 @@ class Bench:
         else:
             server_env = self.mesh_env("upstream", "upstream-1", control_port, telemetry,
                                        self.upstream_port)
-            proxies.append(Proc("mesh-proxy-server", [str(self.tools.mesh_proxy)], self.workdir,
+            proxies.append(Proc("mesh-proxy-server", self.measured([str(self.tools.mesh_proxy)]), self.workdir,
                                 core=self.proxy_core, env=server_env))
-        proxies.insert(0, Proc("mesh-proxy-client", [str(self.tools.mesh_proxy)], self.workdir,
+        proxies.insert(0, Proc("mesh-proxy-client", self.measured([str(self.tools.mesh_proxy)]), self.workdir,
                                core=self.proxy_core, env=client_env))
         return Running(int(client_env["MESH_OUTBOUND_ADDR"].rsplit(":", 1)[1]), proxies,
                        helpers, heartbeat)
@@ -755,6 +768,177 @@ class Bench:
             return json.loads(out.stdout)
         finally:
             proc.stop()
+
+
+# === --callgrind: instructions per request ===
+#
+# Wall-clock CPU per request moves with everything else the machine does (a
+# build on the other core, the VM's neighbours); the number of instructions a
+# proxy executes per request does not. Under callgrind (valgrind's
+# instruction counter: user space only, every thread and child process) each
+# proxy serves `short` and then `long` serial GETs on one keep-alive
+# connection, from start to exit. Both runs pay the same start-up, first
+# connection and shutdown, so the difference of the totals divided by the
+# difference of the request counts is what one more request costs.
+
+CALLGRIND_CASES = ["micromesh", "micromesh+telemetry", "nginx", "envoy"]
+
+
+def callgrind_total(path):
+    """The Ir total of one callgrind output file (its `totals:` or `summary:` line)."""
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if line.startswith(("totals:", "summary:")):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                return int(fields[1])
+    raise RuntimeError(f"{path}: no `totals:` or `summary:` line; is it a callgrind output file?")
+
+
+def instructions_per_request(short, long):
+    """(requests, instructions) of a short and a long run -> instructions per request.
+
+    Start-up and shutdown are in both runs and cancel out.
+    """
+    (n1, ir1), (n2, ir2) = short, long
+    if n2 <= n1:
+        raise ValueError(f"the long run ({n2} requests) must serve more than the short one ({n1})")
+    if ir2 < ir1:
+        raise ValueError(f"the long run counted fewer instructions ({ir2}) than the short one ({ir1}): "
+                         "a proxy did not exit cleanly, or its output was cut short")
+    return (ir2 - ir1) / (n2 - n1)
+
+
+class SpanSink:
+    """A Zipkin endpoint that accepts and drops spans (202), in this process.
+
+    mesh-proxy with telemetry on sends its spans somewhere; under callgrind
+    that is here, rather than mesh-control, whose metric scrapes would add
+    per-second (not per-request) work to the proxy's count.
+    """
+
+    def __init__(self):
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serial_gets(port, count, timeout=60.0):
+    """`count` GETs one after the other on one keep-alive connection; fails on any non-200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        for i in range(count):
+            conn.request("GET", "/", headers={"Host": UPSTREAM_HOST})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"request {i + 1} of {count} on 127.0.0.1:{port} answered "
+                                   f"{response.status}")
+    finally:
+        conn.close()
+
+
+def stop_for_callgrind(proc, timeout=120):
+    """SIGTERM, then wait for the proxy to exit by itself: callgrind writes its
+    counts only at a clean exit, which is slow under the instrumentation."""
+    if proc.popen.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.stop()
+            raise RuntimeError(f"{proc.name} did not exit {timeout} s after SIGTERM under callgrind; "
+                               f"its log:\n{proc.log_tail()}")
+    proc.stop()
+
+
+def callgrind_run(bench, case, requests):
+    """One process lifetime of `case` under callgrind serving `requests` GETs: its Ir total."""
+    out_dir = Path(tempfile.mkdtemp(dir=bench.workdir, prefix=f"callgrind-{case}-{requests}-"))
+    bench.wrap = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+                  f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
+    try:
+        running = bench.start_case(case)
+    finally:
+        bench.wrap = []
+    try:
+        serial_gets(running.port, requests)
+        for proc in running.proxies:
+            stop_for_callgrind(proc)
+    finally:
+        running.stop()
+    files = sorted(out_dir.glob("callgrind.out.*"))
+    if not files:
+        raise RuntimeError(f"callgrind wrote nothing for {case} in {out_dir}; logs in {bench.workdir}")
+    # nginx's master and worker, Envoy's and mesh-proxy's threads: all of them.
+    return sum(callgrind_total(f) for f in files)
+
+
+def run_callgrind(args, tools, workdir, out):
+    """--callgrind: instructions per request for each case, printed as a table."""
+    if not shutil.which("valgrind"):
+        fail("--callgrind needs valgrind (apt-get install valgrind)")
+    cases = [c for c in args.cases if c != "direct"]
+    unsupported = [c for c in cases if c not in CALLGRIND_CASES]
+    if unsupported:
+        fail(f"--callgrind measures {', '.join(CALLGRIND_CASES)}; not {', '.join(unsupported)}")
+    short, long = args.callgrind_requests
+    bench = Bench(args, tools, workdir)
+    bench.start_timeout = 300  # Envoy takes a minute to start under valgrind
+    sink = SpanSink()
+    bench.span_sink_port = sink.port
+    upstream = bench.start_upstream()
+    results = {}
+    try:
+        for case in cases:
+            t = time.monotonic()
+            ir_short = callgrind_run(bench, case, short)
+            ir_long = callgrind_run(bench, case, long)
+            per_request = instructions_per_request((short, ir_short), (long, ir_long))
+            results[case] = {"short": [short, ir_short], "long": [long, ir_long],
+                             "per_request": per_request}
+            print(f"callgrind {case:<20} {per_request / 1000:>7.1f}k instructions per request "
+                  f"({time.monotonic() - t:.0f} s)", flush=True)
+    finally:
+        upstream.stop()
+        sink.stop()
+    print_callgrind(results, short, long, out)
+    return results
+
+
+def print_callgrind(results, short, long, out):
+    nginx = results.get("nginx", {}).get("per_request")
+    print(f"\n## User-space instructions per request under callgrind ({long} - {short} serial "
+          "keep-alive GETs, one hop, nginx upstream)\n", file=out)
+    rows = []
+    for case, r in results.items():
+        ratio = f"{r['per_request'] / nginx:.2f}x" if nginx else "-"
+        rows.append([case, f"{r['per_request'] / 1000:.1f}k", ratio])
+    print_markdown(["case", "instructions per request", "vs nginx"], rows, out)
+    if nginx:
+        for case, limit in (("micromesh", 1.0), ("micromesh+telemetry", 1.5)):
+            if case in results:
+                value = results[case]["per_request"] / nginx
+                verdict = "met" if value <= limit else f"missed by {100 * (value / limit - 1):.0f}%"
+                print(f"target {case} <= {limit:g}x nginx: {value:.2f}x, {verdict}", file=out)
 
 
 def stop_perf(perf, requests):
@@ -1093,7 +1277,7 @@ def parse_args(argv):
                    help="where mesh-proxy, mesh-control and mesh-bench are (default: "
                         "$CARGO_TARGET_DIR or target/, then the profile's folder); scripts/bench.sh "
                         "passes the static build it makes, the binaries the images ship")
-    p.add_argument("--cases", default=",".join(ALL_CASES),
+    p.add_argument("--cases", default=None,
                    help=f"comma-separated subset of {','.join(ALL_CASES)}")
     p.add_argument("--no-control-plane", action="store_true", help="skip the control-plane benchmark")
     p.add_argument("--no-priority", action="store_true",
@@ -1101,6 +1285,12 @@ def parse_args(argv):
     p.add_argument("--perf", action="store_true",
                    help="also count the proxies' context switches, page faults (and cycles and "
                         "instructions where the CPU exposes them) per request with `perf stat`")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instead of the wall-clock run: user-space instructions per request under "
+                        f"callgrind (valgrind) for {', '.join(CALLGRIND_CASES)} (or --cases), each "
+                        "serving two run lengths of serial keep-alive GETs; machine-independent")
+    p.add_argument("--callgrind-requests", default="500,2500",
+                   help="the two run lengths (requests) whose difference --callgrind divides by")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of unrecorded load before a fixed-rate run")
@@ -1122,11 +1312,19 @@ def parse_args(argv):
     # Where cargo put the binaries: CARGO_TARGET_DIR, as cargo itself reads it.
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
     args.bin_dir = Path(args.bin_dir) if args.bin_dir else target / args.profile
+    if args.cases is None:
+        args.cases = ",".join(CALLGRIND_CASES if args.callgrind else ALL_CASES)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    try:
+        args.callgrind_requests = [int(n) for n in args.callgrind_requests.split(",")]
+    except ValueError:
+        p.error(f"--callgrind-requests {args.callgrind_requests!r}: two request counts, like 500,2500")
+    if len(args.callgrind_requests) != 2 or not 0 < args.callgrind_requests[0] < args.callgrind_requests[1]:
+        p.error(f"--callgrind-requests {args.callgrind_requests}: two counts, the short run first (500,2500)")
     unknown = [c for c in args.cases if c not in ALL_CASES]
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(ALL_CASES)}")
-    if "direct" not in args.cases:
+    if "direct" not in args.cases and not args.callgrind:
         args.cases.insert(0, "direct")  # "added" latency is measured against it
     args.rates = [int(r) for r in args.rates.split(",")]
     return args
@@ -1136,14 +1334,15 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     need_mesh = not args.no_control_plane or any(c.startswith(("micromesh", "mesh-path"))
                                                  for c in args.cases)
-    tools = Tools(args.bin_dir, need_mesh)
+    # --callgrind serves the one-hop cases from a static snapshot: no mesh-control.
+    tools = Tools(args.bin_dir, need_mesh, need_control=not args.callgrind)
     load = os.getloadavg()[0]
     started = datetime.datetime.now().astimezone()
     print(f"micromesh benchmark, {started:%Y-%m-%d %H:%M %Z}, {machine()}, git {git_revision()}, "
           f"{args.profile} build ({describe_binaries(args.bin_dir)}), load average {load:.2f}")
     if (os.cpu_count() or 1) < 2:
         print("warning: one core only: proxies and load generators share it; nothing is pinned")
-    if load > 0.5 and not args.smoke:
+    if load > 0.5 and not args.smoke and not args.callgrind:
         print(f"warning: load average {load:.2f} before starting: something else is running, "
               "numbers will be noisy")
     # This script and everything it starts stay on the load generator's core,
@@ -1158,6 +1357,20 @@ def main(argv=None):
         print("running at nice -10 (--no-priority to keep the default)")
 
     workdir = tempfile.mkdtemp(prefix="mesh-bench-")
+    if args.callgrind:
+        try:
+            results = run_callgrind(args, tools, workdir, sys.stdout)
+        except RuntimeError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted; every process it started is stopped")
+        out_path = Path(args.out) if args.out else REPO / "target" / "bench" / f"callgrind-{started:%Y%m%d-%H%M%S}.json"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({
+            "started": started.isoformat(), "machine": machine(), "git": git_revision(),
+            "tools": tools.versions(), "callgrind": results}, indent=1))
+        print(f"\nraw results: {out_path}; process logs: {workdir}")
+        return
     bench = Bench(args, tools, workdir)
     rounds, control_results = [], []
     upstream = None

@@ -81,6 +81,67 @@ class Summary(unittest.TestCase):
         self.assertIn("4x Envoy's (req/s per busy core): 9000.0 req/s vs 8000.0 req/s: met", text)
 
 
+CALLGRIND_OUTPUT = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 4242
+cmd:  mesh-proxy
+events: Ir
+fl=(1) ???
+fn=(1) main
+0 12
+summary: 123456789
+totals: 123456789
+"""
+
+
+class Callgrind(unittest.TestCase):
+    def test_start_up_cancels_between_two_run_lengths(self):
+        # A proxy that costs 5M instructions to start and stop and 40,000
+        # per request: 500 requests -> 25M, 2,500 -> 105M.
+        start, per = 5_000_000, 40_000
+        short = (500, start + 500 * per)
+        long = (2500, start + 2500 * per)
+        self.assertEqual(bench.instructions_per_request(short, long), 40_000)
+
+    def test_run_lengths_that_cannot_give_an_answer_are_refused(self):
+        with self.assertRaises(ValueError) as e:
+            bench.instructions_per_request((2500, 10), (500, 20))
+        self.assertIn("must serve more", str(e.exception))
+        with self.assertRaises(ValueError) as e:
+            bench.instructions_per_request((500, 20), (2500, 10))
+        self.assertIn("did not exit cleanly", str(e.exception))
+
+    def test_the_total_is_read_from_the_output_file(self):
+        import tempfile
+        with tempfile.NamedTemporaryFile("w", suffix=".out", delete=False) as f:
+            f.write(CALLGRIND_OUTPUT)
+        self.addCleanup(os.unlink, f.name)
+        self.assertEqual(bench.callgrind_total(f.name), 123456789)
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write("events: Ir\n")
+        self.addCleanup(os.unlink, f.name)
+        with self.assertRaises(RuntimeError):
+            bench.callgrind_total(f.name)
+
+    def test_the_table_says_how_far_each_target_is(self):
+        results = {name: {"per_request": value} for name, value in
+                   [("micromesh", 24_000.0), ("micromesh+telemetry", 27_000.0), ("nginx", 20_000.0)]}
+        out = io.StringIO()
+        bench.print_callgrind(results, 500, 2500, out)
+        text = out.getvalue()
+        self.assertIn("| micromesh           | 24.0k                    | 1.20x    |", text)
+        self.assertIn("target micromesh <= 1x nginx: 1.20x, missed by 20%", text)
+        self.assertIn("target micromesh+telemetry <= 1.5x nginx: 1.35x, met", text)
+
+    def test_callgrind_measures_its_own_cases_by_default(self):
+        args = bench.parse_args(["--callgrind"])
+        self.assertEqual(args.cases, bench.CALLGRIND_CASES)
+        self.assertEqual(args.callgrind_requests, [500, 2500])
+        with self.assertRaises(SystemExit):
+            bench.parse_args(["--callgrind", "--callgrind-requests", "2500,500"])
+
+
 class Configs(unittest.TestCase):
     def test_every_proxy_gets_one_worker_and_upstream_keepalive(self):
         nginx = bench.nginx_proxy_conf("/tmp/w", 4000, 5000)

