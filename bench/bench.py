@@ -332,11 +332,16 @@ class Tools:
 # === configs of the proxies under test ===
 
 
-def nginx_conf(workdir, body):
-    """Shared nginx settings: one worker, no access log, temp files in workdir."""
+def nginx_conf(workdir, body, single_process=False):
+    """Shared nginx settings: one worker, no access log, temp files in workdir.
+
+    `single_process`: the worker's loop runs in the master process itself (no
+    fork), so callgrind, which follows one process, counts the requests.
+    """
     return f"""
 worker_processes 1;
 daemon off;
+{"master_process off;" if single_process else ""}
 pid {workdir}/nginx-{{name}}.pid;
 error_log stderr warn;
 events {{ worker_connections 4096; }}
@@ -365,7 +370,7 @@ def upstream_conf(workdir, port):
     }}""").replace("{name}", "upstream")
 
 
-def nginx_proxy_conf(workdir, port, upstream):
+def nginx_proxy_conf(workdir, port, upstream, single_process=False):
     return nginx_conf(workdir, f"""
     upstream backend {{
         server 127.0.0.1:{upstream};
@@ -381,7 +386,7 @@ def nginx_proxy_conf(workdir, port, upstream):
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
         }}
-    }}""").replace("{name}", "proxy")
+    }}""", single_process).replace("{name}", "proxy")
 
 
 def haproxy_conf(port, upstream):
@@ -540,7 +545,8 @@ class Bench:
     def start_nginx(self):
         port = free_port()
         conf = Path(self.workdir) / "nginx-proxy.conf"
-        conf.write_text(nginx_proxy_conf(self.workdir, port, self.upstream_port))
+        conf.write_text(nginx_proxy_conf(self.workdir, port, self.upstream_port,
+                                         single_process=bool(self.wrap)))
         proc = Proc("nginx", self.measured([self.tools.nginx, "-p", self.workdir, "-c", str(conf)]),
                     self.workdir, core=self.proxy_core)
         return Running(port, [proc])
@@ -856,17 +862,29 @@ def serial_gets(port, count, timeout=60.0):
         conn.close()
 
 
-def stop_for_callgrind(proc, timeout=120):
+def stop_for_callgrind(proc, port, timeout=120):
     """SIGTERM, then wait for the proxy to exit by itself: callgrind writes its
-    counts only at a clean exit, which is slow under the instrumentation."""
+    counts only at a clean exit, which is slow under the instrumentation.
+
+    Valgrind runs a signal's handler only once the process returns from the
+    system call it sleeps in; an idle nginx may sleep a minute in epoll_wait.
+    A connection to its port, now and then, wakes it to see the signal.
+    """
+    deadline = time.monotonic() + timeout
     if proc.popen.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+    while proc.popen.poll() is None:
+        if time.monotonic() > deadline:
             proc.stop()
             raise RuntimeError(f"{proc.name} did not exit {timeout} s after SIGTERM under callgrind; "
                                f"its log:\n{proc.log_tail()}")
+        try:
+            proc.popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                pass
     proc.stop()
 
 
@@ -882,7 +900,7 @@ def callgrind_run(bench, case, requests):
     try:
         serial_gets(running.port, requests)
         for proc in running.proxies:
-            stop_for_callgrind(proc)
+            stop_for_callgrind(proc, running.port)
     finally:
         running.stop()
     files = sorted(out_dir.glob("callgrind.out.*"))
