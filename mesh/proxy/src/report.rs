@@ -140,7 +140,8 @@ impl Sink for ZipkinHttp {
             let rsp = self
                 .client
                 .post(&self.url)
-                .json(&batch)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(crate::trace::spans_json(&batch))
                 .send()
                 .await
                 .map_err(unreachable)?;
