@@ -361,13 +361,16 @@ http {{
 """
 
 
-def upstream_conf(workdir, port):
+def upstream_conf(workdir, port, http2=False):
+    """The upstream: `return 200`; with `http2`, cleartext HTTP/2 with prior
+    knowledge only (what a sidecar sends on when its caller spoke HTTP/2)."""
+    name = "upstream-h2" if http2 else "upstream"
     return nginx_conf(workdir, f"""
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{" http2" if http2 else ""};
         default_type text/plain;
         location / {{ return 200 "hello from upstream\\n"; }}
-    }}""").replace("{name}", "upstream")
+    }}""").replace("{name}", name)
 
 
 def nginx_proxy_conf(workdir, port, upstream, single_process=False):
@@ -487,6 +490,7 @@ class Bench:
         self.tools = tools
         self.workdir = workdir
         self.upstream_port = None
+        self.upstream_h2_port = None
         self.cores = os.cpu_count() or 1
         # Proxies on core 1; this script, the load generators and the upstream on core 0.
         self.proxy_core = 1 if self.cores >= 2 else None
@@ -504,14 +508,19 @@ class Bench:
 
     # --- the upstream, shared by every case ---
 
-    def start_upstream(self):
+    def start_upstream(self, http2=False):
         port = free_port()
-        conf = Path(self.workdir) / "upstream.conf"
-        conf.write_text(upstream_conf(self.workdir, port))
-        proc = Proc("upstream-nginx", [self.tools.nginx, "-p", self.workdir, "-c", str(conf)],
+        conf = Path(self.workdir) / ("upstream-h2.conf" if http2 else "upstream.conf")
+        conf.write_text(upstream_conf(self.workdir, port, http2))
+        proc = Proc("upstream-nginx-h2" if http2 else "upstream-nginx",
+                    [self.tools.nginx, "-p", self.workdir, "-c", str(conf)],
                     self.workdir, core=self.load_core)
-        wait_until("starting the upstream nginx", lambda: http_get(port)[0] == 200, 10, [proc])
-        self.upstream_port = port
+        check = (lambda: h2_gets(port, 1, fail=False)) if http2 else (lambda: http_get(port)[0] == 200)
+        wait_until("starting the upstream nginx", check, 10, [proc])
+        if http2:
+            self.upstream_h2_port = port
+        else:
+            self.upstream_port = port
         return proc
 
     # --- one function per case; each returns a Running ---
@@ -523,14 +532,17 @@ class Bench:
             "haproxy": self.start_haproxy,
             "envoy": self.start_envoy,
             "micromesh": lambda: self.start_micromesh(hops=1, telemetry="off"),
+            "micromesh-h2": lambda: self.start_micromesh(hops=1, telemetry="off", http2=True),
             "micromesh+telemetry": lambda: self.start_micromesh(hops=1, telemetry="on"),
             "mesh-path": lambda: self.start_micromesh(hops=2, telemetry="off"),
             "mesh-path+telemetry": lambda: self.start_micromesh(hops=2, telemetry="on"),
         }
         running = starters[name]()
+        answers = ((lambda: h2_gets(running.port, 1, fail=False)) if name in H2_CASES
+                   else (lambda: http_get(running.port)[0] == 200))
         try:
             wait_until(f"waiting for case {name} to answer 200 on 127.0.0.1:{running.port}",
-                       lambda: http_get(running.port)[0] == 200, self.start_timeout,
+                       answers, self.start_timeout,
                        running.proxies + running.helpers)
         except RuntimeError as e:
             status, body = http_get(running.port)
@@ -608,7 +620,7 @@ class Bench:
                    20, [proc])
         return proc, port
 
-    def start_micromesh(self, hops, telemetry):
+    def start_micromesh(self, hops, telemetry, http2=False):
         """One sidecar (outbound -> upstream) or the full path through two.
 
         One hop routes with a static snapshot (MESH_SNAPSHOT_FILE) when the
@@ -631,7 +643,8 @@ class Bench:
         if static:
             snapshot = Path(self.workdir) / "snapshot.json"
             snapshot.write_text(subprocess.run(
-                [str(self.tools.mesh_bench), "snapshot", "--upstream", f"127.0.0.1:{self.upstream_port}",
+                [str(self.tools.mesh_bench), "snapshot", "--upstream",
+                 f"127.0.0.1:{self.upstream_h2_port if http2 else self.upstream_port}",
                  "--instance", "bench-client-1"], check=True, capture_output=True, text=True).stdout)
             client_env["MESH_SNAPSHOT_FILE"] = str(snapshot)
         elif hops == 1:
@@ -788,6 +801,10 @@ class Bench:
 # difference of the request counts is what one more request costs.
 
 CALLGRIND_CASES = ["micromesh", "micromesh+telemetry", "nginx", "envoy"]
+# Also measurable under --callgrind, not by default: the app speaks HTTP/2
+# (prior knowledge) to the sidecar, which speaks HTTP/2 to the upstream
+# (nginx `listen ... http2`): the cost of an HTTP/2 hop next to an HTTP/1.1 one.
+H2_CASES = ["micromesh-h2"]
 
 
 def callgrind_total(path):
@@ -862,6 +879,24 @@ def serial_gets(port, count, timeout=60.0):
         conn.close()
 
 
+def h2_gets(port, count, fail=True):
+    """`count` HTTP/2 (prior knowledge, cleartext) GETs one after the other
+    on one connection (h2load, one client, one stream at a time: Python's
+    standard library speaks no HTTP/2); True when all answered 2xx, else an
+    error (or False)."""
+    if not shutil.which("h2load"):
+        raise RuntimeError("the HTTP/2 case needs h2load (apt-get install nghttp2-client)")
+    argv = ["h2load", "-n", str(count), "-c", "1", "-m", "1", "-H", f":authority: {UPSTREAM_HOST}",
+            f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    ok = out.returncode == 0 and f"status codes: {count} 2xx" in out.stdout
+    if not ok and fail:
+        lines = [line for line in out.stdout.splitlines() if "requests:" in line or "status codes:" in line]
+        raise RuntimeError(f"HTTP/2 GETs on 127.0.0.1:{port} (h2load exit {out.returncode}): "
+                           f"{' / '.join(lines) or out.stderr.strip()[:300]}")
+    return ok
+
+
 def stop_for_callgrind(proc, port, timeout=120):
     """SIGTERM, then wait for the proxy to exit by itself: callgrind writes its
     counts only at a clean exit, which is slow under the instrumentation.
@@ -898,7 +933,10 @@ def callgrind_run(bench, case, requests):
     finally:
         bench.wrap = []
     try:
-        serial_gets(running.port, requests)
+        if case in H2_CASES:
+            h2_gets(running.port, requests)
+        else:
+            serial_gets(running.port, requests)
         for proc in running.proxies:
             stop_for_callgrind(proc, running.port)
     finally:
@@ -915,15 +953,16 @@ def run_callgrind(args, tools, workdir, out):
     if not shutil.which("valgrind"):
         fail("--callgrind needs valgrind (apt-get install valgrind)")
     cases = [c for c in args.cases if c != "direct"]
-    unsupported = [c for c in cases if c not in CALLGRIND_CASES]
+    unsupported = [c for c in cases if c not in CALLGRIND_CASES + H2_CASES]
     if unsupported:
-        fail(f"--callgrind measures {', '.join(CALLGRIND_CASES)}; not {', '.join(unsupported)}")
+        fail(f"--callgrind measures {', '.join(CALLGRIND_CASES + H2_CASES)}; not {', '.join(unsupported)}")
     short, long = args.callgrind_requests
     bench = Bench(args, tools, workdir)
     bench.start_timeout = 300  # Envoy takes a minute to start under valgrind
     sink = SpanSink()
     bench.span_sink_port = sink.port
     upstream = bench.start_upstream()
+    upstream_h2 = bench.start_upstream(http2=True) if set(cases) & set(H2_CASES) else None
     results = {}
     try:
         for case in cases:
@@ -937,6 +976,8 @@ def run_callgrind(args, tools, workdir, out):
                   f"({time.monotonic() - t:.0f} s)", flush=True)
     finally:
         upstream.stop()
+        if upstream_h2:
+            upstream_h2.stop()
         sink.stop()
     print_callgrind(results, short, long, out)
     return results
@@ -1339,7 +1380,7 @@ def parse_args(argv):
         p.error(f"--callgrind-requests {args.callgrind_requests!r}: two request counts, like 500,2500")
     if len(args.callgrind_requests) != 2 or not 0 < args.callgrind_requests[0] < args.callgrind_requests[1]:
         p.error(f"--callgrind-requests {args.callgrind_requests}: two counts, the short run first (500,2500)")
-    unknown = [c for c in args.cases if c not in ALL_CASES]
+    unknown = [c for c in args.cases if c not in ALL_CASES + (H2_CASES if args.callgrind else [])]
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(ALL_CASES)}")
     if "direct" not in args.cases and not args.callgrind:

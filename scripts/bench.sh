@@ -38,7 +38,7 @@ can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 # === install step ===
 # command -> Debian package
 declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3)
-[ "$callgrind" = 1 ] && APT[valgrind]=valgrind
+[ "$callgrind" = 1 ] && APT[valgrind]=valgrind && APT[h2load]=nghttp2-client
 missing=()
 for cmd in "${!APT[@]}"; do
     # nginx lives in /usr/sbin, which a non-root PATH may lack.
