@@ -817,6 +817,28 @@ def callgrind_total(path):
     raise RuntimeError(f"{path}: no `totals:` or `summary:` line; is it a callgrind output file?")
 
 
+ALLOCATORS = {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign"}
+
+
+def callgrind_allocations(path):
+    """How many times the program called the C allocator (malloc, calloc,
+    realloc...), from the call counts in a callgrind output file; None when
+    the binary is stripped and the allocator has no name (static builds)."""
+    names, callee, total, named = {}, None, 0, False
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if line.startswith(("fn=(", "cfn=(")):
+            ref, _, name = line.split("=", 1)[1].partition(" ")
+            if name:
+                names[ref] = name
+            if line.startswith("cfn="):
+                callee = names.get(ref)
+                named = named or callee in ALLOCATORS
+        elif line.startswith("calls=") and callee in ALLOCATORS:
+            total += int(line.split("=", 1)[1].split()[0])
+            callee = None
+    return total if named else None
+
+
 def instructions_per_request(short, long):
     """(requests, instructions) of a short and a long run -> instructions per request.
 
@@ -945,7 +967,9 @@ def callgrind_run(bench, case, requests):
     if not files:
         raise RuntimeError(f"callgrind wrote nothing for {case} in {out_dir}; logs in {bench.workdir}")
     # nginx's master and worker, Envoy's and mesh-proxy's threads: all of them.
-    return sum(callgrind_total(f) for f in files)
+    allocations = [callgrind_allocations(f) for f in files]
+    return (sum(callgrind_total(f) for f in files),
+            None if None in allocations else sum(allocations))
 
 
 def run_callgrind(args, tools, workdir, out):
@@ -967,13 +991,16 @@ def run_callgrind(args, tools, workdir, out):
     try:
         for case in cases:
             t = time.monotonic()
-            ir_short = callgrind_run(bench, case, short)
-            ir_long = callgrind_run(bench, case, long)
+            ir_short, mallocs_short = callgrind_run(bench, case, short)
+            ir_long, mallocs_long = callgrind_run(bench, case, long)
             per_request = instructions_per_request((short, ir_short), (long, ir_long))
+            allocations = (None if mallocs_short is None or mallocs_long is None else
+                           instructions_per_request((short, mallocs_short), (long, mallocs_long)))
             results[case] = {"short": [short, ir_short], "long": [long, ir_long],
-                             "per_request": per_request}
-            print(f"callgrind {case:<20} {per_request / 1000:>7.1f}k instructions per request "
-                  f"({time.monotonic() - t:.0f} s)", flush=True)
+                             "per_request": per_request, "allocations_per_request": allocations}
+            allocated = "" if allocations is None else f", {allocations:.1f} allocations"
+            print(f"callgrind {case:<20} {per_request / 1000:>7.1f}k instructions per request"
+                  f"{allocated} ({time.monotonic() - t:.0f} s)", flush=True)
     finally:
         upstream.stop()
         if upstream_h2:
@@ -990,8 +1017,13 @@ def print_callgrind(results, short, long, out):
     rows = []
     for case, r in results.items():
         ratio = f"{r['per_request'] / nginx:.2f}x" if nginx else "-"
-        rows.append([case, f"{r['per_request'] / 1000:.1f}k", ratio])
-    print_markdown(["case", "instructions per request", "vs nginx"], rows, out)
+        allocations = r.get("allocations_per_request")
+        rows.append([case, f"{r['per_request'] / 1000:.1f}k", ratio,
+                     "-" if allocations is None else f"{allocations:.1f}"])
+    print_markdown(["case", "instructions per request", "vs nginx", "allocations per request"], rows, out)
+    if any(r.get("allocations_per_request") is None for r in results.values()):
+        print("(allocations: counted where the allocator has a name; a static, stripped binary "
+              "hides it: measure a release build with --bin-dir for that column)", file=out)
     if nginx:
         for case, limit in (("micromesh", 1.0), ("micromesh+telemetry", 1.5)):
             if case in results:

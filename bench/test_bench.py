@@ -124,13 +124,28 @@ class Callgrind(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             bench.callgrind_total(f.name)
 
+    def test_allocations_are_the_calls_into_the_allocator(self):
+        import tempfile
+        text = (CALLGRIND_OUTPUT + "fn=(2) handle\ncfn=(3) malloc\ncalls=7 0\n0 70\n"
+                "cfn=(4) free\ncalls=7 0\n0 30\nfn=(5) other\ncfn=(3)\ncalls=5 0\n0 50\n"
+                "cfn=(6) realloc\ncalls=2 0\n0 9\n")
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write(text)
+        self.addCleanup(os.unlink, f.name)
+        # malloc 7 + 5 (its second mention by number only), realloc 2; free is no allocation.
+        self.assertEqual(bench.callgrind_allocations(f.name), 14)
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write(CALLGRIND_OUTPUT + "fn=(2) 0x0000000000401000\ncfn=(3) 0x0000000000402000\ncalls=9 0\n")
+        self.addCleanup(os.unlink, f.name)
+        self.assertIsNone(bench.callgrind_allocations(f.name), "a stripped binary: unknown, not zero")
+
     def test_the_table_says_how_far_each_target_is(self):
         results = {name: {"per_request": value} for name, value in
                    [("micromesh", 24_000.0), ("micromesh+telemetry", 27_000.0), ("nginx", 20_000.0)]}
         out = io.StringIO()
         bench.print_callgrind(results, 500, 2500, out)
         text = out.getvalue()
-        self.assertIn("| micromesh           | 24.0k                    | 1.20x    |", text)
+        self.assertIn("| micromesh           | 24.0k                    | 1.20x    | -  ", text)
         self.assertIn("target micromesh <= 1x nginx: 1.20x, missed by 20%", text)
         self.assertIn("target micromesh+telemetry <= 1.5x nginx: 1.35x, met", text)
 
