@@ -184,11 +184,11 @@ mod tests {
         cluster: &Arc<ClusterRt>,
         log: Option<Arc<RequestLog>>,
     ) -> Result<Arc<str>, ProxyError> {
-        let upstream = tower::service_fn(|req: Req| async move {
+        let upstream = boxed(tower::service_fn(|req: Req| async move {
             let mut rsp = response(200);
             rsp.extensions_mut().insert(endpoint_of(&req));
             Ok::<_, ProxyError>(rsp)
-        });
+        }));
         let mut req = request("/");
         req.extensions_mut().insert(cluster.clone());
         if let Some(log) = log {

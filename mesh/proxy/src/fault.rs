@@ -81,15 +81,19 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
     type Error = ProxyError;
     type Future = RspFuture;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        // The inner service is made ready in the future, after the delay.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        match self.policy {
+            // No fault on this route: the inner service takes the request
+            // directly, its future passed on unboxed.
+            None => self.inner.poll_ready(cx),
+            // The inner service is made ready in the future, after the delay.
+            Some(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, req: Req) -> RspFuture {
         let Some(policy) = self.policy else {
-            let inner = self.inner.clone();
-            return Box::pin(tower::ServiceExt::oneshot(inner, req));
+            return self.inner.call(req);
         };
         // Decide both now, with independent draws, like Envoy.
         let delay = policy
@@ -177,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn half_the_requests_are_aborted_within_the_binomial_spread() {
-        let upstream = tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) });
+        let upstream = boxed(tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) }));
         let fault = Fault::new(upstream, policy(None, Some((500, 50.0))), Rng::seeded(42));
         let n = 2_000;
         let mut aborted = 0;
@@ -191,9 +195,9 @@ mod tests {
 
     #[tokio::test]
     async fn zero_percent_and_no_policy_inject_nothing() {
-        let upstream = tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) });
+        let upstream = boxed(tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) }));
         let never = Fault::new(
-            upstream,
+            upstream.clone(),
             policy(Some((1_000, 0.0)), Some((500, 0.0))),
             Rng::seeded(3),
         );

@@ -222,7 +222,7 @@ impl<S: ProxyService> tower::Service<Req> for Outlier<S> {
                     result
                 })
             }
-            _ => Box::pin(future),
+            _ => future,
         }
     }
 }

@@ -777,7 +777,9 @@ mod tests {
             Direction::Outbound,
             Rng::seeded(1),
             |_: &Arc<RouteRt>| {
-                tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) })
+                boxed(tower::service_fn(|_req: Req| async {
+                    Ok::<_, ProxyError>(response(200))
+                }))
             },
         );
         let err = router

@@ -82,7 +82,7 @@ impl<S: ProxyService> tower::Service<Req> for Split<S> {
                     log.record_cluster(&destination.cluster);
                 }
                 req.extensions_mut().insert(destination.cluster.clone());
-                Box::pin(self.inner.call(req))
+                self.inner.call(req)
             }
             // The compiler rejects routes whose weights are all zero.
             None => Box::pin(async { Err(ProxyError::Internal("a route with no weight")) }),
@@ -106,7 +106,7 @@ mod tests {
                 weight,
             })
             .collect();
-        let upstream = tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) });
+        let upstream = boxed(tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) }));
         Split::new(upstream, destinations.into(), Rng::seeded(seed))
     }
 

@@ -24,7 +24,17 @@ pub fn mock() -> (impl crate::body::ProxyService, Handle) {
             Err(_) => ProxyError::Internal("mock error"),
         }
     });
-    (service, handle)
+    (boxed(service), handle)
+}
+
+/// Any tower service as a layer of the stack: its future boxed, as every
+/// layer's is ([`crate::body::RspFuture`]).
+pub fn boxed<S>(service: S) -> impl crate::body::ProxyService
+where
+    S: tower::Service<Req, Response = Rsp, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    service.map_future(|future| Box::pin(future) as crate::body::RspFuture)
 }
 
 pub fn request(path: &str) -> Req {

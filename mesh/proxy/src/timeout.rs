@@ -45,7 +45,7 @@ impl<S: ProxyService> tower::Service<Req> for Timeout<S> {
         };
         let future = self.inner.call(req);
         match deadline {
-            None => Box::pin(future),
+            None => future,
             Some(timeout) => Box::pin(async move {
                 // The deadline covers the response headers, as Envoy's route
                 // timeout does; a body still streaming is not cut off.
