@@ -517,25 +517,31 @@ impl Span {
         tag(out, "http.url", &["http://", &self.authority, &self.path_and_query]);
         tag(out, "http.path", &[self.path()]);
         tag(out, "http.status_code", &[decimal(u64::from(self.status), &mut number)]);
-        tag(out, "response_flags", &[&self.flags.to_string()]);
+        // Flag names are letters and commas: nothing to escape.
+        out.extend_from_slice(b",\"response_flags\":\"");
+        {
+            use std::io::Write;
+            let _ = write!(out, "{}\"", self.flags);
+        }
         tag(out, "upstream_cluster", &[&self.upstream_cluster]);
         if let Some(address) = &self.upstream_address {
             tag(out, "upstream_address", &[address]);
         }
         if let Some(peer) = self.peer {
-            let mut text = Vec::with_capacity(21);
+            // An address is digits, dots, colons and brackets: nothing to escape.
+            out.extend_from_slice(b",\"peer.address\":\"");
             match peer {
                 SocketAddr::V4(v4) => {
-                    write_ipv4(&mut text, *v4.ip());
-                    text.push(b':');
-                    json_u64(&mut text, u64::from(v4.port()));
+                    write_ipv4(out, *v4.ip());
+                    out.push(b':');
+                    json_u64(out, u64::from(v4.port()));
                 }
                 SocketAddr::V6(v6) => {
                     use std::io::Write;
-                    let _ = write!(text, "{v6}");
+                    let _ = write!(out, "{v6}");
                 }
             }
-            tag(out, "peer.address", &[std::str::from_utf8(&text).unwrap_or("")]);
+            out.push(b'"');
         }
         if self.retries > 0 {
             tag(out, "retry.count", &[decimal(u64::from(self.retries), &mut number)]);
