@@ -1040,8 +1040,9 @@ mod tests {
         // The JSON is written by hand: whatever a client puts in its user
         // agent or request id must come out as the same string.
         let mut odd = span();
-        odd.user_agent = Some("curl \"quoted\" back\\slash\ttab\u{1}ctl é".into());
-        odd.request_id = "id-\n-\r-\"".into();
+        // Quotes and backslashes alone; then control characters too.
+        odd.user_agent = Some("curl \"quoted\" back\\slash é".into());
+        odd.request_id = "id-\n-\r-\"-\t-\u{1}".into();
         let json = as_json(&odd);
         assert_eq!(json["tags"]["user_agent"], odd.user_agent.as_deref().unwrap());
         assert_eq!(json["tags"]["guid:x-request-id"], odd.request_id.as_str());
