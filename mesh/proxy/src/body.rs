@@ -321,10 +321,7 @@ pub fn clone_request(req: &Req) -> Option<Req> {
 /// more: a box costs an allocation and a copy of the whole future below it,
 /// per layer and per request (callgrind counted it).
 pub trait ProxyService:
-    tower::Service<Req, Response = Rsp, Error = ProxyError, Future = RspFuture>
-    + Clone
-    + Send
-    + 'static
+    tower::Service<Req, Response = Rsp, Error = ProxyError, Future = RspFuture> + Clone + Send + 'static
 {
 }
 

@@ -181,7 +181,9 @@ mod tests {
 
     #[tokio::test]
     async fn half_the_requests_are_aborted_within_the_binomial_spread() {
-        let upstream = boxed(tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) }));
+        let upstream = boxed(tower::service_fn(|_req: Req| async {
+            Ok::<_, ProxyError>(response(200))
+        }));
         let fault = Fault::new(upstream, policy(None, Some((500, 50.0))), Rng::seeded(42));
         let n = 2_000;
         let mut aborted = 0;
@@ -195,7 +197,9 @@ mod tests {
 
     #[tokio::test]
     async fn zero_percent_and_no_policy_inject_nothing() {
-        let upstream = boxed(tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) }));
+        let upstream = boxed(tower::service_fn(|_req: Req| async {
+            Ok::<_, ProxyError>(response(200))
+        }));
         let never = Fault::new(
             upstream.clone(),
             policy(Some((1_000, 0.0)), Some((500, 0.0))),

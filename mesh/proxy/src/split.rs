@@ -106,7 +106,9 @@ mod tests {
                 weight,
             })
             .collect();
-        let upstream = boxed(tower::service_fn(|_req: Req| async { Ok::<_, ProxyError>(response(200)) }));
+        let upstream = boxed(tower::service_fn(|_req: Req| async {
+            Ok::<_, ProxyError>(response(200))
+        }));
         Split::new(upstream, destinations.into(), Rng::seeded(seed))
     }
 

@@ -514,9 +514,17 @@ impl Span {
         tag(out, "component", &["proxy"]);
         tag(out, "guid:x-request-id", &[&self.request_id]);
         tag(out, "http.method", &[self.method.as_str()]);
-        tag(out, "http.url", &["http://", &self.authority, &self.path_and_query]);
+        tag(
+            out,
+            "http.url",
+            &["http://", &self.authority, &self.path_and_query],
+        );
         tag(out, "http.path", &[self.path()]);
-        tag(out, "http.status_code", &[decimal(u64::from(self.status), &mut number)]);
+        tag(
+            out,
+            "http.status_code",
+            &[decimal(u64::from(self.status), &mut number)],
+        );
         // Flag names are letters and commas: nothing to escape.
         out.extend_from_slice(b",\"response_flags\":\"");
         {
@@ -544,10 +552,22 @@ impl Span {
             out.push(b'"');
         }
         if self.retries > 0 {
-            tag(out, "retry.count", &[decimal(u64::from(self.retries), &mut number)]);
+            tag(
+                out,
+                "retry.count",
+                &[decimal(u64::from(self.retries), &mut number)],
+            );
         }
-        tag(out, "request_size", &[decimal(self.request_size, &mut number)]);
-        tag(out, "response_size", &[decimal(self.response_size, &mut number)]);
+        tag(
+            out,
+            "request_size",
+            &[decimal(self.request_size, &mut number)],
+        );
+        tag(
+            out,
+            "response_size",
+            &[decimal(self.response_size, &mut number)],
+        );
         if let Some(agent) = &self.user_agent {
             tag(out, "user_agent", &[agent]);
         }
@@ -654,9 +674,9 @@ fn json_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
         let bytes = part.as_bytes();
         // One pass without early exit (the compiler vectorises it) to find
         // whether anything needs escaping at all; usually nothing does.
-        let clean = bytes
-            .iter()
-            .fold(true, |clean, &b| clean & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+        let clean = bytes.iter().fold(true, |clean, &b| {
+            clean & (b >= 0x20) & (b != b'"') & (b != b'\\')
+        });
         if clean {
             out.extend_from_slice(bytes);
             continue;
@@ -1044,7 +1064,10 @@ mod tests {
         odd.user_agent = Some("curl \"quoted\" back\\slash é".into());
         odd.request_id = "id-\n-\r-\"-\t-\u{1}".into();
         let json = as_json(&odd);
-        assert_eq!(json["tags"]["user_agent"], odd.user_agent.as_deref().unwrap());
+        assert_eq!(
+            json["tags"]["user_agent"],
+            odd.user_agent.as_deref().unwrap()
+        );
         assert_eq!(json["tags"]["guid:x-request-id"], odd.request_id.as_str());
         let batch = spans_json(&[span(), odd]);
         let parsed: serde_json::Value = serde_json::from_slice(&batch).unwrap();
@@ -1069,10 +1092,6 @@ mod tests {
         assert!(json.get("parentId").is_none(), "omitted, not null");
         let mut ok = span();
         ok.status = 404;
-        assert!(
-            as_json(&ok)["tags"]
-                .get("error")
-                .is_none()
-        );
+        assert!(as_json(&ok)["tags"].get("error").is_none());
     }
 }
