@@ -135,6 +135,10 @@ class Callgrind(unittest.TestCase):
         # malloc 7 + 5 (its second mention by number only), realloc 2; free is no allocation.
         self.assertEqual(bench.callgrind_allocations(f.name), 14)
         with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write(CALLGRIND_OUTPUT + "fn=(2) handle\ncfn=(3) operator new(unsigned long)\ncalls=4 0\n0 8\n")
+        self.addCleanup(os.unlink, f.name)
+        self.assertEqual(bench.callgrind_allocations(f.name), 4, "C++ allocates with operator new")
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
             f.write(CALLGRIND_OUTPUT + "fn=(2) 0x0000000000401000\ncfn=(3) 0x0000000000402000\ncalls=9 0\n")
         self.addCleanup(os.unlink, f.name)
         self.assertIsNone(bench.callgrind_allocations(f.name), "a stripped binary: unknown, not zero")
@@ -142,11 +146,13 @@ class Callgrind(unittest.TestCase):
     def test_the_table_says_how_far_each_target_is(self):
         results = {name: {"per_request": value} for name, value in
                    [("micromesh", 24_000.0), ("micromesh+telemetry", 27_000.0), ("nginx", 20_000.0)]}
+        results["nginx"]["allocations_per_request"] = 6.0
         out = io.StringIO()
         bench.print_callgrind(results, 500, 2500, out)
         text = out.getvalue()
         self.assertIn("| micromesh           | 24.0k                    | 1.20x    | -  ", text)
         self.assertIn("target micromesh <= 1x nginx: 1.20x, missed by 20%", text)
+        self.assertIn("| nginx               | 20.0k                    | 1.00x    | 6.0 ", text)
         self.assertIn("target micromesh+telemetry <= 1.5x nginx: 1.35x, met", text)
 
     def test_callgrind_measures_its_own_cases_by_default(self):

@@ -24,13 +24,13 @@
 //! matters most once every connection is a mutual-TLS handshake. micromesh
 //! measured what it would cost here before doing it (`./scripts/bench.sh
 //! --callgrind --cases micromesh,micromesh-h2`, 2026-12-07): a request
-//! through one sidecar costs 45.9k user-space instructions over HTTP/1.1
-//! and 89.4k over HTTP/2 (hyper's HTTP/2 per request: HPACK, stream and
+//! through one sidecar costs 43.8k user-space instructions over HTTP/1.1
+//! and 86.7k over HTTP/2 (hyper's HTTP/2 per request: HPACK, stream and
 //! flow-control state, a connection task to hand each stream to), so
-//! +43.5k for an HTTP/2 hop. Carried over HTTP/2, a mesh path's HTTP/1.1
+//! +42.9k for an HTTP/2 hop. Carried over HTTP/2, a mesh path's HTTP/1.1
 //! request would pay about half of that at each of its two sidecars (the
-//! outbound one encodes HTTP/2, the inbound one decodes it): roughly +44k
-//! per request on a path that costs about 90k today, against a cost target
+//! outbound one encodes HTTP/2, the inbound one decodes it): roughly +43k
+//! per request on a path that costs about 88k today, against a cost target
 //! of nginx's 19.5k per proxy. Serial round trips on a busy 2-core VM
 //! (h2load, one connection, one request at a time) added 633 us through
 //! the sidecar over HTTP/1.1 and 378 us over HTTP/2: wall-clock numbers
