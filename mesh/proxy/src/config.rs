@@ -29,6 +29,9 @@
 //! | `MESH_ZIPKIN_URL` | `{MESH_CONTROL_URL}/api/v2/spans`; none without a control plane |
 //! | `MESH_SNAPSHOT_FILE` | none; a JSON `Snapshot` to serve instead of a control plane's |
 //! | `MESH_CONCURRENCY` | `2`: worker threads, as Istio's sidecar default (Envoy's `--concurrency`); `1` is one event loop |
+//! | `MESH_PATH_NORMALIZATION` | `BASE`: request paths normalized before routing, as Istio's `meshConfig.pathNormalization` (`NONE`, `BASE`, `MERGE_SLASHES`, `DECODE_AND_MERGE_SLASHES`; `normalize.rs`) |
+//! | `MESH_XFF_NUM_TRUSTED_HOPS` | `0`: proxies in front of the mesh whose `x-forwarded-for` entries are kept (Envoy's `xff_num_trusted_hops`; `trust.rs`) |
+//! | `MESH_TRUST_CLIENT_TRACE` | `0`: a client outside the mesh cannot decide that its trace is recorded; `1` lets it (`trust.rs`) |
 //!
 //! With `MESH_SNAPSHOT_FILE` the proxy never talks to a control plane for
 //! config: it serves that one snapshot until it stops. Spans then go to
@@ -127,6 +130,9 @@ pub struct Config {
     /// binary runs one event loop on the main thread for 1, a
     /// work-stealing pool of this many threads otherwise.
     pub concurrency: usize,
+    /// What a request head may carry into the mesh: path normalization,
+    /// which headers from outside are trusted (`admit.rs`, `trust.rs`).
+    pub edge: crate::admit::EdgeSettings,
 }
 
 /// The namespace a workload is in when none is configured (Kubernetes').
@@ -314,6 +320,7 @@ impl Config {
             zipkin_url,
             snapshot_file,
             concurrency,
+            edge: crate::admit::EdgeSettings::from_strings(strings)?,
         })
     }
 

@@ -64,6 +64,10 @@ pub enum ProxyError {
     /// The request cannot be proxied as written.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request head was refused at the door (`admit.rs`): 400, or 501
+    /// for a transfer coding.
+    #[error("refused: {0}")]
+    Refused(#[from] crate::admit::Refusal),
     /// A layer was used without what it needs (a bug in the stack's assembly).
     #[error("internal proxy error: {0}")]
     Internal(&'static str),
@@ -81,9 +85,10 @@ impl ProxyError {
             ProxyError::Timeout | ProxyError::PerTryTimeout => ResponseFlags::UT,
             // Envoy's DC: the downstream went away (or broke its body).
             ProxyError::DownstreamBody(_) => ResponseFlags::DC,
-            ProxyError::NoConfig | ProxyError::BadRequest(_) | ProxyError::Internal(_) => {
-                ResponseFlags::empty()
-            }
+            ProxyError::NoConfig
+            | ProxyError::BadRequest(_)
+            | ProxyError::Refused(_)
+            | ProxyError::Internal(_) => ResponseFlags::empty(),
         }
     }
 
@@ -147,6 +152,8 @@ impl ProxyError {
             ProxyError::DownstreamBody(_) | ProxyError::BadRequest(_) => {
                 text_response(StatusCode::BAD_REQUEST, format!("{self}\n"))
             }
+            // With `Connection: close` on HTTP/1 (`admit.rs`).
+            ProxyError::Refused(refusal) => refusal.to_response(),
             ProxyError::Internal(_) => {
                 text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{self}\n"))
             }

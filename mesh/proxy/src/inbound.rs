@@ -32,6 +32,10 @@ pub async fn handle(
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    // The door (`admit.rs`), as on the outbound side; a caller that is not
+    // a sidecar is outside the mesh (`trust.rs`).
+    let refused =
+        crate::admit::admit(&shared.config.edge, Direction::Inbound, peer, &mut req).err();
     let upgrade = Upgrade::take(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -66,6 +70,9 @@ pub async fn handle(
 
     let (cluster, endpoint) = &shared.app;
     let result = async {
+        if let Some(refusal) = refused {
+            return Err(crate::error::ProxyError::Refused(refusal));
+        }
         // Streamed to the app as it arrives: nothing to retry here.
         let body = ReqBody::arriving(body, Some(log.clone()));
         let req = http::Request::from_parts(parts, body);

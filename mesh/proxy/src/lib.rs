@@ -18,6 +18,7 @@
 //! | --- | --- |
 //! | settings from the environment | `config.rs` |
 //! | listeners, graceful shutdown | `listener.rs`, `proxy.rs` |
+//! | the door: what a request head may carry in (framing, one authority, normalized path, untrusted headers) | `admit.rs`, `authority.rs`, `normalize.rs`, `trust.rs` |
 //! | outbound / gateway request handling, access log | `outbound.rs`, `log.rs` |
 //! | route: virtual host, match, header ops, rewrite, mirror | `route.rs` |
 //! | fault injection: delay, abort | `fault.rs` |
@@ -86,6 +87,8 @@
 //! `outlier`, `pool`) are public so they can be read and tested one by one.
 
 pub mod admin;
+pub mod admit;
+pub mod authority;
 pub mod balance;
 pub mod body;
 pub mod cluster;
@@ -98,6 +101,7 @@ pub mod inbound;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod normalize;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;
@@ -111,6 +115,7 @@ pub mod table;
 pub mod telemetry;
 pub mod timeout;
 pub mod trace;
+pub mod trust;
 pub mod upgrade;
 
 #[cfg(test)]

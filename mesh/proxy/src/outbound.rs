@@ -66,6 +66,10 @@ pub async fn handle(
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    // The door (`admit.rs`): untrusted headers sanitized, framing, one
+    // authority, the path normalized, in place. A refused head goes no
+    // further but is answered and logged below like any failed request.
+    let refused = crate::admit::admit(&shared.config.edge, direction, peer, &mut req).err();
     // A WebSocket is routed like any request; its upgrade headers survive
     // the hop-by-hop strip (`upgrade.rs`).
     let upgrade = Upgrade::take(&mut req);
@@ -101,6 +105,9 @@ pub async fn handle(
     let log = exchange.log.clone();
 
     let result = async {
+        if let Some(refusal) = refused {
+            return Err(ProxyError::Refused(refusal));
+        }
         if parts.method == http::Method::CONNECT {
             // HTTPS through the proxy would be an opaque tunnel: nothing to
             // route, retry or observe. The mesh carries plain HTTP (mTLS
