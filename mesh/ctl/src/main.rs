@@ -7,6 +7,8 @@ mod apply;
 mod catalog;
 mod cli;
 mod client;
+mod cluster;
+mod cluster_dashboard;
 mod dashboard;
 mod get;
 mod inject;
@@ -21,6 +23,7 @@ mod scale;
 mod stat;
 mod supervisor;
 mod table;
+mod token;
 mod traces;
 mod up;
 
