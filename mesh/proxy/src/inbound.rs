@@ -43,6 +43,7 @@ pub async fn handle(
         upgrade.restore(&mut parts.headers);
     }
     let request_id = ensure_request_id(&mut parts.headers);
+    let grpc = crate::error::is_grpc(&parts.headers);
     let path = parts
         .uri
         .path_and_query()
@@ -82,7 +83,7 @@ pub async fn handle(
     }
     .await;
 
-    let rsp = finish(result, &log, start);
+    let rsp = finish(result, &log, start, grpc);
     AccessLog {
         direction: Direction::Inbound,
         method: &exchange.method,
