@@ -73,12 +73,14 @@ pub mod scrape;
 mod server;
 mod state;
 pub mod store;
+pub mod token;
 mod watch;
 
 pub use args::{Args, SourceKind};
 pub use kubernetes::{KubernetesSource, WebhookSettings};
 pub use server::{DEFAULT_STATE_DIR, MAX_WATCH_WAIT, Server, ServerHandle, Settings};
 pub use store::StoreError;
+pub use token::{TokenError, WriteToken};
 
 /// Why the control plane could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,10 @@ pub enum Error {
          write for example `info` or `info,mesh_control=debug`"
     )]
     LogFilter { filter: String, message: String },
+
+    /// The write token could not be made or read (`token.rs`).
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
 
     /// The admission webhook could not start (`kubernetes/webhook.rs`).
     #[error(transparent)]

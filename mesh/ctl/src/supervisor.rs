@@ -380,6 +380,14 @@ impl Mesh {
             ),
         ];
         env.extend(extra);
+        // The control plane's write token, without which the announces are
+        // refused (`token.rs`). The control plane made it at its first start,
+        // before any proxy is started; if it cannot be read the proxy's log
+        // shows the 401 and where the token lives.
+        match crate::token::read(&self.config.workdir.join("state")) {
+            Ok(token) => env.push((crate::token::TOKEN_ENV.into(), token)),
+            Err(e) => tracing::warn!("{e}; {instance} will not be able to announce itself"),
+        }
         env
     }
 

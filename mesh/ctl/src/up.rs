@@ -263,7 +263,8 @@ async fn start(sup: &Supervisor, plan: &[(Workload, u32)], args: &UpArgs) -> Res
     wait(sup, &[probe], deadline, "control plane").await?;
     eprintln!("  control plane ready at {control_url}");
     let state_dir = sup.mesh.lock().await.config().workdir.join("state");
-    let forgotten = forget_previous_instances(&sup.http, &control_url, &state_dir).await?;
+    let token = crate::token::read(&state_dir).map_err(anyhow::Error::msg)?;
+    let forgotten = forget_previous_instances(&sup.http, &control_url, &state_dir, &token).await?;
     if forgotten > 0 {
         eprintln!(
             "  removed {forgotten} instance(s) of a previous run from the registry \
@@ -309,6 +310,7 @@ async fn forget_previous_instances(
     http: &reqwest::Client,
     control_url: &str,
     state_dir: &Path,
+    token: &str,
 ) -> Result<usize> {
     let url = format!("{control_url}/v1/proxies");
     let proxies: Vec<mesh_api::xds::ProxyStatus> = http
@@ -324,6 +326,7 @@ async fn forget_previous_instances(
         let instance = &proxy.announce.instance;
         let response = http
             .delete(format!("{url}/{instance}"))
+            .bearer_auth(token)
             .send()
             .await
             .with_context(|| format!("cannot remove {instance} from the registry at {url}"))?;

@@ -15,6 +15,7 @@
 //! | `MESH_NAMESPACE` | `default`: the workload's namespace in the metrics' labels (injected from the pod) |
 //! | `MESH_CLUSTER` | `Kubernetes`: the cluster name in the metrics' labels (Istio's default `ISTIO_META_CLUSTER_ID`) |
 //! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
+//! | `MESH_CONTROL_TOKEN` | none; the control plane's write token, sent on announce, ACK and leave (`control.rs`; `meshctl up` sets it) |
 //! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
 //! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
 //! | `MESH_ADVERTISE_ADDR` | the inbound address, 0.0.0.0 replaced by this host's IP |
@@ -104,6 +105,8 @@ pub struct Config {
     /// `None`: run without a control plane, on snapshots given through
     /// [`ProxyHandle::apply_snapshot`](crate::ProxyHandle::apply_snapshot).
     pub control_url: Option<String>,
+    /// The control plane's write token (`MESH_CONTROL_TOKEN`, `control.rs`).
+    pub control_token: Option<crate::control::ControlToken>,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     /// `None`: derived from the bound inbound address at start.
@@ -303,6 +306,16 @@ impl Config {
             cluster,
             // A snapshot file replaces the control plane.
             control_url: snapshot_file.is_none().then_some(control_url),
+            control_token: match strings.get("MESH_CONTROL_TOKEN") {
+                None => None,
+                Some(text) => Some(crate::control::ControlToken::parse(&text).map_err(
+                    |reason| ConfigError {
+                        var: "MESH_CONTROL_TOKEN",
+                        value: "(hidden)".into(),
+                        reason,
+                    },
+                )?),
+            },
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
             inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
             advertise_addr: match strings.get("MESH_ADVERTISE_ADDR") {

@@ -295,7 +295,7 @@ impl Proxy {
 
         let control = match shared.config.control_url.clone() {
             Some(base) => {
-                let client = crate::control::client()?;
+                let client = crate::control::client(shared.config.control_token.as_ref())?;
                 tasks.spawn(crate::control::run(
                     shared.clone(),
                     client.clone(),

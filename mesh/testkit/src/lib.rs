@@ -59,6 +59,9 @@ pub struct Mesh {
     state: tempfile::TempDir,
     lease: Duration,
     http: reqwest::Client,
+    /// The control plane's write token (mesh/control/src/token.rs): its
+    /// sidecars announce with it and `apply` sends it, as under `meshctl up`.
+    token: String,
 }
 
 impl Mesh {
@@ -71,8 +74,10 @@ impl Mesh {
     pub async fn start_with_lease(lease: Duration) -> Result<Mesh> {
         init_tracing();
         let state = tempfile::tempdir().context("creating a temp state dir")?;
+        let token = mesh_control::token::random_hex(32)?;
         let mut settings = Settings::local(state.path());
         settings.lease = lease;
+        settings.write_token = mesh_control::WriteToken::Given(token.clone());
         let control = Server::start(settings).await?;
         Ok(Mesh {
             control_addr: control.addr(),
@@ -80,6 +85,7 @@ impl Mesh {
             state,
             lease,
             http: plain_client(),
+            token,
         })
     }
 
@@ -101,6 +107,7 @@ impl Mesh {
         let mut settings = Settings::local(self.state.path());
         settings.listen = self.control_addr;
         settings.lease = self.lease;
+        settings.write_token = mesh_control::WriteToken::Given(self.token.clone());
         self.control = Some(Server::start(settings).await?);
         Ok(())
     }
@@ -128,6 +135,7 @@ impl Mesh {
         let settings = HashMap::from([
             ("MESH_MODE", "gateway".to_string()),
             ("MESH_CONTROL_URL", self.control_url()),
+            ("MESH_CONTROL_TOKEN", self.token.clone()),
             ("MESH_ADMIN_ADDR", "127.0.0.1:0".to_string()),
             ("MESH_GATEWAY_ADDR", "127.0.0.1:0".to_string()),
         ]);
@@ -146,6 +154,7 @@ impl Mesh {
             ("MESH_VERSION", version.to_string()),
             ("MESH_INSTANCE", instance.to_string()),
             ("MESH_CONTROL_URL", self.control_url()),
+            ("MESH_CONTROL_TOKEN", self.token.clone()),
             ("MESH_APP_ADDR", app.to_string()),
             ("MESH_OUTBOUND_ADDR", "127.0.0.1:0".to_string()),
             ("MESH_INBOUND_ADDR", "127.0.0.1:0".to_string()),
@@ -174,6 +183,7 @@ impl Mesh {
         let response = self
             .http
             .post(format!("{}/v1/config/{verb}", self.control_url()))
+            .bearer_auth(&self.token)
             .json(&request)
             .send()
             .await?;
