@@ -151,6 +151,64 @@ fn error(text: &str, reason: &str) -> IdentityError {
     }
 }
 
+// === the certificate API (POST /v1/certificates) ===
+
+/// What a proxy sends to get a certificate: a PKCS#10 request (PEM) for the
+/// key it made and keeps, and the identity it claims. The control plane
+/// signs only if the caller's credential proves that identity (`Authorization:
+/// Bearer`, see [`bootstrap_token`] and mesh/control/src/ca.rs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRequest {
+    pub identity: Identity,
+    /// `-----BEGIN CERTIFICATE REQUEST-----...`
+    pub csr: String,
+}
+
+/// The control plane's answer: the chain (leaf first, PEM) and the roots a
+/// peer's chain must end at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateResponse {
+    pub cert_chain: Vec<String>,
+    pub trust_bundle: Vec<String>,
+    /// The leaf's validity, milliseconds since 1970 (for rotation and
+    /// `meshctl identity`).
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+}
+
+/// The credential a process started by `meshctl up` proves its identity
+/// with, before it has a certificate: HMAC-SHA256 of the SPIFFE ID, keyed
+/// with the control plane's write token, as hex.
+///
+/// Why derived and not a random one-time token: it is bound to one identity
+/// (the token of `reviews` is worth nothing for `ratings`), the control plane
+/// keeps no table of tokens that a restart would lose, and a proxy can renew
+/// (and restart) with it. Only who holds the write token, the user who runs
+/// the mesh, can mint one; meshctl hands each proxy its own in
+/// `MESH_IDENTITY_TOKEN`. On a cluster the pod's service-account token
+/// plays this part instead (TokenReview).
+pub fn bootstrap_token(write_token: &str, identity: &Identity) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, write_token.as_bytes());
+    let tag = ring::hmac::sign(&key, identity.spiffe_id().as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `presented` is the bootstrap token of `identity`; the
+/// comparison takes the same time wherever the first difference is.
+pub fn verify_bootstrap_token(write_token: &str, identity: &Identity, presented: &str) -> bool {
+    let Some(tag) = (0..presented.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(presented.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, write_token.as_bytes());
+    ring::hmac::verify(&key, identity.spiffe_id().as_bytes(), &tag).is_ok()
+}
+
 // === serde: the SPIFFE ID string ===
 
 impl Serialize for Identity {
@@ -187,6 +245,18 @@ mod tests {
         let json = serde_json::to_string(&identity).unwrap();
         assert_eq!(json, format!("\"{text}\""));
         assert_eq!(serde_json::from_str::<Identity>(&json).unwrap(), identity);
+    }
+
+    #[test]
+    fn a_bootstrap_token_proves_one_identity_only() {
+        let reviews = Identity::new("default", "reviews");
+        let ratings = Identity::new("default", "ratings");
+        let token = bootstrap_token("write-token-1", &reviews);
+        assert!(verify_bootstrap_token("write-token-1", &reviews, &token));
+        assert!(!verify_bootstrap_token("write-token-1", &ratings, &token));
+        assert!(!verify_bootstrap_token("write-token-2", &reviews, &token));
+        assert!(!verify_bootstrap_token("write-token-1", &reviews, "zz"));
+        assert!(!verify_bootstrap_token("write-token-1", &reviews, ""));
     }
 
     #[test]

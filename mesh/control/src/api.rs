@@ -13,6 +13,7 @@
 //! POST   /v1/proxies/{instance}/ack        ACK / NACK             (watch.rs)
 //! GET    /v1/proxies                       every proxy            (watch.rs)
 //! GET    /v1/services                      discovery              (watch.rs)
+//! POST   /v1/certificates                  sign a workload CSR    (ca.rs)
 //! POST   /v1/config/apply                  apply Istio YAML       (config_api.rs)
 //! POST   /v1/config/delete                 delete Istio YAML      (config_api.rs)
 //! GET    /v1/config?kind=K                 list applied resources (config_api.rs)

@@ -61,6 +61,7 @@ use std::net::SocketAddr;
 
 mod api;
 mod args;
+pub mod ca;
 pub mod collector;
 pub mod compile;
 mod config_api;
@@ -113,6 +114,10 @@ pub enum Error {
          write for example `info` or `info,mesh_control=debug`"
     )]
     LogFilter { filter: String, message: String },
+
+    /// The mesh CA could not load or make its root (`ca.rs`).
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
 
     /// The write token could not be made or read (`token.rs`).
     #[error(transparent)]

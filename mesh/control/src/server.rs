@@ -63,6 +63,8 @@ pub struct Settings {
     /// binary keeps a token in the state directory; `Settings::local` is
     /// open, for in-process tests on a private loopback port.
     pub write_token: WriteToken,
+    /// How long the workload certificates the CA signs live (`ca.rs`).
+    pub cert_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -84,6 +86,7 @@ impl Default for Settings {
             graph: GraphSettings::default(),
             kubernetes: None,
             write_token: WriteToken::StateFile,
+            cert_ttl: crate::ca::DEFAULT_CERT_TTL,
         }
     }
 }
@@ -147,9 +150,19 @@ impl Server {
         // The token file lives in the state directory: make it exist first.
         crate::store::Store::open(&settings.state_dir)?;
         let token = ControlToken::resolve(&settings.write_token, &settings.state_dir)?;
-        let shared = Arc::new(Shared::load(settings, shutdown.clone(), token)?);
+        // The CA bootstraps identities from the write token: no token, no CA.
+        let ca = match &token {
+            Some(_) => Some(crate::ca::Ca::load_or_create(
+                &settings.state_dir,
+                mesh_api::identity::DEFAULT_TRUST_DOMAIN,
+                settings.cert_ttl,
+            )?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::load(settings, shutdown.clone(), token, ca)?);
         // One API, on both ports: the dashboard's page calls it same-origin.
         let app = api::router(shared.clone())
+            .merge(crate::ca::router(shared.clone()))
             .merge(collector::router(collector.clone()))
             .merge(graph::router(shared.clone(), graph.clone()))
             .merge(dashboard::api_router(shared.clone(), dashboard_info));

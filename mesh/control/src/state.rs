@@ -70,6 +70,9 @@ pub struct Shared {
     pub pilot: PilotMetrics,
     /// The token every write must carry (`token.rs`); `None`: writes open.
     pub token: Option<ControlToken>,
+    /// The mesh CA (`ca.rs`): there whenever a write token is, since the
+    /// proxies' bootstrap tokens derive from it.
+    pub ca: Option<crate::ca::Ca>,
 }
 
 // === impl Shared ===
@@ -80,6 +83,7 @@ impl Shared {
         settings: Settings,
         shutdown: CancellationToken,
         token: Option<ControlToken>,
+        ca: Option<crate::ca::Ca>,
     ) -> Result<Shared, StoreError> {
         let store = Store::open(&settings.state_dir)?;
         let loaded = store.load()?;
@@ -133,6 +137,7 @@ impl Shared {
                 pilot
             },
             token,
+            ca,
         })
     }
 

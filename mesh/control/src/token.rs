@@ -150,6 +150,12 @@ impl ControlToken {
     pub fn origin(&self) -> &str {
         &self.origin
     }
+
+    /// The secret itself: the key bootstrap tokens are derived with
+    /// (`ca.rs`, `mesh_api::identity::bootstrap_token`).
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
 }
 
 /// Read the token file, or make it: 32 random bytes as 64 hex digits, in a
@@ -272,8 +278,7 @@ pub async fn require_for_writes(
     let Some(token) = &shared.token else {
         return next.run(request).await;
     };
-    if !is_write(request.method()) || token.accepts(request.headers().get(header::AUTHORIZATION))
-    {
+    if !is_write(request.method()) || token.accepts(request.headers().get(header::AUTHORIZATION)) {
         return next.run(request).await;
     }
     let presented = request.headers().contains_key(header::AUTHORIZATION);

@@ -385,7 +385,17 @@ impl Mesh {
         // before any proxy is started; if it cannot be read the proxy's log
         // shows the 401 and where the token lives.
         match crate::token::read(&self.config.workdir.join("state")) {
-            Ok(token) => env.push((crate::token::TOKEN_ENV.into(), token)),
+            Ok(token) => {
+                // Its own identity's bootstrap token, for its first
+                // certificate (mesh/control/src/ca.rs): locally the service
+                // account is the service's name, in namespace `default`.
+                let identity = mesh_api::identity::Identity::new("default", service);
+                env.push((
+                    "MESH_IDENTITY_TOKEN".into(),
+                    mesh_api::identity::bootstrap_token(&token, &identity),
+                ));
+                env.push((crate::token::TOKEN_ENV.into(), token));
+            }
             Err(e) => tracing::warn!("{e}; {instance} will not be able to announce itself"),
         }
         env
