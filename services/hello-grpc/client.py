@@ -25,9 +25,10 @@ does) the app would simply dial `hello-grpc:8080`.
 `--direct` takes the servers' addresses and, like kube-proxy, picks one at
 random for the connection: every call then lands there.
 
-`--serve` runs no calls: it answers `GET /health` on PORT and waits, so
-`meshctl up` can keep a meshed client instance around to `meshctl exec`
-into (Istio's samples do the same with their `sleep` pod).
+`--serve` (or HELLO_GRPC_CLIENT_MODE=serve, how `meshctl up` starts it)
+runs no calls: it answers `GET /health` on PORT and waits, so the mesh can
+keep a meshed client instance around to `meshctl exec` into (Istio's
+samples do the same with their `sleep` pod).
 
 Output: one line per instance with its count, then failures by gRPC code.
 `--each` prints one line per call instead (the instance, or the code of a
@@ -165,7 +166,7 @@ def main(argv: Optional[List[str]] = None, env: Mapping[str, str] = os.environ) 
     parser.add_argument("--each", action="store_true", help="one line per call instead of the summary")
     parser.add_argument("--serve", action="store_true", help="answer GET /health on PORT and wait")
     args = parser.parse_args(argv)
-    if args.serve:
+    if args.serve or env.get("HELLO_GRPC_CLIENT_MODE") == "serve":
         return serve(env)
     if args.calls < 1:
         parser.error(f"--calls {args.calls}: make at least one call")

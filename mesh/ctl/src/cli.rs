@@ -18,6 +18,7 @@ use mesh_api::xds::ports;
 
 use crate::client::Client;
 use crate::cluster::ServiceProxy;
+use crate::exec;
 use crate::runfile::RunState;
 use crate::{
     analyze, apply, cluster, dashboard, get, inject, load, locate, logs, process, reset, scale,
@@ -124,6 +125,9 @@ pub enum Command {
     /// Send requests at a fixed rate and report statuses, latency and which
     /// versions answered.
     Load(load::LoadArgs),
+    /// Run a command as an instance's app would, its calls through that
+    /// instance's sidecar (like `kubectl exec`): meshctl exec INSTANCE -- CMD...
+    Exec(exec::ExecArgs),
     /// Print Kubernetes workloads with the mesh-proxy sidecar added, like
     /// `istioctl kube-inject` (`-f -` reads stdin).
     Inject(inject::InjectArgs),
@@ -162,6 +166,7 @@ impl Args {
             Command::Traces(args) => traces::run(&ctx, args).await,
             Command::Load(args) => load::run(args).await,
             Command::Inject(args) => inject::run(args),
+            Command::Exec(args) => exec::run(&ctx, args).await,
         }
     }
 }

@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod cluster_dashboard;
 mod dashboard;
+mod exec;
 mod get;
 mod inject;
 mod load;

@@ -668,7 +668,7 @@ fn instance_probe(i: &Instance, control_url: &str) -> Probe {
             service: i.workload.service.clone(),
         }),
         urls: vec![
-            format!("http://127.0.0.1:{}/health", i.ports.app),
+            app_probe_url(i),
             format!("http://127.0.0.1:{}/ready", i.ports.admin),
         ],
         exits: vec![
@@ -683,6 +683,15 @@ fn instance_probe(i: &Instance, control_url: &str) -> Probe {
                 i.sidecar.log.clone(),
             ),
         ],
+    }
+}
+
+/// How to ask an instance's app whether it is ready (`catalog::Health`):
+/// `GET /health`, or for a gRPC server `tcp://` (its port accepts).
+fn app_probe_url(i: &Instance) -> String {
+    match i.workload.spec().map(|(service, _)| service.health) {
+        Ok(catalog::Health::Tcp) => format!("tcp://127.0.0.1:{}", i.ports.app),
+        _ => format!("http://127.0.0.1:{}/health", i.ports.app),
     }
 }
 
@@ -809,6 +818,12 @@ async fn registry(http: &reqwest::Client, control_url: &str) -> Vec<ServiceStatu
 
 async fn all_answer(http: &reqwest::Client, urls: &[String]) -> bool {
     for url in urls {
+        if let Some(addr) = url.strip_prefix("tcp://") {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return false;
+            }
+            continue;
+        }
         match http.get(url).send().await {
             Ok(r) if r.status().is_success() => {}
             _ => return false,
