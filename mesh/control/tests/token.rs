@@ -79,7 +79,10 @@ async fn writes_without_the_token_are_refused_and_say_where_it_lives() {
     assert_eq!(refused.headers()["www-authenticate"], "Bearer");
     let message = refused.text().await.unwrap();
     let file = state.path().join(TOKEN_FILE).display().to_string();
-    assert!(message.contains(&file), "the 401 names the token file: {message}");
+    assert!(
+        message.contains(&file),
+        "the 401 names the token file: {message}"
+    );
     assert!(message.contains("no token was sent"), "{message}");
 
     // A wrong token (same length, one digit off): refused too.
@@ -94,7 +97,13 @@ async fn writes_without_the_token_are_refused_and_say_where_it_lives() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    assert!(refused.text().await.unwrap().contains("not this control plane's"));
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("not this control plane's")
+    );
 
     // Every other kind of write is guarded the same way.
     let apply = json!({"files": [{"name": "x.yaml", "content": ""}]});

@@ -27,7 +27,10 @@ pub const TOKEN_ENV: &str = "MESH_CONTROL_TOKEN";
 /// The token to send to the control plane at `url`: `MESH_CONTROL_TOKEN`,
 /// else (for a loopback URL) the one in `workdir/state/control-token`.
 pub fn for_control_plane(url: &str, workdir: &Path) -> Option<String> {
-    if let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty()) {
+    if let Some(token) = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
         return Some(token.trim().to_string());
     }
     if !is_loopback(url) {
