@@ -29,6 +29,7 @@
 //! (loading re-validates every resource).
 
 mod analyze;
+mod analyze_security;
 pub mod authorization_policy;
 #[cfg(test)]
 mod conformance;
