@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 import datapath  # the data-path cases: 10 MiB bodies, WebSocket, gRPC (issue 14)
+import pressure  # memory under concurrency: 50 concurrent uploads, 2,000 idle connections (issue 15)
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_HOST = "upstream:8080"  # the Host every case is sent; a sidecar routes by it
@@ -1108,6 +1109,10 @@ def parse_args(argv):
     p.add_argument("--data-cases", default=",".join(datapath.DATA_CASES),
                    help=f"data-path cases, once per round: comma-separated subset of "
                         f"{','.join(datapath.DATA_CASES)}, or none")
+    p.add_argument("--pressure-cases", default=",".join(pressure.PRESSURE_CASES),
+                   help=f"memory-under-concurrency cases, once after the rounds (they need the "
+                        f"data path's upstream): comma-separated subset of "
+                        f"{','.join(pressure.PRESSURE_CASES)}, or none")
     p.add_argument("--no-priority", action="store_true",
                    help="do not raise the benchmark's scheduling priority (nice -10, as root)")
     p.add_argument("--perf", action="store_true",
@@ -1145,6 +1150,12 @@ def parse_args(argv):
     unknown = [c for c in args.data_cases if c not in datapath.DATA_CASES]
     if unknown:
         p.error(f"unknown data case(s) {', '.join(unknown)}; choose from {', '.join(datapath.DATA_CASES)} or none")
+    args.pressure_cases = [c.strip() for c in args.pressure_cases.split(",")
+                           if c.strip() not in ("", "none")]
+    unknown = [c for c in args.pressure_cases if c not in pressure.PRESSURE_CASES]
+    if unknown:
+        p.error(f"unknown pressure case(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(pressure.PRESSURE_CASES)} or none")
     return args
 
 
@@ -1175,7 +1186,7 @@ def main(argv=None):
 
     workdir = tempfile.mkdtemp(prefix="mesh-bench-")
     bench = Bench(args, tools, workdir)
-    rounds, control_results, data_results = [], [], []
+    rounds, control_results, data_results, pressure_results = [], [], [], []
     upstream = None
     data = datapath.DataPath(bench, sys.modules[__name__]) if args.data_cases else None
     try:
@@ -1205,6 +1216,9 @@ def main(argv=None):
             if data:
                 print(f"round {r + 1}/{args.rounds} data path:", flush=True)
                 data_results.append(data.run_round(args.data_cases, args.smoke))
+        if data and args.pressure_cases:
+            print("memory under concurrency:", flush=True)
+            pressure_results = pressure.run(data, args.pressure_cases)
     except RuntimeError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -1231,6 +1245,7 @@ def main(argv=None):
     if control_results:
         summary["control-plane"] = print_control(control_results, out)
     datapath.print_data_path(data_results, out)
+    pressure.print_pressure(pressure_results, out)
     if args.smoke or args.profile == "debug":
         print(f"\n({'smoke run' if args.smoke else 'debug build'}: these numbers only show the "
               "harness works; measure with the full run)", file=out)
@@ -1258,6 +1273,7 @@ def main(argv=None):
         "tools": tools.versions(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rounds": rounds, "control_plane": control_results, "data_path": data_results,
+        "pressure": pressure_results,
     }, indent=1))
     print(f"\nraw results: {out_path}; process logs: {workdir}")
 

@@ -112,7 +112,11 @@ impl H2Conn {
 }
 
 fn clear(state: &EndpointState) {
-    *state.h2.connecting.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *state
+        .h2
+        .connecting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// Open an HTTP/2 connection to `address` and run it in its own task.

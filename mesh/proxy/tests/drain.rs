@@ -103,7 +103,9 @@ async fn fifty_requests_in_flight_at_sigterm_all_complete_within_a_5s_drain() {
         terminated.elapsed()
     );
     assert!(
-        tokio::net::TcpStream::connect(proxy.outbound).await.is_err(),
+        tokio::net::TcpStream::connect(proxy.outbound)
+            .await
+            .is_err(),
         "after the drain the port refuses"
     );
 }
