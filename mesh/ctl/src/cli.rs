@@ -41,7 +41,7 @@ services/proxy in mesh-system; see k8s/meshctl-user.yaml); `meshctl dashboard`
 serves it on a local port until Ctrl-C. Istio resources on a cluster are
 Kubernetes objects: `kubectl apply -f` and `kubectl delete -f` them (the
 admission webhook validates them as `meshctl validate` does); meshctl apply,
-delete, reset, up, scale, restart and logs act on the local mesh only.";
+delete, reset, up, down, scale, restart and logs act on the local mesh only.";
 
 /// micromesh's command line.
 #[derive(Debug, Parser)]
