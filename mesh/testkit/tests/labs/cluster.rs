@@ -10,7 +10,8 @@
 //!   version the CRDs in `k8s/crds/` serve;
 //! - every object a kubectl command names (`deployment/x`, `deployment x`,
 //!   `service/x`, `svc/x`, a namespace with `-n`) exists in the rendered
-//!   kind overlay (`kubectl kustomize k8s/overlays/kind`);
+//!   kind overlay (`kubectl kustomize k8s/overlays/kind`, or `kind-addons`
+//!   for the observability addons);
 //! - every meshctl command is one meshctl runs against a cluster (`get`,
 //!   `analyze`, `stat`, `traces`, `dashboard`, and the ones that need no
 //!   control plane); `meshctl apply` and the other local-only commands are
@@ -43,24 +44,28 @@ impl Cluster {
     /// Read the rendered kind overlay and the CRDs from the repository.
     /// Needs kubectl (its built-in kustomize); without it, fails saying so.
     pub fn from_repo(root: &Path) -> Cluster {
-        let output = Command::new("kubectl")
-            .args(["kustomize", "k8s/overlays/kind"])
-            .current_dir(root)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `kubectl kustomize k8s/overlays/kind` ({e}): the labs' cluster \
-                     blocks are checked against the rendered overlay; install kubectl \
-                     (scripts/setup-test-machine.sh does)"
-                )
-            });
-        assert!(
-            output.status.success(),
-            "`kubectl kustomize k8s/overlays/kind` failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
         let mut cluster = Cluster::default();
-        cluster.add_objects(&String::from_utf8_lossy(&output.stdout));
+        // The mesh as kind-up.sh applies it, and with the observability
+        // addons (scripts/addons-up.sh) that lab 08 opens.
+        for overlay in ["k8s/overlays/kind", "k8s/overlays/kind-addons"] {
+            let output = Command::new("kubectl")
+                .args(["kustomize", overlay])
+                .current_dir(root)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `kubectl kustomize {overlay}` ({e}): the labs' cluster \
+                         blocks are checked against the rendered overlay; install kubectl \
+                         (scripts/setup-test-machine.sh does)"
+                    )
+                });
+            assert!(
+                output.status.success(),
+                "`kubectl kustomize {overlay}` failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            cluster.add_objects(&String::from_utf8_lossy(&output.stdout));
+        }
         let crds = std::fs::read_to_string(root.join("k8s/crds/istio-networking.yaml"))
             .expect("k8s/crds/istio-networking.yaml, the generated CRDs, is missing");
         cluster.add_crds(&crds);
