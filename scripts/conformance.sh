@@ -24,6 +24,11 @@
 #    `kubectl apply` would send it on a cluster) gets the same allow or deny,
 #    with the same message lines, as `meshctl validate` on the same document
 #    (mesh/control/tests/webhook.rs, an ignored test run here).
+# 7. The observability addons' Grafana ConfigMap made from Istio's own
+#    dashboards (scripts/addons-dashboards.sh, as scripts/addons-up.sh makes
+#    it from the pinned release): every dashboard k8s/addons/dashboards.lock
+#    pins is in Istio's set, the ConfigMap fits one object and validates
+#    strictly against the Kubernetes schema, and it holds each file unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -185,6 +190,29 @@ echo "--- 6: the talk's YAML through the validating webhook, as meshctl validate
 MESH_TALK_YAML="$(cd "$talk" && pwd)" cargo test -q -p mesh-control --test webhook \
     the_talks_yaml_gets_the_same_verdict_from_the_webhook_as_from_meshctl -- --ignored --nocapture \
     || fail "the webhook and meshctl validate disagree on the talk's YAML (above)"
+
+echo "--- 7: Istio's dashboards as the addons' Grafana ConfigMap"
+dashboards_cm="$(mktemp)"
+if ./scripts/addons-dashboards.sh "$shared/istio/dashboards" > "$dashboards_cm"; then
+    while read -r _ file; do
+        [ -f "$shared/istio/dashboards/$file" ] \
+            || fail "k8s/addons/dashboards.lock pins $file, which Istio's dashboards do not have"
+    done < <(grep -E '^[0-9a-f]{64} ' k8s/addons/dashboards.lock)
+    kubernetes-validate --strict --quiet -k 1.29.0 "$dashboards_cm" \
+        || fail "the dashboards' ConfigMap does not validate (above)"
+    python3 - "$dashboards_cm" "$shared/istio/dashboards" <<'PY' || fail "the dashboards' ConfigMap changed a file (above)"
+import json, pathlib, sys, yaml
+cm = yaml.safe_load(open(sys.argv[1]))
+for path in sorted(pathlib.Path(sys.argv[2]).glob("*.json")):
+    text = cm["data"][path.name]
+    assert text == path.read_text(), f"{path.name} differs in the ConfigMap"
+    json.loads(text)
+print(f"{len(cm['data'])} dashboards in one ConfigMap of {len(open(sys.argv[1]).read())} bytes")
+PY
+else
+    fail "scripts/addons-dashboards.sh refused Istio's dashboards (above)"
+fi
+rm -f "$dashboards_cm"
 
 echo
 if [ "$failures" -gt 0 ]; then

@@ -30,8 +30,10 @@ command -v "$tool" >/dev/null 2>&1 \
 
 if [ -n "$keep" ]; then
     command -v kubectl >/dev/null 2>&1 || die "kubectl is missing: install it (https://kubernetes.io/docs/tasks/tools/)"
-    echo "==> kubectl delete -k k8s/overlays/$target (the cluster stays)"
-    kubectl --context "$context" delete -k "k8s/overlays/$target" --ignore-not-found
+    # The addons overlay holds the mesh, the Guestbook and the addons
+    # (scripts/addons-up.sh): deleting it removes whichever were applied.
+    echo "==> kubectl delete -k k8s/overlays/$target-addons (the mesh, the Guestbook, the addons if any; the cluster stays)"
+    kubectl --context "$context" delete -k "k8s/overlays/$target-addons" --ignore-not-found
     exit 0
 fi
 

@@ -237,7 +237,7 @@ def main():
         "--list-fields",
         nargs="+",
         metavar="KIND",
-        help="print every field path of these kinds (networking.istio.io/v1) and exit",
+        help="print every field path of these kinds (their v1 schema) and exit",
     )
     parser.add_argument("files", nargs="*", metavar="FILE")
     args = parser.parse_args()
@@ -249,9 +249,10 @@ def main():
 
     if args.list_fields:
         for kind in args.list_fields:
-            entry = schemas.get(("networking.istio.io", "v1", kind))
+            # networking.istio.io or security.istio.io: kinds are unique across Istio's groups.
+            entry = next((e for (g, v, k), e in schemas.items() if v == "v1" and k == kind), None)
             if entry is None:
-                sys.exit(f"istio-schema-check: no networking.istio.io/v1 {kind} in {args.crds}")
+                sys.exit(f"istio-schema-check: no {kind} served at v1 in {args.crds}")
             for path in field_paths(entry[1]["properties"]["spec"], "spec"):
                 print(f"{kind} {path}")
         return 0

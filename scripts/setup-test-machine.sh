@@ -29,6 +29,8 @@ declare -A PIP=(
     [jsonschema]=jsonschema
     # Strict offline validation of the rendered k8s/ overlays (tests/k8s).
     [kubernetes_validate]=kubernetes-validate
+    # The gRPC demo (services/hello-grpc) and lab 09.
+    [grpc]=grpcio
 )
 
 missing_apt=()

@@ -20,6 +20,9 @@ cargo test --workspace --no-fail-fast
 echo "==> helloworld-service (Python) tests"
 python3 -m unittest discover -s services/helloworld-service -p 'test_*.py'
 
+echo "==> hello-grpc (Python, grpcio) tests"
+python3 -m unittest discover -s services/hello-grpc -p 'test_*.py'
+
 echo "==> benchmark harness (Python) tests"
 python3 -m unittest discover -s bench -p 'test_*.py'
 

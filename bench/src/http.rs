@@ -153,8 +153,15 @@ impl Conn {
 }
 
 /// Format a request once, so sending it costs one `write`.
+///
+/// With `MESH_CONTROL_TOKEN` set (the harness sets it for `mesh-bench
+/// control`), every request carries it: mesh-control refuses writes without
+/// its token.
 pub fn request(method: &str, path: &str, host: &str, body: Option<(&str, &[u8])>) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: mesh-bench\r\n");
+    if let Ok(token) = std::env::var("MESH_CONTROL_TOKEN") {
+        out.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
     if let Some((content_type, bytes)) = body {
         out.push_str(&format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",

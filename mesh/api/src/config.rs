@@ -15,7 +15,9 @@
 //! `istioctl analyze` (cross-references) and istiod's push.
 //!
 //! The resources are Istio's own shapes, `networking.istio.io` VirtualService,
-//! DestinationRule and Gateway, in versions `v1`, `v1beta1` and `v1alpha3`.
+//! DestinationRule and Gateway, in versions `v1`, `v1beta1` and `v1alpha3`,
+//! and `security.istio.io` PeerAuthentication and AuthorizationPolicy, in
+//! `v1` and `v1beta1`.
 //! A field micromesh does not implement is refused by name, never silently
 //! ignored; the talk's older fields get an error that explains the current one.
 //!
@@ -27,6 +29,8 @@
 //! (loading re-validates every resource).
 
 mod analyze;
+mod analyze_security;
+pub mod authorization_policy;
 #[cfg(test)]
 mod conformance;
 mod decode;
@@ -36,6 +40,7 @@ pub mod gateway;
 mod host;
 mod kinds;
 mod parse;
+pub mod peer_authentication;
 pub mod virtual_service;
 
 use std::collections::BTreeMap;
@@ -43,13 +48,17 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use authorization_policy::AuthorizationPolicy;
 pub use destination_rule::DestinationRule;
 pub use duration::{format_duration_ms, parse_duration_ms};
 pub use gateway::Gateway;
 pub use host::{
     ROUTED_NAMESPACE, intersect_hosts, names_of_service, service_in_namespace, service_of_host,
 };
-pub use kinds::{Kind, NETWORKING_GROUP, NETWORKING_VERSIONS, UnknownKind};
+pub use kinds::{
+    Kind, NETWORKING_GROUP, NETWORKING_VERSIONS, SECURITY_GROUP, SECURITY_VERSIONS, UnknownKind,
+};
+pub use peer_authentication::{EffectiveMtls, MtlsMode, PeerAuthentication, ROOT_NAMESPACE};
 pub use virtual_service::VirtualService;
 
 use crate::xds::ProxyAnnounce;
@@ -211,7 +220,7 @@ impl Resource {
     /// (`meshctl delete vs guestbook-ui`).
     pub fn reference(kind: Kind, namespace: &str, name: &str) -> Resource {
         Resource {
-            api_version: format!("{NETWORKING_GROUP}/v1"),
+            api_version: kind.api_version(),
             kind: kind.as_str().to_string(),
             metadata: ObjectMeta {
                 name: name.to_string(),
@@ -250,6 +259,8 @@ pub enum Spec {
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     Gateway(Gateway),
+    PeerAuthentication(PeerAuthentication),
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 impl Spec {
@@ -530,6 +541,53 @@ impl ConfigSet {
             Spec::Gateway(gw) => Some((r, gw)),
             _ => None,
         })
+    }
+
+    /// The PeerAuthentications, oldest first.
+    pub fn peer_authentications(&self) -> impl Iterator<Item = (&Resource, &PeerAuthentication)> {
+        self.entries().filter_map(|(r, s)| match s {
+            Spec::PeerAuthentication(pa) => Some((r, pa)),
+            _ => None,
+        })
+    }
+
+    /// The AuthorizationPolicies, oldest first.
+    pub fn authorization_policies(
+        &self,
+    ) -> impl Iterator<Item = (&Resource, &AuthorizationPolicy)> {
+        self.entries().filter_map(|(r, s)| match s {
+            Spec::AuthorizationPolicy(ap) => Some((r, ap)),
+            _ => None,
+        })
+    }
+
+    /// The inbound mTLS mode of a workload of this set's namespace with
+    /// `labels`: see [`peer_authentication`] for Istio's precedence.
+    pub fn effective_mtls(&self, labels: &BTreeMap<String, String>) -> EffectiveMtls {
+        let policies =
+            self.peer_authentications()
+                .map(|(r, spec)| peer_authentication::PolicyRef {
+                    namespace: &r.metadata.namespace,
+                    name: &r.metadata.name,
+                    spec,
+                });
+        peer_authentication::effective_mtls(policies, &self.namespace, labels).0
+    }
+
+    /// The AuthorizationPolicies that apply to a workload of this set's
+    /// namespace with `labels`, oldest first: those of the root namespace
+    /// (mesh-wide) and those of the workload's namespace, each when its
+    /// selector matches the labels or it has none (Istio's scoping).
+    pub fn authorization_policies_for(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<(&Resource, &AuthorizationPolicy)> {
+        self.authorization_policies()
+            .filter(|(r, ap)| {
+                let ns = r.metadata.namespace.as_str();
+                (ns == ROOT_NAMESPACE || ns == self.namespace) && ap.selects(labels)
+            })
+            .collect()
     }
 
     /// The VirtualServices the sidecars use (routed namespace, bound to

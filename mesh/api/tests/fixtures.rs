@@ -61,6 +61,81 @@ const TABLE: &[(&str, Expect)] = &[
         Accepted(&["VirtualService default/guestbook-service"]),
     ),
     (
+        "peer-authentication.yaml",
+        Accepted(&[
+            "PeerAuthentication istio-system/default",
+            "PeerAuthentication default/default",
+            "PeerAuthentication default/guestbook-service",
+        ]),
+    ),
+    (
+        "authorization-policy.yaml",
+        Accepted(&[
+            "AuthorizationPolicy istio-system/allow-nothing",
+            "AuthorizationPolicy default/allow-all",
+            "AuthorizationPolicy default/guestbook-service-viewers",
+            "AuthorizationPolicy default/deny-admin",
+            "AuthorizationPolicy default/audit-writes",
+        ]),
+    ),
+    (
+        "destination-rule-tls.yaml",
+        Accepted(&["DestinationRule default/guestbook-service"]),
+    ),
+    (
+        "security-unimplemented.yaml",
+        Rejected(&[
+            (
+                "AuthorizationPolicy default/ext-authz",
+                "spec.provider",
+                &["does not implement `provider`", "CUSTOM"],
+            ),
+            (
+                "AuthorizationPolicy default/ext-authz",
+                "spec.action",
+                &["does not implement `CUSTOM`", "ALLOW, DENY or AUDIT"],
+            ),
+            (
+                "AuthorizationPolicy default/ext-authz",
+                "spec.rules[0].from[0].source.requestPrincipals",
+                &["does not implement `requestPrincipals`", "JWT"],
+            ),
+            (
+                "AuthorizationPolicy default/ext-authz",
+                "spec.rules[0].from[0].source.ipBlocks",
+                &["does not implement `ipBlocks`", "principals"],
+            ),
+            (
+                "AuthorizationPolicy default/ext-authz",
+                "spec.rules[1].when[0].key",
+                &["request.auth.claims[groups]", "JWT"],
+            ),
+            (
+                "PeerAuthentication default/default",
+                "spec.mtls.mode",
+                &["not an mTLS mode", "write `STRICT`"],
+            ),
+            (
+                "PeerAuthentication default/default",
+                "spec.portLevelMtls",
+                &["needs a `selector`"],
+            ),
+            (
+                "DestinationRule default/api-example-com",
+                "spec.trafficPolicy.tls.clientCertificate",
+                &[
+                    "does not implement `clientCertificate`",
+                    "until egress TLS exists",
+                ],
+            ),
+            (
+                "DestinationRule default/api-example-com",
+                "spec.trafficPolicy.tls.mode",
+                &["does not implement `MUTUAL`", "ISTIO_MUTUAL"],
+            ),
+        ]),
+    ),
+    (
         "circuit-breaker-current.yaml",
         Accepted(&["DestinationRule default/helloworld-service"]),
     ),
@@ -202,18 +277,18 @@ const TABLE: &[(&str, Expect)] = &[
             ),
             (
                 "DestinationRule default/guestbook-ui",
-                "spec.trafficPolicy.tls",
-                &["does not implement `tls`"],
-            ),
-            (
-                "DestinationRule default/guestbook-ui",
-                "spec.trafficPolicy.portLevelSettings",
-                &["does not implement `portLevelSettings`"],
-            ),
-            (
-                "DestinationRule default/guestbook-ui",
                 "spec.trafficPolicy.loadBalancer.consistentHash",
                 &["does not implement `consistentHash`"],
+            ),
+            (
+                "DestinationRule default/guestbook-ui",
+                "spec.trafficPolicy.tls.mode",
+                &["does not implement `SIMPLE`", "until egress TLS exists"],
+            ),
+            (
+                "DestinationRule default/guestbook-ui",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer",
+                &["does not implement `loadBalancer`", "one port"],
             ),
         ]),
     ),
@@ -302,9 +377,9 @@ const TABLE: &[(&str, Expect)] = &[
                 ],
             ),
             (
-                "AuthorizationPolicy default/deny-all",
+                "RequestAuthentication default/jwt",
                 "kind",
-                &["not implemented by micromesh yet", "later micromesh lab"],
+                &["not implemented by micromesh yet", "JWT"],
             ),
         ]),
     ),

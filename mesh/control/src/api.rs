@@ -13,6 +13,7 @@
 //! POST   /v1/proxies/{instance}/ack        ACK / NACK             (watch.rs)
 //! GET    /v1/proxies                       every proxy            (watch.rs)
 //! GET    /v1/services                      discovery              (watch.rs)
+//! POST   /v1/certificates                  sign a workload CSR    (ca.rs)
 //! POST   /v1/config/apply                  apply Istio YAML       (config_api.rs)
 //! POST   /v1/config/delete                 delete Istio YAML      (config_api.rs)
 //! GET    /v1/config?kind=K                 list applied resources (config_api.rs)
@@ -24,6 +25,10 @@
 //! GET    /api/v1/graph, /api/v1/stat       traffic graph, stat    (graph.rs)
 //! GET    /api/v1/routes, /api/v1/dashboard routes view, page URL  (dashboard.rs)
 //! ```
+//!
+//! Every write here (PUT, POST, DELETE) needs `Authorization: Bearer
+//! <token>` (`token.rs`); reads are open. The telemetry intake (spans) is not
+//! guarded: see `token.rs` for why.
 //!
 //! `server.rs` merges the telemetry routers into this one, and serves the
 //! result on both the API port and the dashboard's.
@@ -61,6 +66,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/analyze", get(config_api::analyze))
         .route("/v1/merges", get(config_api::merges))
         .route("/metrics", get(pilot_metrics))
+        // Every write above needs the control plane's token (`token.rs`);
+        // a route layer, so an unknown path is still a plain 404.
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::token::require_for_writes,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

@@ -21,6 +21,7 @@ use crate::collector::CollectorSettings;
 use crate::dashboard::DashboardListen;
 use crate::kubernetes::{KubernetesSource, WebhookSettings, webhook};
 use crate::server::DEFAULT_STATE_DIR;
+use crate::token::WriteToken;
 use crate::{Error, Server, Settings};
 
 /// micromesh control plane: service registry, config store, and the watch
@@ -79,6 +80,23 @@ pub struct Args {
         default_value = "mesh-control.mesh-system"
     )]
     pub webhook_service: String,
+
+    /// The write token (`token.rs`), for a control plane whose proxies are
+    /// started elsewhere (containers). Give it in the environment, not on
+    /// the command line, where `ps` shows it. Default: the token in
+    /// `STATE_DIR/control-token`, made at the first start.
+    #[arg(
+        long,
+        env = "MESH_CONTROL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub control_token: Option<String>,
+
+    /// How long workload certificates live (`ca.rs`): `24h` (Istio's
+    /// default), `90m`, down to `2s` for rotation tests.
+    #[arg(long, env = "MESH_CERT_TTL", default_value = "24h", value_parser = crate::ca::parse_ttl)]
+    pub cert_ttl: Duration,
 
     /// Log filter, in tracing's EnvFilter syntax: `info`, `debug`,
     /// `info,mesh_control=debug`.
@@ -166,8 +184,18 @@ impl Args {
             } else {
                 self.state_dir
             };
+        // On Kubernetes an announce cannot become an endpoint and config
+        // comes from the API server, so there is nothing a token would guard
+        // (`token.rs`); locally every write needs one.
+        let write_token = match (&kubernetes, self.control_token) {
+            (Some(_), _) => WriteToken::Open,
+            (None, Some(token)) => WriteToken::Given(token),
+            (None, None) => WriteToken::StateFile,
+        };
         let settings = Settings {
             kubernetes,
+            write_token,
+            cert_ttl: self.cert_ttl,
             state_dir,
             listen: self.listen,
             lease: Duration::from_millis(self.lease_ms),
@@ -184,6 +212,10 @@ impl Args {
             server.url(),
             server.state_dir().display()
         );
+        match server.token_origin() {
+            Some(origin) => tracing::info!("writes need the control plane's token, in {origin}"),
+            None => tracing::info!("writes need no token (see mesh/control/src/token.rs)"),
+        }
         match server.dashboard_url() {
             Some(url) => tracing::info!("dashboard: {url}"),
             None => tracing::info!("no dashboard (see GET /api/v1/dashboard for why)"),

@@ -255,7 +255,12 @@ pub fn reduce(samples: &[Sample]) -> HashMap<EdgeKey, Counts> {
         if is_requests {
             let code = sample.label("response_code").unwrap_or("0");
             counts.requests += sample.value;
-            if code == "0" || code.starts_with('5') {
+            // A failed gRPC call is an HTTP 200 with a non-zero
+            // `grpc_response_status` (Kiali counts it as an error too).
+            let grpc_failed = sample
+                .label("grpc_response_status")
+                .is_some_and(|s| !s.is_empty() && s != "0");
+            if code == "0" || code.starts_with('5') || grpc_failed {
                 counts.errors += sample.value;
             }
             *counts.codes.entry(code.to_string()).or_default() += sample.value;
@@ -852,6 +857,20 @@ mod tests {
             None
         );
         assert_eq!(histogram_quantile(0.5, &[(f64::INFINITY, 3.0)]), None);
+    }
+
+    #[test]
+    fn a_failed_grpc_call_is_an_error_though_its_http_status_is_200() {
+        let labels = "reporter=\"source\",source_workload=\"hello-grpc-client\",\
+                      destination_workload=\"hello-grpc\",destination_service=\"hello-grpc\",\
+                      response_code=\"200\"";
+        let text = format!(
+            "istio_requests_total{{{labels},grpc_response_status=\"0\"}} 6\n\
+             istio_requests_total{{{labels},grpc_response_status=\"14\"}} 4\n"
+        );
+        let edges = reduce(&parse(&text).unwrap());
+        let counts = edges.values().next().expect("one edge");
+        assert_eq!((counts.requests, counts.errors), (10.0, 4.0));
     }
 
     #[test]

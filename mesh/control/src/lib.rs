@@ -61,6 +61,7 @@ use std::net::SocketAddr;
 
 mod api;
 mod args;
+pub mod ca;
 pub mod collector;
 pub mod compile;
 mod config_api;
@@ -73,12 +74,14 @@ pub mod scrape;
 mod server;
 mod state;
 pub mod store;
+pub mod token;
 mod watch;
 
 pub use args::{Args, SourceKind};
 pub use kubernetes::{KubernetesSource, WebhookSettings};
 pub use server::{DEFAULT_STATE_DIR, MAX_WATCH_WAIT, Server, ServerHandle, Settings};
 pub use store::StoreError;
+pub use token::{TokenError, WriteToken};
 
 /// Why the control plane could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,14 @@ pub enum Error {
          write for example `info` or `info,mesh_control=debug`"
     )]
     LogFilter { filter: String, message: String },
+
+    /// The mesh CA could not load or make its root (`ca.rs`).
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+
+    /// The write token could not be made or read (`token.rs`).
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
 
     /// The admission webhook could not start (`kubernetes/webhook.rs`).
     #[error(transparent)]

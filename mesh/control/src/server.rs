@@ -23,6 +23,7 @@ use crate::graph::{self, Graph, GraphSettings};
 use crate::kubernetes::{self, KubernetesSource, WebhookInfo};
 use crate::scrape::{self, ScrapeSettings};
 use crate::state::Shared;
+use crate::token::{ControlToken, WriteToken};
 
 /// Where the control plane keeps its state unless told otherwise (relative
 /// to the working directory, next to the project a learner runs it in).
@@ -58,6 +59,12 @@ pub struct Settings {
     /// local registry and `meshctl apply`; `Some` the Kubernetes API
     /// (`kubernetes/`).
     pub kubernetes: Option<KubernetesSource>,
+    /// What a write (apply, announce, ACK...) must prove (`token.rs`): the
+    /// binary keeps a token in the state directory; `Settings::local` is
+    /// open, for in-process tests on a private loopback port.
+    pub write_token: WriteToken,
+    /// How long the workload certificates the CA signs live (`ca.rs`).
+    pub cert_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -78,19 +85,22 @@ impl Default for Settings {
             scrape: ScrapeSettings::default(),
             graph: GraphSettings::default(),
             kubernetes: None,
+            write_token: WriteToken::StateFile,
+            cert_ttl: crate::ca::DEFAULT_CERT_TTL,
         }
     }
 }
 
 impl Settings {
     /// For tests and embedding: a free port on 127.0.0.1 (and another for
-    /// the dashboard), state in `state_dir`, every other setting at its
-    /// default.
+    /// the dashboard), state in `state_dir`, writes open (no token: set
+    /// `write_token` to test with one), every other setting at its default.
     pub fn local(state_dir: impl Into<PathBuf>) -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             dashboard: DashboardListen::Required(SocketAddr::from(([127, 0, 0, 1], 0))),
             state_dir: state_dir.into(),
+            write_token: WriteToken::Open,
             ..Settings::default()
         }
     }
@@ -137,9 +147,22 @@ impl Server {
             None => None,
         };
         let (webhook, webhook_task) = webhook.unzip();
-        let shared = Arc::new(Shared::load(settings, shutdown.clone())?);
+        // The token file lives in the state directory: make it exist first.
+        crate::store::Store::open(&settings.state_dir)?;
+        let token = ControlToken::resolve(&settings.write_token, &settings.state_dir)?;
+        // The CA bootstraps identities from the write token: no token, no CA.
+        let ca = match &token {
+            Some(_) => Some(crate::ca::Ca::load_or_create(
+                &settings.state_dir,
+                mesh_api::identity::DEFAULT_TRUST_DOMAIN,
+                settings.cert_ttl,
+            )?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::load(settings, shutdown.clone(), token, ca)?);
         // One API, on both ports: the dashboard's page calls it same-origin.
         let app = api::router(shared.clone())
+            .merge(crate::ca::router(shared.clone()))
             .merge(collector::router(collector.clone()))
             .merge(graph::router(shared.clone(), graph.clone()))
             .merge(dashboard::api_router(shared.clone(), dashboard_info));
@@ -258,6 +281,12 @@ impl ServerHandle {
     /// The state directory in use.
     pub fn state_dir(&self) -> &Path {
         &self.shared.settings.state_dir
+    }
+
+    /// Where the write token lives (a file path, or the variable it came
+    /// from); `None` when writes are open (`token.rs`).
+    pub fn token_origin(&self) -> Option<&str> {
+        self.shared.token.as_ref().map(|t| t.origin())
     }
 
     /// Stop accepting requests, answer pending long-polls, and wait until

@@ -30,6 +30,7 @@ use crate::compile::Workload;
 use crate::pilot::PilotMetrics;
 use crate::registry::Registry;
 use crate::store::{ConfigFile, RegistryFile, Store, StoreError};
+use crate::token::ControlToken;
 use crate::watch::SnapshotCache;
 
 /// Everything a snapshot is compiled from, at one version.
@@ -67,13 +68,23 @@ pub struct Shared {
     pub snapshots: SnapshotCache,
     /// Pushes, rejects and convergence, for `GET /metrics` (`pilot.rs`).
     pub pilot: PilotMetrics,
+    /// The token every write must carry (`token.rs`); `None`: writes open.
+    pub token: Option<ControlToken>,
+    /// The mesh CA (`ca.rs`): there whenever a write token is, since the
+    /// proxies' bootstrap tokens derive from it.
+    pub ca: Option<crate::ca::Ca>,
 }
 
 // === impl Shared ===
 
 impl Shared {
     /// Load what a previous run persisted and continue from it.
-    pub fn load(settings: Settings, shutdown: CancellationToken) -> Result<Shared, StoreError> {
+    pub fn load(
+        settings: Settings,
+        shutdown: CancellationToken,
+        token: Option<ControlToken>,
+        ca: Option<crate::ca::Ca>,
+    ) -> Result<Shared, StoreError> {
         let store = Store::open(&settings.state_dir)?;
         let loaded = store.load()?;
 
@@ -125,6 +136,8 @@ impl Shared {
                 pilot.version_made(version, Instant::now());
                 pilot
             },
+            token,
+            ca,
         })
     }
 

@@ -33,8 +33,9 @@ use std::time::Duration;
 use fantoccini::Locator;
 use serde_json::Value;
 
-use mesh_testkit::assert_binomial;
-use support::browser::{Browser, PAGE_TIMEOUT, free_port, poll};
+use anyhow::anyhow;
+use mesh_testkit::{assert_binomial, retry_until_ok, wait_for};
+use support::browser::{Browser, PAGE_TIMEOUT, free_port};
 
 /// Starting the JVM on a busy two-core machine is the slow part of `up`.
 const START_TIMEOUT: Duration = Duration::from_secs(240);
@@ -120,7 +121,7 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
             .spawn()
             .expect("meshctl starts"),
     };
-    poll("meshctl up to report the mesh is up", START_TIMEOUT, || {
+    retry_until_ok("meshctl up to report the mesh is up", START_TIMEOUT, || {
         let exited = up.child.try_wait().unwrap();
         let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
         let log = std::fs::read_to_string(&stderr).unwrap_or_default();
@@ -131,11 +132,12 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
             if printed.contains("micromesh is up") {
                 Ok(printed)
             } else {
-                Err(log)
+                Err(anyhow!("its log so far:\n{log}"))
             }
         }
     })
-    .await;
+    .await
+    .unwrap();
     let summary = std::fs::read_to_string(&stdout).unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let info: Value = http
@@ -175,37 +177,26 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
         .click()
         .await
         .unwrap();
-    poll("the page to list the message", PAGE_TIMEOUT, || async {
-        let list = browser
-            .element("body")
-            .await
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
+    retry_until_ok("the page to list the message", PAGE_TIMEOUT, || async {
+        let list = browser.element("body").await.text().await?;
         if list.contains(&message) {
             Ok(())
         } else {
-            Err(list)
+            Err(anyhow!("the page reads:\n{list}"))
         }
     })
-    .await;
+    .await
+    .unwrap();
     browser.screenshot("guestbook.png").await;
 
     // That request's trace crossed the UI, the store and the classifier,
     // each span's parent in the trace.
-    let trace: Value = poll(
+    let trace: Value = retry_until_ok(
         "the message's trace in the collector",
         PAGE_TIMEOUT,
         || async {
             let url = format!("{control}/api/v2/traces?serviceName=sentiment-service&limit=1");
-            let traces: Value = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let traces: Value = http.get(&url).send().await?.json().await?;
             let spans = traces[0].clone();
             let services: Vec<&str> = spans
                 .as_array()
@@ -224,11 +215,12 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
             if all.iter().all(|s| services.contains(s)) {
                 Ok(spans)
             } else {
-                Err(format!("{services:?}"))
+                Err(anyhow!("spans of {services:?}"))
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
     let ids: Vec<&str> = trace
         .as_array()
         .unwrap()
@@ -272,21 +264,23 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
 
     // --- 3. A trace's waterfall, across every service the page asked.
     browser.goto(&format!("{dashboard}#traces")).await;
-    let row = poll("a page view's trace in the list", PAGE_TIMEOUT, || async {
+    let row = retry_until_ok("a page view's trace in the list", PAGE_TIMEOUT, || async {
         let rows = browser
             .client()
             .find_all(Locator::Css("#trace-list tbody tr[data-trace]"))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         for row in rows {
-            let text = row.text().await.map_err(|e| e.to_string())?;
+            let text = row.text().await?;
             if text.contains("helloworld-service") && text.contains("guestbook-service") {
                 return Ok(row);
             }
         }
-        Err("no trace through helloworld-service and guestbook-service yet".to_string())
+        Err(anyhow!(
+            "no trace through helloworld-service and guestbook-service yet"
+        ))
     })
-    .await;
+    .await
+    .unwrap();
     row.click().await.unwrap();
     browser.element("#waterfall .span-row").await;
     let rows = browser
@@ -365,20 +359,19 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
     drop(background);
     let calls = |page: &str| istio_requests(page, "helloworld-service");
     let admin = admin_address(&meshctl(&["get", "proxies", "-o", "json"]), "guestbook-ui");
-    let settle_by = std::time::Instant::now() + Duration::from_secs(10);
-    let mut before = calls(&scrape(&http, &admin).await);
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = calls(&scrape(&http, &admin).await);
-        if now == before {
-            break;
-        }
-        before = now;
-        assert!(
-            std::time::Instant::now() < settle_by,
-            "guestbook-ui's call count kept moving 10 s after the background load stopped"
-        );
-    }
+    let last = std::cell::Cell::new(calls(&scrape(&http, &admin).await));
+    let before = wait_for(
+        "guestbook-ui's call count to stop moving after the background load",
+        Duration::from_secs(10),
+        async || {
+            // Two scrapes 300 ms apart that agree.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = calls(&scrape(&http, &admin).await);
+            Ok((last.replace(now) == now).then_some(now))
+        },
+    )
+    .await
+    .unwrap();
 
     // Each page asks helloworld-service for one greeting: 20 pages are
     // exactly 20 more calls counted by guestbook-ui's sidecar.

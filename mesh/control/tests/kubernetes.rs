@@ -18,17 +18,23 @@ use mesh_api::snapshot::Snapshot;
 use mesh_api::xds::{ProxyAnnounce, ProxyMode};
 use mesh_control::kubernetes::webhook;
 use mesh_control::{KubernetesSource, Server, ServerHandle, Settings, WebhookSettings};
+use mesh_testkit::{wait_for, wait_until};
 use serde_json::{Value, json};
+
+/// How long a test waits for the control plane to react to the API.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// Every kind of call the control plane may make, as RBAC names it. The
 /// Role in k8s/ must grant these and nothing more (see the RBAC test).
-const READS: [&str; 6] = [
+const READS: [&str; 8] = [
     "core/services",
     "discovery.k8s.io/endpointslices",
     "core/pods",
     "networking.istio.io/virtualservices",
     "networking.istio.io/destinationrules",
     "networking.istio.io/gateways",
+    "security.istio.io/peerauthentications",
+    "security.istio.io/authorizationpolicies",
 ];
 
 // === the world, in kubectl's words ===
@@ -155,16 +161,14 @@ impl Mesh {
     /// Wait until the probe's snapshot satisfies `check`; on timeout, fail
     /// with the last snapshot.
     async fn wait_until(&self, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        let found = wait_for(what, WAIT, async || {
             let snapshot = self.snapshot().await;
-            if check(&snapshot) {
-                return snapshot;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("timed out waiting for: {what}\nlast snapshot: {snapshot:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(check(&snapshot).then_some(snapshot))
+        })
+        .await;
+        match found {
+            Ok(snapshot) => snapshot,
+            Err(error) => panic!("{error:#}\nlast snapshot: {:#?}", self.snapshot().await),
         }
     }
 
@@ -365,22 +369,17 @@ async fn an_invalid_resource_gets_an_event_and_a_status_and_the_last_good_config
     api.apply(istio("VirtualService", "helloworld-service", spec));
 
     // The learner sees why where they look: a Warning Event, and the status.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let event = loop {
-        let created = mesh
+    let event = wait_for("an Event to be created", WAIT, async || {
+        Ok(mesh
             .api
             .calls()
             .into_iter()
-            .find(|c| c.verb == "create" && c.resource == "events");
-        if let Some(call) = created {
-            break call.body.unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no Event was created"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+            .find(|c| c.verb == "create" && c.resource == "events"))
+    })
+    .await
+    .unwrap()
+    .body
+    .unwrap();
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "Rejected");
     assert_eq!(event["regarding"]["kind"], "VirtualService");
@@ -390,17 +389,15 @@ async fn an_invalid_resource_gets_an_event_and_a_status_and_the_last_good_config
     assert!(note.contains("weight"), "says what to write today: {note}");
     assert!(note.contains("last good version"), "{note}");
 
-    let status = loop {
+    let status = wait_for("the status of generation 2", WAIT, async || {
         let vs = mesh
             .api
             .get("VirtualService", "helloworld-service")
             .unwrap();
-        if vs["status"]["observedGeneration"] == 2 {
-            break vs["status"].clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no status: {vs:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        Ok((vs["status"]["observedGeneration"] == 2).then(|| vs["status"].clone()))
+    })
+    .await
+    .unwrap();
     let condition = &status["conditions"][0];
     assert_eq!(condition["type"], "Accepted");
     assert_eq!(condition["status"], "False");
@@ -641,6 +638,17 @@ async fn the_rendered_role_allows_every_call_the_control_plane_makes_and_nothing
                             "hosts": ["*"]}]}),
     ));
     api.apply(istio("VirtualService", "helloworld-service", canary(80)));
+    // The security kinds get their status written too.
+    api.apply(istio(
+        "PeerAuthentication",
+        "default",
+        json!({"mtls": {"mode": "PERMISSIVE"}}),
+    ));
+    api.apply(istio(
+        "AuthorizationPolicy",
+        "allow-all",
+        json!({"rules": [{}]}),
+    ));
     webhook_configurations(&api);
     let mesh = Mesh::start_with(api.clone(), true).await;
     mesh.wait_until("80/20", |s| weights(s, "helloworld-service").len() == 2)
@@ -653,13 +661,12 @@ async fn the_rendered_role_allows_every_call_the_control_plane_makes_and_nothing
         let generation =
             api.get("VirtualService", "helloworld-service").unwrap()["metadata"]["generation"]
                 .clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while api.get("VirtualService", "helloworld-service").unwrap()["status"]["observedGeneration"]
-            != generation
-        {
-            assert!(tokio::time::Instant::now() < deadline, "no status written");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("the status of the new generation", WAIT, async || {
+            let vs = api.get("VirtualService", "helloworld-service").unwrap();
+            Ok(vs["status"]["observedGeneration"] == generation)
+        })
+        .await
+        .unwrap();
     }
     let calls = api.calls();
     let made: BTreeSet<String> = calls.iter().map(|c| c.rule()).collect();
@@ -736,7 +743,6 @@ async fn ca_bundles_published(mesh: &Mesh) {
         .expect("the webhooks run")
         .ca_pem
         .clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for (kind, name) in [
         (
             "ValidatingWebhookConfiguration",
@@ -747,24 +753,19 @@ async fn ca_bundles_published(mesh: &Mesh) {
             webhook::MUTATING_CONFIGURATION,
         ),
     ] {
-        loop {
+        let bundle = wait_for(&format!("{kind}'s caBundle"), WAIT, async || {
             let object = mesh.api.get(kind, name).unwrap();
             let bundle = &object["webhooks"][0]["clientConfig"]["caBundle"];
-            if !bundle.is_null() {
-                let pem: k8s_openapi::ByteString = serde_json::from_value(bundle.clone()).unwrap();
-                assert_eq!(
-                    String::from_utf8(pem.0).unwrap(),
-                    ca,
-                    "{kind}: the caBundle is our CA"
-                );
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{kind}: no caBundle"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Ok((!bundle.is_null()).then(|| bundle.clone()))
+        })
+        .await
+        .unwrap();
+        let pem: k8s_openapi::ByteString = serde_json::from_value(bundle).unwrap();
+        assert_eq!(
+            String::from_utf8(pem.0).unwrap(),
+            ca,
+            "{kind}: the caBundle is our CA"
+        );
     }
 }
 
@@ -920,14 +921,13 @@ async fn analysis_findings_appear_in_status_as_istio_shows_them() {
     api.apply(istio("VirtualService", "helloworld-service", spec));
     let status =
         |api: &FakeApi| api.get("VirtualService", "helloworld-service").unwrap()["status"].clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while status(&api)["validationMessages"]
-        .as_array()
-        .is_none_or(Vec::is_empty)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{:#}", status(&api));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("a validation message in the status", WAIT, async || {
+        Ok(status(&api)["validationMessages"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}: {:#}", status(&api)));
     let written = status(&api);
     assert_eq!(written["conditions"][0]["status"], "True", "{written:#}");
     let finding = &written["validationMessages"][0];
@@ -958,13 +958,13 @@ async fn analysis_findings_appear_in_status_as_istio_shows_them() {
             ("hw-v3-a", "10.0.0.3", true, false),
         ],
     ));
-    while status(&api)["validationMessages"]
-        .as_array()
-        .is_some_and(|m| !m.is_empty())
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{:#}", status(&api));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the validation message to clear", WAIT, async || {
+        Ok(status(&api)["validationMessages"]
+            .as_array()
+            .is_none_or(Vec::is_empty))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}: {:#}", status(&api)));
 }
 
 #[tokio::test]

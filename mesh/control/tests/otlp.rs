@@ -20,7 +20,7 @@ use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value as Json, json};
 
-use support::{Control, calls, span};
+use support::{Control, hop, span};
 
 const TRACE: &str = "5b8efff798038103d269b633813fc60c";
 /// The guestbook-ui sidecar's SERVER span: the app's spans hang under it.
@@ -28,29 +28,18 @@ const SIDECAR_SERVER: &str = "00000000000000b1";
 
 /// The sidecars' part: gateway CLIENT -> guestbook-ui SERVER.
 async fn sidecars_report(control: &Control) {
-    let spans = json!([
-        calls(
-            span(
-                TRACE,
-                "00000000000000a1",
-                None,
-                "CLIENT",
-                "ingressgateway",
-                1_000_000,
-                9_000
-            ),
-            "guestbook-ui"
-        ),
-        span(
+    let spans = Json::Array(
+        hop(
             TRACE,
-            SIDECAR_SERVER,
-            Some("00000000000000a1"),
-            "SERVER",
+            None,
+            ("00000000000000a1", SIDECAR_SERVER),
+            "ingressgateway",
             "guestbook-ui",
-            1_000_500,
-            8_000
-        ),
-    ]);
+            1_000_000,
+            9_000,
+        )
+        .to_vec(),
+    );
     assert_eq!(
         control.post_spans(spans).await.status(),
         StatusCode::ACCEPTED
@@ -335,14 +324,16 @@ async fn helloworld_services_own_span_joins_the_trace_its_sidecar_started() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
 
-    let greet = support::retry_until_ok("helloworld-service's span to arrive", || async {
-        let spans = trace(&control).await;
-        spans
-            .into_iter()
-            .find(|s| s["name"] == "greet")
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await;
+    let greet = mesh_testkit::wait_for(
+        "helloworld-service's span",
+        mesh_testkit::CONVERGE,
+        || async {
+            let spans = trace(&control).await;
+            Ok(spans.into_iter().find(|s| s["name"] == "greet"))
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(greet["parentId"], sidecar_server);
     assert_eq!(greet["localEndpoint"]["serviceName"], "helloworld-service");
     assert_eq!(greet["tags"]["http.response.status_code"], "200");

@@ -29,8 +29,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::anyhow;
 use mesh_control::{Server, ServerHandle, Settings};
 use mesh_proxy::{Config, Proxy, ProxyHandle};
+use mesh_testkit::{retry_until_ok, wait_for, wait_for_endpoints, wait_until};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -92,27 +94,10 @@ async fn helloworld(version: &'static str) -> SocketAddr {
     addr
 }
 
-/// Retry `check` until it returns `Ok`, for at most `seconds`: it retries
-/// errors, so it waits for Prometheus and its scrapes, never for a query's
-/// verdict.
-async fn retry_until_ok<T, F, Fut>(what: &str, seconds: u64, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(why) if tokio::time::Instant::now() >= deadline => {
-                panic!("gave up waiting for {what}: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 // === Prometheus ===
+
+/// How long the test waits for Prometheus to start and to scrape.
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(30);
 
 /// A `prometheus` process, killed when dropped.
 struct Prometheus {
@@ -181,7 +166,8 @@ impl Prometheus {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
         let log = dir.join("prometheus.log");
-        retry_until_ok("prometheus to be ready", 30, || async {
+        // Refused until it listens, 503 until its storage is up: retried.
+        retry_until_ok("prometheus to be ready", PROMETHEUS_WAIT, || async {
             let ready = prometheus
                 .http
                 .get(format!("{}/-/ready", prometheus.url))
@@ -189,10 +175,14 @@ impl Prometheus {
                 .await;
             match ready {
                 Ok(r) if r.status().is_success() => Ok(()),
-                _ => Err(std::fs::read_to_string(&log).unwrap_or_default()),
+                _ => Err(anyhow!(
+                    "its log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )),
             }
         })
-        .await;
+        .await
+        .unwrap();
         prometheus
     }
 
@@ -332,27 +322,10 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
     let ui = mesh
         .sidecar("guestbook-ui", "v1", "127.0.0.1:9".parse().unwrap())
         .await;
-    retry_until_ok(
-        "guestbook-ui's sidecar to see both versions",
-        15,
-        || async {
-            let found = mesh.proxies[ui]
-                .current_snapshot()
-                .and_then(|s| {
-                    s.clusters
-                        .iter()
-                        .find(|c| c.name == "helloworld-service")
-                        .map(|c| c.endpoints.len())
-                })
-                .unwrap_or(0);
-            if found == 2 {
-                Ok(())
-            } else {
-                Err(format!("{found} endpoints"))
-            }
-        },
-    )
-    .await;
+    // guestbook-ui's sidecar sees both versions.
+    wait_for_endpoints(&mesh.proxies[ui], "helloworld-service", 2)
+        .await
+        .unwrap();
 
     // Traffic all along: every fifth request asks for `/fail`; round robin
     // alternates the versions and five is odd, so half of those reach v2
@@ -395,13 +368,13 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
 
     // A config change while Prometheus watches: istiod's dashboard shows
     // the pushes it causes and how long the proxies took to get it.
-    retry_until_ok("the first scrape of the control plane", 30, || async {
-        match prometheus.data("pilot_xds_pushes").await.is_empty() {
-            true => Err("not scraped yet".to_string()),
-            false => Ok(()),
-        }
-    })
-    .await;
+    wait_until(
+        "the first scrape of the control plane",
+        PROMETHEUS_WAIT,
+        || async { Ok(!prometheus.data("pilot_xds_pushes").await.is_empty()) },
+    )
+    .await
+    .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let virtual_service = "apiVersion: networking.istio.io/v1\n\
                            kind: VirtualService\n\
@@ -508,15 +481,16 @@ async fn istios_dashboard_queries_with_a_namespace_selected_return_data() {
     ];
     for (what, query) in queries {
         let promql = grafana(query, &vars);
-        let data = retry_until_ok(what, 30, || async {
-            let data = prometheus.data(&promql).await;
-            if data.is_empty() {
-                Err(format!("no data for {promql}"))
-            } else {
-                Ok(data)
-            }
-        })
-        .await;
+        let data = wait_for(
+            &format!("data for {promql} ({what})"),
+            PROMETHEUS_WAIT,
+            || async {
+                let data = prometheus.data(&promql).await;
+                Ok((!data.is_empty()).then_some(data))
+            },
+        )
+        .await
+        .unwrap();
         tracing::info!(what, series = data.len(), "has data");
     }
 

@@ -17,7 +17,9 @@ use mesh_control::graph::StatRow;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::{Control, FakeAdmin, calls, hanging_admin, retry_until_ok, series, span};
+use anyhow::anyhow;
+use mesh_testkit::{CONVERGE, retry_until_ok};
+use support::{Control, FakeAdmin, hanging_admin, hop, series, span};
 
 // === the collector ===
 
@@ -25,50 +27,29 @@ use support::{Control, FakeAdmin, calls, hanging_admin, retry_until_ok, series, 
 async fn the_collector_speaks_zipkins_api() {
     let control = Control::start().await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let spans = json!([
-        calls(
-            span(
+    let spans = Value::Array(
+        [
+            hop(
                 trace,
-                "00000000000000a1",
                 None,
-                "CLIENT",
+                ("00000000000000a1", "00000000000000b1"),
                 "ingressgateway",
-                1_000_000,
-                9_000
-            ),
-            "guestbook-ui"
-        ),
-        span(
-            trace,
-            "00000000000000b1",
-            Some("00000000000000a1"),
-            "SERVER",
-            "guestbook-ui",
-            1_000_500,
-            8_000
-        ),
-        calls(
-            span(
-                trace,
-                "00000000000000b2",
-                Some("00000000000000b1"),
-                "CLIENT",
                 "guestbook-ui",
-                1_001_000,
-                5_000
+                1_000_000,
+                9_000,
             ),
-            "helloworld-service"
-        ),
-        span(
-            trace,
-            "00000000000000c1",
-            Some("00000000000000b2"),
-            "SERVER",
-            "helloworld-service",
-            1_001_500,
-            4_000
-        ),
-    ]);
+            hop(
+                trace,
+                Some("00000000000000b1"),
+                ("00000000000000b2", "00000000000000c1"),
+                "guestbook-ui",
+                "helloworld-service",
+                1_001_000,
+                5_000,
+            ),
+        ]
+        .concat(),
+    );
     let response = control.post_spans(spans).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 
@@ -162,62 +143,43 @@ async fn a_trace_split_by_an_app_that_did_not_forward_headers_is_reported_broken
         "a00000000000000000000000000000e2",
     );
     control
-        .post_spans(json!([
-            calls(
-                span(
+        .post_spans(Value::Array(
+            [
+                hop(
                     t2,
-                    "00000000000000b2",
                     None,
-                    "CLIENT",
+                    ("00000000000000b2", "00000000000000c1"),
                     "guestbook-ui",
+                    "helloworld-service",
                     1_001_000,
-                    5_000
+                    5_000,
                 ),
-                "helloworld-service"
-            ),
-            span(
-                t2,
-                "00000000000000c1",
-                Some("00000000000000b2"),
-                "SERVER",
-                "helloworld-service",
-                1_001_500,
-                4_000
-            ),
-            calls(
-                span(
+                hop(
                     t1,
-                    "00000000000000a1",
                     None,
-                    "CLIENT",
+                    ("00000000000000a1", "00000000000000b1"),
                     "ingressgateway",
+                    "guestbook-ui",
                     1_000_000,
-                    9_000
+                    9_000,
                 ),
-                "guestbook-ui"
-            ),
-            span(
-                t1,
-                "00000000000000b1",
-                Some("00000000000000a1"),
-                "SERVER",
-                "guestbook-ui",
-                1_000_500,
-                8_000
-            ),
-        ]))
+            ]
+            .concat(),
+        ))
         .await;
     // The verdict waits until the traces settle (2 s without a new span).
-    let broken: Vec<Value> = retry_until_ok("both traces to be reported broken", || async {
-        let list = control.get("/api/v1/traces?broken=true").await;
-        let list = list.as_array().unwrap().clone();
-        if list.len() == 2 {
-            Ok(list)
-        } else {
-            Err(format!("{} broken so far", list.len()))
-        }
-    })
-    .await;
+    let broken: Vec<Value> =
+        retry_until_ok("both traces to be reported broken", CONVERGE, || async {
+            let list = control.get("/api/v1/traces?broken=true").await;
+            let list = list.as_array().unwrap().clone();
+            if list.len() == 2 {
+                Ok(list)
+            } else {
+                Err(anyhow!("{} broken so far", list.len()))
+            }
+        })
+        .await
+        .unwrap();
     let new_trace = broken.iter().find(|t| t["traceId"] == t2).unwrap();
     let problem = &new_trace["problems"][0];
     assert_eq!(problem["kind"], "headersNotForwarded");
@@ -390,6 +352,7 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
 
     let graph = retry_until_ok(
         "the graph to show all three edges with their rates",
+        CONVERGE,
         || async {
             let graph = control
                 .get(&format!("/api/v1/graph?window={WINDOW_S}"))
@@ -414,11 +377,12 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
             {
                 Ok(graph)
             } else {
-                Err(format!("{edges:#?}"))
+                Err(anyhow!("{edges:#?}"))
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     let edges = graph["edges"].as_array().unwrap();
     let edge = |target: &str| edges.iter().find(|e| e["target"] == target).unwrap();

@@ -17,7 +17,7 @@ use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::{Control, calls, span};
+use support::{Control, calls, hop, span};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -351,52 +351,28 @@ async fn trace_many_returns_the_traces_asked_for() {
 #[tokio::test]
 async fn dependencies_draw_each_call_once() {
     let control = Control::start().await;
-    let mut failed = span(
+    let [ui_calls, mut failed] = hop(
         TRACE,
-        "00000000000000c1",
-        Some("00000000000000b2"),
-        "SERVER",
+        Some("00000000000000b1"),
+        ("00000000000000b2", "00000000000000c1"),
+        "guestbook-ui",
         "helloworld-service",
-        1_001_500,
-        4_000,
+        1_001_000,
+        5_000,
     );
     failed["tags"]["error"] = json!("true");
-    let spans = json!([
-        calls(
-            span(
-                TRACE,
-                "00000000000000a1",
-                None,
-                "CLIENT",
-                "ingressgateway",
-                1_000_000,
-                9_000
-            ),
-            "guestbook-ui"
-        ),
-        span(
-            TRACE,
-            "00000000000000b1",
-            Some("00000000000000a1"),
-            "SERVER",
-            "guestbook-ui",
-            1_000_500,
-            8_000
-        ),
-        calls(
-            span(
-                TRACE,
-                "00000000000000b2",
-                Some("00000000000000b1"),
-                "CLIENT",
-                "guestbook-ui",
-                1_001_000,
-                5_000
-            ),
-            "helloworld-service"
-        ),
-        failed,
-    ]);
+    let mut spans = hop(
+        TRACE,
+        None,
+        ("00000000000000a1", "00000000000000b1"),
+        "ingressgateway",
+        "guestbook-ui",
+        1_000_000,
+        9_000,
+    )
+    .to_vec();
+    spans.extend([ui_calls, failed]);
+    let spans = Value::Array(spans);
     control.post_spans(spans).await;
     let (status, links) = get(&control, "/api/v2/dependencies?endTs=2000").await;
     assert_eq!(status, StatusCode::OK);

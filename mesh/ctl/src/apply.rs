@@ -30,8 +30,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use mesh_api::config::{
-    ApplyRequest, ApplyResponse, ConfigErrors, ConfigSet, Diagnostic, Kind, NETWORKING_GROUP,
-    SourceFile,
+    ApplyRequest, ApplyResponse, ConfigErrors, ConfigSet, Diagnostic, Kind, SourceFile,
 };
 
 use crate::analyze::is_error;
@@ -52,7 +51,10 @@ Exit status:
      `meshctl analyze` lists the findings and exits 1 while one is an error.
   1  Nothing was changed: a file does not parse or is not valid (one line per
      problem: FILE: KIND ns/name: field: message), or the control plane
-     cannot be reached.";
+     cannot be reached.
+On a cluster (see `meshctl --help`, local or cluster) meshctl does not apply:
+use `kubectl apply -f FILE`; the control plane's admission webhook refuses an
+invalid resource with the messages above. `meshctl validate` works anywhere.";
 
 /// `meshctl validate --help`, after the options.
 pub const VALIDATE_HELP: &str = "\
@@ -161,10 +163,34 @@ pub struct DeleteArgs {
 }
 
 pub async fn apply(ctx: &Ctx, args: FileArgs) -> Result<ExitCode> {
+    refuse_on_a_cluster(ctx, "apply", &args.files)?;
     send(ctx, read_sources(&args.files)?, "/v1/config/apply").await
 }
 
+/// One way per mode: on a cluster, kubectl writes the Istio resources.
+fn refuse_on_a_cluster(ctx: &Ctx, verb: &str, files: &[PathBuf]) -> Result<()> {
+    if let crate::cli::Mode::Cluster(target) = ctx.mode() {
+        let files: Vec<String> = files
+            .iter()
+            .map(|f| format!("-f {}", f.display()))
+            .collect();
+        let files = if files.is_empty() {
+            "KIND NAME...".to_string()
+        } else {
+            files.join(" ")
+        };
+        bail!(
+            "meshctl talks to the cluster of {} (see `meshctl --help`, local or cluster), \
+             where the Istio resources are Kubernetes objects: run `kubectl {verb} {files}` \
+             (the control plane's admission webhook validates them as `meshctl validate` does)",
+            target.describe()
+        );
+    }
+    Ok(())
+}
+
 pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<ExitCode> {
+    refuse_on_a_cluster(ctx, "delete", &args.files)?;
     let files = match &args.kind {
         None => read_sources(&args.files)?,
         Some(kind) => vec![reference_file(kind, &args.names, &args.namespace)?],
@@ -188,7 +214,8 @@ fn reference_file(kind: &str, names: &[String], namespace: &str) -> Result<Sourc
         .iter()
         .map(|name| {
             format!(
-                "apiVersion: {NETWORKING_GROUP}/v1\nkind: {}\nmetadata:\n  name: {}\n  namespace: {}\n",
+                "apiVersion: {}\nkind: {}\nmetadata:\n  name: {}\n  namespace: {}\n",
+                kind.api_version(),
                 kind.as_str(),
                 yaml_string(name),
                 yaml_string(namespace)

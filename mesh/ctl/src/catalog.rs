@@ -7,6 +7,10 @@
 //! `HOST`/`PORT` (where to listen), `VERSION`, `HOSTNAME` (its instance name,
 //! like a pod name) and `HTTP_PROXY` (its own sidecar's outbound port); see
 //! `supervisor.rs`.
+//!
+//! Besides the Guestbook, the catalog holds the gRPC demo of lab 09
+//! (`hello-grpc` and an idle `hello-grpc-client` to `meshctl exec` into),
+//! which `meshctl up` starts only when asked (`--grpc-demo`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +25,16 @@ pub enum Launch {
     /// `java <file>`: the JDK compiles and runs a single source file (Java 11+;
     /// Sentiment.java needs 17, see `runtime.rs`).
     Java(&'static str),
+}
+
+/// How `meshctl up` tells that an instance's app is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// `GET /health` answers 2xx (an HTTP readiness probe).
+    Http,
+    /// Its port accepts a connection (Kubernetes' `tcpSocket` probe): a gRPC
+    /// server speaks HTTP/2 only, so a plain HTTP/1.1 GET cannot ask it.
+    Tcp,
 }
 
 /// One version of a service: its `version` label and the environment that
@@ -43,6 +57,10 @@ pub struct Service {
     /// Environment variables whose value is a file in the work dir (the
     /// SQLite database): `(VARIABLE, file name)`.
     pub workdir_files: &'static [(&'static str, &'static str)],
+    pub health: Health,
+    /// Started by a plain `meshctl up` (the Guestbook), or only on request
+    /// (the gRPC demo).
+    pub by_default: bool,
 }
 
 /// Every service `meshctl up` knows, in start order (callees before callers,
@@ -56,6 +74,8 @@ pub const CATALOG: &[Service] = &[
             env: &[],
         }],
         workdir_files: &[],
+        health: Health::Http,
+        by_default: true,
     },
     Service {
         name: "guestbook-service",
@@ -65,6 +85,8 @@ pub const CATALOG: &[Service] = &[
             env: &[],
         }],
         workdir_files: &[("DATABASE_PATH", "guestbook.db")],
+        health: Health::Http,
+        by_default: true,
     },
     Service {
         name: "helloworld-service",
@@ -81,6 +103,8 @@ pub const CATALOG: &[Service] = &[
             },
         ],
         workdir_files: &[],
+        health: Health::Http,
+        by_default: true,
     },
     Service {
         name: "guestbook-ui",
@@ -98,8 +122,42 @@ pub const CATALOG: &[Service] = &[
             },
         ],
         workdir_files: &[],
+        health: Health::Http,
+        by_default: true,
+    },
+    // The gRPC demo (lab 09): a gRPC server answering with its instance...
+    Service {
+        name: "hello-grpc",
+        launch: Launch::Python("services/hello-grpc/server.py"),
+        versions: &[Version {
+            name: "v1",
+            env: &[],
+        }],
+        workdir_files: &[],
+        health: Health::Tcp,
+        by_default: false,
+    },
+    // ...and a meshed client instance that idles (`client.py` serving
+    // /health only), like Istio's `sleep` sample: `meshctl exec
+    // hello-grpc-client -- python3 services/hello-grpc/client.py` makes the
+    // calls through its sidecar.
+    Service {
+        name: "hello-grpc-client",
+        launch: Launch::Python("services/hello-grpc/client.py"),
+        versions: &[Version {
+            name: "v1",
+            env: &[("HELLO_GRPC_CLIENT_MODE", "serve")],
+        }],
+        workdir_files: &[],
+        health: Health::Http,
+        by_default: false,
     },
 ];
+
+/// The workloads `meshctl up --grpc-demo` adds: three gRPC servers (so the
+/// spread shows) and one client instance.
+pub const GRPC_DEMO: &[(&str, &str, u32)] =
+    &[("hello-grpc", "v1", 3), ("hello-grpc-client", "v1", 1)];
 
 /// The workload names of the catalog, for error messages.
 pub fn names() -> String {
@@ -140,11 +198,12 @@ impl Service {
     }
 }
 
-/// What `meshctl up` starts when asked for nothing else: every service at its
-/// default version, one instance each.
+/// What `meshctl up` starts when asked for nothing else: every Guestbook
+/// service at its default version, one instance each.
 pub fn default_workloads() -> Vec<Workload> {
     CATALOG
         .iter()
+        .filter(|s| s.by_default)
         .map(|s| Workload {
             service: s.name.to_string(),
             version: s.default_version().name.to_string(),
@@ -332,6 +391,21 @@ mod tests {
                 "helloworld-service@v1",
                 "guestbook-ui@v1"
             ]
+        );
+    }
+
+    #[test]
+    fn the_grpc_demo_is_in_the_catalog_but_not_started_by_default() {
+        for (name, version, _) in GRPC_DEMO {
+            let service = service(name).unwrap();
+            assert!(!service.by_default, "{name}");
+            service.version(version).unwrap();
+        }
+        assert_eq!(service("hello-grpc").unwrap().health, Health::Tcp);
+        assert!(
+            default_workloads()
+                .iter()
+                .all(|w| !w.service.starts_with("hello-grpc"))
         );
     }
 

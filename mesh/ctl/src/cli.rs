@@ -4,6 +4,10 @@
 //! workloads (`up`, `scale`, `get services`, `logs`), `kubectl apply` for the
 //! Istio resources (`apply`, `delete`, `get virtualservices`), and `istioctl`
 //! for the checks (`analyze`, `validate`). Each command lives in its own module.
+//!
+//! The same words work on a cluster (`get`, `analyze`, `stat`, `traces`,
+//! `dashboard`): `Ctx::control` picks the control plane by the rule in
+//! [`MODE_HELP`], and `cluster.rs` reaches it through the API server.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,15 +17,35 @@ use clap::{Parser, Subcommand};
 use mesh_api::xds::ports;
 
 use crate::client::Client;
+use crate::cluster::ServiceProxy;
+use crate::exec;
 use crate::runfile::RunState;
 use crate::{
-    analyze, apply, dashboard, get, inject, load, locate, logs, process, reset, scale, stat,
-    traces, up,
+    analyze, apply, cluster, dashboard, get, inject, load, locate, logs, process, reset, scale,
+    stat, traces, up,
 };
+
+/// Which control plane a command talks to: `meshctl --help` prints this.
+pub const MODE_HELP: &str = "\
+Local or cluster: which control plane a command talks to, in this order:
+  1. --control-url (MESH_CONTROL_URL): that URL.
+  2. --context or --kubeconfig: that cluster, through its API server.
+  3. a running `meshctl up` (its run file in the work dir): the local mesh.
+  4. a kubeconfig (KUBECONFIG, else ~/.kube/config) with a current context:
+     that cluster, as kubectl and istioctl would pick it.
+  5. otherwise the last `meshctl up`'s control plane, or
+     http://127.0.0.1:15010 (`meshctl up`'s default).
+On a cluster, get, analyze, stat, traces and dashboard read the control plane
+through the Kubernetes API server's service proxy (RBAC: `get` on
+services/proxy in mesh-system; see k8s/meshctl-user.yaml); `meshctl dashboard`
+serves it on a local port until Ctrl-C. Istio resources on a cluster are
+Kubernetes objects: `kubectl apply -f` and `kubectl delete -f` them (the
+admission webhook validates them as `meshctl validate` does); meshctl apply,
+delete, reset, up, down, scale, restart and logs act on the local mesh only.";
 
 /// micromesh's command line.
 #[derive(Debug, Parser)]
-#[command(name = "meshctl", version, about, long_about = None)]
+#[command(name = "meshctl", version, about, long_about = None, after_help = MODE_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub global: Ctx,
@@ -44,6 +68,23 @@ pub struct Ctx {
     /// found above the current directory or above meshctl.
     #[arg(long, global = true, env = "MESH_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Talk to the control plane of this kube context's cluster (as
+    /// `kubectl --context`), even if `meshctl up` runs.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The kubeconfig to read (as `kubectl --kubeconfig`); implies cluster
+    /// mode. Without it, KUBECONFIG or ~/.kube/config.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Where a command's control plane is, by the rule in [`MODE_HELP`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `--control-url`, or a running/previous `meshctl up`, or the default.
+    Local { url: String, started: bool },
+    /// A cluster's control plane, through its API server.
+    Cluster(cluster::Target),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +125,9 @@ pub enum Command {
     /// Send requests at a fixed rate and report statuses, latency and which
     /// versions answered.
     Load(load::LoadArgs),
+    /// Run a command as an instance's app would, its calls through that
+    /// instance's sidecar (like `kubectl exec`): meshctl exec INSTANCE -- CMD...
+    Exec(exec::ExecArgs),
     /// Print Kubernetes workloads with the mesh-proxy sidecar added, like
     /// `istioctl kube-inject` (`-f -` reads stdin).
     Inject(inject::InjectArgs),
@@ -122,6 +166,7 @@ impl Args {
             Command::Traces(args) => traces::run(&ctx, args).await,
             Command::Load(args) => load::run(args).await,
             Command::Inject(args) => inject::run(args),
+            Command::Exec(args) => exec::run(&ctx, args).await,
         }
     }
 }
@@ -146,19 +191,30 @@ impl Ctx {
         RunState::load(&self.workdir())
     }
 
-    /// The control plane: `--control-url`, else the one `meshctl up` runs,
-    /// else the well-known port.
+    /// The control plane, by the rule in [`MODE_HELP`].
     pub fn control(&self) -> Client {
-        if let Some(url) = &self.control_url {
-            return Client::control_plane(url);
-        }
-        match self.run_state().ok().flatten() {
-            Some(state) if process::runs_program(state.pid, "meshctl") => {
-                Client::started_control_plane(&state.control_url)
+        match self.mode() {
+            Mode::Local { url, started } => {
+                let client = if started {
+                    Client::started_control_plane(&url)
+                } else {
+                    Client::control_plane(&url)
+                };
+                // Writes need the control plane's token (`token.rs`).
+                client.with_token(crate::token::for_control_plane(&url, &self.workdir()))
             }
-            Some(stale) => Client::control_plane(&stale.control_url),
-            None => Client::control_plane(&format!("http://127.0.0.1:{}", ports::CONTROL)),
+            Mode::Cluster(target) => Client::cluster_control_plane(ServiceProxy::new(target)),
         }
+    }
+
+    /// Local or cluster, and where (see [`MODE_HELP`]).
+    pub fn mode(&self) -> Mode {
+        let running = self
+            .run_state()
+            .ok()
+            .flatten()
+            .map(|state| (process::runs_program(state.pid, "meshctl"), state));
+        decide(self, running, cluster::Target::default().resolve_context())
     }
 
     /// Print to stdout. A reader that goes away (`meshctl logs | head`) is
@@ -180,6 +236,46 @@ impl Ctx {
             Some(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
             _ => path.display().to_string(),
         }
+    }
+}
+
+/// The rule of [`MODE_HELP`], given what `meshctl up` left in the work dir
+/// (whether its process still runs) and the kubeconfig's current context.
+fn decide(ctx: &Ctx, run: Option<(bool, RunState)>, current_context: Option<String>) -> Mode {
+    if let Some(url) = &ctx.control_url {
+        return Mode::Local {
+            url: url.clone(),
+            started: false,
+        };
+    }
+    let explicit = cluster::Target {
+        kubeconfig: ctx.kubeconfig.clone(),
+        context: ctx.context.clone(),
+    };
+    if explicit != cluster::Target::default() {
+        return Mode::Cluster(explicit);
+    }
+    match run {
+        Some((true, state)) => {
+            return Mode::Local {
+                url: state.control_url,
+                started: true,
+            };
+        }
+        Some((false, stale)) if current_context.is_none() => {
+            return Mode::Local {
+                url: stale.control_url,
+                started: false,
+            };
+        }
+        _ => {}
+    }
+    match current_context {
+        Some(_) => Mode::Cluster(cluster::Target::default()),
+        None => Mode::Local {
+            url: format!("http://127.0.0.1:{}", ports::CONTROL),
+            started: false,
+        },
     }
 }
 
@@ -270,6 +366,70 @@ mod tests {
         };
         assert_eq!(files.files, ["a.yaml", "labs/03", "-"].map(PathBuf::from));
         assert!(parse(&["apply"]).is_err(), "-f is required");
+    }
+
+    fn run_file(live: bool) -> Option<(bool, RunState)> {
+        let state = RunState {
+            control_url: "http://127.0.0.1:25010".into(),
+            ..Default::default()
+        };
+        Some((live, state))
+    }
+
+    #[test]
+    fn the_mode_follows_the_documented_order() {
+        let kind = || Some("kind-micromesh".to_string());
+        let local = |url: &str, started| Mode::Local {
+            url: url.into(),
+            started,
+        };
+        let ctx = |args: &[&str]| parse(&[args, &["analyze"]].concat()).unwrap().global;
+        // 1. An explicit URL wins over everything.
+        let url = ctx(&[
+            "--control-url",
+            "http://10.0.0.1:15010",
+            "--context",
+            "kind-x",
+        ]);
+        assert_eq!(
+            decide(&url, run_file(true), kind()),
+            local("http://10.0.0.1:15010", false)
+        );
+        // 2. --context / --kubeconfig: the cluster, even with `meshctl up` running.
+        let explicit = ctx(&["--context", "kind-x"]);
+        assert_eq!(
+            decide(&explicit, run_file(true), None),
+            Mode::Cluster(cluster::Target {
+                kubeconfig: None,
+                context: Some("kind-x".into())
+            })
+        );
+        let file = ctx(&["--kubeconfig", "/tmp/k"]);
+        assert!(matches!(decide(&file, None, None), Mode::Cluster(t) if t.kubeconfig.is_some()));
+        // 3. A running `meshctl up` beats the kubeconfig's current context.
+        let plain = ctx(&[]);
+        assert_eq!(
+            decide(&plain, run_file(true), kind()),
+            local("http://127.0.0.1:25010", true)
+        );
+        // 4. No mesh runs here, a kubeconfig has a current context: the cluster.
+        assert_eq!(
+            decide(&plain, None, kind()),
+            Mode::Cluster(cluster::Target::default())
+        );
+        assert_eq!(
+            decide(&plain, run_file(false), kind()),
+            Mode::Cluster(cluster::Target::default())
+        );
+        // 5. Neither: the last run's URL, else the well-known port.
+        assert_eq!(
+            decide(&plain, run_file(false), None),
+            local("http://127.0.0.1:25010", false)
+        );
+        assert_eq!(
+            decide(&plain, None, None),
+            local("http://127.0.0.1:15010", false)
+        );
     }
 
     #[test]

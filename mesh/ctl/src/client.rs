@@ -6,14 +6,22 @@
 //! comes from mesh-control's JSON API (see `mesh_api::xds` for its routes).
 //! Every client here ignores `HTTP_PROXY`: the user's shell may point it at a
 //! corporate proxy that cannot reach our 127.0.0.1.
+//!
+//! On a cluster the same calls go through the Kubernetes API server's
+//! service proxy (`cluster.rs`): the commands do not know the difference,
+//! only the transport below does. Writes (`post`) are refused there: the
+//! Istio resources of a cluster are applied with `kubectl apply`.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use mesh_api::config::ConfigErrors;
 use mesh_api::xds::ApiError;
+use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::cluster::{self, ServiceProxy};
 
 /// A client for one base URL.
 #[derive(Clone, Debug)]
@@ -23,8 +31,24 @@ pub struct Client {
     what: &'static str,
     /// What the user should do when nothing answers.
     hint: String,
-    http: reqwest::Client,
+    transport: Transport,
+    /// The control plane's write token, sent with every request
+    /// (`token.rs`); `None` for reads-only clients.
+    token: Option<reqwest::header::HeaderValue>,
 }
+
+/// How a request gets there: straight to a URL, or through the API server.
+#[derive(Clone, Debug)]
+enum Transport {
+    Http(reqwest::Client),
+    Cluster(ServiceProxy),
+}
+
+/// What meshctl tells a user who tries to change a cluster's config with it.
+pub const CLUSTER_WRITES: &str = "on a cluster the Istio resources are Kubernetes objects: \
+     use `kubectl apply -f FILE` and `kubectl delete -f FILE` (the control plane's admission \
+     webhook checks them with `meshctl validate`'s messages). meshctl apply, delete and reset \
+     change the local mesh of `meshctl up`";
 
 /// The outcome of a call whose 400 carries structured validation errors.
 #[derive(Debug)]
@@ -67,41 +91,108 @@ impl Client {
         )
     }
 
+    /// The control plane of a cluster, through its API server.
+    pub fn cluster_control_plane(proxy: ServiceProxy) -> Client {
+        Client {
+            base: format!(
+                "{} ({})",
+                ServiceProxy::path(cluster::API_PORT, ""),
+                proxy.target().describe()
+            ),
+            what: "the control plane",
+            hint: String::new(),
+            transport: Transport::Cluster(proxy),
+            token: None,
+        }
+    }
+
     fn new(base: &str, what: &'static str, hint: &str, timeout: Duration) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             what,
             hint: hint.to_string(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(timeout)
-                .build()
-                .expect("a plain HTTP client builds"),
+            transport: Transport::Http(
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(timeout)
+                    .build()
+                    .expect("a plain HTTP client builds"),
+            ),
+            token: None,
+        }
+    }
+
+    /// Send the control plane's write token (`token.rs`) with each request;
+    /// writes without it are answered 401.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token
+            .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        self
+    }
+
+    /// The cluster behind this client, if it reaches one.
+    pub fn cluster(&self) -> Option<&ServiceProxy> {
+        match &self.transport {
+            Transport::Cluster(proxy) => Some(proxy),
+            Transport::Http(_) => None,
         }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let url = self.url(path);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&url, e))?;
-        self.decode(&url, response).await
+        let (url, status, text) = self.call(Method::GET, path, None).await?;
+        self.decode(&url, status, text)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let (url, status, text) = self.call(Method::POST, path, Some(to_json(body)?)).await?;
+        self.decode(&url, status, text)
+    }
+
+    /// Send one request; the URL (for messages), status and body.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(String, StatusCode, String)> {
         let url = self.url(path);
-        let response = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&url, e))?;
-        self.decode(&url, response).await
+        match &self.transport {
+            Transport::Http(http) => {
+                let mut request = http.request(method, &url);
+                if let Some(token) = &self.token {
+                    request = request.header(reqwest::header::AUTHORIZATION, token.clone());
+                }
+                if let Some(body) = body {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body);
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| self.unreachable(&url, e))?;
+                let status = response.status();
+                let text = response.text().await.with_context(|| {
+                    format!("{} at {url} closed the connection mid-answer", self.what)
+                })?;
+                Ok((url, status, text))
+            }
+            Transport::Cluster(proxy) => {
+                if method != Method::GET {
+                    bail!("{CLUSTER_WRITES}");
+                }
+                let (status, _, bytes) = proxy
+                    .send(cluster::API_PORT, method, path, body.unwrap_or_default())
+                    .await?;
+                let url = ServiceProxy::path(cluster::API_PORT, path);
+                Ok((url, status, String::from_utf8_lossy(&bytes).into_owned()))
+            }
+        }
     }
 
     /// POST whose HTTP 400 is a `ConfigErrors` document (apply, delete).
@@ -110,16 +201,8 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<Validated<T>> {
-        let url = self.url(path);
-        let response = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&url, e))?;
-        if response.status() == reqwest::StatusCode::BAD_REQUEST {
-            let text = response.text().await.unwrap_or_default();
+        let (url, status, text) = self.call(Method::POST, path, Some(to_json(body)?)).await?;
+        if status == StatusCode::BAD_REQUEST {
             match serde_json::from_str::<ConfigErrors>(&text) {
                 Ok(errors) if !errors.errors.is_empty() => {
                     return Ok(Validated::Rejected(errors));
@@ -132,7 +215,7 @@ impl Client {
                 error_text(&text)
             );
         }
-        self.decode(&url, response).await.map(Validated::Ok)
+        self.decode(&url, status, text).map(Validated::Ok)
     }
 
     fn url(&self, path: &str) -> String {
@@ -150,16 +233,12 @@ impl Client {
         anyhow!("cannot reach {} at {url}: {why}; {}", self.what, self.hint)
     }
 
-    async fn decode<T: DeserializeOwned>(
+    fn decode<T: DeserializeOwned>(
         &self,
         url: &str,
-        response: reqwest::Response,
+        status: StatusCode,
+        text: String,
     ) -> Result<T> {
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("{} at {url} closed the connection mid-answer", self.what))?;
         if !status.is_success() {
             bail!(
                 "{} at {url} answered {status}: {}",
@@ -176,6 +255,10 @@ impl Client {
             )
         })
     }
+}
+
+fn to_json<B: Serialize>(body: &B) -> Result<Vec<u8>> {
+    serde_json::to_vec(body).context("cannot encode the request as JSON")
 }
 
 /// The `error` of an `ApiError` body, or the body itself.
@@ -199,6 +282,33 @@ mod tests {
         );
         assert_eq!(error_text("plain words"), "plain words");
         assert_eq!(error_text(""), "(no details)");
+    }
+
+    #[tokio::test]
+    async fn on_a_cluster_reads_go_through_the_api_server_and_writes_are_refused() {
+        let (proxy, seen) = crate::cluster::tests::fake_cluster(|_| {
+            (
+                StatusCode::OK,
+                r#"[{"name":"helloworld-service","port":8080,"versions":["v1"],"endpoints":[]}]"#
+                    .into(),
+            )
+        });
+        let client = Client::cluster_control_plane(proxy);
+        let services: Vec<mesh_api::xds::ServiceStatus> = client.get("/v1/services").await.unwrap();
+        assert_eq!(services[0].name, "helloworld-service");
+        let err = client
+            .post_validated::<_, serde_json::Value>("/v1/config/apply", &serde_json::json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubectl apply -f"), "{err}");
+        // Only the read reached the API server.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "GET /api/v1/namespaces/mesh-system/services/http:mesh-control:http-api/proxy/v1/services"
+            ]
+        );
     }
 
     #[tokio::test]

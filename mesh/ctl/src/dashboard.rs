@@ -6,6 +6,10 @@
 //! kiali` does the same job for Istio. We ask the control plane where its
 //! dashboard listens (`GET /api/v1/dashboard`) rather than guess the port:
 //! it may have been moved with `--dashboard-listen`, or be off.
+//!
+//! On a cluster (see `cli.rs` for the rule) the dashboard is in a pod: we
+//! serve it on a local port and relay each request through the API server
+//! until Ctrl-C (`cluster_dashboard.rs`), as `istioctl dashboard` does.
 
 use std::process::{ExitCode, Stdio};
 
@@ -14,12 +18,16 @@ use serde::Deserialize;
 
 use crate::cli::Ctx;
 use crate::client::Client;
+use crate::cluster_dashboard;
 
 #[derive(Debug, clap::Args)]
 pub struct DashboardArgs {
     /// Also open it in the default browser (xdg-open, or open on macOS).
     #[arg(long)]
     pub open: bool,
+    /// On a cluster: the local port to serve the dashboard on (0: any free one).
+    #[arg(long, default_value_t = mesh_api::xds::ports::DASHBOARD)]
+    pub port: u16,
 }
 
 /// What `GET /api/v1/dashboard` answers.
@@ -48,7 +56,25 @@ pub async fn summary_line(control: &Client) -> String {
 }
 
 pub async fn run(ctx: &Ctx, args: DashboardArgs) -> Result<ExitCode> {
-    let url = locate(&ctx.control()).await?;
+    let control = ctx.control();
+    if let Some(proxy) = control.cluster() {
+        // Ask first: a control plane that runs no dashboard says why.
+        locate(&control).await?;
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+        cluster_dashboard::serve(proxy.clone(), listen, |url| {
+            println!("{url}");
+            eprintln!(
+                "The dashboard of {}, relayed through its API server; Ctrl-C to stop.",
+                proxy.target().describe()
+            );
+            if args.open {
+                let _ = open(&url);
+            }
+        })
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = locate(&control).await?;
     Ctx::emit(&format!("{url}\n"))?;
     if args.open {
         open(&url)?;

@@ -279,6 +279,9 @@ pub fn resources_table(
         config::Kind::VirtualService => &["NAME", "GATEWAYS", "HOSTS"],
         config::Kind::DestinationRule => &["NAME", "HOST", "SUBSETS"],
         config::Kind::Gateway => &["NAME", "SELECTOR", "HOSTS"],
+        // What `kubectl get` prints for them with Istio's CRDs.
+        config::Kind::PeerAuthentication => &["NAME", "MODE"],
+        config::Kind::AuthorizationPolicy => &["NAME", "ACTION"],
     };
     let mut headers: Vec<&str> = Vec::new();
     if namespaced {
@@ -340,6 +343,16 @@ pub fn resources_table(
                     })
                     .unwrap_or_default();
                 row.push(dash_if_empty(hosts.join(",")));
+            }
+            config::Kind::PeerAuthentication => {
+                row.push(dash_if_empty(
+                    str_of(spec.get("mtls").and_then(|m| m.get("mode"))).to_string(),
+                ));
+            }
+            config::Kind::AuthorizationPolicy => {
+                // Istio's default action is ALLOW.
+                let action = str_of(spec.get("action"));
+                row.push(if action.is_empty() { "ALLOW" } else { action }.to_string());
             }
         }
         if merged {

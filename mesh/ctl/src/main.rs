@@ -7,7 +7,10 @@ mod apply;
 mod catalog;
 mod cli;
 mod client;
+mod cluster;
+mod cluster_dashboard;
 mod dashboard;
+mod exec;
 mod get;
 mod inject;
 mod load;
@@ -21,6 +24,7 @@ mod scale;
 mod stat;
 mod supervisor;
 mod table;
+mod token;
 mod traces;
 mod up;
 

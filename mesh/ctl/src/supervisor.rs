@@ -380,6 +380,24 @@ impl Mesh {
             ),
         ];
         env.extend(extra);
+        // The control plane's write token, without which the announces are
+        // refused (`token.rs`). The control plane made it at its first start,
+        // before any proxy is started; if it cannot be read the proxy's log
+        // shows the 401 and where the token lives.
+        match crate::token::read(&self.config.workdir.join("state")) {
+            Ok(token) => {
+                // Its own identity's bootstrap token, for its first
+                // certificate (mesh/control/src/ca.rs): locally the service
+                // account is the service's name, in namespace `default`.
+                let identity = mesh_api::identity::Identity::new("default", service);
+                env.push((
+                    "MESH_IDENTITY_TOKEN".into(),
+                    mesh_api::identity::bootstrap_token(&token, &identity),
+                ));
+                env.push((crate::token::TOKEN_ENV.into(), token));
+            }
+            Err(e) => tracing::warn!("{e}; {instance} will not be able to announce itself"),
+        }
         env
     }
 
@@ -650,7 +668,7 @@ fn instance_probe(i: &Instance, control_url: &str) -> Probe {
             service: i.workload.service.clone(),
         }),
         urls: vec![
-            format!("http://127.0.0.1:{}/health", i.ports.app),
+            app_probe_url(i),
             format!("http://127.0.0.1:{}/ready", i.ports.admin),
         ],
         exits: vec![
@@ -665,6 +683,15 @@ fn instance_probe(i: &Instance, control_url: &str) -> Probe {
                 i.sidecar.log.clone(),
             ),
         ],
+    }
+}
+
+/// How to ask an instance's app whether it is ready (`catalog::Health`):
+/// `GET /health`, or for a gRPC server `tcp://` (its port accepts).
+fn app_probe_url(i: &Instance) -> String {
+    match i.workload.spec().map(|(service, _)| service.health) {
+        Ok(catalog::Health::Tcp) => format!("tcp://127.0.0.1:{}", i.ports.app),
+        _ => format!("http://127.0.0.1:{}/health", i.ports.app),
     }
 }
 
@@ -791,6 +818,12 @@ async fn registry(http: &reqwest::Client, control_url: &str) -> Vec<ServiceStatu
 
 async fn all_answer(http: &reqwest::Client, urls: &[String]) -> bool {
     for url in urls {
+        if let Some(addr) = url.strip_prefix("tcp://") {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return false;
+            }
+            continue;
+        }
         match http.get(url).send().await {
             Ok(r) if r.status().is_success() => {}
             _ => return false,

@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// example helloworld-service@v2:FAILURE_RATE=0.5.
     #[arg(long = "env", value_name = "SERVICE[@VERSION]:NAME=VALUE")]
     pub env: Vec<EnvOverride>,
+    /// Also run the gRPC demo of lab 09: three hello-grpc servers and a
+    /// hello-grpc-client instance to `meshctl exec` into.
+    #[arg(long)]
+    pub grpc_demo: bool,
     /// Port of the control plane's API on 127.0.0.1.
     #[arg(long, default_value_t = ports::CONTROL, value_name = "PORT")]
     pub control_port: u16,
@@ -92,6 +96,15 @@ pub fn plan(args: &UpArgs) -> Vec<(Workload, u32)> {
         .chain(args.with.iter().cloned())
     {
         counts.insert(workload, 1);
+    }
+    if args.grpc_demo {
+        for (service, version, count) in catalog::GRPC_DEMO {
+            let workload = Workload {
+                service: service.to_string(),
+                version: version.to_string(),
+            };
+            counts.insert(workload, *count);
+        }
     }
     for r in &args.replicas {
         match &r.version {
@@ -263,7 +276,8 @@ async fn start(sup: &Supervisor, plan: &[(Workload, u32)], args: &UpArgs) -> Res
     wait(sup, &[probe], deadline, "control plane").await?;
     eprintln!("  control plane ready at {control_url}");
     let state_dir = sup.mesh.lock().await.config().workdir.join("state");
-    let forgotten = forget_previous_instances(&sup.http, &control_url, &state_dir).await?;
+    let token = crate::token::read(&state_dir).map_err(anyhow::Error::msg)?;
+    let forgotten = forget_previous_instances(&sup.http, &control_url, &state_dir, &token).await?;
     if forgotten > 0 {
         eprintln!(
             "  removed {forgotten} instance(s) of a previous run from the registry \
@@ -309,6 +323,7 @@ async fn forget_previous_instances(
     http: &reqwest::Client,
     control_url: &str,
     state_dir: &Path,
+    token: &str,
 ) -> Result<usize> {
     let url = format!("{control_url}/v1/proxies");
     let proxies: Vec<mesh_api::xds::ProxyStatus> = http
@@ -324,6 +339,7 @@ async fn forget_previous_instances(
         let instance = &proxy.announce.instance;
         let response = http
             .delete(format!("{url}/{instance}"))
+            .bearer_auth(token)
             .send()
             .await
             .with_context(|| format!("cannot remove {instance} from the registry at {url}"))?;
@@ -636,6 +652,27 @@ mod tests {
                 "guestbook-ui@v2=2"
             ]
         );
+    }
+
+    #[test]
+    fn the_grpc_demo_adds_three_servers_and_a_client() {
+        let shown = show(&plan_of(&["--grpc-demo"]));
+        assert!(shown.contains(&"hello-grpc@v1=3".to_string()), "{shown:?}");
+        assert!(
+            shown.contains(&"hello-grpc-client@v1=1".to_string()),
+            "{shown:?}"
+        );
+        let scaled = plan_of(&["--grpc-demo", "--replicas", "hello-grpc=5"]);
+        assert!(show(&scaled).contains(&"hello-grpc@v1=5".to_string()));
+        assert!(
+            !show(&plan_of(&[]))
+                .iter()
+                .any(|w| w.starts_with("hello-grpc"))
+        );
+    }
+
+    fn plan_of(args: &[&str]) -> Vec<(Workload, u32)> {
+        plan(&up_args(args))
     }
 
     #[test]

@@ -28,6 +28,18 @@ impl Drop for ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// The write token the control plane made at start (it is up once it
+    /// answers, and it makes the token before it answers anything).
+    fn token(&self) -> String {
+        let path = self.state_dir.join("control-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("the control plane's token {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+}
+
 fn meshctl_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meshctl"))
 }
@@ -72,6 +84,7 @@ fn meshctl(control: &ControlPlane, args: &[&str]) -> Output {
     Command::new(meshctl_bin())
         .args(args)
         .args(["--control-url", &control.url])
+        .env("MESH_CONTROL_TOKEN", control.token())
         .env_remove("MESH_WORKDIR")
         .output()
         .expect("meshctl runs")
@@ -179,8 +192,11 @@ async fn reset_removes_every_applied_resource_and_only_those() {
         ready: true,
         ..ProxyAnnounce::default()
     };
+    // Writes need the token the control plane made in its state directory
+    // (mesh/control/src/token.rs); meshctl is handed it the same way below.
     let answer = http
         .put(format!("{}/v1/proxies/{instance}", control.url))
+        .bearer_auth(control.token())
         .json(&announce)
         .send()
         .await

@@ -10,6 +10,10 @@
 //!   listeners up). A native sidecar's startup probe needs exactly this:
 //!   Kubernetes starts the app only after the sidecar's startup probe
 //!   passes, so a probe that waited for the app (`/ready`) would wait forever.
+//! - Both readiness paths answer 503 from the moment shutdown begins (the
+//!   drain, `proxy.rs`), as Istio's pilot-agent does on SIGTERM: Kubernetes
+//!   takes the pod out of its Service's endpoints while the listeners still
+//!   serve whoever has not noticed yet.
 //! - `GET /config_dump`: the snapshot in use as pretty JSON, its version,
 //!   and the last rejected version and why (Envoy's `/config_dump`).
 //! - `GET /stats/prometheus`: Istio's request metrics and the span
@@ -53,6 +57,12 @@ pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result
 /// Whether the proxy itself can serve: it has a snapshot. Its listeners were
 /// all bound in `Proxy::start` before the admin port began to answer.
 fn proxy_ready(shared: &Shared) -> Rsp {
+    if shared.drain.is_draining() {
+        return text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining, the proxy is shutting down\n",
+        );
+    }
     if shared.current.load().is_none() {
         return text_response(
             StatusCode::SERVICE_UNAVAILABLE,

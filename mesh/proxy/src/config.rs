@@ -15,6 +15,7 @@
 //! | `MESH_NAMESPACE` | `default`: the workload's namespace in the metrics' labels (injected from the pod) |
 //! | `MESH_CLUSTER` | `Kubernetes`: the cluster name in the metrics' labels (Istio's default `ISTIO_META_CLUSTER_ID`) |
 //! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
+//! | `MESH_CONTROL_TOKEN` | none; the control plane's write token, sent on announce, ACK and leave (`control.rs`; `meshctl up` sets it) |
 //! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
 //! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
 //! | `MESH_ADVERTISE_ADDR` | the inbound address, 0.0.0.0 replaced by this host's IP |
@@ -29,6 +30,15 @@
 //! | `MESH_ZIPKIN_URL` | `{MESH_CONTROL_URL}/api/v2/spans`; none without a control plane |
 //! | `MESH_SNAPSHOT_FILE` | none; a JSON `Snapshot` to serve instead of a control plane's |
 //! | `MESH_CONCURRENCY` | `2`: worker threads, as Istio's sidecar default (Envoy's `--concurrency`); `1` is one event loop |
+//! | `MESH_PATH_NORMALIZATION` | `BASE`: request paths normalized before routing, as Istio's `meshConfig.pathNormalization` (`NONE`, `BASE`, `MERGE_SLASHES`, `DECODE_AND_MERGE_SLASHES`; `normalize.rs`) |
+//! | `MESH_XFF_NUM_TRUSTED_HOPS` | `0`: proxies in front of the mesh whose `x-forwarded-for` entries are kept (Envoy's `xff_num_trusted_hops`; `trust.rs`) |
+//! | `MESH_TRUST_CLIENT_TRACE` | `0`: a client outside the mesh cannot decide that its trace is recorded; `1` lets it (`trust.rs`) |
+//! | `MESH_REQUEST_HEADERS_TIMEOUT` | `60s`: a request's head must arrive whole within this (slowloris); an idle HTTP/1.1 keep-alive connection waits for its next head under the same clock; `0` turns it off |
+//! | `MESH_IDLE_TIMEOUT` | `1h`: a connection with no request in flight and no bytes moving is closed (Envoy's `idle_timeout` default, which Istio keeps); `0` turns it off |
+//! | `MESH_STREAM_IDLE_TIMEOUT` | `5m`: a connection whose requests in flight move no byte either way for this long is closed (Envoy's `stream_idle_timeout` default); this bounds a stalled body too; `0` turns it off |
+//! | `MESH_MAX_CONNECTIONS` | per listener: half the descriptors the process may open (less 64 kept for the proxy's own use), at most 100000; connections beyond it are closed at accept, as Envoy's overload manager does |
+//! | `MESH_DRAIN_DURATION` | `5s`: after SIGTERM the listeners keep accepting this long while readiness reports 503 (Istio's `terminationDrainDuration`) |
+//! | `MESH_DRAIN_TIMEOUT` | `25s`: then requests in flight get this long to finish; the ones still waiting are answered 503 with `Connection: close` (the two together fit Kubernetes' default 30 s grace period) |
 //!
 //! With `MESH_SNAPSHOT_FILE` the proxy never talks to a control plane for
 //! config: it serves that one snapshot until it stops. Spans then go to
@@ -38,6 +48,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mesh_api::xds::{ProxyMode, ports};
 
@@ -101,6 +112,8 @@ pub struct Config {
     /// `None`: run without a control plane, on snapshots given through
     /// [`ProxyHandle::apply_snapshot`](crate::ProxyHandle::apply_snapshot).
     pub control_url: Option<String>,
+    /// The control plane's write token (`MESH_CONTROL_TOKEN`, `control.rs`).
+    pub control_token: Option<crate::control::ControlToken>,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     /// `None`: derived from the bound inbound address at start.
@@ -127,6 +140,87 @@ pub struct Config {
     /// binary runs one event loop on the main thread for 1, a
     /// work-stealing pool of this many threads otherwise.
     pub concurrency: usize,
+    /// What a request head may carry into the mesh: path normalization,
+    /// which headers from outside are trusted (`admit.rs`, `trust.rs`).
+    pub edge: crate::admit::EdgeSettings,
+    /// How the listeners hold connections: timeouts, the connection cap,
+    /// the drain on shutdown (`listener.rs`, `proxy.rs`).
+    pub limits: ListenerLimits,
+}
+
+/// How each listener holds its connections; Envoy's defaults unless said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// A request's head must arrive within this (`MESH_REQUEST_HEADERS_TIMEOUT`).
+    pub request_headers_timeout: Option<Duration>,
+    /// A connection with nothing in flight closes after this (`MESH_IDLE_TIMEOUT`).
+    pub idle_timeout: Option<Duration>,
+    /// Requests in flight that move no byte for this long close their
+    /// connection (`MESH_STREAM_IDLE_TIMEOUT`).
+    pub stream_idle_timeout: Option<Duration>,
+    /// Open connections per listener; more are closed at accept
+    /// (`MESH_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// How long the listeners keep accepting after SIGTERM (`MESH_DRAIN_DURATION`).
+    pub drain_duration: Duration,
+    /// How long requests in flight then get to finish (`MESH_DRAIN_TIMEOUT`).
+    pub drain_timeout: Duration,
+}
+
+/// Envoy's `request_headers_timeout` is off by default; its edge guidance
+/// and the slowloris attack want one. A minute is generous for any client.
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's HTTP connection manager `idle_timeout` default, which Istio keeps.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Envoy's `stream_idle_timeout` default.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Istio's `terminationDrainDuration` default.
+pub const DEFAULT_DRAIN_DURATION: Duration = Duration::from_secs(5);
+/// What in-flight requests get after the drain duration: with it, 30 s,
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Descriptors kept out of the connection cap for the proxy's own use
+/// (admin port, control plane, span reporter, files).
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+/// The cap when the descriptor limit is unknown or very large.
+pub const MAX_CONNECTIONS_CEILING: usize = 100_000;
+
+impl ListenerLimits {
+    /// The default cap: each downstream connection may need one upstream
+    /// connection, so half of what the process may open, less a reserve.
+    /// With the common soft limit of 1,024 that is 480 per listener.
+    pub fn default_max_connections() -> usize {
+        let limit = descriptor_limit().unwrap_or(u64::MAX);
+        let share = limit.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+        (share.max(1) as usize).min(MAX_CONNECTIONS_CEILING)
+    }
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            request_headers_timeout: Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            max_connections: ListenerLimits::default_max_connections(),
+            drain_duration: DEFAULT_DRAIN_DURATION,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The soft limit on open descriptors (`ulimit -n`), where the OS says.
+#[cfg(unix)]
+pub fn descriptor_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (soft, _hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    #[allow(clippy::useless_conversion)] // rlim_t is u64 on Linux, not everywhere
+    Some(u64::from(soft))
+}
+
+#[cfg(not(unix))]
+pub fn descriptor_limit() -> Option<u64> {
+    None
 }
 
 /// The namespace a workload is in when none is configured (Kubernetes').
@@ -287,7 +381,46 @@ impl Config {
             None => None,
         };
 
+        let defaults = ListenerLimits::default();
+        let limits = ListenerLimits {
+            request_headers_timeout: timeout(
+                strings,
+                "MESH_REQUEST_HEADERS_TIMEOUT",
+                defaults.request_headers_timeout,
+            )?,
+            idle_timeout: timeout(strings, "MESH_IDLE_TIMEOUT", defaults.idle_timeout)?,
+            stream_idle_timeout: timeout(
+                strings,
+                "MESH_STREAM_IDLE_TIMEOUT",
+                defaults.stream_idle_timeout,
+            )?,
+            max_connections: match strings.get("MESH_MAX_CONNECTIONS") {
+                None => defaults.max_connections,
+                Some(text) => match text.trim().parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        return Err(ConfigError {
+                            var: "MESH_MAX_CONNECTIONS",
+                            value: text,
+                            reason: "expected a number of connections per listener, at least 1, \
+                                     for example 10000"
+                                .into(),
+                        });
+                    }
+                },
+            },
+            drain_duration: timeout(
+                strings,
+                "MESH_DRAIN_DURATION",
+                Some(defaults.drain_duration),
+            )?
+            .unwrap_or(Duration::ZERO),
+            drain_timeout: timeout(strings, "MESH_DRAIN_TIMEOUT", Some(defaults.drain_timeout))?
+                .unwrap_or(Duration::ZERO),
+        };
+
         Ok(Config {
+            limits,
             mode,
             service,
             version,
@@ -297,6 +430,16 @@ impl Config {
             cluster,
             // A snapshot file replaces the control plane.
             control_url: snapshot_file.is_none().then_some(control_url),
+            control_token: match strings.get("MESH_CONTROL_TOKEN") {
+                None => None,
+                Some(text) => Some(crate::control::ControlToken::parse(&text).map_err(
+                    |reason| ConfigError {
+                        var: "MESH_CONTROL_TOKEN",
+                        value: "(hidden)".into(),
+                        reason,
+                    },
+                )?),
+            },
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
             inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
             advertise_addr: match strings.get("MESH_ADVERTISE_ADDR") {
@@ -314,6 +457,7 @@ impl Config {
             zipkin_url,
             snapshot_file,
             concurrency,
+            edge: crate::admit::EdgeSettings::from_strings(strings)?,
         })
     }
 
@@ -330,6 +474,9 @@ impl Config {
         config.app_addr = app_addr;
         config.control_url = None;
         config.zipkin_url = None;
+        // A test's proxy stops at once: no drain window (requests in
+        // flight still finish, within the drain timeout).
+        config.limits.drain_duration = Duration::ZERO;
         config
     }
 
@@ -343,6 +490,7 @@ impl Config {
         .expect("the test defaults are valid settings");
         config.control_url = None;
         config.zipkin_url = None;
+        config.limits.drain_duration = Duration::ZERO;
         config
     }
 }
@@ -357,6 +505,28 @@ fn http_url(var: &'static str, value: &str, example: &str) -> Result<String, Con
             value: value.to_string(),
             reason: example.to_string(),
         })
+    }
+}
+
+/// A duration like Istio's (`60s`, `250ms`, `1h`); `0` turns the timeout off.
+fn timeout(
+    strings: &impl Strings,
+    var: &'static str,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(text) = strings.get(var) else {
+        return Ok(default);
+    };
+    if matches!(text.trim(), "0" | "0s" | "0ms") {
+        return Ok(None);
+    }
+    match mesh_api::config::parse_duration_ms(&text) {
+        Ok(ms) => Ok(Some(Duration::from_millis(ms))),
+        Err(reason) => Err(ConfigError {
+            var,
+            value: text,
+            reason: format!("{reason} (or `0` to turn it off)"),
+        }),
     }
 }
 

@@ -20,6 +20,12 @@
 //! doubles, not every attempt. Meanwhile the listeners keep serving the last
 //! good snapshot (or 503 "no config" before the first one).
 //!
+//! Announce, ACK and leave change the mesh, so they carry the control
+//! plane's write token (`MESH_CONTROL_TOKEN`, which `meshctl up` hands each
+//! proxy it starts) as `Authorization: Bearer`; the control plane answers a
+//! write without it 401 (mesh/control/src/token.rs). The long-poll is a
+//! read and needs none, but carries it too: one client, one header.
+//!
 //! The HTTP client is built with `no_proxy()`: the sidecar's own environment
 //! may carry the `HTTP_PROXY` meant for its app, which points at itself.
 
@@ -39,10 +45,49 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// The HTTP client for the control plane.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+/// The control plane's write token, as the proxy holds it: never printed
+/// (the config is logged at debug level).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlToken(String);
+
+impl ControlToken {
+    /// A token fit for an HTTP header (letters and digits, as the control
+    /// plane makes them).
+    pub fn parse(text: &str) -> Result<ControlToken, String> {
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err("expected the control plane's token: letters and digits, as in                  .mesh/state/control-token"
+                .into());
+        }
+        Ok(ControlToken(text.to_string()))
+    }
+
+    /// The `Authorization` header value.
+    fn bearer(&self) -> reqwest::header::HeaderValue {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0))
+            // `parse` let only letters and digits through.
+            .expect("a token of letters and digits is a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl std::fmt::Debug for ControlToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlToken(hidden)")
+    }
+}
+
+/// The HTTP client for the control plane; with a token, every request
+/// carries it.
+pub fn client(token: Option<&ControlToken>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, token.bearer());
+    }
     reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .connect_timeout(Duration::from_secs(2))
         .build()
 }
@@ -112,15 +157,25 @@ async fn announce_loop(
             last_ready = Some(ready);
         }
         let announce = announce_of(shared, ready);
-        let result = client
+        let result = match client
             .put(&url)
             .json(&announce)
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .and_then(|rsp| rsp.error_for_status());
+        {
+            Ok(rsp) if rsp.status().is_success() => Ok(()),
+            // A refusal says why (a 401 names where the token lives): log
+            // the control plane's words, not only the status.
+            Ok(rsp) => {
+                let status = rsp.status();
+                let body = rsp.text().await.unwrap_or_default();
+                Err(format!("{url}: {status}: {}", body.trim()))
+            }
+            Err(error) => Err(error.to_string()),
+        };
         let delay = match result {
-            Ok(_) => {
+            Ok(()) => {
                 backoff.succeeded(base);
                 announced.send_replace(true);
                 Duration::from_millis(HEARTBEAT_INTERVAL_MS)

@@ -105,6 +105,8 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
             .filter(|(_, percent)| self.rng.chance(*percent))
             .map(|(status, _)| status);
         let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+        // A gRPC caller gets the abort as a gRPC status (`error.rs`).
+        let grpc = crate::error::is_grpc(req.headers());
         let inner = self.inner.clone();
         Box::pin(async move {
             if let Some(delay) = delay {
@@ -116,6 +118,9 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
             if let Some(status) = abort {
                 if let Some(log) = &log {
                     log.flag(ResponseFlags::FI);
+                }
+                if grpc {
+                    return Ok(crate::error::grpc_reply(status, "fault filter abort"));
                 }
                 return Ok(text_response(status, "fault filter abort"));
             }

@@ -5,7 +5,8 @@
 //! chosen endpoint's inbound listener over HTTP/2, and the inbound sidecar
 //! to its app the same way. Each endpoint has one shared HTTP/2 connection
 //! ([`H2Conn`]) that carries every request to it at once, as streams; a new
-//! one is opened when it closes. Balancing stays per request (each request
+//! one is opened when it closes, by one handshake that every waiting
+//! request shares (a reset request cannot multiply connections). Balancing stays per request (each request
 //! picks its endpoint before it gets here), which is what makes a mesh
 //! spread gRPC calls that Kubernetes' per-connection balancing pins to one
 //! pod.
@@ -41,58 +42,137 @@
 //! protocol follows the caller"), and the question comes back with mTLS,
 //! when a connection costs a handshake.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
+use futures::FutureExt;
+use futures::future::Shared;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::{Req, ReqBody};
-use crate::cluster::EndpointRt;
+use crate::cluster::{EndpointRt, EndpointState};
 use crate::error::ProxyError;
+use crate::listener::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
+
+type Sender = SendRequest<ReqBody>;
+
+/// A connection being opened, awaited by every request that needs it. The
+/// error is kept as its kind and text: `io::Error` cannot be cloned.
+type Connecting =
+    Shared<Pin<Box<dyn Future<Output = Result<Sender, (std::io::ErrorKind, String)>> + Send>>>;
 
 /// The one HTTP/2 connection to an endpoint, if open. Every request to the
 /// endpoint reads it, so it sits behind an atomic pointer (as the snapshot
 /// does), not a lock: the request path takes none.
+///
+/// Opening it is done once for everyone: requests that find no connection
+/// wait for the same handshake ([`Connecting`]), which runs in its own task.
+/// A request reset by its client half-way (HTTP/2 RST_STREAM, or a client
+/// that went away) therefore neither cancels the handshake nor starts a new
+/// one; without this, thousands of HEADERS-then-RST_STREAM streams opened
+/// hundreds of upstream connections a second.
 #[derive(Debug, Default)]
-pub struct H2Conn(ArcSwapOption<SendRequest<ReqBody>>);
+pub struct H2Conn {
+    sender: ArcSwapOption<Sender>,
+    connecting: Mutex<Option<ConnectingSlot>>,
+}
+
+/// [`Connecting`], with a `Debug` the endpoint's state can print.
+struct ConnectingSlot(Connecting);
+
+impl std::fmt::Debug for ConnectingSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connecting")
+    }
+}
 
 impl H2Conn {
-    fn get(&self) -> Option<SendRequest<ReqBody>> {
-        let current = self.0.load();
+    fn get(&self) -> Option<Sender> {
+        let current = self.sender.load();
         current.as_deref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn set(&self, sender: SendRequest<ReqBody>) {
-        self.0.store(Some(Arc::new(sender)));
+    fn set(&self, sender: Sender) {
+        self.sender.store(Some(Arc::new(sender)));
     }
+
+    /// The handshake in progress, or a new one started for `endpoint`.
+    fn connecting(&self, endpoint: &EndpointRt) -> Connecting {
+        let mut slot = self.connecting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ConnectingSlot(pending)) = slot.as_ref() {
+            return pending.clone();
+        }
+        // Opened (and the slot cleared) since the caller looked.
+        if let Some(sender) = self.get() {
+            return futures::future::ready(Ok(sender)).boxed().shared();
+        }
+        let (address, state) = (endpoint.address.clone(), endpoint.state.clone());
+        let task = tokio::spawn(async move {
+            let result = open(&address).await;
+            if let Ok(sender) = &result {
+                state.h2.set(sender.clone());
+            }
+            // The next request after a failure tries again.
+            clear(&state);
+            result.map_err(|e| (e.kind(), e.to_string()))
+        });
+        let pending: Connecting = async move {
+            task.await.unwrap_or_else(|join| {
+                Err((std::io::ErrorKind::Other, format!("handshake task: {join}")))
+            })
+        }
+        .boxed()
+        .shared();
+        *slot = Some(ConnectingSlot(pending.clone()));
+        pending
+    }
+}
+
+fn clear(state: &EndpointState) {
+    *state
+        .h2
+        .connecting
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Open an HTTP/2 connection to `address` and run it in its own task.
+async fn open(address: &str) -> std::io::Result<Sender> {
+    let tcp = crate::pool::connect_tcp(address).await?;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // The same bounded windows as the listeners': what one upstream
+        // stream may have sent and the caller not read yet.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Send an HTTP/2 request to `endpoint` over its shared connection.
 pub async fn send(endpoint: &EndpointRt, req: Req) -> Result<http::Response<Incoming>, ProxyError> {
-    let connect_failure = |source: std::io::Error| ProxyError::ConnectFailure {
-        endpoint: endpoint.address.to_string(),
-        source,
-    };
     let mut sender = match endpoint.state.h2.get() {
         Some(sender) => sender,
-        None => {
-            let tcp = crate::pool::connect_tcp(&endpoint.address)
-                .await
-                .map_err(connect_failure)?;
-            let (sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| connect_failure(std::io::Error::other(e)))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "upstream HTTP/2 connection ended");
-                }
-            });
-            endpoint.state.h2.set(sender.clone());
-            sender
-        }
+        None => endpoint
+            .state
+            .h2
+            .connecting(endpoint)
+            .await
+            .map_err(|(kind, text)| ProxyError::ConnectFailure {
+                endpoint: endpoint.address.to_string(),
+                source: std::io::Error::new(kind, text),
+            })?,
     };
     let reset = |source| ProxyError::Reset {
         endpoint: endpoint.address.to_string(),

@@ -32,6 +32,10 @@ pub async fn handle(
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    // The door (`admit.rs`), as on the outbound side; a caller that is not
+    // a sidecar is outside the mesh (`trust.rs`).
+    let refused =
+        crate::admit::admit(&shared.config.edge, Direction::Inbound, peer, &mut req).err();
     let upgrade = Upgrade::take(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -39,6 +43,7 @@ pub async fn handle(
         upgrade.restore(&mut parts.headers);
     }
     let request_id = ensure_request_id(&mut parts.headers);
+    let grpc = crate::error::is_grpc(&parts.headers);
     let path = parts
         .uri
         .path_and_query()
@@ -66,6 +71,9 @@ pub async fn handle(
 
     let (cluster, endpoint) = &shared.app;
     let result = async {
+        if let Some(refusal) = refused {
+            return Err(crate::error::ProxyError::Refused(refusal));
+        }
         // Streamed to the app as it arrives: nothing to retry here.
         let body = ReqBody::arriving(body, Some(log.clone()));
         let req = http::Request::from_parts(parts, body);
@@ -75,7 +83,7 @@ pub async fn handle(
     }
     .await;
 
-    let rsp = finish(result, &log, start);
+    let rsp = finish(result, &log, start, grpc);
     AccessLog {
         direction: Direction::Inbound,
         method: &exchange.method,

@@ -18,6 +18,7 @@
 //! | --- | --- |
 //! | settings from the environment | `config.rs` |
 //! | listeners, graceful shutdown | `listener.rs`, `proxy.rs` |
+//! | the door: what a request head may carry in (framing, one authority, normalized path, untrusted headers) | `admit.rs`, `authority.rs`, `normalize.rs`, `trust.rs` |
 //! | outbound / gateway request handling, access log | `outbound.rs`, `log.rs` |
 //! | route: virtual host, match, header ops, rewrite, mirror | `route.rs` |
 //! | fault injection: delay, abort | `fault.rs` |
@@ -30,6 +31,7 @@
 //! | connection pool, circuit breaker | `pool.rs` |
 //! | HTTP/2 to the next hop (gRPC), one shared connection per endpoint | `h2.rs` |
 //! | inbound: to the local app | `inbound.rs` |
+//! | authorization: AuthorizationPolicy's decision (Istio's order, value forms; not yet wired into inbound) | `authz.rs` |
 //! | WebSocket: routed, then spliced as a byte tunnel | `upgrade.rs` |
 //! | telemetry of one request: span, source headers, metrics, on body end | `telemetry.rs` |
 //! | trace context: W3C / B3 headers, ids, sampling, Zipkin v2 spans | `trace.rs` |
@@ -86,6 +88,9 @@
 //! `outlier`, `pool`) are public so they can be read and tested one by one.
 
 pub mod admin;
+pub mod admit;
+pub mod authority;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod cluster;
@@ -94,10 +99,12 @@ pub mod control;
 pub mod error;
 pub mod fault;
 pub mod h2;
+pub mod identity;
 pub mod inbound;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod normalize;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;
@@ -110,7 +117,9 @@ pub mod split;
 pub mod table;
 pub mod telemetry;
 pub mod timeout;
+pub mod tls;
 pub mod trace;
+pub mod trust;
 pub mod upgrade;
 
 #[cfg(test)]

@@ -1,61 +1,195 @@
 //! Accepting connections: one accept loop per listener, one task per
-//! connection, HTTP/1.1 (and HTTP/2 with prior knowledge) via hyper-util.
+//! connection, HTTP/1.1 (and HTTP/2 with prior knowledge) via hyper-util,
+//! and how long a connection may hold the proxy's memory and descriptors.
 //!
 //! The handler gets each request with the address of the peer that sent it
-//! (telemetry's `peer.address`).
+//! (telemetry's `peer.address`). Around it, this file enforces what Envoy's
+//! HTTP connection manager enforces for Istio (each value from the
+//! environment, `config.rs`):
 //!
-//! On shutdown the accept loop stops at once and every connection is asked
-//! to finish gracefully: idle keep-alive connections close, requests in
-//! flight complete (up to the drain timeout in [`crate::proxy`]). Envoy does
-//! the same when its listeners drain.
+//! - **request headers timeout** (`MESH_REQUEST_HEADERS_TIMEOUT`, 60 s): a
+//!   client sending its head one byte a second (slowloris) is closed. hyper
+//!   runs this clock, so it needs a timer (`TokioTimer`); it also counts the
+//!   wait of an idle HTTP/1.1 keep-alive connection for its next request.
+//! - **idle timeout** (`MESH_IDLE_TIMEOUT`, Envoy's 1 h): a connection with no
+//!   request in flight and no byte moving is closed (GOAWAY for HTTP/2).
+//! - **stream idle timeout** (`MESH_STREAM_IDLE_TIMEOUT`, Envoy's 5 min): a
+//!   connection whose requests in flight move no byte either way is closed;
+//!   this bounds a request body that stalls half-way as well.
+//! - **connection cap** (`MESH_MAX_CONNECTIONS`): beyond it a new connection
+//!   is closed at accept, before a byte is read, as Envoy's overload manager
+//!   does; the log says so at most once per [`LOG_EVERY`].
+//! - **accept errors** (out of descriptors: `EMFILE`, `ENFILE`): the loop
+//!   backs off, 5 ms doubling up to 1 s, instead of spinning, and logs once
+//!   per [`LOG_EVERY`], as tokio's and hyper's examples and Envoy do.
+//! - **per-connection buffers**: an HTTP/1.1 connection buffers at most
+//!   [`H1_MAX_BUF`], an HTTP/2 stream [`H2_STREAM_WINDOW`], so memory under
+//!   many concurrent uploads is bounded by the buffers, not the bodies.
+//!
+//! ## Drain
+//!
+//! A proxy drains in three steps ([`Drain`], driven by `proxy.rs`), as
+//! Envoy's drain manager and Istio's `terminationDrainDuration` do:
+//! 1. *draining*: readiness turns 503 (`admin.rs`); the listeners still
+//!    accept, every HTTP/1.1 response says `Connection: close`, and HTTP/2
+//!    connections get GOAWAY, so clients move to other instances without an
+//!    error;
+//! 2. *closing*: the accept loops stop; each connection closes once its
+//!    requests are answered;
+//! 3. *cut*: requests still waiting for their answer get 503 with
+//!    `Connection: close` (a status the client can act on, rather than a
+//!    reset connection).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::Rsp;
+use crate::body::{ResponseBody, Rsp, text_response};
+use crate::config::ListenerLimits;
 
-/// Serve `handler` on `listener` until `shutdown` is cancelled.
+/// At most one warning per listener and kind (refusals, accept errors) in
+/// this long; the next one says how many were not logged.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The first pause after a failed accept; it doubles while accepts fail.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest pause between failed accepts.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// An HTTP/1.1 connection's read and write buffers grow up to this (hyper's
+/// default is about 400 KiB). A body is streamed through, chunk by chunk, so
+/// 64 KiB (the replay buffer's size, `body.rs`) costs no throughput and keeps
+/// fifty concurrent uploads within a few MB.
+pub const H1_MAX_BUF: usize = 64 * 1024;
+
+/// What one HTTP/2 stream may send before the proxy reads it (hyper's
+/// default is 1 MiB per stream and per connection).
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// What one HTTP/2 connection may send, all streams together, before the
+/// proxy reads it.
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Streams one HTTP/2 client connection may have open at once (Envoy's
+/// default is 2^31-1; hyper's 200 is a saner bound for a sidecar).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+
+// === impl Drain ===
+
+/// The phases of a drain, shared by every listener of a proxy; each token is
+/// cancelled once, in order (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    /// Shutdown began: not ready, `Connection: close`, GOAWAY.
+    pub draining: CancellationToken,
+    /// The drain duration is over: stop accepting.
+    pub closing: CancellationToken,
+    /// The drain timeout is over: answer what still waits with 503.
+    pub cut: CancellationToken,
+}
+
+impl Drain {
+    /// Whether shutdown has begun (readiness reports it).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+}
+
+// === serve ===
+
+/// Serve `handler` on `listener` until `drain.closing` is cancelled.
 pub fn serve<F, Fut>(
     name: &'static str,
     listener: TcpListener,
-    shutdown: CancellationToken,
+    limits: ListenerLimits,
+    drain: Drain,
     tasks: TaskTracker,
     handler: F,
 ) where
     F: Fn(SocketAddr, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
+    let builder = builder(&limits);
     let accept_tasks = tasks.clone();
+    let open = Arc::new(Semaphore::new(limits.max_connections));
     tasks.spawn(async move {
+        let mut refusals = Quiet::default();
+        let mut failures = Quiet::default();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = drain.closing.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+                    Ok(accepted) => {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        accepted
+                    }
                     Err(error) => {
-                        // Usually out of file descriptors: back off briefly
-                        // rather than spin.
-                        tracing::warn!(listener = name, %error, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        // Usually out of descriptors (EMFILE, ENFILE): the
+                        // pending connection stays in the kernel's queue, so
+                        // retrying at once would fail at once, forever.
+                        // Wait, longer each time, until one closes.
+                        if let Some(unlogged) = failures.allow() {
+                            tracing::warn!(
+                                listener = name, %error, unlogged,
+                                retry_in = ?backoff,
+                                "accept failed; backing off (out of file descriptors? \
+                                 raise `ulimit -n` or lower MESH_MAX_CONNECTIONS)"
+                            );
+                        }
+                        tokio::select! {
+                            _ = drain.closing.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 },
             };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                // Over the cap: close before reading a byte. The client sees
+                // its connection closed at once, and can try another
+                // instance; the proxy spends nothing more on it.
+                if let Some(unlogged) = refusals.allow() {
+                    tracing::warn!(
+                        listener = name, %peer, unlogged,
+                        max_connections = limits.max_connections,
+                        "connection refused: the listener is at its connection cap \
+                         (MESH_MAX_CONNECTIONS)"
+                    );
+                }
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             accept_tasks.spawn(connection(
-                name,
-                stream,
-                peer,
-                shutdown.clone(),
+                Accepted {
+                    name,
+                    stream,
+                    peer,
+                    permit,
+                },
+                builder.clone(),
+                limits,
+                drain.clone(),
                 handler.clone(),
             ));
         }
@@ -63,29 +197,425 @@ pub fn serve<F, Fut>(
     });
 }
 
-async fn connection<F, Fut>(
+/// One hyper builder per listener, shared by its connections.
+fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_headers_timeout)
+        .max_buf_size(H1_MAX_BUF);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_send_buf_size(H1_MAX_BUF);
+    builder
+}
+
+/// An accepted connection and its place under the cap.
+struct Accepted {
     name: &'static str,
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-    shutdown: CancellationToken,
+    /// Given back when the connection task ends.
+    permit: OwnedSemaphorePermit,
+}
+
+async fn connection<F, Fut>(
+    accepted: Accepted,
+    builder: auto::Builder<TokioExecutor>,
+    limits: ListenerLimits,
+    drain: Drain,
     handler: F,
 ) where
     F: Fn(SocketAddr, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let service = service_fn(move |req| handler(peer, req));
+    let Accepted {
+        name,
+        stream,
+        peer,
+        permit: _permit,
+    } = accepted;
+    let state = Arc::new(ConnState::new());
+    let io = Watched {
+        inner: stream,
+        state: state.clone(),
+    };
+    let (s, d) = (state.clone(), drain.clone());
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let in_flight = InFlight::enter(&s);
+        let h2 = req.version() == http::Version::HTTP_2;
+        if h2 {
+            s.h2.store(true, Ordering::Relaxed);
+        }
+        let answer = handler(peer, req);
+        let (s, d) = (s.clone(), d.clone());
+        async move {
+            let mut rsp = tokio::select! {
+                rsp = answer => rsp?,
+                _ = d.cut.cancelled() => shutting_down(),
+            };
+            if d.is_draining() {
+                if h2 {
+                    // GOAWAY once this response is on its way.
+                    s.goaway.notify_one();
+                } else if rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    // hyper closes the connection after this response.
+                    rsp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+            }
+            Ok::<_, Infallible>(rsp.map(|body| {
+                Tracked {
+                    inner: body,
+                    _in_flight: in_flight,
+                }
+                .boxed()
+            }))
+        }
+    });
     // With upgrades: a WebSocket's 101 hands the socket to its tunnel.
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+
+    // Once `graceful_shutdown` was called: hyper closes the connection
+    // after its requests in flight, or at once when it has none.
+    let mut shut = false;
+    let mut drain_seen = false;
+    let result = loop {
+        let next_check = state.deadline(&limits);
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = drain.closing.cancelled(), if !shut => {
+                conn.as_mut().graceful_shutdown();
+                shut = true;
+            }
+            // HTTP/2 has GOAWAY to say "finish, then go elsewhere" without
+            // a race; an HTTP/1.1 client learns it from the `Connection:
+            // close` on its next response instead.
+            _ = drain.draining.cancelled(), if !drain_seen => {
+                drain_seen = true;
+                if state.h2.load(Ordering::Relaxed) && !shut {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+            }
+            _ = state.goaway.notified(), if !shut => {
+                conn.as_mut().graceful_shutdown();
+                shut = true;
+            }
+            _ = sleep_until(next_check), if next_check.is_some() => {
+                match state.verdict(&limits) {
+                    Verdict::Alive => {}
+                    Verdict::Idle if !shut => {
+                        tracing::debug!(listener = name, %peer, "idle timeout (MESH_IDLE_TIMEOUT)");
+                        conn.as_mut().graceful_shutdown();
+                        shut = true;
+                    }
+                    // Still open after a graceful close was asked for, with
+                    // nothing in flight: the client ignores GOAWAY.
+                    Verdict::Idle => break Ok(()),
+                    Verdict::StreamIdle => {
+                        tracing::debug!(
+                            listener = name, %peer,
+                            "stream idle timeout (MESH_STREAM_IDLE_TIMEOUT): closing"
+                        );
+                        break Ok(());
+                    }
+                }
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(listener = name, %peer, %error, "connection ended with an error");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a request still waiting when the drain timeout ends gets.
+fn shutting_down() -> Rsp {
+    let mut rsp = text_response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "the proxy is shutting down and could not finish this request in time \
+         (MESH_DRAIN_TIMEOUT); send it again: another instance will take it\n",
+    );
+    rsp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    rsp
+}
+
+// === impl ConnState ===
+
+/// What the watchdog knows about one connection.
+#[derive(Debug)]
+struct ConnState {
+    born: Instant,
+    /// Milliseconds after `born` when a byte last moved either way.
+    last_activity_ms: AtomicU64,
+    /// Requests whose response has not ended yet.
+    in_flight: AtomicUsize,
+    /// The connection speaks HTTP/2 (seen on its first request).
+    h2: AtomicBool,
+    /// Asks the connection task for a graceful shutdown (GOAWAY).
+    goaway: Notify,
+}
+
+enum Verdict {
+    Alive,
+    Idle,
+    StreamIdle,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            born: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            h2: AtomicBool::new(false),
+            goaway: Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.born + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    /// The timeout that applies now: idle with nothing in flight, stream
+    /// idle otherwise.
+    fn timeout(&self, limits: &ListenerLimits) -> (Option<Duration>, Verdict) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            (limits.idle_timeout, Verdict::Idle)
+        } else {
+            (limits.stream_idle_timeout, Verdict::StreamIdle)
+        }
+    }
+
+    /// When to look again: the moment the shorter timeout would expire if
+    /// nothing moves. Which one applies depends on whether a request is in
+    /// flight, which changes without waking this task; looking at the
+    /// shorter one costs a spare wake-up per stream idle timeout (5 min) on
+    /// an idle connection, and no work per request.
+    fn deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
+        let shorter = match (limits.idle_timeout, limits.stream_idle_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // A timeout far beyond any process's life: no timer at all.
+        shorter
+            .filter(|t| *t < Duration::from_secs(100 * 365 * 24 * 3600))
+            .map(|t| self.last_activity() + t)
+    }
+
+    fn verdict(&self, limits: &ListenerLimits) -> Verdict {
+        let (timeout, verdict) = self.timeout(limits);
+        match timeout {
+            Some(t) if self.last_activity().elapsed() >= t => verdict,
+            _ => Verdict::Alive,
+        }
+    }
+}
+
+/// One request in flight on a connection, until its response body ends.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn enter(state: &Arc<ConnState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.touch();
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    inner: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl Watched ===
+
+/// The client's socket, noting when a byte last moved (the idle clocks).
+struct Watched {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl Watched {
+    fn note<T>(&self, poll: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Ok(_)) = poll {
+            self.state.touch();
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note(&poll);
+        poll
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&poll);
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&poll);
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// === impl Quiet ===
+
+/// A log line at most once per [`LOG_EVERY`]; counts the ones held back.
+#[derive(Debug, Default)]
+struct Quiet {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Quiet {
+    /// `Some(held back since the last line)` when this event may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < LOG_EVERY => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_events_logs_one_line_per_period() {
+        let mut quiet = Quiet::default();
+        assert_eq!(quiet.allow(), Some(0), "the first is logged");
+        for _ in 0..999 {
+            assert_eq!(quiet.allow(), None, "the rest of the burst is counted");
+        }
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(quiet.allow(), Some(999), "the next line says how many");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_tells_idle_from_stream_idle() {
+        let limits = ListenerLimits {
+            idle_timeout: Some(Duration::from_secs(10)),
+            stream_idle_timeout: Some(Duration::from_secs(3)),
+            ..ListenerLimits::default()
+        };
+        let state = Arc::new(ConnState::new());
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+        assert_eq!(
+            state.deadline(&limits),
+            Some(state.born + Duration::from_secs(3)),
+            "the shorter timeout wakes the watchdog"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::Idle));
+
+        // A request in flight: the stream clock applies, from its start.
+        let request = InFlight::enter(&state);
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::StreamIdle));
+        drop(request);
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+
+        let off = ListenerLimits {
+            idle_timeout: None,
+            stream_idle_timeout: None,
+            ..limits
+        };
+        assert_eq!(
+            state.deadline(&off),
+            None,
+            "a timeout turned off sets no timer"
+        );
     }
 }

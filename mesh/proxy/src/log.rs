@@ -20,6 +20,15 @@
 //! field `retry_skipped`, `-` otherwise), so an unretried 503 explains
 //! itself.
 //!
+//! A gRPC call's status, when the answer's headers carry it (a trailers-only
+//! answer: every error the proxy answers itself, see `error.rs`, and a
+//! server's call that failed before any message), ends the line as
+//! `grpc_status=14` (the JSON field `grpc_status`, Envoy's
+//! `%GRPC_STATUS_NUMBER%`; `-` otherwise). The line is written when the
+//! response headers leave; a status that comes later, in the trailers after
+//! the messages, is counted in the metrics' `grpc_response_status` and the
+//! span instead (Envoy writes its line at the stream's end and so has both).
+//!
 //! One format, two encodings, chosen like Istio's
 //! `meshConfig.accessLogEncoding` with `MESH_ACCESS_LOG_ENCODING`:
 //!
@@ -179,6 +188,8 @@ pub struct RequestLog {
     request_bytes: AtomicU64,
     /// A retry was due but skipped: the body had outgrown the replay buffer.
     retry_skipped: AtomicBool,
+    /// `grpc-status` of the answer's headers, plus one; 0: none.
+    grpc_status: AtomicU16,
     // Only this request's own attempts touch the lock, one at a time; it is
     // never contended and never shared between requests.
     state: Mutex<LogState>,
@@ -226,6 +237,20 @@ impl RequestLog {
     /// Whether a retry was skipped for the body's size.
     pub fn retry_skipped(&self) -> bool {
         self.retry_skipped.load(Ordering::Relaxed)
+    }
+
+    /// Record the gRPC status the answer's headers carry.
+    pub fn record_grpc_status(&self, status: u16) {
+        self.grpc_status
+            .store(status.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The gRPC status of the answer's headers, if any.
+    pub fn grpc_status(&self) -> Option<u16> {
+        match self.grpc_status.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n - 1),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -313,6 +338,8 @@ impl AccessLog<'_> {
         } else {
             ("-", "")
         };
+        let grpc_status = self.log.grpc_status();
+        let grpc_note = GrpcNote(grpc_status);
         tracing::info!(
             target: ACCESS_TARGET,
             direction = %self.direction,
@@ -327,7 +354,8 @@ impl AccessLog<'_> {
             upstream_instance = instance,
             request_id = self.request_id,
             retry_skipped,
-            "{} {} {}{} {} {} {}ms upstream={} ({}){}",
+            grpc_status = %GrpcStatusField(grpc_status),
+            "{} {} {}{} {} {} {}ms upstream={} ({}){}{}",
             self.direction,
             self.method,
             self.authority,
@@ -338,7 +366,32 @@ impl AccessLog<'_> {
             address,
             instance,
             skipped_note,
+            grpc_note,
         );
+    }
+}
+
+/// The JSON field `grpc_status`: the number, or `-`.
+struct GrpcStatusField(Option<u16>);
+
+impl fmt::Display for GrpcStatusField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(code) => write!(f, "{code}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The text line's ` grpc_status=N` ending, empty when there is none.
+struct GrpcNote(Option<u16>);
+
+impl fmt::Display for GrpcNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(code) => write!(f, " grpc_status={code}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -66,6 +66,10 @@ pub async fn handle(
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    // The door (`admit.rs`): untrusted headers sanitized, framing, one
+    // authority, the path normalized, in place. A refused head goes no
+    // further but is answered and logged below like any failed request.
+    let refused = crate::admit::admit(&shared.config.edge, direction, peer, &mut req).err();
     // A WebSocket is routed like any request; its upgrade headers survive
     // the hop-by-hop strip (`upgrade.rs`).
     let upgrade = Upgrade::take(&mut req);
@@ -75,6 +79,7 @@ pub async fn handle(
         upgrade.restore(&mut parts.headers);
     }
     let request_id = ensure_request_id(&mut parts.headers);
+    let grpc = crate::error::is_grpc(&parts.headers);
     let probe = http::Request::from_parts(parts, ());
     let authority = authority_of(&probe).to_string();
     let (mut parts, ()) = probe.into_parts();
@@ -101,6 +106,9 @@ pub async fn handle(
     let log = exchange.log.clone();
 
     let result = async {
+        if let Some(refusal) = refused {
+            return Err(ProxyError::Refused(refusal));
+        }
         if parts.method == http::Method::CONNECT {
             // HTTPS through the proxy would be an opaque tunnel: nothing to
             // route, retry or observe. The mesh carries plain HTTP (mTLS
@@ -127,7 +135,7 @@ pub async fn handle(
     }
     .await;
 
-    let rsp = finish(result, &log, start);
+    let rsp = finish(result, &log, start, grpc);
     AccessLog {
         direction,
         method: &exchange.method,
@@ -161,7 +169,28 @@ pub(crate) fn tunnel_of(exchange: &Exchange, direction: Direction) -> Tunnel {
 }
 
 /// Turn the stack's result into the response the client gets.
-pub(crate) fn finish(result: Result<Rsp, ProxyError>, log: &RequestLog, start: Instant) -> Rsp {
+/// A gRPC call (`grpc`) gets the proxy's own errors as gRPC answers
+/// (`error.rs`), and its `grpc-status`, when the headers carry one, goes to
+/// the access log.
+pub(crate) fn finish(
+    result: Result<Rsp, ProxyError>,
+    log: &RequestLog,
+    start: Instant,
+    grpc: bool,
+) -> Rsp {
+    let rsp = finish_http(result, log, start, grpc);
+    if grpc && let Some(code) = crate::telemetry::grpc_status(rsp.headers()) {
+        log.record_grpc_status(code);
+    }
+    rsp
+}
+
+fn finish_http(
+    result: Result<Rsp, ProxyError>,
+    log: &RequestLog,
+    start: Instant,
+    grpc: bool,
+) -> Rsp {
     match result {
         Ok(mut rsp) => {
             strip_hop_by_hop(rsp.headers_mut());
@@ -176,7 +205,11 @@ pub(crate) fn finish(result: Result<Rsp, ProxyError>, log: &RequestLog, start: I
         Err(error) => {
             log.flag(error.flags());
             tracing::debug!(%error, "request failed in the proxy");
-            error.to_response()
+            if grpc {
+                error.to_grpc_response()
+            } else {
+                error.to_response()
+            }
         }
     }
 }

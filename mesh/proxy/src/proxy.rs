@@ -8,6 +8,15 @@
 //! the span queue). Besides the listeners, a proxy runs the span reporter
 //! (`report.rs`) and either the control-plane client or, with
 //! `MESH_SNAPSHOT_FILE`, one static snapshot read at start.
+//!
+//! Shutdown drains as Istio's sidecar does on SIGTERM
+//! ([`ProxyHandle::shutdown`]): readiness turns 503 at once and the proxy
+//! leaves the control plane, the listeners keep accepting for
+//! `MESH_DRAIN_DURATION` (Istio's `terminationDrainDuration`, 5 s) while
+//! every response tells its client to go elsewhere (`Connection: close`,
+//! HTTP/2 GOAWAY), then stop accepting; requests in flight get
+//! `MESH_DRAIN_TIMEOUT` to finish, and the ones still waiting are answered
+//! 503 with `Connection: close` (`listener.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{ClusterRt, EndpointRt, StateStore};
 use crate::config::{Config, advertise_for};
+use crate::listener::Drain;
 use crate::log::Direction;
 use crate::report::{QUEUE_CAPACITY, ZipkinHttp};
 use crate::rng::Rng;
@@ -32,8 +42,9 @@ use crate::telemetry::Telemetry;
 /// How long shutdown waits for the reporter to send the last spans.
 pub const REPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long shutdown waits for requests in flight to finish.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the drain timeout, how long the 503s of the requests cut get to be
+/// written before the proxy stops.
+pub const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +90,8 @@ pub struct Shared {
     pub admin_addr: SocketAddr,
     /// Metrics, the span queue, and what every span says about this proxy.
     pub telemetry: Telemetry,
+    /// The drain's phases; `/ready` reports 503 once it began.
+    pub drain: Drain,
     store: StateStore,
     status: Mutex<ApplyStatus>,
 }
@@ -185,6 +198,7 @@ impl Proxy {
     /// the control-plane client. Returns once the listeners are bound.
     pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
         let shutdown = CancellationToken::new();
+        let drain = Drain::default();
         let tasks = TaskTracker::new();
 
         let admin = bind("admin", "MESH_ADMIN_ADDR", config.admin_addr).await?;
@@ -246,6 +260,7 @@ impl Proxy {
             current: ArcSwapOption::empty(),
             store: StateStore::default(),
             status: Mutex::new(ApplyStatus::default()),
+            drain: drain.clone(),
             config,
         });
         if let Some((path, snapshot)) = static_snapshot {
@@ -254,11 +269,13 @@ impl Proxy {
                 .map_err(|source| StartError::SnapshotRejected { path, source })?;
         }
 
+        let limits = shared.config.limits;
         let s = shared.clone();
         crate::listener::serve(
             "admin",
             admin,
-            shutdown.clone(),
+            limits,
+            drain.clone(),
             tasks.clone(),
             move |_, req| crate::admin::handle(s.clone(), req),
         );
@@ -267,7 +284,8 @@ impl Proxy {
             crate::listener::serve(
                 "outbound",
                 listener,
-                shutdown.clone(),
+                limits,
+                drain.clone(),
                 tasks.clone(),
                 move |peer, req| crate::outbound::handle(s.clone(), Direction::Outbound, peer, req),
             );
@@ -277,7 +295,8 @@ impl Proxy {
             crate::listener::serve(
                 "inbound",
                 listener,
-                shutdown.clone(),
+                limits,
+                drain.clone(),
                 tasks.clone(),
                 move |peer, req| crate::inbound::handle(s.clone(), peer, req),
             );
@@ -287,7 +306,8 @@ impl Proxy {
             crate::listener::serve(
                 "gateway",
                 listener,
-                shutdown.clone(),
+                limits,
+                drain.clone(),
                 tasks.clone(),
                 move |peer, req| crate::outbound::handle(s.clone(), Direction::Gateway, peer, req),
             );
@@ -295,7 +315,7 @@ impl Proxy {
 
         let control = match shared.config.control_url.clone() {
             Some(base) => {
-                let client = crate::control::client()?;
+                let client = crate::control::client(shared.config.control_token.as_ref())?;
                 tasks.spawn(crate::control::run(
                     shared.clone(),
                     client.clone(),
@@ -319,6 +339,7 @@ impl Proxy {
             shared,
             addrs,
             shutdown,
+            drain,
             tasks,
             control,
             reporter: reporter.map(|task| (task, stop_reporter)),
@@ -378,7 +399,9 @@ fn app_target(config: &Config) -> (Arc<ClusterRt>, Arc<EndpointRt>) {
 pub struct ProxyHandle {
     shared: Arc<Shared>,
     addrs: ProxyAddrs,
+    /// Stops the control-plane client.
     shutdown: CancellationToken,
+    drain: Drain,
     tasks: TaskTracker,
     control: Option<(reqwest::Client, String)>,
     /// The span reporter task and the token that makes it send its last
@@ -454,20 +477,41 @@ impl ProxyHandle {
         &self.shared.telemetry.metrics
     }
 
-    /// Leave the mesh (`DELETE` at the control plane), stop accepting, let
-    /// requests in flight finish for up to [`DRAIN_TIMEOUT`], then send the
+    /// Drain, as Istio's sidecar does on SIGTERM: readiness 503 and leave
+    /// the mesh (`DELETE` at the control plane) at once; keep accepting for
+    /// the drain duration, every response saying `Connection: close` (HTTP/2:
+    /// GOAWAY); stop accepting; let requests in flight finish within the
+    /// drain timeout, then answer the ones still waiting 503; then send the
     /// spans still queued (for up to [`REPORT_FLUSH_TIMEOUT`]).
     pub async fn shutdown(mut self) {
+        let limits = self.shared.config.limits;
+        let began = tokio::time::Instant::now();
+        self.drain.draining.cancel();
         self.shutdown.cancel();
+        tracing::info!(
+            drain_duration = ?limits.drain_duration,
+            drain_timeout = ?limits.drain_timeout,
+            "draining: not ready, still accepting for the drain duration (MESH_DRAIN_DURATION)"
+        );
         if let Some((client, base)) = &self.control {
             crate::control::leave(&self.shared, client, base).await;
         }
+        // Clients (and Kubernetes' endpoints controller) need this long to
+        // see that the proxy is leaving; until then new connections are
+        // still served, each told to close after its response.
+        tokio::time::sleep_until(began + limits.drain_duration).await;
+        self.drain.closing.cancel();
         self.tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.tasks.wait())
+        if tokio::time::timeout(limits.drain_timeout, self.tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("drain timeout: closing connections with requests still in flight");
+            tracing::warn!(
+                drain_timeout = ?limits.drain_timeout,
+                "drain timeout (MESH_DRAIN_TIMEOUT): answering the requests still in flight with 503"
+            );
+            self.drain.cut.cancel();
+            let _ = tokio::time::timeout(CUT_GRACE, self.tasks.wait()).await;
         }
         if let Some((task, stop)) = self.reporter.take() {
             stop.cancel();
@@ -485,6 +529,7 @@ impl Drop for ProxyHandle {
     /// A handle dropped without `shutdown()` still stops its listeners.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.drain.closing.cancel();
         if let Some((_, stop)) = &self.reporter {
             stop.cancel();
         }

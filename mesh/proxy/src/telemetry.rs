@@ -545,7 +545,7 @@ fn decode_peer(header: &[u8]) -> Peer {
 }
 
 /// `grpc-status` as a number, when present and valid.
-fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers
         .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())

@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
-
 #[test]
 fn a_bad_setting_stops_the_binary_naming_the_variable() {
-    let output = Command::new(BIN)
+    let output = Command::new(PROXY_BIN)
         .env_clear()
         .env("MESH_SERVICE", "hw")
         .env("MESH_INBOUND_ADDR", "15006")
@@ -27,51 +25,31 @@ fn a_bad_setting_stops_the_binary_naming_the_variable() {
 
 #[tokio::test]
 async fn the_binary_runs_without_its_control_plane_and_stops_on_sigterm() {
-    let admin = refused_addr().await;
-    let control = refused_addr().await;
-    let mut child = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("MESH_SERVICE", "hw")
-        .env("MESH_CONTROL_URL", format!("http://{control}"))
-        .env("MESH_ADMIN_ADDR", admin.to_string())
-        .env("MESH_OUTBOUND_ADDR", "127.0.0.1:0")
-        .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    let client = direct_client();
-    let url = format!("http://{admin}/ready");
-    wait_until(
-        "the admin port answers",
-        Duration::from_secs(10),
-        async || client.get(&url).send().await.is_ok(),
+    let control = format!("http://{}", refused_addr().await);
+    let mut proxy = ProxyBinary::spawn(
+        &[("MESH_SERVICE", "hw"), ("MESH_CONTROL_URL", &control)],
+        Stdio::piped(),
+        tempfile::tempdir().unwrap(),
     )
     .await;
+
+    let client = direct_client();
+    let url = format!("http://{}/ready", proxy.admin);
+    retry_until_ok(
+        "the admin port to answer",
+        Duration::from_secs(10),
+        async || Ok(client.get(&url).send().await?),
+    )
+    .await
+    .unwrap();
     let ready = get(&client, &url).await;
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("no config from the control plane yet"));
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the proxy exits after SIGTERM")
-        .unwrap();
+    proxy.sigterm();
+    let status = proxy.exit_status().await;
     assert!(status.success(), "{status}");
-
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
+    let stderr = proxy.stderr().await;
     assert!(stderr.contains("control plane unreachable"), "{stderr}");
     // Sparse logging: a handful of warnings, not one per retry.
     assert!(
@@ -87,7 +65,7 @@ fn a_bad_snapshot_file_stops_the_binary_naming_the_file_and_the_json_error() {
     std::fs::write(&bad, "{\"version\": 1,\n \"proxy\": }").unwrap();
     let missing = dir.path().join("missing.json");
     for (file, expected) in [(&bad, "line 2"), (&missing, "No such file")] {
-        let output = Command::new(BIN)
+        let output = Command::new(PROXY_BIN)
             .env_clear()
             .env("MESH_SERVICE", "hw")
             .env("MESH_SNAPSHOT_FILE", file)
@@ -107,36 +85,21 @@ fn a_bad_snapshot_file_stops_the_binary_naming_the_file_and_the_json_error() {
 #[tokio::test]
 async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
     let upstream = Upstream::start("hw-1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snapshot.json");
     let snapshot = snapshot(7, vec![service("hw", vec![upstream.endpoint()])]);
-    std::fs::write(&file, serde_json::to_string_pretty(&snapshot).unwrap()).unwrap();
-
-    let (admin, outbound) = (refused_addr().await, refused_addr().await);
-    let mut child = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("MESH_SERVICE", "client")
-        .env("MESH_SNAPSHOT_FILE", &file)
-        .env("MESH_APP_ADDR", upstream.addr.to_string())
-        .env("MESH_ADMIN_ADDR", admin.to_string())
-        .env("MESH_OUTBOUND_ADDR", outbound.to_string())
-        .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
-        .env("MESH_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
+    let app = upstream.addr.to_string();
     // Ready at once: the snapshot came from the file.
-    let client = direct_client();
-    let ready_url = format!("http://{admin}/ready");
-    wait_until(
-        "the proxy is ready",
-        Duration::from_secs(10),
-        async || matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200),
+    let mut proxy = ProxyBinary::start(
+        &snapshot,
+        &[
+            ("MESH_SERVICE", "client"),
+            ("MESH_APP_ADDR", &app),
+            ("MESH_LOG", "info"),
+        ],
+        Stdio::piped(),
     )
     .await;
+    let (admin, outbound) = (proxy.admin, proxy.outbound);
+    let client = direct_client();
     let dump = get(&client, &format!("http://{admin}/config_dump")).await;
     assert!(dump.body.contains("\"version\": 7"), "{}", dump.body);
 
@@ -150,33 +113,21 @@ async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
         async || {
             // One request: one istio_requests_total series for a 200 with no
             // flags, counted once (the label set in between is metrics.rs's).
-            get(&client, &stats_url).await.body.lines().any(|line| {
+            Ok(get(&client, &stats_url).await.body.lines().any(|line| {
                 line.starts_with("istio_requests_total{")
                     && line.contains("response_code=\"200\"")
                     && line.contains("response_flags=\"-\"")
                     && line.ends_with("} 1")
-            })
+            }))
         },
     )
-    .await;
+    .await
+    .unwrap();
 
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the proxy exits after SIGTERM")
-        .unwrap();
+    proxy.sigterm();
+    let status = proxy.exit_status().await;
     assert!(status.success(), "{status}");
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
+    let stderr = proxy.stderr().await;
     assert!(
         !stderr.contains("control plane"),
         "no control plane is contacted: {stderr}"
@@ -191,53 +142,24 @@ async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
 /// through it, stop it; returns its stderr and the upstream's address.
 async fn access_log_of_one_request(encoding: &str) -> (String, String) {
     let upstream = Upstream::start("hw-1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("snapshot.json");
     let snapshot = snapshot(7, vec![service("hw", vec![upstream.endpoint()])]);
-    std::fs::write(&file, serde_json::to_string_pretty(&snapshot).unwrap()).unwrap();
-    let (admin, outbound) = (refused_addr().await, refused_addr().await);
-    let mut child = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("MESH_SERVICE", "client")
-        .env("MESH_SNAPSHOT_FILE", &file)
-        .env("MESH_APP_ADDR", upstream.addr.to_string())
-        .env("MESH_ADMIN_ADDR", admin.to_string())
-        .env("MESH_OUTBOUND_ADDR", outbound.to_string())
-        .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
-        .env("MESH_LOG", "info")
-        .env("MESH_ACCESS_LOG_ENCODING", encoding)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = direct_client();
-    let ready_url = format!("http://{admin}/ready");
-    wait_until(
-        "the proxy is ready",
-        Duration::from_secs(10),
-        async || matches!(client.get(&ready_url).send().await, Ok(r) if r.status() == 200),
+    let app = upstream.addr.to_string();
+    let mut proxy = ProxyBinary::start(
+        &snapshot,
+        &[
+            ("MESH_SERVICE", "client"),
+            ("MESH_APP_ADDR", &app),
+            ("MESH_LOG", "info"),
+            ("MESH_ACCESS_LOG_ENCODING", encoding),
+        ],
+        Stdio::piped(),
     )
     .await;
-    let reply = get(&client_via(outbound), "http://hw:8080/hello").await;
+    let reply = get(&client_via(proxy.outbound), "http://hw:8080/hello").await;
     assert_eq!(reply.status, 200);
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the proxy exits after SIGTERM")
-        .unwrap();
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
-    (stderr, upstream.addr.to_string())
+    proxy.sigterm();
+    proxy.exit_status().await;
+    (proxy.stderr().await, app)
 }
 
 /// Issue 11: access lines were ~400 characters and wrapped on a projector.

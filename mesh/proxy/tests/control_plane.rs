@@ -140,9 +140,10 @@ async fn the_proxy_announces_watches_acks_nacks_and_leaves() {
     let proxy = Proxy::start(config_for(control, app.addr)).await.unwrap();
 
     wait_until("an ACK and a NACK", Duration::from_secs(10), async || {
-        fake.acks.lock().unwrap().len() >= 2
+        Ok(fake.acks.lock().unwrap().len() >= 2)
     })
-    .await;
+    .await
+    .unwrap();
     let acks = fake.acks.lock().unwrap().clone();
     assert_eq!((acks[0].version, acks[0].accepted), (1, true));
     assert_eq!((acks[1].version, acks[1].accepted), (2, false));
@@ -157,9 +158,10 @@ async fn the_proxy_announces_watches_acks_nacks_and_leaves() {
     );
 
     wait_until("a ready announce", Duration::from_secs(10), async || {
-        fake.announces.lock().unwrap().iter().any(|a| a.ready)
+        Ok(fake.announces.lock().unwrap().iter().any(|a| a.ready))
     })
-    .await;
+    .await
+    .unwrap();
     let announce = fake.announces.lock().unwrap().last().unwrap().clone();
     assert_eq!(announce.instance, "hw-v1-test1");
     assert_eq!(announce.service, "hw");
@@ -224,9 +226,10 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
     let listener = tokio::net::TcpListener::bind(control).await.unwrap();
     let server = start_fake(fake.clone(), listener).await;
     wait_until("the first snapshot", Duration::from_secs(10), async || {
-        proxy.current_snapshot().is_some()
+        Ok(proxy.current_snapshot().is_some())
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(get(&client, "http://other:8080/").await.body, "other-1");
 
     // It goes away: listener closed, open connections (the watch's
@@ -274,9 +277,10 @@ async fn the_proxy_serves_while_the_control_plane_is_away_and_resyncs() {
     wait_until(
         "the proxy to resync to version 6",
         BACKOFF_MAX + Duration::from_secs(5),
-        async || proxy.current_snapshot().is_some_and(|s| s.version == 6),
+        async || Ok(proxy.current_snapshot().is_some_and(|s| s.version == 6)),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(get(&client, "http://other:8080/").await.body, "other-2");
     assert!(
         fake.acks

@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_proxy::{Config, Proxy};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
 
 /// An upstream that takes `delay` to answer with its name.
 async fn slow(name: &'static str, delay: Duration) -> Upstream {
@@ -33,9 +31,10 @@ async fn shutdown_waits_for_the_request_in_flight_and_refuses_new_ones() {
     wait_until(
         "the request to reach the app",
         Duration::from_secs(10),
-        async || upstream.hits() == 1,
+        async || Ok(upstream.hits() == 1),
     )
-    .await;
+    .await
+    .unwrap();
 
     // Shut down while the app is still answering (it has about 800 ms to
     // go): shutdown returns only once the response went out, so it takes
@@ -57,46 +56,21 @@ async fn shutdown_waits_for_the_request_in_flight_and_refuses_new_ones() {
     );
 }
 
-/// Start the binary on a static snapshot routing `hw` to `upstream`, with
-/// `MESH_CONCURRENCY=concurrency`; returns it with its admin and outbound
-/// addresses once it is ready.
-async fn start_binary(
-    upstream: &Upstream,
-    concurrency: &str,
-    dir: &tempfile::TempDir,
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    let file = dir.path().join("snapshot.json");
+/// The binary on a static snapshot routing `hw` to `upstream`, with
+/// `MESH_CONCURRENCY=concurrency`, once it is ready.
+async fn start_binary(upstream: &Upstream, concurrency: &str) -> ProxyBinary {
     let snapshot = snapshot(1, vec![service("hw", vec![upstream.endpoint()])]);
-    std::fs::write(&file, serde_json::to_string(&snapshot).unwrap()).unwrap();
-    let (admin, outbound) = (refused_addr().await, refused_addr().await);
-    let child = tokio::process::Command::new(BIN)
-        .env_clear()
-        .env("MESH_SERVICE", "client")
-        .env("MESH_SNAPSHOT_FILE", &file)
-        .env("MESH_APP_ADDR", upstream.addr.to_string())
-        .env("MESH_ADMIN_ADDR", admin.to_string())
-        .env("MESH_OUTBOUND_ADDR", outbound.to_string())
-        .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
-        .env("MESH_CONCURRENCY", concurrency)
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = direct_client();
-    let ready = format!("http://{admin}/ready");
-    wait_until(
-        "the binary is ready",
-        Duration::from_secs(10),
-        async || matches!(client.get(&ready).send().await, Ok(r) if r.status() == 200),
+    let app = upstream.addr.to_string();
+    ProxyBinary::start(
+        &snapshot,
+        &[
+            ("MESH_SERVICE", "client"),
+            ("MESH_APP_ADDR", &app),
+            ("MESH_CONCURRENCY", concurrency),
+        ],
+        Stdio::null(),
     )
-    .await;
-    (child, admin, outbound)
+    .await
 }
 
 /// The runtime's worker threads of process `pid`: tokio names them
@@ -110,30 +84,19 @@ fn worker_threads(pid: u32) -> usize {
         .count()
 }
 
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 #[tokio::test]
 async fn one_event_loop_serves_concurrent_requests_and_drains_on_sigterm() {
     let delay = Duration::from_millis(500);
     let upstream = slow("hw-1", delay).await;
-    let dir = tempfile::tempdir().unwrap();
 
     // The default (Istio's 2) runs two workers; MESH_CONCURRENCY=1 none: the
     // whole proxy is one event loop on the main thread.
-    let (two, _, _) = start_binary(&upstream, "2", &dir).await;
-    assert_eq!(worker_threads(two.id().unwrap()), 2);
+    let two = start_binary(&upstream, "2").await;
+    assert_eq!(worker_threads(two.child.id().unwrap()), 2);
     drop(two);
-    let (mut one, _, outbound) = start_binary(&upstream, "1", &dir).await;
-    assert_eq!(worker_threads(one.id().unwrap()), 0);
+    let mut one = start_binary(&upstream, "1").await;
+    assert_eq!(worker_threads(one.child.id().unwrap()), 0);
+    let outbound = one.outbound;
 
     // Ten requests at once each wait 500 ms at the app: one loop serves them
     // side by side, so together they take about 500 ms, far below the 5 s
@@ -154,15 +117,13 @@ async fn one_event_loop_serves_concurrent_requests_and_drains_on_sigterm() {
     wait_until(
         "the request to reach the app",
         Duration::from_secs(10),
-        async || upstream.hits() == before + 1,
+        async || Ok(upstream.hits() == before + 1),
     )
-    .await;
-    sigterm(&one);
+    .await
+    .unwrap();
+    one.sigterm();
     let reply = in_flight.await.unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (200, "hw-1"));
-    let status = tokio::time::timeout(Duration::from_secs(10), one.wait())
-        .await
-        .expect("the proxy exits after SIGTERM")
-        .unwrap();
+    let status = one.exit_status().await;
     assert!(status.success(), "{status}");
 }

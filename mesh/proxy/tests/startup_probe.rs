@@ -66,9 +66,10 @@ async fn a_proxy_without_its_app_passes_the_startup_probe_but_not_readiness() {
     wait_until(
         "/ready to pass once the app listens",
         Duration::from_secs(5),
-        async || get(&client, &ready).await.status == 200,
+        async || Ok(get(&client, &ready).await.status == 200),
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(get(&client, &startup).await.status, 200);
     drop(app);
     proxy.shutdown().await;

@@ -23,7 +23,6 @@ use mesh_api::snapshot::*;
 use mesh_proxy::{Config, Proxy};
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
 const MIB: u64 = 1024 * 1024;
 /// What each transfer carries through the mesh.
 const BIG: u64 = 100 * MIB;
@@ -184,55 +183,25 @@ async fn connect(
 
 // === real proxies ===
 
-/// A `mesh-proxy` process on a static snapshot; killed when dropped.
-struct ProxyProcess {
-    child: tokio::process::Child,
-    _dir: tempfile::TempDir,
+/// A `mesh-proxy` process on a static snapshot, its log on the test's
+/// stderr.
+async fn proxy_process(env: &[(&str, String)], snapshot: &Snapshot) -> ProxyBinary {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ProxyBinary::start(snapshot, &env, Stdio::inherit()).await
 }
 
-impl ProxyProcess {
-    async fn start(env: &[(&str, String)], snapshot: &Snapshot) -> ProxyProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("snapshot.json");
-        std::fs::write(&file, serde_json::to_string(snapshot).unwrap()).unwrap();
-        let admin = refused_addr().await;
-        let mut command = tokio::process::Command::new(BIN);
-        command
-            .env_clear()
-            .env("MESH_SNAPSHOT_FILE", &file)
-            .env("MESH_ADMIN_ADDR", admin.to_string())
-            .env("MESH_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let child = command.spawn().unwrap();
-        let client = direct_client();
-        let ready = format!("http://{admin}/ready");
-        wait_until(
-            "the proxy is ready",
-            Duration::from_secs(20),
-            async || matches!(client.get(&ready).send().await, Ok(r) if r.status() == 200),
-        )
-        .await;
-        ProxyProcess { child, _dir: dir }
-    }
-
-    /// `VmHWM` (peak resident set) or `VmRSS` from /proc, in KiB.
-    fn memory_kb(&self, field: &str) -> u64 {
-        let pid = self.child.id().expect("the proxy is still running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| {
-            panic!("this test reads /proc/{pid}/status (Linux only) to measure the proxy: {e}")
-        });
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim_start_matches(':').trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-    }
+/// `VmHWM` (peak resident set) or `VmRSS` of `proxy` from /proc, in KiB.
+fn memory_kb(proxy: &ProxyBinary, field: &str) -> u64 {
+    let pid = proxy.child.id().expect("the proxy is still running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| {
+        panic!("this test reads /proc/{pid}/status (Linux only) to measure the proxy: {e}")
+    });
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim_start_matches(':').trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn vhost(domains: &[&str], cluster: &str) -> VirtualHost {
@@ -277,7 +246,7 @@ async fn a_100_mib_upload_and_download_cross_the_gateway_and_two_sidecars_in_bou
         refused_addr().await,
     );
     let host = "hw.example.com";
-    let b = ProxyProcess::start(
+    let b = proxy_process(
         &[
             ("MESH_SERVICE", "hw".into()),
             ("MESH_APP_ADDR", app.addr.to_string()),
@@ -290,7 +259,7 @@ async fn a_100_mib_upload_and_download_cross_the_gateway_and_two_sidecars_in_bou
     let mut a_snapshot = snapshot(1, vec![]);
     a_snapshot.virtual_hosts.push(vhost(&[host], "hw"));
     a_snapshot.clusters.push(cluster("hw", b_inbound));
-    let a = ProxyProcess::start(
+    let a = proxy_process(
         &[
             ("MESH_SERVICE", "client".into()),
             // Its /ready waits for an app to answer; any will do.
@@ -307,7 +276,7 @@ async fn a_100_mib_upload_and_download_cross_the_gateway_and_two_sidecars_in_bou
         gateways: vec!["default/test".into()],
         virtual_hosts: vec![vhost(&[host], "via-a")],
     });
-    let gateway = ProxyProcess::start(
+    let gateway = proxy_process(
         &[
             ("MESH_MODE", "gateway".into()),
             ("MESH_GATEWAY_ADDR", gateway_addr.to_string()),
@@ -316,7 +285,7 @@ async fn a_100_mib_upload_and_download_cross_the_gateway_and_two_sidecars_in_bou
     )
     .await;
     let proxies = [("gateway", &gateway), ("sidecar A", &a), ("sidecar B", &b)];
-    let idle: Vec<u64> = proxies.iter().map(|(_, p)| p.memory_kb("VmRSS")).collect();
+    let idle: Vec<u64> = proxies.iter().map(|(_, p)| memory_kb(p, "VmRSS")).collect();
 
     // Upload: 100 MiB with Content-Length, generated as it is sent.
     let started = Instant::now();
@@ -355,7 +324,7 @@ async fn a_100_mib_upload_and_download_cross_the_gateway_and_two_sidecars_in_bou
     let download_time = started.elapsed();
 
     for ((name, proxy), idle) in proxies.iter().zip(idle) {
-        let peak = proxy.memory_kb("VmHWM");
+        let peak = memory_kb(proxy, "VmHWM");
         eprintln!(
             "{name}: RSS {idle} kB idle, peak {peak} kB; 100 MiB up in {upload_time:?}, down in {download_time:?}"
         );
@@ -503,9 +472,10 @@ async fn a_client_that_hangs_up_mid_upload_ends_the_request_to_the_app() {
     wait_until(
         "the app is reading the body",
         Duration::from_secs(10),
-        async || app.hits.load(Ordering::SeqCst) == 1,
+        async || Ok(app.hits.load(Ordering::SeqCst) == 1),
     )
-    .await;
+    .await
+    .unwrap();
     drop(tcp);
 
     // The app's request body breaks off: nothing upstream waits for bytes
@@ -513,9 +483,10 @@ async fn a_client_that_hangs_up_mid_upload_ends_the_request_to_the_app() {
     wait_until(
         "the app sees the body end early",
         Duration::from_secs(10),
-        async || !app.received().is_empty(),
+        async || Ok(!app.received().is_empty()),
     )
-    .await;
+    .await
+    .unwrap();
     let seen = &app.received()[0];
     assert!(seen.broken, "the body ended with an error: {seen:?}");
     assert!(seen.bytes < BIG, "{seen:?}");

@@ -66,9 +66,10 @@ impl Collector {
                 .collect()
         };
         wait_until(&format!("{n} spans of request {id}"), WAIT, async || {
-            of_request().len() >= n
+            Ok(of_request().len() >= n)
         })
-        .await;
+        .await
+        .unwrap();
         of_request()
     }
 }
@@ -348,7 +349,7 @@ async fn a_trace_crosses_the_gateway_and_two_sidecars_as_one_tree() {
 
     // The app got the trace with the SERVER span of its sidecar as parent,
     // and not the sidecars' own source headers.
-    let parts = hw_app.last_request.lock().unwrap().clone().unwrap();
+    let parts = hw_app.last_request().unwrap();
     let hw_id = str_of(hw_server, "id");
     assert_eq!(header(&parts, "x-b3-traceid"), trace);
     assert_eq!(header(&parts, "x-b3-spanid"), hw_id);
@@ -468,7 +469,7 @@ async fn an_incoming_trace_is_continued_in_whichever_format_it_came() {
     assert_eq!(str_of(client_span, "traceId"), trace);
     assert_eq!(str_of(client_span, "parentId"), "00f067aa0ba902b7");
     assert_eq!(str_of(server_span, "parentId"), str_of(client_span, "id"));
-    let parts = app.last_request.lock().unwrap().clone().unwrap();
+    let parts = app.last_request().unwrap();
     assert_eq!(header(&parts, "tracestate"), "congo=t61rcWkgMzE");
 
     // B3 multi with a 64-bit trace id: kept as 16 hex digits on every span.
@@ -486,7 +487,7 @@ async fn an_incoming_trace_is_continued_in_whichever_format_it_came() {
     for span in &spans {
         assert_eq!(str_of(span, "traceId"), "a2fb4a1d1a96d312", "{span:#}");
     }
-    let parts = app.last_request.lock().unwrap().clone().unwrap();
+    let parts = app.last_request().unwrap();
     assert_eq!(header(&parts, "x-b3-traceid"), "a2fb4a1d1a96d312");
 
     // B3 single.
@@ -503,7 +504,7 @@ async fn an_incoming_trace_is_continued_in_whichever_format_it_came() {
         str_of(find(&spans, "guestbook-ui", "CLIENT"), "parentId"),
         "00f067aa0ba902b7"
     );
-    let parts = app.last_request.lock().unwrap().clone().unwrap();
+    let parts = app.last_request().unwrap();
     assert!(
         !parts.headers.contains_key("b3"),
         "replaced by the B3 multi headers"
@@ -536,7 +537,7 @@ async fn an_incoming_trace_is_continued_in_whichever_format_it_came() {
         .await
         .unwrap();
     assert_eq!(rsp.status(), 200);
-    let parts = app.last_request.lock().unwrap().clone().unwrap();
+    let parts = app.last_request().unwrap();
     assert_eq!(header(&parts, "x-b3-sampled"), "0");
     assert_eq!(header(&parts, "x-b3-traceid"), trace);
     assert!(header(&parts, "traceparent").ends_with("-00"));
@@ -797,12 +798,13 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
     ];
     wait_until("the source counts", WAIT, async || {
         let page = stats(&ui).await;
-        expected.iter().all(|(labels, n)| {
+        Ok(expected.iter().all(|(labels, n)| {
             let labels: Vec<_> = source.iter().chain(labels.iter()).copied().collect();
             count(&page, &labels) == *n
-        })
+        }))
     })
-    .await;
+    .await
+    .unwrap();
     let page = stats(&ui).await;
     assert_eq!(count(&page, &source), 13, "{page}");
     promtool_check(&page);
@@ -833,7 +835,7 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
         let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
             destination.iter().chain(extra.iter()).copied().collect()
         };
-        count(
+        Ok(count(
             &v1_page,
             &with(&[("destination_version", "v1"), ("response_code", "200")]),
         ) == 7
@@ -844,9 +846,10 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
             && count(
                 &v2_page,
                 &with(&[("destination_version", "v2"), ("response_code", "503")]),
-            ) == 2
+            ) == 2)
     })
-    .await;
+    .await
+    .unwrap();
     promtool_check(&stats(&v1).await);
     promtool_check(&stats(&v2).await);
 
@@ -905,7 +908,7 @@ async fn telemetry_off_records_nothing_and_adds_no_headers() {
         assert_eq!(rsp.status(), 200);
         let _ = rsp.bytes().await;
     }
-    let parts = app.last_request.lock().unwrap().clone().unwrap();
+    let parts = app.last_request().unwrap();
     for name in ["traceparent", "x-b3-traceid", "x-mesh-peer-metadata"] {
         assert!(!parts.headers.contains_key(name), "{name} was added");
     }
@@ -942,11 +945,12 @@ async fn a_collector_that_refuses_spans_costs_nothing_but_a_count() {
         assert_eq!(get(&via, "http://hw:8080/").await.status, 200);
     }
     wait_until("the refused spans are counted", WAIT, async || {
-        stats(&proxy)
+        Ok(stats(&proxy)
             .await
-            .contains("micromesh_spans_failed_total 3")
+            .contains("micromesh_spans_failed_total 3"))
     })
-    .await;
+    .await
+    .unwrap();
     let page = stats(&proxy).await;
     assert!(page.contains("micromesh_spans_sent_total 0"), "{page}");
     assert!(page.contains("micromesh_spans_dropped_total 0"), "{page}");
@@ -1038,9 +1042,10 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
     ];
     wait_until("the abort and the hang-up are counted", WAIT, async || {
         let page = stats(&ui).await;
-        count(&page, &aborted) == 1 && count(&page, &hung_up) == 1
+        Ok(count(&page, &aborted) == 1 && count(&page, &hung_up) == 1)
     })
-    .await;
+    .await
+    .unwrap();
     let spans = collector.spans_of_request("gave-up", 1).await;
     assert_eq!(spans[0]["tags"]["http.status_code"], "0");
     assert_eq!(spans[0]["tags"]["error"], "true");

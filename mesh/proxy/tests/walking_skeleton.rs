@@ -64,7 +64,7 @@ async fn requests_go_upstream_in_origin_form_with_the_apps_host_and_envoy_header
     let reply = get(&client, "http://hw:8080/hello/ray?x=1").await;
     assert_eq!(reply.status, 200);
     assert!(reply.headers.contains_key("x-envoy-upstream-service-time"));
-    let parts = upstream.last_request.lock().unwrap().clone().unwrap();
+    let parts = upstream.last_request().unwrap();
     assert_eq!(
         parts.uri.to_string(),
         "/hello/ray?x=1",
@@ -200,7 +200,7 @@ async fn a_request_crosses_two_sidecars_to_the_app() {
     )
     .await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "hw-app"));
-    let parts = app.last_request.lock().unwrap().clone().unwrap();
+    let parts = app.last_request().unwrap();
     assert_eq!(parts.headers["host"], "hw:8080");
 
     let ready = get(

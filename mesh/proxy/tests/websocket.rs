@@ -155,9 +155,10 @@ async fn a_websocket_echoes_through_gateway_and_two_sidecars_and_outlives_a_rule
     wait_until(
         "every proxy logged its closed tunnel",
         std::time::Duration::from_secs(10),
-        async || tunnels().len() >= 3,
+        async || Ok(tunnels().len() >= 3),
     )
-    .await;
+    .await
+    .unwrap();
     let lines = tunnels();
     assert_eq!(lines.len(), 3, "{lines:#?}");
     for direction in ["gateway", "outbound", "inbound"] {

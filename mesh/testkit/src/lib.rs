@@ -14,21 +14,26 @@
 //!   announced to the control plane exactly as a real one is.
 //! - [`Mesh::client`]: a sidecar for the test to send requests through.
 //! - [`Mesh::apply`]: Istio YAML, through the same API meshctl uses.
-//! - [`wait_until`]: poll a condition with a deadline (never a bare sleep);
-//!   [`retry_until_ok`]: retry an action that may fail while the mesh converges.
+//! - [`Upstream`]: the one fake app of the suite (the proxy's tests run it
+//!   bare, next to a sidecar they configure by hand).
+//! - [`wait_until`] / [`wait_for`]: poll a condition with a deadline (never
+//!   a bare sleep; an error ends the wait); [`retry_until_ok`]: retry an
+//!   action that may fail while the mesh converges.
 //! - [`binomial_tolerance`]: how far a count may stray from its expectation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::config::{ApplyRequest, ApplyResponse, ConfigErrors, SourceFile};
 use mesh_api::xds::{ProxyStatus, ServiceStatus};
 use mesh_control::{Server, ServerHandle, Settings};
@@ -59,6 +64,9 @@ pub struct Mesh {
     state: tempfile::TempDir,
     lease: Duration,
     http: reqwest::Client,
+    /// The control plane's write token (mesh/control/src/token.rs): its
+    /// sidecars announce with it and `apply` sends it, as under `meshctl up`.
+    token: String,
 }
 
 impl Mesh {
@@ -71,8 +79,10 @@ impl Mesh {
     pub async fn start_with_lease(lease: Duration) -> Result<Mesh> {
         init_tracing();
         let state = tempfile::tempdir().context("creating a temp state dir")?;
+        let token = mesh_control::token::random_hex(32)?;
         let mut settings = Settings::local(state.path());
         settings.lease = lease;
+        settings.write_token = mesh_control::WriteToken::Given(token.clone());
         let control = Server::start(settings).await?;
         Ok(Mesh {
             control_addr: control.addr(),
@@ -80,6 +90,7 @@ impl Mesh {
             state,
             lease,
             http: plain_client(),
+            token,
         })
     }
 
@@ -101,6 +112,7 @@ impl Mesh {
         let mut settings = Settings::local(self.state.path());
         settings.listen = self.control_addr;
         settings.lease = self.lease;
+        settings.write_token = mesh_control::WriteToken::Given(self.token.clone());
         self.control = Some(Server::start(settings).await?);
         Ok(())
     }
@@ -108,7 +120,7 @@ impl Mesh {
     /// One pod: a fake app answering as `service`/`version`, and its sidecar.
     pub async fn instance(&self, service: &str, version: &str) -> Result<Instance> {
         let name = format!("{service}-{version}-{:05x}", fastrand::u32(..0xfffff));
-        let upstream = Upstream::start(&name, version).await?;
+        let upstream = Upstream::echo(&name, version).await;
         let sidecar = self.sidecar(service, version, &name, upstream.addr).await?;
         Ok(Instance {
             name,
@@ -128,6 +140,7 @@ impl Mesh {
         let settings = HashMap::from([
             ("MESH_MODE", "gateway".to_string()),
             ("MESH_CONTROL_URL", self.control_url()),
+            ("MESH_CONTROL_TOKEN", self.token.clone()),
             ("MESH_ADMIN_ADDR", "127.0.0.1:0".to_string()),
             ("MESH_GATEWAY_ADDR", "127.0.0.1:0".to_string()),
         ]);
@@ -146,6 +159,7 @@ impl Mesh {
             ("MESH_VERSION", version.to_string()),
             ("MESH_INSTANCE", instance.to_string()),
             ("MESH_CONTROL_URL", self.control_url()),
+            ("MESH_CONTROL_TOKEN", self.token.clone()),
             ("MESH_APP_ADDR", app.to_string()),
             ("MESH_OUTBOUND_ADDR", "127.0.0.1:0".to_string()),
             ("MESH_INBOUND_ADDR", "127.0.0.1:0".to_string()),
@@ -174,6 +188,7 @@ impl Mesh {
         let response = self
             .http
             .post(format!("{}/v1/config/{verb}", self.control_url()))
+            .bearer_auth(&self.token)
             .json(&request)
             .send()
             .await?;
@@ -303,52 +318,163 @@ impl Instance {
 
 // === impl Upstream ===
 
-/// A fake app: answers every request with JSON naming its instance and
-/// version, and echoing the path and headers it received. Knobs make it
-/// fail or slow down, like helloworld-service's FAILURE_RATE and DELAY_MS.
+/// What a fake app answers: status and body, given the request's head and
+/// how many requests it answered before this one.
+pub type Behaviour = Arc<dyn Fn(&http::request::Parts, usize) -> (u16, String) + Send + Sync>;
+
+/// A fake app on 127.0.0.1:0, the one every test uses: it answers HTTP/1.1
+/// and HTTP/2 (prior knowledge) with what its [`Behaviour`] says, counts
+/// requests and TCP connections, keeps the last request's head, and has
+/// knobs to fail or slow down like helloworld-service's FAILURE_RATE and
+/// DELAY_MS. [`Upstream::echo`] is the app [`Mesh::instance`] runs; the
+/// proxy's own tests use [`Upstream::start`] and [`Upstream::with`].
+///
+/// Clones share one app; it stops when the last clone is dropped, or at
+/// [`Upstream::stop`].
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// The instance name it answers as (its endpoint's `instance`).
+    pub name: String,
     state: Arc<UpstreamState>,
-    _server: Arc<tokio::task::AbortHandle>,
+    server: Arc<AbortOnDrop>,
 }
 
 struct UpstreamState {
-    instance: String,
-    version: String,
-    hits: AtomicU64,
+    behaviour: Behaviour,
+    /// Answers carry `content-type: application/json`.
+    json: bool,
+    hits: AtomicUsize,
+    connections: AtomicUsize,
     /// Share of requests answered 503, in millionths.
     failure_ppm: AtomicU64,
     delay_ms: AtomicU64,
+    last_request: std::sync::Mutex<Option<http::request::Parts>>,
+}
+
+/// The accept loop's task, aborted when the last [`Upstream`] clone goes.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Upstream {
-    pub async fn start(instance: &str, version: &str) -> Result<Upstream> {
-        let state = Arc::new(UpstreamState {
-            instance: instance.to_string(),
-            version: version.to_string(),
-            hits: AtomicU64::new(0),
-            failure_ppm: AtomicU64::new(0),
-            delay_ms: AtomicU64::new(0),
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let app = axum::Router::new()
-            .fallback(answer)
-            .with_state(state.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Upstream {
-            addr,
-            state,
-            _server: Arc::new(server.abort_handle()),
-        })
+    /// Answers 200 with its own name as the body.
+    pub async fn start(name: &str) -> Upstream {
+        let body = name.to_string();
+        Upstream::with(name, Arc::new(move |_, _| (200, body.clone()))).await
     }
 
-    /// Requests answered so far.
-    pub fn hits(&self) -> u64 {
-        self.state.hits.load(Ordering::Relaxed)
+    /// Answers what `behaviour` says.
+    pub async fn with(name: &str, behaviour: Behaviour) -> Upstream {
+        Upstream::serve(name, behaviour, false).await
+    }
+
+    /// Answers what `behaviour` says, each answer `delay` after the request
+    /// arrived (the request is counted at once).
+    pub async fn with_delay(name: &str, behaviour: Behaviour, delay: Duration) -> Upstream {
+        let upstream = Upstream::with(name, behaviour).await;
+        upstream.set_delay(delay);
+        upstream
+    }
+
+    /// Answers 200 with JSON naming its instance and version and echoing the
+    /// path and headers it received (an [`Answer`]).
+    pub async fn echo(instance: &str, version: &str) -> Upstream {
+        let (name, version) = (instance.to_string(), version.to_string());
+        let behaviour: Behaviour = Arc::new(move |parts: &http::request::Parts, _| {
+            let headers: BTreeMap<String, String> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = json!({
+                "instance": name,
+                "version": version,
+                "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                "headers": headers,
+            });
+            (200, body.to_string())
+        });
+        Upstream::serve(instance, behaviour, true).await
+    }
+
+    async fn serve(name: &str, behaviour: Behaviour, json: bool) -> Upstream {
+        // Binding 127.0.0.1:0 fails only on a broken machine; a test
+        // cannot do anything better than stop there.
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a fake app binds 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let state = Arc::new(UpstreamState {
+            behaviour,
+            json,
+            hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            failure_ppm: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
+            last_request: std::sync::Mutex::new(None),
+        });
+        let accepting = state.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepting.connections.fetch_add(1, Ordering::SeqCst);
+                let state = accepting.clone();
+                // A connection outlives the accept loop: `stop` refuses
+                // new connections, the ones open finish their requests.
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |req: http::Request<Incoming>| answer(state.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            state,
+            server: Arc::new(AbortOnDrop(server.abort_handle())),
+        }
+    }
+
+    /// Requests answered (or being answered) so far.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// The head of the last request that arrived, if any did.
+    pub fn last_request(&self) -> Option<http::request::Parts> {
+        self.state
+            .last_request
+            .lock()
+            .expect("the last request is not poisoned")
+            .clone()
+    }
+
+    /// This app as an endpoint of a snapshot's cluster.
+    pub fn endpoint(&self) -> mesh_api::snapshot::Endpoint {
+        mesh_api::snapshot::Endpoint {
+            instance: self.name.clone(),
+            address: self.addr.to_string(),
+            labels: BTreeMap::new(),
+        }
     }
 
     /// Answer this share (0.0..=1.0) of requests with 503.
@@ -357,6 +483,7 @@ impl Upstream {
         self.state.failure_ppm.store(ppm, Ordering::Relaxed);
     }
 
+    /// Answer every request `delay` after it arrived.
     pub fn set_delay(&self, delay: Duration) {
         self.state
             .delay_ms
@@ -365,38 +492,40 @@ impl Upstream {
 
     /// Stop answering: the port refuses connections from now on.
     pub fn stop(&self) {
-        self._server.abort();
+        self.server.0.abort();
     }
 }
 
-async fn answer(State(state): State<Arc<UpstreamState>>, uri: Uri, headers: HeaderMap) -> Response {
-    state.hits.fetch_add(1, Ordering::Relaxed);
+async fn answer(
+    state: Arc<UpstreamState>,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let _ = body.collect().await;
+    let n = state.hits.fetch_add(1, Ordering::SeqCst);
+    let (mut status, text) = (state.behaviour)(&parts, n);
+    *state
+        .last_request
+        .lock()
+        .expect("the last request is not poisoned") = Some(parts);
     let delay = state.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let failure = state.failure_ppm.load(Ordering::Relaxed);
-    let status = if failure > 0 && fastrand::u64(0..1_000_000) < failure {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    let headers: BTreeMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = json!({
-        "instance": state.instance,
-        "version": state.version,
-        "path": uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-        "headers": headers,
-    });
-    (status, axum::Json(body)).into_response()
+    if failure > 0 && fastrand::u64(0..1_000_000) < failure {
+        status = 503;
+    }
+    let mut rsp = http::Response::new(Full::new(Bytes::from(text)));
+    *rsp.status_mut() =
+        http::StatusCode::from_u16(status).expect("a behaviour answers a valid status");
+    if state.json {
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    Ok(rsp)
 }
 
 // === clients ===
@@ -540,15 +669,25 @@ async fn one_request(http: &reqwest::Client, url: &str) -> Result<String, String
 
 // === waiting and statistics ===
 //
-// Two ways to wait, named for what they do with an error:
+// The suite's one pair of pollers, named for what they do with an error:
 //
 // - [`wait_until`] polls a *condition* ("the proxy runs version 7"). The
 //   check answers `Ok(true)` (there), `Ok(false)` (not yet) or `Err` (broken),
 //   and an `Err` ends the wait at once: nothing is retried away.
+//   [`wait_for`] is the same wait for a condition that yields a value
+//   (`Ok(Some(value))` there, `Ok(None)` not yet).
 // - [`retry_until_ok`] retries an *action* that may fail while the mesh
 //   converges ("the control plane answers"). Every `Err` means "try again".
 //   Never use it for the property a test is about: a request that fails and
 //   is retried until one succeeds proves nothing about failures.
+//
+// All three take a closure returning a future: `|| async { .. }`, or an
+// async closure `async || { .. }` that only borrows what it uses (one that
+// mutates its captures is an `AsyncFnMut` only; such a bound would make
+// every caller's future lose `Send`, which the container tests' runner
+// needs). They poll every 20 ms, work on paused time, and return an error
+// saying what was awaited (and, for `retry_until_ok`, the last error): a
+// test `.unwrap()`s or `?`s it.
 
 /// How often the waiting helpers poll.
 const POLL: Duration = Duration::from_millis(20);
@@ -561,13 +700,28 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool>>,
 {
+    wait_for(what, deadline, || {
+        let checked = check();
+        async move { Ok(checked.await?.then_some(())) }
+    })
+    .await
+}
+
+/// Poll `check` until it returns `Ok(Some(value))`, and return the value;
+/// fail when `deadline` passes. As in [`wait_until`], an `Err` ends the
+/// wait at once.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
     let start = tokio::time::Instant::now();
     loop {
-        if check()
+        if let Some(value) = check()
             .await
             .with_context(|| format!("while waiting for {what}"))?
         {
-            return Ok(());
+            return Ok(value);
         }
         if start.elapsed() >= deadline {
             bail!("gave up after {deadline:?} waiting for {what}");
@@ -661,6 +815,79 @@ mod tests {
             text.contains("a condition") && text.contains("a request failed"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn wait_for_returns_what_the_condition_found_and_stops_at_an_error() {
+        let mut polls = 0;
+        let found = wait_for("the third poll", Duration::from_secs(5), || {
+            polls += 1;
+            let found = (polls == 3).then_some(polls);
+            async move { Ok(found) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(found, 3, "the value of the poll that found it");
+
+        let mut calls = 0;
+        let error = wait_for("a value", Duration::from_secs(5), || {
+            calls += 1;
+            async { Err::<Option<()>, _>(anyhow!("the probe broke")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1, "an error is not retried");
+        assert!(format!("{error:#}").contains("the probe broke"));
+    }
+
+    #[tokio::test]
+    async fn the_fake_app_counts_answers_and_keeps_the_last_request() {
+        let app = Upstream::with(
+            "hw-1",
+            Arc::new(|parts: &http::request::Parts, n| {
+                (200 + n as u16, parts.uri.path().to_string())
+            }),
+        )
+        .await;
+        let http = plain_client();
+        for path in ["/first", "/second"] {
+            http.get(format!("http://{}{path}", app.addr))
+                .send()
+                .await
+                .unwrap();
+        }
+        assert_eq!(app.hits(), 2);
+        assert_eq!(app.connections(), 1, "one keep-alive connection");
+        assert_eq!(app.last_request().unwrap().uri.path(), "/second");
+        let third = http
+            .get(format!("http://{}/third", app.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            third.status(),
+            202,
+            "the behaviour sees how many came before"
+        );
+
+        app.set_failure_rate(1.0);
+        let failed = http
+            .get(format!("http://{}/", app.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            failed.status(),
+            503,
+            "the failure knob overrides the behaviour"
+        );
+
+        app.stop();
+        let refused = plain_client()
+            .get(format!("http://{}/", app.addr))
+            .send()
+            .await;
+        assert!(refused.is_err(), "a stopped app refuses new connections");
     }
 
     #[tokio::test]

@@ -139,6 +139,7 @@ impl Mesh {
 
         let control = start(
             image("mesh-control")
+                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
                 .with_exposed_port(ports::CONTROL.tcp())
                 .with_container_name(format!("{run}-mesh-control"))
                 .with_network(run.clone())
@@ -160,6 +161,7 @@ impl Mesh {
                 .with_env_var("MESH_MODE", "gateway")
                 .with_env_var("MESH_INSTANCE", "ingressgateway")
                 .with_env_var("MESH_CONTROL_URL", control_url(&run))
+                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
                 .with_log_consumer(logs.consumer("ingressgateway"))
                 .with_host_config_modifier(publish_on_loopback(&[ports::GATEWAY, ports::ADMIN])),
             "ingressgateway",
@@ -224,6 +226,7 @@ impl Mesh {
                 .with_env_var("MESH_VERSION", spec.version.clone())
                 .with_env_var("MESH_INSTANCE", name.clone())
                 .with_env_var("MESH_CONTROL_URL", control_url(&self.run))
+                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
                 .with_log_consumer(self.logs.consumer(&format!("{name}/sidecar")))
                 .with_host_config_modifier(move |config: &mut HostConfig| {
                     // `docker run --network container:<app>`: one network
@@ -333,6 +336,7 @@ impl Mesh {
         let response = self
             .http
             .post(self.control_api(path))
+            .bearer_auth(CONTROL_TOKEN)
             .json(&request)
             .send()
             .await
@@ -495,6 +499,11 @@ pub fn endpoints_of(snapshot: &Snapshot, cluster: &str) -> Vec<String> {
 fn image(name: &str) -> GenericImage {
     GenericImage::new(format!("micromesh/{name}"), TAG.to_string())
 }
+
+/// The control plane's write token (mesh/control/src/token.rs), given to
+/// it and to every proxy in the environment, as a container platform would
+/// from a secret; apply and delete send it.
+const CONTROL_TOKEN: &str = "podstestcontroltoken0123456789abcdefghij";
 
 fn control_url(run: &str) -> String {
     format!("http://{run}-mesh-control:{}", ports::CONTROL)

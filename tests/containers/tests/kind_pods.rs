@@ -32,6 +32,9 @@ use containers_tests::kubelet::{Cluster, docker};
 use containers_tests::runner::{self, Test};
 use k8s_tests::Manifests;
 
+/// The local-registry control plane's write token, shared with every proxy.
+const CONTROL_TOKEN: &str = "kindpodstestcontroltoken0123456789abcdef";
+
 fn main() -> ExitCode {
     const TESTS: &[Test] = &[("the_kind_overlay_runs_the_guestbook", || {
         Box::pin(the_kind_overlay_runs_the_guestbook())
@@ -131,6 +134,25 @@ async fn the_kind_overlay_runs_the_guestbook() {
                 if local_registry {
                     // See the module docs: no API server here.
                     spec.containers[0].args = Some(vec!["--source".into(), "local".into()]);
+                }
+                // A local-registry control plane takes announces only with
+                // its write token (mesh/control/src/token.rs): give it one,
+                // and every proxy that talks to it the same, as `meshctl up`
+                // does. (On a real cluster there is none: announces cannot
+                // become endpoints there.)
+                let containers = spec.containers.iter_mut();
+                for c in containers.chain(spec.init_containers.iter_mut().flatten()) {
+                    let talks_to_control =
+                        c.env.iter().flatten().any(|e| e.name == "MESH_CONTROL_URL");
+                    if local_registry || talks_to_control {
+                        c.env.get_or_insert_with(Vec::new).push(
+                            k8s_openapi::api::core::v1::EnvVar {
+                                name: "MESH_CONTROL_TOKEN".into(),
+                                value: Some(CONTROL_TOKEN.into()),
+                                ..Default::default()
+                            },
+                        );
+                    }
                 }
             })
             .await

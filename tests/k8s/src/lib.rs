@@ -395,7 +395,10 @@ pub fn check_references(m: &Manifests) -> Vec<String> {
                 .to_string(),
         ));
         for v in pod.volumes.iter().flatten() {
-            if let Some(cm) = &v.config_map {
+            // An optional ConfigMap may be missing: the kubelet starts the
+            // pod with an empty volume (Grafana's dashboards, loaded later
+            // by scripts/addons-up.sh).
+            if let Some(cm) = v.config_map.as_ref().filter(|cm| cm.optional != Some(true)) {
                 refs.push((
                     what.clone(),
                     "ConfigMap",

@@ -359,3 +359,110 @@ esac"#,
         "{calls}"
     );
 }
+
+// === the observability addons (scripts/addons-up.sh, addons-dashboards.sh) ===
+
+#[test]
+fn the_addons_scripts_pass_shellcheck() {
+    let scripts = repo_root().join("scripts");
+    let out = Command::new("shellcheck")
+        .arg("-x")
+        .args(["addons-up.sh", "addons-dashboards.sh", "cluster-common.sh"])
+        .current_dir(&scripts)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("shellcheck could not run ({e}); install it (Debian: apt-get install shellcheck) or run scripts/setup-test-machine.sh")
+        });
+    assert!(
+        out.status.success(),
+        "shellcheck:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn addons_up_without_its_tools_names_each_one() {
+    let sandbox = Sandbox::new(&[]);
+    assert_refused(
+        "addons-up.sh",
+        sandbox.run("addons-up.sh", &[]),
+        &[
+            "kubectl is missing",
+            "curl is missing",
+            "sha256sum (or shasum) is missing",
+        ],
+    );
+    let sandbox = Sandbox::new(&[KUBECTL]);
+    assert_refused(
+        "addons-up.sh",
+        sandbox.run("addons-up.sh", &["kind3"]),
+        &["usage: scripts/addons-up.sh [kind|minikube]"],
+    );
+}
+
+/// A tool that is the real one, called through the sandbox's PATH.
+fn real(tool: &'static str) -> (&'static str, String) {
+    (
+        tool,
+        format!("exec {} \"$@\"", find_on_path(tool).display()),
+    )
+}
+
+#[test]
+fn addons_up_refuses_a_dashboard_whose_checksum_differs_and_applies_nothing() {
+    let kubectl = (
+        "kubectl",
+        r#"case "$*" in
+  "version --client") echo "Client Version: v1.31.2";;
+  "config get-contexts -o name") echo kind-micromesh;;
+  *) exit 0;;
+esac"#
+            .to_string(),
+    );
+    // A download that is not the pinned file (an error page, a newer release).
+    let curl = (
+        "curl",
+        r#"while [ $# -gt 0 ]; do [ "$1" = -o ] && { echo '<html>not it</html>' > "$2"; }; shift; done"#
+            .to_string(),
+    );
+    let tools = [
+        kubectl,
+        curl,
+        real("sha256sum"),
+        real("mktemp"),
+        real("cut"),
+        real("rm"),
+    ];
+    let fakes: Vec<(&str, &str)> = tools.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    let sandbox = Sandbox::new(&fakes);
+    let (out, _, calls) = sandbox.run("addons-up.sh", &["kind"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("istio-mesh-dashboard.gen.json from Istio 1.29.6 has sha256"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refusing it"), "{stderr}");
+    assert!(calls.contains("curl -fsSL"), "{calls}");
+    assert!(
+        calls.contains("raw.githubusercontent.com/istio/istio/1.29.6/manifests/addons/dashboards/"),
+        "{calls}"
+    );
+    assert!(
+        !calls.lines().any(|l| l.contains(" apply")),
+        "nothing may be applied after a bad download:\n{calls}"
+    );
+
+    // Without the cluster's context: bring the cluster up first.
+    let kubectl = (
+        "kubectl",
+        r#"case "$*" in "version --client") echo "Client Version: v1.31.2";; *) exit 0;; esac"#,
+    );
+    let curl = ("curl", "exit 0");
+    let sandbox = Sandbox::new(&[kubectl, curl, ("sha256sum", "exit 0")]);
+    assert_refused(
+        "addons-up.sh",
+        sandbox.run("addons-up.sh", &["minikube"]),
+        &["no context micromesh", "scripts/minikube-up.sh"],
+    );
+}

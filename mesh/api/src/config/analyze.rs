@@ -28,6 +28,9 @@
 //! | `RetriesDisabled` | Info | `retries` without `attempts`, or retries on a fault route |
 //! | `Deprecated` | Info | Istio's old `LEAST_CONN` |
 //!
+//! The security kinds' findings (policies that lock everyone out, STRICT
+//! with no sidecar to enforce it) are in `analyze_security.rs`.
+//!
 //! How several rules for one host combine (Istio's order and caveats) is
 //! written out in mesh-control's compile.rs; [`merges`] summarises it per
 //! resource for `meshctl get` and the dashboard.
@@ -50,6 +53,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Labels of every sidecar instance per service, when known.
+    pub(crate) fn instances(&self) -> Option<&BTreeMap<String, Vec<BTreeMap<String, String>>>> {
+        self.instances.as_ref()
+    }
+
     pub(crate) fn from_services(services: &[String]) -> Registry {
         Registry {
             services: services.iter().cloned().collect(),
@@ -114,8 +122,13 @@ impl Findings {
 pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
     let mut out = Findings(Vec::new());
 
-    for (resource, _) in set.entries() {
-        if !resource.is_routed() {
+    for (resource, spec) in set.entries() {
+        // Security policies in the root namespace apply to the whole mesh.
+        let mesh_wide = matches!(
+            spec,
+            super::Spec::PeerAuthentication(_) | super::Spec::AuthorizationPolicy(_)
+        ) && resource.metadata.namespace == super::ROOT_NAMESPACE;
+        if !resource.is_routed() && !mesh_wide {
             out.add(
                 "Warning",
                 "NamespaceNotRouted",
@@ -507,6 +520,7 @@ pub(crate) fn analyze(set: &ConfigSet, registry: &Registry) -> Vec<Diagnostic> {
         }
     }
 
+    super::analyze_security::analyze(set, registry, &mut out.0);
     out.0
 }
 

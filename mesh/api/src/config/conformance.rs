@@ -14,7 +14,10 @@
 use std::collections::BTreeSet;
 
 use super::decode::{PERCENT, Shape, Unsupported};
-use super::{destination_rule as dr, gateway as gw, virtual_service as vs};
+use super::{
+    authorization_policy as ap, destination_rule as dr, gateway as gw, peer_authentication as pa,
+    virtual_service as vs,
+};
 
 const ISTIO_FIELDS: &str = include_str!("../../tests/fixtures/istio-fields.txt");
 
@@ -121,7 +124,38 @@ fn shapes() -> Vec<(&'static str, String, &'static Shape)> {
             &format!("{policy}.outlierDetection"),
             &dr::OUTLIER_DETECTION,
         );
+        add("DestinationRule", &format!("{policy}.tls"), &dr::CLIENT_TLS);
+        let port = format!("{policy}.portLevelSettings[]");
+        add("DestinationRule", &port, &dr::PORT_TRAFFIC_POLICY);
+        add(
+            "DestinationRule",
+            &format!("{port}.port"),
+            &dr::PORT_SELECTOR,
+        );
+        add("DestinationRule", &format!("{port}.tls"), &dr::CLIENT_TLS);
     }
+
+    add("PeerAuthentication", "spec", &pa::SPEC);
+    add("PeerAuthentication", "spec.selector", &pa::SELECTOR);
+    add("PeerAuthentication", "spec.mtls", &pa::MTLS);
+    add("PeerAuthentication", "spec.portLevelMtls.*", &pa::MTLS);
+
+    add("AuthorizationPolicy", "spec", &ap::SPEC);
+    add("AuthorizationPolicy", "spec.selector", &pa::SELECTOR);
+    add("AuthorizationPolicy", "spec.rules[]", &ap::RULE);
+    add("AuthorizationPolicy", "spec.rules[].from[]", &ap::FROM);
+    add(
+        "AuthorizationPolicy",
+        "spec.rules[].from[].source",
+        &ap::SOURCE,
+    );
+    add("AuthorizationPolicy", "spec.rules[].to[]", &ap::TO);
+    add(
+        "AuthorizationPolicy",
+        "spec.rules[].to[].operation",
+        &ap::OPERATION,
+    );
+    add("AuthorizationPolicy", "spec.rules[].when[]", &ap::CONDITION);
 
     add("Gateway", "spec", &gw::SPEC);
     add("Gateway", "spec.servers[]", &gw::SERVER);

@@ -9,6 +9,16 @@
 //! instance that keeps failing). A subset's own `trafficPolicy` replaces the
 //! rule's `loadBalancer`, `connectionPool` or `outlierDetection` as a whole,
 //! field by field, exactly as istiod's `MergeTrafficPolicy` does.
+//!
+//! `trafficPolicy.tls` says how the calling sidecar talks to the service:
+//! `ISTIO_MUTUAL` (mutual TLS with the mesh's own certificates) or
+//! `DISABLE` (plaintext). Left out, the sidecar decides per endpoint (Istio's
+//! auto mTLS: mutual TLS to instances that have a sidecar, plaintext to the
+//! others). `SIMPLE` and `MUTUAL` (TLS with certificates you provide, for
+//! calls leaving the mesh) are refused until egress TLS exists. The TLS of
+//! one port is set in `portLevelSettings[].tls`; micromesh reads only `port`
+//! and `tls` there (its services have one port, so per-port load balancing
+//! and limits mean nothing yet).
 
 use std::collections::BTreeMap;
 
@@ -72,6 +82,22 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<snapshot::ConnectionPool>,
     /// Fields the user left out already hold Istio's defaults.
     pub outlier_detection: Option<snapshot::OutlierDetection>,
+    /// `tls.mode`; `None`: auto mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsMode>,
+    /// `portLevelSettings[].tls.mode`, by port number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_tls: BTreeMap<u16, ClientTlsMode>,
+}
+
+/// `ClientTLSSettings.TLSmode`, the modes micromesh implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    /// Plaintext to the service.
+    Disable,
+    /// Mutual TLS with the mesh's certificates (the SPIFFE identities).
+    IstioMutual,
 }
 
 impl TrafficPolicy {
@@ -89,7 +115,20 @@ impl TrafficPolicy {
                 .outlier_detection
                 .clone()
                 .or_else(|| self.outlier_detection.clone()),
+            tls: subset.tls.or(self.tls),
+            // A subset's portLevelSettings replace the rule's as a whole.
+            port_level_tls: if subset.port_level_tls.is_empty() {
+                self.port_level_tls.clone()
+            } else {
+                subset.port_level_tls.clone()
+            },
         }
+    }
+
+    /// The TLS mode toward `port`: its port-level setting, else the
+    /// policy's; `None` means auto mTLS.
+    pub fn tls_for_port(&self, port: u16) -> Option<ClientTlsMode> {
+        self.port_level_tls.get(&port).copied().or(self.tls)
     }
 
     /// What the proxy runs: round robin, no limits and no outlier
@@ -130,20 +169,14 @@ pub(crate) const SUBSET: Shape = Shape {
 
 pub(crate) const TRAFFIC_POLICY: Shape = Shape {
     what: "a traffic policy",
-    fields: &["loadBalancer", "connectionPool", "outlierDetection"],
+    fields: &[
+        "loadBalancer",
+        "connectionPool",
+        "outlierDetection",
+        "tls",
+        "portLevelSettings",
+    ],
     istio_only: &[
-        (
-            "portLevelSettings",
-            Unsupported::NotImplemented(
-                "sets a different policy per service port; micromesh services have one port",
-            ),
-        ),
-        (
-            "tls",
-            Unsupported::NotImplemented(
-                "sets the TLS the sidecar uses towards the service (mutual TLS is a later micromesh lab)",
-            ),
-        ),
         (
             "proxyProtocol",
             Unsupported::NotImplemented("sends the PROXY protocol header upstream"),
@@ -155,6 +188,81 @@ pub(crate) const TRAFFIC_POLICY: Shape = Shape {
         (
             "retryBudget",
             Unsupported::NotImplemented("caps concurrent retries as a share of active requests"),
+        ),
+    ],
+};
+
+const ONE_PORT: &str = "sets this per service port; micromesh services have one port, so set it in the traffic policy itself (portLevelSettings reads only `port` and `tls`)";
+
+pub(crate) const PORT_TRAFFIC_POLICY: Shape = Shape {
+    what: "a port-level traffic policy",
+    fields: &["port", "tls"],
+    istio_only: &[
+        ("loadBalancer", Unsupported::NotImplemented(ONE_PORT)),
+        ("connectionPool", Unsupported::NotImplemented(ONE_PORT)),
+        ("outlierDetection", Unsupported::NotImplemented(ONE_PORT)),
+    ],
+};
+
+pub(crate) const PORT_SELECTOR: Shape = Shape {
+    what: "a port selector",
+    fields: &["number"],
+    istio_only: &[],
+};
+
+const NO_EGRESS_TLS: &str = "until egress TLS exists micromesh only speaks the mesh's own mutual TLS; use `mode: ISTIO_MUTUAL` (or `DISABLE`)";
+
+pub(crate) const CLIENT_TLS: Shape = Shape {
+    what: "client TLS settings",
+    fields: &["mode"],
+    istio_only: &[
+        (
+            "clientCertificate",
+            Unsupported::NotImplemented(
+                "presents a certificate file of yours (mode MUTUAL); until egress TLS exists micromesh only speaks the mesh's own mutual TLS",
+            ),
+        ),
+        (
+            "privateKey",
+            Unsupported::NotImplemented(
+                "reads the key of `clientCertificate` (mode MUTUAL); until egress TLS exists micromesh only speaks the mesh's own mutual TLS",
+            ),
+        ),
+        (
+            "caCertificates",
+            Unsupported::NotImplemented(
+                "verifies the server with CA certificates of yours (SIMPLE/MUTUAL); until egress TLS exists micromesh only speaks the mesh's own mutual TLS",
+            ),
+        ),
+        (
+            "caCrl",
+            Unsupported::NotImplemented(
+                "checks a certificate revocation list (SIMPLE/MUTUAL); until egress TLS exists micromesh only speaks the mesh's own mutual TLS",
+            ),
+        ),
+        (
+            "credentialName",
+            Unsupported::NotImplemented(
+                "reads certificates from a Secret (SIMPLE/MUTUAL); until egress TLS exists micromesh only speaks the mesh's own mutual TLS",
+            ),
+        ),
+        (
+            "insecureSkipVerify",
+            Unsupported::NotImplemented(
+                "skips verifying the server (SIMPLE/MUTUAL); until egress TLS exists micromesh only speaks the mesh's own mutual TLS",
+            ),
+        ),
+        (
+            "sni",
+            Unsupported::NotImplemented(
+                "sets the TLS server name (SIMPLE/MUTUAL); with ISTIO_MUTUAL micromesh checks the SPIFFE identity instead",
+            ),
+        ),
+        (
+            "subjectAltNames",
+            Unsupported::NotImplemented(
+                "lists the server identities to accept; with ISTIO_MUTUAL micromesh expects the identity of the endpoint it chose",
+            ),
         ),
     ],
 };
@@ -421,7 +529,76 @@ fn decode_traffic_policy(d: &mut Decoder, path: &Path, value: &Value) -> Option<
         }
         policy.outlier_detection = Some(od);
     }
+
+    if let Some((p, v)) = object.get("tls") {
+        policy.tls = decode_client_tls(d, &p, v);
+    }
+    if let Some((p, v)) = object.get("portLevelSettings")
+        && let Some(ports) = d.list(&p, v, |d, p, v| {
+            let settings = d.object(p, v, &PORT_TRAFFIC_POLICY)?;
+            let port = settings
+                .required(d, "port", "{number: 8080}")
+                .and_then(|(p, v)| {
+                    let port = d.object(&p, v, &PORT_SELECTOR)?;
+                    let (p, v) = port.required(d, "number", "8080")?;
+                    d.integer(&p, v, 1, 65535).map(|n| n as u16)
+                });
+            let tls = settings
+                .get("tls")
+                .and_then(|(p, v)| decode_client_tls(d, &p, v));
+            Some((p.clone(), port?, tls))
+        })
+    {
+        for (i, (path, port, tls)) in ports.iter().enumerate() {
+            if ports[..i].iter().any(|(_, other, _)| other == port) {
+                d.error(
+                    &path.field("port"),
+                    format!("port {port} has two portLevelSettings; merge them into one"),
+                );
+            }
+            if let Some(tls) = tls {
+                policy.port_level_tls.insert(*port, *tls);
+            }
+        }
+    }
     Some(policy)
+}
+
+fn decode_client_tls(d: &mut Decoder, path: &Path, value: &Value) -> Option<ClientTlsMode> {
+    let tls = d.object(path, value, &CLIENT_TLS)?;
+    let (p, v) = tls.required(d, "mode", "ISTIO_MUTUAL")?;
+    let mode = d.string(&p, v)?;
+    match mode.as_str() {
+        "ISTIO_MUTUAL" => Some(ClientTlsMode::IstioMutual),
+        "DISABLE" => Some(ClientTlsMode::Disable),
+        "SIMPLE" | "MUTUAL" => {
+            let what = if mode == "SIMPLE" {
+                "originates TLS to the service, verifying it with certificates you provide"
+            } else {
+                "originates mutual TLS with a client certificate you provide"
+            };
+            d.error(
+                &p,
+                format!(
+                    "micromesh does not implement `{mode}` (Istio does: it {what}); {NO_EGRESS_TLS}"
+                ),
+            );
+            None
+        }
+        other => {
+            let upper = other.to_ascii_uppercase().replace('-', "_");
+            let hint = if ["ISTIO_MUTUAL", "DISABLE"].contains(&upper.as_str()) {
+                format!("; write `{upper}`")
+            } else {
+                String::new()
+            };
+            d.error(
+                &p,
+                format!("`{other}` is not a TLS mode; use ISTIO_MUTUAL or DISABLE{hint}"),
+            );
+            None
+        }
+    }
 }
 
 fn decode_simple(d: &mut Decoder, path: &Path, value: &Value) -> Option<snapshot::LoadBalancer> {
@@ -547,6 +724,77 @@ subsets:
         assert!(errors[0].1.contains("write `ROUND_ROBIN`"));
         assert!(errors[1].1.contains("consecutive5xxErrors"));
         assert!(errors[2].1.contains("consecutiveGatewayErrors"));
+    }
+
+    #[test]
+    fn tls_istio_mutual_and_disable_at_policy_and_port_level() {
+        let (dr, errors) = decode_yaml(
+            r#"
+host: guestbook-service
+trafficPolicy:
+  tls: {mode: ISTIO_MUTUAL}
+  portLevelSettings:
+  - port: {number: 9090}
+    tls: {mode: DISABLE}
+subsets:
+- name: legacy
+  labels: {version: v0}
+  trafficPolicy: {tls: {mode: DISABLE}}
+"#,
+        );
+        assert_eq!(errors, vec![]);
+        let dr = dr.unwrap();
+        let rule = dr.traffic_policy.clone().unwrap();
+        assert_eq!(rule.tls_for_port(8080), Some(ClientTlsMode::IstioMutual));
+        assert_eq!(rule.tls_for_port(9090), Some(ClientTlsMode::Disable));
+        let legacy = rule.merge(
+            dr.subset("legacy")
+                .unwrap()
+                .traffic_policy
+                .as_ref()
+                .unwrap(),
+        );
+        assert_eq!(legacy.tls_for_port(8080), Some(ClientTlsMode::Disable));
+        assert_eq!(
+            legacy.tls_for_port(9090),
+            Some(ClientTlsMode::Disable),
+            "inherited port level"
+        );
+        let (none, _) = decode_yaml("host: a\n");
+        assert_eq!(none.unwrap().traffic_policy, None, "no tls: auto mTLS");
+    }
+
+    #[test]
+    fn egress_tls_modes_and_fields_are_refused_by_name() {
+        let (_, errors) = decode_yaml(
+            r#"
+host: api.example.com
+trafficPolicy:
+  tls: {mode: SIMPLE, sni: api.example.com}
+  portLevelSettings:
+  - port: {number: 443}
+    tls: {mode: MUTUAL, credentialName: client-cert}
+    loadBalancer: {simple: RANDOM}
+  - port: {number: 443}
+    tls: {mode: istio_mutual}
+"#,
+        );
+        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.trafficPolicy.tls.sni",
+                "spec.trafficPolicy.tls.mode",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer",
+                "spec.trafficPolicy.portLevelSettings[0].tls.credentialName",
+                "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.trafficPolicy.portLevelSettings[1].tls.mode",
+                "spec.trafficPolicy.portLevelSettings[1].port",
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors[1].1.contains("until egress TLS exists"));
+        assert!(errors[5].1.contains("write `ISTIO_MUTUAL`"));
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! Istio has since removed (Mixer's `config.istio.io`, `rbac.istio.io`) get an
 //! explanation of what replaced them; Istio kinds micromesh does not
 //! implement yet are refused by name.
+//!
+//! The security kinds live in `security.istio.io`, which Istio serves at
+//! `v1` and `v1beta1` with one schema; they are accepted at both.
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,16 +21,50 @@ use serde::{Deserialize, Serialize};
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 
+/// The security group (PeerAuthentication, AuthorizationPolicy) and the
+/// versions Istio serves for it.
+pub const SECURITY_GROUP: &str = "security.istio.io";
+pub const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+
 /// The resource kinds micromesh implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
     VirtualService,
     DestinationRule,
     Gateway,
+    PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::VirtualService, Kind::DestinationRule, Kind::Gateway];
+    pub const ALL: [Kind; 5] = [
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::Gateway,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+    ];
+
+    /// The API group: `networking.istio.io` or `security.istio.io`.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::VirtualService | Kind::DestinationRule | Kind::Gateway => NETWORKING_GROUP,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => SECURITY_GROUP,
+        }
+    }
+
+    /// The versions Istio serves for this kind, `v1` first.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self.group() {
+            SECURITY_GROUP => SECURITY_VERSIONS,
+            _ => NETWORKING_VERSIONS,
+        }
+    }
+
+    /// `networking.istio.io/v1` or `security.istio.io/v1`.
+    pub fn api_version(self) -> String {
+        format!("{}/v1", self.group())
+    }
 
     /// The kind as YAML writes it: `VirtualService`.
     pub fn as_str(self) -> &'static str {
@@ -35,6 +72,8 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Gateway => "Gateway",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -44,21 +83,25 @@ impl Kind {
             Kind::VirtualService => "virtualservices",
             Kind::DestinationRule => "destinationrules",
             Kind::Gateway => "gateways",
+            Kind::PeerAuthentication => "peerauthentications",
+            Kind::AuthorizationPolicy => "authorizationpolicies",
         }
     }
 
-    /// Istio's short name: `vs`, `dr`, `gw`.
+    /// Istio's short name: `vs`, `dr`, `gw`, `pa`, `ap`.
     pub fn short_name(self) -> &'static str {
         match self {
             Kind::VirtualService => "vs",
             Kind::DestinationRule => "dr",
             Kind::Gateway => "gw",
+            Kind::PeerAuthentication => "pa",
+            Kind::AuthorizationPolicy => "ap",
         }
     }
 
     /// How kubectl names it in output: `virtualservice.networking.istio.io`.
     pub fn qualified_name(self) -> String {
-        format!("{}.{NETWORKING_GROUP}", self.as_str().to_ascii_lowercase())
+        format!("{}.{}", self.as_str().to_ascii_lowercase(), self.group())
     }
 
     /// The kind from what a user types on the command line, as kubectl
@@ -70,16 +113,17 @@ impl Kind {
     /// assert_eq!(Kind::parse("vs"), Ok(Kind::VirtualService));
     /// assert_eq!(Kind::parse("DestinationRules"), Ok(Kind::DestinationRule));
     /// assert_eq!(Kind::parse("gateway.networking.istio.io"), Ok(Kind::Gateway));
+    /// assert_eq!(Kind::parse("ap"), Ok(Kind::AuthorizationPolicy));
     /// assert!(Kind::parse("pods").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Kind, UnknownKind> {
         let lower = text.trim().to_ascii_lowercase();
-        let base = lower
-            .strip_suffix(&format!(".{NETWORKING_GROUP}"))
-            .unwrap_or(&lower);
         Kind::ALL
             .into_iter()
             .find(|kind| {
+                let base = lower
+                    .strip_suffix(&format!(".{}", kind.group()))
+                    .unwrap_or(&lower);
                 let singular = kind.as_str().to_ascii_lowercase();
                 base == singular || base == kind.plural() || base == kind.short_name()
             })
@@ -109,7 +153,7 @@ impl FromStr for Kind {
 /// A kind name meshctl could not map to a micromesh kind.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{0}` is not a kind micromesh serves; use virtualservices (vs), destinationrules (dr) or gateways (gw)"
+    "`{0}` is not a kind micromesh serves; use virtualservices (vs), destinationrules (dr), gateways (gw), peerauthentications (pa) or authorizationpolicies (ap)"
 )]
 pub struct UnknownKind(pub String);
 
@@ -141,18 +185,8 @@ const NETWORKING_NOT_YET: &[(&str, &str)] = &[
 const OTHER_ISTIO: &[(&str, &str, &str)] = &[
     (
         "security.istio.io",
-        "AuthorizationPolicy",
-        "allows or denies requests by source, operation and conditions; it is a later micromesh lab",
-    ),
-    (
-        "security.istio.io",
-        "PeerAuthentication",
-        "sets whether sidecars require mutual TLS; it is a later micromesh lab",
-    ),
-    (
-        "security.istio.io",
         "RequestAuthentication",
-        "validates end-user JWTs",
+        "validates end-user JWTs; AuthorizationPolicy's `requestPrincipals` needs it",
     ),
     (
         "telemetry.istio.io",
@@ -175,7 +209,7 @@ pub(crate) fn classify(api_version: &str, kind: &str) -> Result<Kind, (&'static 
 
     match group {
         NETWORKING_GROUP => {
-            if let Some(k) = Kind::from_yaml(kind) {
+            if let Some(k) = Kind::from_yaml(kind).filter(|k| k.group() == NETWORKING_GROUP) {
                 if NETWORKING_VERSIONS.contains(&version) {
                     return Ok(k);
                 }
@@ -196,17 +230,29 @@ pub(crate) fn classify(api_version: &str, kind: &str) -> Result<Kind, (&'static 
             }
             Err(("kind", unknown_kind_in(kind, NETWORKING_GROUP)))
         }
+        SECURITY_GROUP if Kind::from_yaml(kind).is_some_and(|k| k.group() == SECURITY_GROUP) => {
+            if SECURITY_VERSIONS.contains(&version) {
+                // `from_yaml` found it in the guard.
+                return Kind::from_yaml(kind).ok_or(("kind", String::new()));
+            }
+            Err((
+                "apiVersion",
+                format!(
+                    "`{api_version}` is not a version Istio serves for {kind}; write `apiVersion: {SECURITY_GROUP}/v1` (v1beta1 is accepted too)"
+                ),
+            ))
+        }
         "config.istio.io" => Err(("kind", mixer_message(kind))),
         "rbac.istio.io" => Err((
             "kind",
             format!(
-                "{kind} (rbac.istio.io) was Istio's first authorization API: deprecated in Istio 1.4 and removed in Istio 1.6. Write a security.istio.io/v1 AuthorizationPolicy instead (a later micromesh lab)"
+                "{kind} (rbac.istio.io) was Istio's first authorization API: deprecated in Istio 1.4 and removed in Istio 1.6. Write a security.istio.io/v1 AuthorizationPolicy instead: `rules[].from[].source.principals` names who may call, `rules[].to[].operation.methods` and `paths` what they may do"
             ),
         )),
         "authentication.istio.io" => Err((
             "kind",
             format!(
-                "{kind} (authentication.istio.io) was removed in Istio 1.6; current Istio uses security.istio.io/v1 PeerAuthentication (mutual TLS) and RequestAuthentication (JWT), which micromesh does not implement yet"
+                "{kind} (authentication.istio.io) was removed in Istio 1.6; current Istio uses security.istio.io/v1 PeerAuthentication (mutual TLS) and RequestAuthentication (JWT), both security.istio.io/v1: PeerAuthentication is what micromesh implements (RequestAuthentication is not implemented yet)"
             ),
         )),
         _ => {
@@ -225,7 +271,7 @@ pub(crate) fn classify(api_version: &str, kind: &str) -> Result<Kind, (&'static 
                 return Err((
                     "apiVersion",
                     format!(
-                        "`{api_version}` {kind} is not an Istio API micromesh knows; micromesh takes {NETWORKING_GROUP}/v1 VirtualService, DestinationRule and Gateway"
+                        "`{api_version}` {kind} is not an Istio API micromesh knows; micromesh takes {NETWORKING_GROUP}/v1 VirtualService, DestinationRule and Gateway, and {SECURITY_GROUP}/v1 PeerAuthentication and AuthorizationPolicy"
                     ),
                 ));
             }
@@ -238,7 +284,7 @@ pub(crate) fn classify(api_version: &str, kind: &str) -> Result<Kind, (&'static 
             Err((
                 "apiVersion",
                 format!(
-                    "`{api_version}` {kind} is not an Istio resource; micromesh's config API takes Istio's VirtualService, DestinationRule and Gateway ({NETWORKING_GROUP}/v1). Kubernetes objects are applied with kubectl in the Kubernetes labs"
+                    "`{api_version}` {kind} is not an Istio resource; micromesh's config API takes Istio's VirtualService, DestinationRule and Gateway ({NETWORKING_GROUP}/v1), PeerAuthentication and AuthorizationPolicy ({SECURITY_GROUP}/v1). Kubernetes objects are applied with kubectl in the Kubernetes labs"
                 ),
             ))
         }
@@ -250,6 +296,14 @@ fn unknown_kind_in(kind: &str, group: &str) -> String {
         .into_iter()
         .find(|k| k.as_str().eq_ignore_ascii_case(kind))
     {
+        if k.group() != group {
+            return format!(
+                "{} is in {}, not {group}: write `apiVersion: {}`",
+                k.as_str(),
+                k.group(),
+                k.api_version()
+            );
+        }
         return format!("kinds are case-sensitive: write `kind: {}`", k.as_str());
     }
     format!(
@@ -262,7 +316,7 @@ fn mixer_message(kind: &str) -> String {
     let replacement = match kind {
         "denier" | "listchecker" | "listentry" | "checknothing" | "rule" | "handler"
         | "instance" | "authorization" => {
-            "write a security.istio.io/v1 AuthorizationPolicy instead (a later micromesh lab; `action: DENY` does what a denier rule did)"
+            "write a security.istio.io/v1 AuthorizationPolicy instead (`action: DENY` with a rule that matches the callers does what a denier rule did)"
         }
         "memquota" | "redisquota" | "quota" | "QuotaSpec" | "QuotaSpecBinding" => {
             "rate limits are now Envoy's local or global rate limit filters; micromesh does not implement them"
@@ -302,8 +356,26 @@ mod tests {
         assert!(rbac.contains("removed in Istio 1.6") && rbac.contains("AuthorizationPolicy"));
         let (_, se) = classify("networking.istio.io/v1alpha3", "ServiceEntry").unwrap_err();
         assert!(se.starts_with("ServiceEntry is not implemented by micromesh yet"));
-        let (_, ap) = classify("security.istio.io/v1", "AuthorizationPolicy").unwrap_err();
-        assert!(ap.contains("not implemented by micromesh yet"));
+        assert_eq!(
+            classify("security.istio.io/v1beta1", "AuthorizationPolicy"),
+            Ok(Kind::AuthorizationPolicy)
+        );
+        assert_eq!(
+            classify("security.istio.io/v1", "PeerAuthentication"),
+            Ok(Kind::PeerAuthentication)
+        );
+        let (field, old) =
+            classify("security.istio.io/v1alpha1", "PeerAuthentication").unwrap_err();
+        assert_eq!(field, "apiVersion");
+        assert!(old.contains("security.istio.io/v1"), "{old}");
+        let (_, ra) = classify("security.istio.io/v1", "RequestAuthentication").unwrap_err();
+        assert!(ra.contains("not implemented by micromesh yet"), "{ra}");
+        let (_, wrong_group) =
+            classify("networking.istio.io/v1", "AuthorizationPolicy").unwrap_err();
+        assert!(
+            wrong_group.contains("write `apiVersion: security.istio.io/v1`"),
+            "{wrong_group}"
+        );
         let (_, case) = classify("networking.istio.io/v1", "virtualservice").unwrap_err();
         assert!(case.contains("write `kind: VirtualService`"));
         let (field, k8s) = classify("apps/v1", "Deployment").unwrap_err();
@@ -324,6 +396,16 @@ mod tests {
         }
         assert_eq!("dr".parse::<Kind>(), Ok(Kind::DestinationRule));
         assert_eq!(Kind::parse("gw"), Ok(Kind::Gateway));
+        assert_eq!(Kind::parse("pa"), Ok(Kind::PeerAuthentication));
+        assert_eq!(
+            Kind::parse("authorizationpolicies.security.istio.io"),
+            Ok(Kind::AuthorizationPolicy)
+        );
+        assert!(Kind::parse("authorizationpolicies.networking.istio.io").is_err());
+        assert_eq!(
+            Kind::AuthorizationPolicy.qualified_name(),
+            "authorizationpolicy.security.istio.io"
+        );
         assert_eq!(
             Kind::VirtualService.qualified_name(),
             "virtualservice.networking.istio.io"

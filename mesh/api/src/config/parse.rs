@@ -19,8 +19,8 @@ use super::decode::{Decoder, FieldError, Path, Shape, Unsupported};
 use super::host::{ROUTED_NAMESPACE, is_dns_label, is_dns_subdomain};
 use super::kinds::{Kind, classify};
 use super::{
-    ConfigError, ConfigErrors, ObjectMeta, Resource, SourceFile, Spec, destination_rule, gateway,
-    virtual_service,
+    ConfigError, ConfigErrors, ObjectMeta, Resource, SourceFile, Spec, authorization_policy,
+    destination_rule, gateway, peer_authentication, virtual_service,
 };
 
 /// How much of each document to check.
@@ -318,6 +318,12 @@ pub(crate) fn decode_spec(d: &mut Decoder, kind: Kind, spec: &Value) -> Option<S
         Kind::VirtualService => virtual_service::decode(d, spec).map(Spec::VirtualService),
         Kind::DestinationRule => destination_rule::decode(d, spec).map(Spec::DestinationRule),
         Kind::Gateway => gateway::decode(d, spec).map(Spec::Gateway),
+        Kind::PeerAuthentication => {
+            peer_authentication::decode(d, spec).map(Spec::PeerAuthentication)
+        }
+        Kind::AuthorizationPolicy => {
+            authorization_policy::decode(d, spec).map(Spec::AuthorizationPolicy)
+        }
     };
     if d.errors.len() != before {
         return None;

@@ -26,8 +26,7 @@ use std::collections::BTreeMap;
 
 use kube::api::DynamicObject;
 use mesh_api::config::{
-    ConfigErrors, ConfigSet, Diagnostic, Kind, NETWORKING_GROUP, ROUTED_NAMESPACE, Resource,
-    SourceFile,
+    ConfigErrors, ConfigSet, Diagnostic, Kind, ROUTED_NAMESPACE, Resource, SourceFile,
 };
 use serde_json::{Map, Value, json};
 
@@ -230,7 +229,7 @@ fn authored(key: &ObjectKey, object: &DynamicObject) -> Value {
         .types
         .as_ref()
         .map(|t| t.api_version.clone())
-        .unwrap_or_else(|| format!("{NETWORKING_GROUP}/v1"));
+        .unwrap_or_else(|| key.kind.api_version());
     let mut document = Map::new();
     document.insert("apiVersion".into(), json!(api_version));
     document.insert("kind".into(), json!(key.kind.as_str()));

@@ -5,7 +5,9 @@
 //!
 //! What comes from where:
 //! - group, kinds, plurals, short names and served versions: `mesh_api::config::Kind`
-//!   and `NETWORKING_VERSIONS`, the same list `meshctl validate` accepts;
+//!   (`group()`, `versions()`), the same lists `meshctl validate` accepts;
+//!   the security kinds (PeerAuthentication, AuthorizationPolicy) are in
+//!   `security.istio.io`, served at v1 and v1beta1, in the same file;
 //! - `status`: [`IstioStatus`] below, through schemars;
 //! - `spec`: an object whose fields the API server keeps as written
 //!   (`x-kubernetes-preserve-unknown-fields`). This is on purpose. A schema
@@ -26,7 +28,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceValidation, JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use mesh_api::config::{Kind, NETWORKING_GROUP, NETWORKING_VERSIONS};
+use mesh_api::config::Kind;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +98,8 @@ pub struct IstioCondition {
 /// The CRD of one kind.
 pub fn definition(kind: Kind) -> CustomResourceDefinition {
     let plural = kind.plural();
-    let versions = NETWORKING_VERSIONS
+    let versions = kind
+        .versions()
         .iter()
         .map(|version| CustomResourceDefinitionVersion {
             name: version.to_string(),
@@ -115,7 +118,7 @@ pub fn definition(kind: Kind) -> CustomResourceDefinition {
         .collect();
     CustomResourceDefinition {
         metadata: ObjectMeta {
-            name: Some(format!("{plural}.{NETWORKING_GROUP}")),
+            name: Some(format!("{plural}.{}", kind.group())),
             labels: Some(
                 [(
                     "app.kubernetes.io/part-of".to_string(),
@@ -126,14 +129,14 @@ pub fn definition(kind: Kind) -> CustomResourceDefinition {
             ..Default::default()
         },
         spec: CustomResourceDefinitionSpec {
-            group: NETWORKING_GROUP.to_string(),
+            group: kind.group().to_string(),
             names: CustomResourceDefinitionNames {
                 kind: kind.as_str().to_string(),
                 list_kind: Some(format!("{}List", kind.as_str())),
                 plural: plural.to_string(),
                 singular: Some(kind.as_str().to_ascii_lowercase()),
                 short_names: Some(vec![kind.short_name().to_string()]),
-                categories: Some(vec!["istio-io".into(), "networking-istio-io".into()]),
+                categories: Some(vec!["istio-io".into(), kind.group().replace('.', "-")]),
             },
             scope: "Namespaced".to_string(),
             versions,
@@ -203,6 +206,9 @@ fn columns(kind: Kind) -> Vec<CustomResourceColumnDefinition> {
         }
         Kind::DestinationRule => columns.push(column("Host", "string", ".spec.host")),
         Kind::Gateway => {}
+        // Istio's own columns for the security kinds.
+        Kind::PeerAuthentication => columns.push(column("Mode", "string", ".spec.mtls.mode")),
+        Kind::AuthorizationPolicy => columns.push(column("Action", "string", ".spec.action")),
     }
     columns.push(column(
         ACCEPTED,
@@ -242,7 +248,7 @@ mod tests {
         for kind in Kind::ALL {
             let crd = definition(kind);
             let versions: Vec<&str> = crd.spec.versions.iter().map(|v| v.name.as_str()).collect();
-            assert_eq!(versions, NETWORKING_VERSIONS);
+            assert_eq!(versions, kind.versions());
             let storage: Vec<&str> = crd
                 .spec
                 .versions

@@ -23,7 +23,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_kind};
-use mesh_api::config::{Diagnostic, Kind, NETWORKING_GROUP};
+use mesh_api::config::{Diagnostic, Kind};
 use mesh_api::xds::{ProxyAnnounce, ProxyMode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -44,7 +44,7 @@ pub const ACCEPTED: &str = "Accepted";
 /// How the API server names an Istio kind (`virtualservices` in
 /// `networking.istio.io/v1`).
 pub fn istio_resource(kind: Kind) -> ApiResource {
-    let gvk = GroupVersionKind::gvk(NETWORKING_GROUP, ISTIO_VERSION, kind.as_str());
+    let gvk = GroupVersionKind::gvk(kind.group(), ISTIO_VERSION, kind.as_str());
     ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
@@ -63,7 +63,7 @@ impl Watched {
             Watched::Services => "services".into(),
             Watched::EndpointSlices => "endpointslices.discovery.k8s.io".into(),
             Watched::Pods => "pods".into(),
-            Watched::Istio(kind) => format!("{}.{NETWORKING_GROUP}", kind.plural()),
+            Watched::Istio(kind) => format!("{}.{}", kind.plural(), kind.group()),
         }
     }
 }
@@ -296,7 +296,7 @@ impl StatusWriter {
         if matches!(judged.verdict, Verdict::Rejected { .. }) {
             tracing::warn!("{}: {message}", key.id());
             let reference = ObjectReference {
-                api_version: Some(format!("{NETWORKING_GROUP}/{ISTIO_VERSION}")),
+                api_version: Some(format!("{}/{ISTIO_VERSION}", key.kind.group())),
                 kind: Some(key.kind.as_str().to_string()),
                 name: Some(key.name.clone()),
                 namespace: Some(key.namespace.clone()),

@@ -86,6 +86,8 @@ pub fn type_of(kind: &str) -> (&'static str, &'static str, &'static str) {
         "VirtualService" => ("networking.istio.io", "v1", "virtualservices"),
         "DestinationRule" => ("networking.istio.io", "v1", "destinationrules"),
         "Gateway" => ("networking.istio.io", "v1", "gateways"),
+        "PeerAuthentication" => ("security.istio.io", "v1", "peerauthentications"),
+        "AuthorizationPolicy" => ("security.istio.io", "v1", "authorizationpolicies"),
         "ValidatingWebhookConfiguration" => (
             "admissionregistration.k8s.io",
             "v1",

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use anyhow::anyhow;
 use fantoccini::{Client, ClientBuilder, Locator};
+use mesh_testkit::retry_until_ok;
 use serde_json::json;
 
 /// How long the page gets to show something before the test fails.
@@ -62,18 +64,18 @@ impl Browser {
 
         let webdriver = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        poll("chromedriver to answer", Duration::from_secs(20), || {
+        // Refused until it listens: retried.
+        retry_until_ok("chromedriver to answer", Duration::from_secs(20), || {
             let http = http.clone();
             let url = format!("{webdriver}/status");
             async move {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
-                    Ok(r) => Err(r.status().to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
+                let status = http.get(&url).send().await?.status();
+                anyhow::ensure!(status.is_success(), "/status answers {status}");
+                Ok(())
             }
         })
-        .await;
+        .await
+        .unwrap();
 
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
@@ -136,7 +138,7 @@ impl Browser {
         min_window: Duration,
         timeout: Duration,
     ) -> EdgeTraffic {
-        poll(
+        retry_until_ok(
             &format!(
                 "the edge `{css}` to carry traffic over {}s",
                 min_window.as_secs_f64()
@@ -148,16 +150,15 @@ impl Browser {
                     let edge = edge.clone();
                     async move {
                         edge.attr(name)
-                            .await
-                            .map_err(|e| e.to_string())?
+                            .await?
                             .unwrap_or_default()
                             .parse::<f64>()
-                            .map_err(|e| format!("{name}: {e}"))
+                            .map_err(|e| anyhow!("{name}: {e}"))
                     }
                 };
                 let (rps, requests) = (attr("data-rps").await?, attr("data-requests").await?);
                 if rps <= 0.0 {
-                    return Err(format!("data-rps is {rps}"));
+                    return Err(anyhow!("data-rps is {rps}"));
                 }
                 let traffic = EdgeTraffic {
                     rps,
@@ -167,12 +168,13 @@ impl Browser {
                     window: Duration::from_secs_f64(requests / rps),
                 };
                 if traffic.window < min_window {
-                    return Err(format!("{traffic:?}"));
+                    return Err(anyhow!("{traffic:?}"));
                 }
                 Ok(traffic)
             },
         )
         .await
+        .unwrap()
     }
 
     /// Save a screenshot under target/test-output/ and return its path.
@@ -239,21 +241,4 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-pub async fn poll<F, Fut, T>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(why) if tokio::time::Instant::now() >= deadline => {
-                panic!("gave up after {timeout:?} waiting for {what}: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }

@@ -124,27 +124,6 @@ impl Control {
     }
 }
 
-/// Retry `check` until it returns `Ok`, or fail after 10 s saying what was
-/// awaited and the last error. It retries errors (the shape of
-/// `mesh_testkit::retry_until_ok`, with `String` errors): use it to wait for
-/// data to arrive, never for the property a test asserts.
-pub async fn retry_until_ok<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(why) if tokio::time::Instant::now() >= deadline => {
-                panic!("gave up waiting for {what}: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-        }
-    }
-}
-
 pub fn span(
     trace: &str,
     id: &str,
@@ -170,6 +149,38 @@ pub fn span(
 pub fn calls(mut span: Value, remote: &str) -> Value {
     span["remoteEndpoint"] = json!({"serviceName": remote});
     span
+}
+
+/// One call through two sidecars, as both report it: the caller's CLIENT
+/// span `ids.0` (under `parent`) calling `callee`, and the callee's SERVER
+/// span `ids.1` under it, starting 500 µs later and ending 500 µs sooner.
+/// `hop(trace, None, ("a1", "b1"), "ingressgateway", "guestbook-ui", ..)`
+/// is the gateway -> guestbook-ui pair that opens a page's trace.
+pub fn hop(
+    trace: &str,
+    parent: Option<&str>,
+    ids: (&str, &str),
+    caller: &str,
+    callee: &str,
+    start: u64,
+    duration: u64,
+) -> [Value; 2] {
+    let (client, server) = ids;
+    [
+        calls(
+            span(trace, client, parent, "CLIENT", caller, start, duration),
+            callee,
+        ),
+        span(
+            trace,
+            server,
+            Some(client),
+            "SERVER",
+            callee,
+            start + 500,
+            duration - 1_000,
+        ),
+    ]
 }
 
 /// What a fake admin port answers: computed when the scrape arrives.

@@ -1,119 +1,23 @@
-//! Shared helpers for the proxy's in-process tests: upstream apps on
-//! 127.0.0.1:0, a client that uses a sidecar as its HTTP proxy, snapshots,
-//! and a capture of the access log.
+//! Shared helpers for the proxy's tests: a client that uses a sidecar as its
+//! HTTP proxy, snapshots, a capture of the access log, and the `mesh-proxy`
+//! binary run on a static snapshot ([`ProxyBinary`]). The fake apps and the
+//! pollers come from mesh-testkit, re-exported here.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::snapshot::*;
 
-/// What an upstream answers: status and body, given the request and how
-/// many requests it has seen before this one.
-pub type Behaviour = Arc<dyn Fn(&http::request::Parts, usize) -> (u16, String) + Send + Sync>;
-
-/// A tiny HTTP app on 127.0.0.1:0.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub name: String,
-    hits: Arc<AtomicUsize>,
-    connections: Arc<AtomicUsize>,
-    pub last_request: Arc<Mutex<Option<http::request::Parts>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Upstream {
-    /// Answers 200 with its own name.
-    pub async fn start(name: &str) -> Upstream {
-        let body = name.to_string();
-        Upstream::with(name, Arc::new(move |_, _| (200, body.clone()))).await
-    }
-
-    pub async fn with(name: &str, behaviour: Behaviour) -> Upstream {
-        Upstream::with_delay(name, behaviour, Duration::ZERO).await
-    }
-
-    pub async fn with_delay(name: &str, behaviour: Behaviour, delay: Duration) -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
-        let last_request = Arc::new(Mutex::new(None));
-        let (h, l) = (hits.clone(), last_request.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let (hits, last, behaviour) = (h.clone(), l.clone(), behaviour.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (hits, last, behaviour) =
-                            (hits.clone(), last.clone(), behaviour.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let _ = body.collect().await;
-                            let n = hits.fetch_add(1, Ordering::SeqCst);
-                            let (status, text) = behaviour(&parts, n);
-                            *last.lock().unwrap() = Some(parts);
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
-                            }
-                            let mut rsp = http::Response::new(Full::new(Bytes::from(text)));
-                            *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(rsp)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            addr,
-            name: name.to_string(),
-            hits,
-            connections,
-            last_request,
-            task,
-        }
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// TCP connections accepted so far.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    pub fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            instance: self.name.clone(),
-            address: self.addr.to_string(),
-            labels: BTreeMap::new(),
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+// The fake app and the pollers are the suite's own, in mesh-testkit:
+// `Upstream` (start, with, with_delay, hits, connections, last_request,
+// endpoint), `wait_until`/`wait_for` for conditions (an error ends the wait)
+// and `retry_until_ok` for actions that may fail while something comes up.
+#[allow(unused_imports)] // each test binary uses some of them
+pub use mesh_testkit::{Behaviour, Upstream, retry_until_ok, wait_for, wait_until};
 
 /// An address nothing listens on (bound, then closed).
 pub async fn refused_addr() -> SocketAddr {
@@ -258,20 +162,110 @@ impl Logs {
     }
 }
 
-/// Poll the condition `check` until it holds, or panic when `deadline`
-/// passes. It takes a `bool`, so nothing here can retry a failed request
-/// away: a test that sends requests checks each one itself. (The same
-/// semantics as `mesh_testkit::wait_until`, in the closure style these
-/// tests use; `mesh_testkit::retry_until_ok` is the one that retries errors.)
-pub async fn wait_until(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if check().await {
-            return;
+// === impl ProxyBinary ===
+
+/// The `mesh-proxy` binary of this build.
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
+
+/// A `mesh-proxy` process serving a static snapshot (`MESH_SNAPSHOT_FILE`,
+/// no control plane), as bench/ runs it; killed when dropped.
+///
+/// It starts with a clean environment: the snapshot file, an admin and an
+/// outbound address picked here, `MESH_INBOUND_ADDR=127.0.0.1:0`,
+/// `MESH_LOG=warn`, then `env` on top (a variable set there wins).
+/// [`ProxyBinary::start`] returns once `/ready` answers 200.
+pub struct ProxyBinary {
+    pub child: tokio::process::Child,
+    pub admin: SocketAddr,
+    pub outbound: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyBinary {
+    /// Run it on `snapshot` and wait until it is ready.
+    pub async fn start(snapshot: &Snapshot, env: &[(&str, &str)], stderr: Stdio) -> ProxyBinary {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshot.json");
+        std::fs::write(&file, serde_json::to_string_pretty(snapshot).unwrap()).unwrap();
+        let file = file.to_str().expect("a UTF-8 temp path").to_string();
+        let mut with_file = vec![("MESH_SNAPSHOT_FILE", file.as_str())];
+        with_file.extend_from_slice(env);
+        let proxy = ProxyBinary::spawn(&with_file, stderr, dir).await;
+        let client = direct_client();
+        let ready = format!("http://{}/ready", proxy.admin);
+        // The admin port refuses until the binary listens: retried.
+        retry_until_ok(
+            "the proxy binary to be ready",
+            Duration::from_secs(20),
+            async || {
+                let status = client.get(&ready).send().await?.status();
+                anyhow::ensure!(status == 200, "/ready answers {status}");
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        proxy
+    }
+
+    /// Run it with `env` (no snapshot file unless `env` names one) and
+    /// return at once: a test of start-up waits for what it looks at.
+    pub async fn spawn(env: &[(&str, &str)], stderr: Stdio, dir: tempfile::TempDir) -> ProxyBinary {
+        let (admin, outbound) = (refused_addr().await, refused_addr().await);
+        let child = tokio::process::Command::new(PROXY_BIN)
+            .env_clear()
+            .env("MESH_ADMIN_ADDR", admin.to_string())
+            .env("MESH_OUTBOUND_ADDR", outbound.to_string())
+            .env("MESH_INBOUND_ADDR", "127.0.0.1:0")
+            .env("MESH_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the mesh-proxy binary starts");
+        ProxyBinary {
+            child,
+            admin,
+            outbound,
+            _dir: dir,
         }
-        if tokio::time::Instant::now() > end {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// Send SIGTERM, as a kubelet does to stop a container.
+    pub fn sigterm(&self) {
+        let pid = self
+            .child
+            .id()
+            .expect("the proxy is still running")
+            .to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill(1) runs");
+        assert!(sent.success(), "kill -TERM {pid}: {sent}");
+    }
+
+    /// Wait for the process to exit (10 s at most).
+    pub async fn exit_status(&mut self) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the proxy exits within 10 s")
+            .unwrap()
+    }
+
+    /// Everything it wrote to stderr (started with `Stdio::piped()`); read
+    /// after it exited.
+    pub async fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        let pipe = self
+            .child
+            .stderr
+            .as_mut()
+            .expect("started with Stdio::piped() for stderr");
+        tokio::io::AsyncReadExt::read_to_string(pipe, &mut text)
+            .await
+            .unwrap();
+        text
     }
 }

@@ -10,7 +10,12 @@
 //!   version the CRDs in `k8s/crds/` serve;
 //! - every object a kubectl command names (`deployment/x`, `deployment x`,
 //!   `service/x`, `svc/x`, a namespace with `-n`) exists in the rendered
-//!   kind overlay (`kubectl kustomize k8s/overlays/kind`).
+//!   kind overlay (`kubectl kustomize k8s/overlays/kind`, or `kind-addons`
+//!   for the observability addons);
+//! - every meshctl command is one meshctl runs against a cluster (`get`,
+//!   `analyze`, `stat`, `traces`, `dashboard`, and the ones that need no
+//!   control plane); `meshctl apply` and the other local-only commands are
+//!   refused there (`meshctl --help`, mesh/ctl/src/cli.rs `MODE_HELP`).
 //!
 //! A lab whose cluster steps drift from `k8s/` (a renamed Deployment, a
 //! file moved) fails here, as a local step fails when it stops working.
@@ -39,24 +44,28 @@ impl Cluster {
     /// Read the rendered kind overlay and the CRDs from the repository.
     /// Needs kubectl (its built-in kustomize); without it, fails saying so.
     pub fn from_repo(root: &Path) -> Cluster {
-        let output = Command::new("kubectl")
-            .args(["kustomize", "k8s/overlays/kind"])
-            .current_dir(root)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run `kubectl kustomize k8s/overlays/kind` ({e}): the labs' cluster \
-                     blocks are checked against the rendered overlay; install kubectl \
-                     (scripts/setup-test-machine.sh does)"
-                )
-            });
-        assert!(
-            output.status.success(),
-            "`kubectl kustomize k8s/overlays/kind` failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
         let mut cluster = Cluster::default();
-        cluster.add_objects(&String::from_utf8_lossy(&output.stdout));
+        // The mesh as kind-up.sh applies it, and with the observability
+        // addons (scripts/addons-up.sh) that lab 08 opens.
+        for overlay in ["k8s/overlays/kind", "k8s/overlays/kind-addons"] {
+            let output = Command::new("kubectl")
+                .args(["kustomize", overlay])
+                .current_dir(root)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `kubectl kustomize {overlay}` ({e}): the labs' cluster \
+                         blocks are checked against the rendered overlay; install kubectl \
+                         (scripts/setup-test-machine.sh does)"
+                    )
+                });
+            assert!(
+                output.status.success(),
+                "`kubectl kustomize {overlay}` failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            cluster.add_objects(&String::from_utf8_lossy(&output.stdout));
+        }
         let crds = std::fs::read_to_string(root.join("k8s/crds/istio-networking.yaml"))
             .expect("k8s/crds/istio-networking.yaml, the generated CRDs, is missing");
         cluster.add_crds(&crds);
@@ -126,10 +135,13 @@ pub fn check_block(block: &str, root: &Path, cluster: &Cluster) -> Vec<String> {
         // Commands joined with `&&`, `;` or `|` are checked one by one.
         for command in line.split(['|', ';', '&']) {
             let words: Vec<&str> = command.split_whitespace().collect();
-            if words.first() != Some(&"kubectl") {
-                continue;
+            match words.first() {
+                Some(&"kubectl") => {
+                    check_kubectl(&words[1..], refusal, root, cluster, &mut problems)
+                }
+                Some(&"meshctl") => check_meshctl(&words[1..], &mut problems),
+                _ => {}
             }
-            check_kubectl(&words[1..], refusal, root, cluster, &mut problems);
         }
     }
     problems
@@ -228,6 +240,53 @@ fn check_kubectl(
             ));
         }
     }
+}
+
+/// What meshctl does against a cluster: it reads the control plane through
+/// the API server (`mesh/ctl/src/cluster.rs`)...
+pub const MESHCTL_ON_A_CLUSTER: &[&str] = &["get", "analyze", "stat", "traces", "dashboard"];
+/// ...and these need no control plane at all (files, HTTP to the gateway).
+pub const MESHCTL_ANYWHERE: &[&str] = &["validate", "inject", "load", "help"];
+/// The commands meshctl keeps to the local mesh (`MODE_HELP` names them).
+pub const MESHCTL_LOCAL_ONLY: &[&str] = &[
+    "apply", "delete", "reset", "up", "down", "scale", "restart", "logs",
+];
+
+fn check_meshctl(args: &[&str], problems: &mut Vec<String>) {
+    // Global flags may come first: `meshctl --context kind-micromesh get svc`.
+    let mut words = args.iter();
+    let command = loop {
+        match words.next() {
+            Some(&("--context" | "--kubeconfig" | "--workdir" | "--root")) => {
+                words.next();
+            }
+            Some(flag) if flag.starts_with('-') => {}
+            Some(command) => break *command,
+            None => return,
+        }
+    };
+    if MESHCTL_ON_A_CLUSTER.contains(&command) || MESHCTL_ANYWHERE.contains(&command) {
+        return;
+    }
+    let instead = match command {
+        "apply" | "delete" => format!("`kubectl -n guestbook {command} -f FILE`"),
+        "reset" => "`kubectl -n guestbook delete virtualservices,destinationrules,gateways --all`"
+            .to_string(),
+        "scale" | "restart" => {
+            "`kubectl -n guestbook scale deployment ...` or `kubectl rollout restart`".to_string()
+        }
+        "logs" => "`kubectl -n guestbook logs deployment/NAME -c mesh-proxy`".to_string(),
+        _ => "`./scripts/kind-up.sh` and kubectl".to_string(),
+    };
+    let why = if MESHCTL_LOCAL_ONLY.contains(&command) {
+        "acts on the local mesh only"
+    } else {
+        "is not a meshctl command"
+    };
+    problems.push(format!(
+        "`meshctl {}`: meshctl {command} {why}; on a cluster use {instead}",
+        args.join(" ")
+    ));
 }
 
 fn canonical_kind(kind: &str) -> Option<&'static str> {
@@ -374,6 +433,68 @@ fn a_broken_reference_in_a_cluster_block_fails_the_check() {
         problems.iter().any(|p| p.contains("not served")),
         "{problems:?}"
     );
+}
+
+#[test]
+fn a_meshctl_command_in_a_cluster_block_must_work_on_a_cluster() {
+    let root = super::repo_root();
+    let cluster = tiny_cluster();
+    let good = "meshctl get proxies\n\
+                meshctl --context kind-micromesh analyze\n\
+                meshctl stat && meshctl traces --service sentiment-service --limit 1\n\
+                meshctl dashboard &\n\
+                meshctl validate -f labs/03-canary/all-v1.yaml";
+    assert_eq!(check_block(good, &root, &cluster), Vec::<String>::new());
+
+    let problems = check_block(
+        "meshctl apply -f labs/03-canary/all-v1.yaml",
+        &root,
+        &cluster,
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("local mesh only"), "{problems:?}");
+    assert!(
+        problems[0].contains("kubectl -n guestbook apply -f"),
+        "{problems:?}"
+    );
+    let problems = check_block(
+        "kubectl get svc -n guestbook; meshctl scale a=2",
+        &root,
+        &cluster,
+    );
+    assert!(problems[0].contains("meshctl scale"), "{problems:?}");
+    let problems = check_block("meshctl frobnicate", &root, &cluster);
+    assert!(
+        problems[0].contains("not a meshctl command"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_local_only_commands_are_the_ones_meshctl_help_names() {
+    // meshctl's --help says which commands stay local; this list and it
+    // must agree, or a lab could show a command meshctl refuses.
+    let root = super::repo_root();
+    let cli = std::fs::read_to_string(root.join("mesh/ctl/src/cli.rs")).unwrap();
+    let sentence = cli
+        .split("Kubernetes objects: `kubectl apply -f`")
+        .nth(1)
+        .and_then(|rest| rest.split("act on the local mesh only").next())
+        .and_then(|rest| rest.rsplit("meshctl ").next())
+        .expect("mesh/ctl/src/cli.rs MODE_HELP names the local-only commands");
+    let named: BTreeSet<&str> = sentence
+        .split([',', ' ', '\n', '\\'])
+        .map(str::trim)
+        .filter(|w| !w.is_empty() && *w != "and")
+        .collect();
+    let ours: BTreeSet<&str> = MESHCTL_LOCAL_ONLY.iter().copied().collect();
+    assert_eq!(named, ours, "MODE_HELP: {sentence:?}");
+    for command in MESHCTL_ON_A_CLUSTER {
+        assert!(
+            cli.contains("On a cluster, get, analyze, stat, traces and dashboard"),
+            "MODE_HELP does not name {command} among the cluster commands"
+        );
+    }
 }
 
 #[test]
