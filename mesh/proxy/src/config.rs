@@ -16,6 +16,8 @@
 //! | `MESH_CLUSTER` | `Kubernetes`: the cluster name in the metrics' labels (Istio's default `ISTIO_META_CLUSTER_ID`) |
 //! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
 //! | `MESH_CONTROL_TOKEN` | none; the control plane's write token, sent on announce, ACK and leave (`control.rs`; `meshctl up` sets it) |
+//! | `MESH_IDENTITY_TOKEN` | none; the bootstrap token that proves this workload's identity to the control plane's CA: with it the proxy keeps a workload certificate (`identity.rs`; `meshctl up` sets it) |
+//! | `MESH_SERVICE_ACCOUNT` | the service's name: the `sa` of the workload's SPIFFE ID `spiffe://cluster.local/ns/<namespace>/sa/<service account>` |
 //! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
 //! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
 //! | `MESH_ADVERTISE_ADDR` | the inbound address, 0.0.0.0 replaced by this host's IP |
@@ -114,6 +116,11 @@ pub struct Config {
     pub control_url: Option<String>,
     /// The control plane's write token (`MESH_CONTROL_TOKEN`, `control.rs`).
     pub control_token: Option<crate::control::ControlToken>,
+    /// Proof of this workload's identity for its first certificate
+    /// (`MESH_IDENTITY_TOKEN`, `identity.rs`); `None`: no certificate.
+    pub identity_token: Option<crate::control::ControlToken>,
+    /// The `sa` of the workload's SPIFFE ID (`MESH_SERVICE_ACCOUNT`).
+    pub service_account: String,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     /// `None`: derived from the bound inbound address at start.
@@ -419,6 +426,11 @@ impl Config {
                 .unwrap_or(Duration::ZERO),
         };
 
+        let service_account = strings
+            .get("MESH_SERVICE_ACCOUNT")
+            .unwrap_or_else(|| service.clone());
+        check_name("MESH_SERVICE_ACCOUNT", &service_account)?;
+
         Ok(Config {
             limits,
             mode,
@@ -440,6 +452,17 @@ impl Config {
                     },
                 )?),
             },
+            identity_token: match strings.get("MESH_IDENTITY_TOKEN") {
+                None => None,
+                Some(text) => Some(crate::control::ControlToken::parse(&text).map_err(
+                    |reason| ConfigError {
+                        var: "MESH_IDENTITY_TOKEN",
+                        value: "(hidden)".into(),
+                        reason,
+                    },
+                )?),
+            },
+            service_account,
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
             inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
             advertise_addr: match strings.get("MESH_ADVERTISE_ADDR") {

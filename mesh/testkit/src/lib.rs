@@ -160,6 +160,15 @@ impl Mesh {
             ("MESH_INSTANCE", instance.to_string()),
             ("MESH_CONTROL_URL", self.control_url()),
             ("MESH_CONTROL_TOKEN", self.token.clone()),
+            // Its own identity's bootstrap token: it keeps a workload
+            // certificate from the control plane's CA, as under `meshctl up`.
+            (
+                "MESH_IDENTITY_TOKEN",
+                mesh_api::identity::bootstrap_token(
+                    &self.token,
+                    &mesh_api::identity::Identity::new("default", service),
+                ),
+            ),
             ("MESH_APP_ADDR", app.to_string()),
             ("MESH_OUTBOUND_ADDR", "127.0.0.1:0".to_string()),
             ("MESH_INBOUND_ADDR", "127.0.0.1:0".to_string()),
