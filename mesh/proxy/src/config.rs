@@ -40,7 +40,7 @@
 //! | `MESH_STREAM_IDLE_TIMEOUT` | `5m`: a connection whose requests in flight move no byte either way for this long is closed (Envoy's `stream_idle_timeout` default); this bounds a stalled body too; `0` turns it off |
 //! | `MESH_MAX_CONNECTIONS` | per listener: half the descriptors the process may open (less 64 kept for the proxy's own use), at most 100000; connections beyond it are closed at accept, as Envoy's overload manager does |
 //! | `MESH_DRAIN_DURATION` | `5s`: after SIGTERM the listeners keep accepting this long while readiness reports 503 (Istio's `terminationDrainDuration`) |
-//! | `MESH_DRAIN_TIMEOUT` | `25s`: then requests in flight get this long to finish; the ones still waiting are answered 503 with `Connection: close` (the two together fit Kubernetes' default 30 s grace period) |
+//! | `MESH_DRAIN_TIMEOUT` | `20s`: then requests in flight get this long to finish; the ones still waiting are answered 503 with `Connection: close` (the two together, 25 s, leave those answers time to go out before Kubernetes' default 30 s grace period ends in SIGKILL) |
 //!
 //! With `MESH_SNAPSHOT_FILE` the proxy never talks to a control plane for
 //! config: it serves that one snapshot until it stops. Spans then go to
@@ -183,9 +183,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Istio's `terminationDrainDuration` default.
 pub const DEFAULT_DRAIN_DURATION: Duration = Duration::from_secs(5);
-/// What in-flight requests get after the drain duration: with it, 30 s,
-/// Kubernetes' default `terminationGracePeriodSeconds`.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// What in-flight requests get after the drain duration: with it, 25 s,
+/// which leaves the 503s of the requests cut time to go out before
+/// Kubernetes' default `terminationGracePeriodSeconds` (30 s) ends in SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Descriptors kept out of the connection cap for the proxy's own use
 /// (admin port, control plane, span reporter, files).
 pub const RESERVED_DESCRIPTORS: u64 = 64;

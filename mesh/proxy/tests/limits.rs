@@ -437,7 +437,7 @@ fn the_limits_are_read_from_the_environment_with_envoys_defaults() {
         Duration::from_secs(5),
         "Istio's terminationDrainDuration"
     );
-    assert_eq!(limits.drain_timeout, Duration::from_secs(25));
+    assert_eq!(limits.drain_timeout, Duration::from_secs(20));
     assert!(limits.max_connections >= 1);
 
     let set = Config::from_strings(&HashMap::from([
