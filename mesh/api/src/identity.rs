@@ -178,6 +178,23 @@ pub struct CertificateResponse {
     pub not_after_ms: u64,
 }
 
+/// What a proxy's admin port tells about its certificate (`GET /certs`,
+/// read by `meshctl identity`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCerts {
+    /// `None`: this proxy has no certificate (no CA, or not yet).
+    pub identity: Option<Identity>,
+    /// Why there is none, when there is none.
+    pub reason: Option<String>,
+    pub cert_chain: Vec<String>,
+    pub trust_bundle: Vec<String>,
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+    /// When the proxy will ask for the next one.
+    pub renew_at_ms: u64,
+}
+
 /// The credential a process started by `meshctl up` proves its identity
 /// with, before it has a certificate: HMAC-SHA256 of the SPIFFE ID, keyed
 /// with the control plane's write token, as hex.

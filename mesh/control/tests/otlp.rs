@@ -20,26 +20,16 @@ use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value as Json, json};
 
-use support::{Control, hop, span};
+use support::{Control, gateway_calls_ui, span};
 
 const TRACE: &str = "5b8efff798038103d269b633813fc60c";
-/// The guestbook-ui sidecar's SERVER span: the app's spans hang under it.
+/// The guestbook-ui sidecar's SERVER span (`b1` of `gateway_calls_ui`):
+/// the app's spans hang under it.
 const SIDECAR_SERVER: &str = "00000000000000b1";
 
 /// The sidecars' part: gateway CLIENT -> guestbook-ui SERVER.
 async fn sidecars_report(control: &Control) {
-    let spans = Json::Array(
-        hop(
-            TRACE,
-            None,
-            ("00000000000000a1", SIDECAR_SERVER),
-            "ingressgateway",
-            "guestbook-ui",
-            1_000_000,
-            9_000,
-        )
-        .to_vec(),
-    );
+    let spans = Json::Array(gateway_calls_ui(TRACE).to_vec());
     assert_eq!(
         control.post_spans(spans).await.status(),
         StatusCode::ACCEPTED

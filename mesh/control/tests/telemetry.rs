@@ -19,7 +19,9 @@ use serde_json::{Value, json};
 
 use anyhow::anyhow;
 use mesh_testkit::{CONVERGE, retry_until_ok};
-use support::{Control, FakeAdmin, hanging_admin, hop, series, span};
+use support::{
+    Control, FakeAdmin, gateway_calls_ui, hanging_admin, series, span, ui_calls_helloworld,
+};
 
 // === the collector ===
 
@@ -29,24 +31,8 @@ async fn the_collector_speaks_zipkins_api() {
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let spans = Value::Array(
         [
-            hop(
-                trace,
-                None,
-                ("00000000000000a1", "00000000000000b1"),
-                "ingressgateway",
-                "guestbook-ui",
-                1_000_000,
-                9_000,
-            ),
-            hop(
-                trace,
-                Some("00000000000000b1"),
-                ("00000000000000b2", "00000000000000c1"),
-                "guestbook-ui",
-                "helloworld-service",
-                1_001_000,
-                5_000,
-            ),
+            gateway_calls_ui(trace),
+            ui_calls_helloworld(trace, Some("00000000000000b1")),
         ]
         .concat(),
     );
@@ -144,27 +130,7 @@ async fn a_trace_split_by_an_app_that_did_not_forward_headers_is_reported_broken
     );
     control
         .post_spans(Value::Array(
-            [
-                hop(
-                    t2,
-                    None,
-                    ("00000000000000b2", "00000000000000c1"),
-                    "guestbook-ui",
-                    "helloworld-service",
-                    1_001_000,
-                    5_000,
-                ),
-                hop(
-                    t1,
-                    None,
-                    ("00000000000000a1", "00000000000000b1"),
-                    "ingressgateway",
-                    "guestbook-ui",
-                    1_000_000,
-                    9_000,
-                ),
-            ]
-            .concat(),
+            [ui_calls_helloworld(t2, None), gateway_calls_ui(t1)].concat(),
         ))
         .await;
     // The verdict waits until the traces settle (2 s without a new span).

@@ -17,7 +17,7 @@ use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::{Control, calls, hop, span};
+use support::{Control, calls, gateway_calls_ui, span, ui_calls_helloworld};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -351,26 +351,9 @@ async fn trace_many_returns_the_traces_asked_for() {
 #[tokio::test]
 async fn dependencies_draw_each_call_once() {
     let control = Control::start().await;
-    let [ui_calls, mut failed] = hop(
-        TRACE,
-        Some("00000000000000b1"),
-        ("00000000000000b2", "00000000000000c1"),
-        "guestbook-ui",
-        "helloworld-service",
-        1_001_000,
-        5_000,
-    );
+    let [ui_calls, mut failed] = ui_calls_helloworld(TRACE, Some("00000000000000b1"));
     failed["tags"]["error"] = json!("true");
-    let mut spans = hop(
-        TRACE,
-        None,
-        ("00000000000000a1", "00000000000000b1"),
-        "ingressgateway",
-        "guestbook-ui",
-        1_000_000,
-        9_000,
-    )
-    .to_vec();
+    let mut spans = gateway_calls_ui(TRACE).to_vec();
     spans.extend([ui_calls, failed]);
     let spans = Value::Array(spans);
     control.post_spans(spans).await;

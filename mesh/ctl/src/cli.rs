@@ -131,6 +131,9 @@ pub enum Command {
     /// Print Kubernetes workloads with the mesh-proxy sidecar added, like
     /// `istioctl kube-inject` (`-f -` reads stdin).
     Inject(inject::InjectArgs),
+    /// A workload's identity: its SPIFFE ID, certificate chain, validity and
+    /// next rotation, from each of its sidecars (like `istioctl proxy-config secret`).
+    Identity(crate::identity::IdentityArgs),
 }
 
 impl Args {
@@ -166,6 +169,7 @@ impl Args {
             Command::Traces(args) => traces::run(&ctx, args).await,
             Command::Load(args) => load::run(args).await,
             Command::Inject(args) => inject::run(args),
+            Command::Identity(args) => crate::identity::run(&ctx, args).await,
             Command::Exec(args) => exec::run(&ctx, args).await,
         }
     }

@@ -12,6 +12,7 @@ mod cluster_dashboard;
 mod dashboard;
 mod exec;
 mod get;
+mod identity;
 mod inject;
 mod load;
 mod locate;

@@ -10,11 +10,11 @@
 //! $ meshctl reset
 //! virtualservice.networking.istio.io/helloworld-service deleted
 //! destinationrule.networking.istio.io/helloworld-service deleted
-//! Removed 2 resources: every VirtualService, DestinationRule and Gateway.
+//! Removed 2 resources: every VirtualService, DestinationRule, Gateway, PeerAuthentication and AuthorizationPolicy.
 //! Services, instances, sidecars and the gateway keep running as they are.
 //! ```
 //!
-//! On Kubernetes the same is `kubectl delete virtualservices,destinationrules,gateways --all`
+//! On Kubernetes the same is `kubectl delete virtualservices,destinationrules,gateways,peerauthentications,authorizationpolicies --all`
 //! in each namespace. Here it is two calls to the control plane: list what is
 //! applied (`GET /v1/config`), then delete exactly that (`POST
 //! /v1/config/delete`, the endpoint `meshctl delete` uses), so the control
@@ -34,7 +34,9 @@ pub async fn run(ctx: &Ctx) -> Result<ExitCode> {
     let control = ctx.control();
     let applied: Vec<Resource> = control.get("/v1/config").await?;
     if applied.is_empty() {
-        println!("Nothing to reset: no VirtualService, DestinationRule or Gateway is applied.");
+        println!(
+            "Nothing to reset: no VirtualService, DestinationRule, Gateway, PeerAuthentication or AuthorizationPolicy is applied."
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let request = ApplyRequest {
@@ -90,7 +92,7 @@ fn references(applied: &[Resource]) -> Result<SourceFile> {
 /// The last lines: how many went, and what stayed.
 fn summary(removed: usize) -> String {
     format!(
-        "Removed {removed} resource{}: every VirtualService, DestinationRule and Gateway.\n\
+        "Removed {removed} resource{}: every VirtualService, DestinationRule, Gateway, PeerAuthentication and AuthorizationPolicy.\n\
          Services, instances, sidecars and the gateway keep running as they are.",
         if removed == 1 { "" } else { "s" }
     )

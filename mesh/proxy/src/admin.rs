@@ -16,6 +16,8 @@
 //!   serve whoever has not noticed yet.
 //! - `GET /config_dump`: the snapshot in use as pretty JSON, its version,
 //!   and the last rejected version and why (Envoy's `/config_dump`).
+//! - `GET /certs`: the workload certificate (SPIFFE ID, chain, validity,
+//!   next rotation) the identity worker keeps (`identity.rs`).
 //! - `GET /stats/prometheus`: Istio's request metrics and the span
 //!   reporter's counters in Prometheus text (`metrics.rs`); Envoy serves the
 //!   same page on its admin port, and Istio's Prometheus scrapes it.
@@ -46,10 +48,11 @@ pub async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) -> Result
         "/healthz/ready" => proxy_ready(&shared),
         "/config_dump" => config_dump(&shared),
         "/stats/prometheus" => stats(&shared),
+        "/certs" => certs(&shared),
         _ => text_response(
             StatusCode::NOT_FOUND,
             "admin endpoints: GET /ready, GET /healthz/ready, GET /config_dump, \
-             GET /stats/prometheus\n",
+             GET /stats/prometheus, GET /certs\n",
         ),
     })
 }
@@ -102,6 +105,19 @@ fn stats(shared: &Shared) -> Rsp {
     rsp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    rsp
+}
+
+/// `GET /certs`: the workload certificate chain, its validity and the next
+/// rotation (`identity.rs`), as JSON (Envoy's admin has `/certs` too).
+fn certs(shared: &Shared) -> Rsp {
+    let certs = crate::identity::describe(&shared.identity, shared.config.identity_token.is_some());
+    let body = serde_json::to_string_pretty(&certs).unwrap_or_default() + "\n";
+    let mut rsp = http::Response::new(full(body));
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
     );
     rsp
 }

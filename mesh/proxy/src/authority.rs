@@ -32,8 +32,7 @@
 //! when the target has one, and [`crate::route::authority_of`] reads it.
 
 use http::header::{CONNECTION, HOST};
-use http::uri::Authority;
-use http::{HeaderValue, Method, Version};
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
 /// Why a request's authority is refused (400).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -71,12 +70,25 @@ pub enum AuthorityError {
 }
 
 /// Settle the request's one authority, in place (see the module docs).
+/// Nothing is allocated for a well-formed request whose `Host` already
+/// equals its target's authority (what HTTP clients send).
 pub fn settle<B>(req: &mut http::Request<B>) -> Result<(), AuthorityError> {
     let version = req.version();
-    let target = req.uri().authority().cloned();
-    let scheme = req.uri().scheme_str().map(str::to_string);
     let connect = req.method() == Method::CONNECT;
-    let headers = req.headers_mut();
+    // The target is read while the headers change: it leaves the request
+    // for the while (a move, not a copy).
+    let uri = std::mem::take(req.uri_mut());
+    let result = settle_head(version, connect, &uri, req.headers_mut());
+    *req.uri_mut() = uri;
+    result
+}
+
+fn settle_head(
+    version: Version,
+    connect: bool,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+) -> Result<(), AuthorityError> {
     keep_host_end_to_end(headers);
     let hosts = headers.get_all(HOST).iter().count();
     if hosts > 1 {
@@ -91,23 +103,54 @@ pub fn settle<B>(req: &mut http::Request<B>) -> Result<(), AuthorityError> {
         // answers it (the mesh does not tunnel HTTPS).
         return Ok(());
     }
+    let target = match uri.authority() {
+        Some(authority) => Some(check(
+            if version == Version::HTTP_2 {
+                ":authority"
+            } else {
+                "request target's authority"
+            },
+            authority.as_str().as_bytes(),
+        )?),
+        None => None,
+    };
     if version == Version::HTTP_2 {
-        return settle_h2(headers, target, host);
+        return match (target, host) {
+            (Some(target), Some(host)) if !target.same_as(&host) => Err(AuthorityError::Disagree {
+                authority: target.text.to_string(),
+                host: host.text.to_string(),
+            }),
+            // They agree: `:authority` is the one.
+            (Some(_), Some(_)) => {
+                headers.remove(HOST);
+                Ok(())
+            }
+            (Some(_), None) => Ok(()),
+            // No :authority: the host header gives it (RFC 9113 8.3.1
+            // allows it).
+            (None, Some(_)) => Ok(()),
+            (None, None) => Err(AuthorityError::MissingAuthority),
+        };
     }
-    match (target, scheme) {
+    match (target, uri.scheme_str()) {
         (Some(target), None) => Err(AuthorityError::AuthorityForm {
-            target: target.to_string(),
+            target: target.text.to_string(),
         }),
         (Some(target), Some(scheme)) => {
             if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-                return Err(AuthorityError::Scheme { scheme });
+                return Err(AuthorityError::Scheme {
+                    scheme: scheme.to_string(),
+                });
             }
-            let target = check("request target's authority", target.as_str().as_bytes())?;
-            // Absolute form: the target's authority is the one; Host follows it.
+            // Absolute form: the target's authority is the one; Host
+            // follows it (already does, from a well-behaved client).
+            if host.is_some_and(|host| host.text == target.text) {
+                return Ok(());
+            }
             let value =
-                HeaderValue::from_str(target.as_str()).map_err(|_| AuthorityError::Invalid {
+                HeaderValue::from_str(target.text).map_err(|_| AuthorityError::Invalid {
                     place: "request target's authority",
-                    value: target.to_string(),
+                    value: target.text.to_string(),
                     why: "not a header value",
                 })?;
             headers.insert(HOST, value);
@@ -122,33 +165,27 @@ pub fn settle<B>(req: &mut http::Request<B>) -> Result<(), AuthorityError> {
     }
 }
 
-fn settle_h2(
-    headers: &mut http::HeaderMap,
-    target: Option<Authority>,
-    host: Option<Authority>,
-) -> Result<(), AuthorityError> {
-    match (target, host) {
-        (Some(target), host) => {
-            let target = check(":authority", target.as_str().as_bytes())?;
-            if let Some(host) = host {
-                if !same_authority(&target, &host) {
-                    return Err(AuthorityError::Disagree {
-                        authority: target.to_string(),
-                        host: host.to_string(),
-                    });
-                }
-                headers.remove(HOST);
-            }
-            Ok(())
-        }
-        // No :authority: the host header gives it (RFC 9113 8.3.1 allows it).
-        (None, Some(_)) => Ok(()),
-        (None, None) => Err(AuthorityError::MissingAuthority),
+/// A checked `host[:port]`, borrowed from the request.
+#[derive(Clone, Copy, Debug)]
+struct HostPort<'a> {
+    text: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+}
+
+impl HostPort<'_> {
+    /// The same host and port, as RFC 3986 6.2.3's scheme-based
+    /// normalization compares them: the host case-insensitively, an absent
+    /// port as 80.
+    fn same_as(&self, other: &HostPort<'_>) -> bool {
+        self.host.eq_ignore_ascii_case(other.host)
+            && self.port.unwrap_or(80) == other.port.unwrap_or(80)
     }
 }
 
-/// A valid `host[:port]`, without userinfo.
-fn check(place: &'static str, value: &[u8]) -> Result<Authority, AuthorityError> {
+/// A valid `host[:port]` (RFC 3986 3.2.2: a registered name or an IP
+/// literal in brackets, then an optional port), without userinfo.
+fn check<'a>(place: &'static str, value: &'a [u8]) -> Result<HostPort<'a>, AuthorityError> {
     let invalid = |why| AuthorityError::Invalid {
         place,
         value: String::from_utf8_lossy(value).into_owned(),
@@ -164,30 +201,54 @@ fn check(place: &'static str, value: &[u8]) -> Result<Authority, AuthorityError>
             "userinfo (`user@`) is not allowed; send the host alone",
         ));
     }
-    let authority =
-        Authority::try_from(value).map_err(|_| invalid("it has characters a host cannot have"))?;
-    if authority.host().is_empty() {
+    let characters = "it has characters a host cannot have";
+    let text = std::str::from_utf8(value).map_err(|_| invalid(characters))?;
+    let (host, rest) = if let Some(literal) = text.strip_prefix('[') {
+        let end = literal
+            .find(']')
+            .ok_or_else(|| invalid("an IPv6 address is not closed with `]`"))?;
+        let address = &literal[..end];
+        if address.is_empty()
+            || !address
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(invalid(characters));
+        }
+        text.split_at(end + 2)
+    } else {
+        let split = text.rfind(':').unwrap_or(text.len());
+        let (host, rest) = text.split_at(split);
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+        {
+            return Err(invalid(characters));
+        }
+        (host, rest)
+    };
+    if host.is_empty() {
         return Err(invalid("it has a port but no host"));
     }
-    if let Some(port) = authority.as_str().strip_prefix(authority.host())
-        && let Some(port) = port.strip_prefix(':')
-        && !port.is_empty()
-        && port.parse::<u16>().is_err()
-    {
-        return Err(invalid("the port is not a number from 0 to 65535"));
-    }
-    Ok(authority)
-}
-
-/// The same host and port, as RFC 3986 6.2.3's scheme-based normalization
-/// compares them: the host case-insensitively, an absent port as 80.
-fn same_authority(a: &Authority, b: &Authority) -> bool {
-    a.host().eq_ignore_ascii_case(b.host())
-        && a.port_u16().unwrap_or(80) == b.port_u16().unwrap_or(80)
+    let port = match rest.strip_prefix(':') {
+        None if rest.is_empty() => None,
+        None => return Err(invalid(characters)),
+        // `host:` is allowed (RFC 3986: port = *DIGIT) and means no port.
+        Some("") => None,
+        Some(digits) => Some(
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse::<u16>().ok())
+                .flatten()
+                .ok_or_else(|| invalid("the port is not a number from 0 to 65535"))?,
+        ),
+    };
+    Ok(HostPort { text, host, port })
 }
 
 /// Take `host` out of `Connection`, so the hop-by-hop strip keeps `Host`.
-fn keep_host_end_to_end(headers: &mut http::HeaderMap) {
+fn keep_host_end_to_end(headers: &mut HeaderMap) {
     let names_host = headers.get_all(CONNECTION).iter().any(|value| {
         value
             .to_str()
@@ -324,6 +385,10 @@ mod tests {
             ("hw:99999", "port"),
             ("hw:http", "port"),
             ("h w", "characters"),
+            ("[::1", "IPv6"),
+            ("[db8::zz]:80", "characters"),
+            ("hw:+1", "port"),
+            ("hw:80x", "port"),
         ] {
             let mut p = head("GET", "/", H11, &[("host", host)]);
             let error = settle(&mut p).unwrap_err();
@@ -342,6 +407,15 @@ mod tests {
         let mut p = head("GET", "ftp://hw/", H11, &[("host", "hw")]);
         assert!(matches!(settle(&mut p), Err(AuthorityError::Scheme { .. })));
         // IPv6 literals and ports are fine.
+        for host in [
+            "[::1]",
+            "hw:",
+            "10.0.0.1:8080",
+            "my-svc.default.svc.cluster.local:8080",
+        ] {
+            let mut p = head("GET", "/", H11, &[("host", host)]);
+            assert!(settle(&mut p).is_ok(), "{host}");
+        }
         let mut p = head("GET", "/", H11, &[("host", "[::1]:8080")]);
         assert!(settle(&mut p).is_ok());
     }

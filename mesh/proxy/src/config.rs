@@ -16,6 +16,8 @@
 //! | `MESH_CLUSTER` | `Kubernetes`: the cluster name in the metrics' labels (Istio's default `ISTIO_META_CLUSTER_ID`) |
 //! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
 //! | `MESH_CONTROL_TOKEN` | none; the control plane's write token, sent on announce, ACK and leave (`control.rs`; `meshctl up` sets it) |
+//! | `MESH_IDENTITY_TOKEN` | none; the bootstrap token that proves this workload's identity to the control plane's CA: with it the proxy keeps a workload certificate (`identity.rs`; `meshctl up` sets it) |
+//! | `MESH_SERVICE_ACCOUNT` | the service's name: the `sa` of the workload's SPIFFE ID `spiffe://cluster.local/ns/<namespace>/sa/<service account>` |
 //! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
 //! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
 //! | `MESH_ADVERTISE_ADDR` | the inbound address, 0.0.0.0 replaced by this host's IP |
@@ -38,7 +40,7 @@
 //! | `MESH_STREAM_IDLE_TIMEOUT` | `5m`: a connection whose requests in flight move no byte either way for this long is closed (Envoy's `stream_idle_timeout` default); this bounds a stalled body too; `0` turns it off |
 //! | `MESH_MAX_CONNECTIONS` | per listener: half the descriptors the process may open (less 64 kept for the proxy's own use), at most 100000; connections beyond it are closed at accept, as Envoy's overload manager does |
 //! | `MESH_DRAIN_DURATION` | `5s`: after SIGTERM the listeners keep accepting this long while readiness reports 503 (Istio's `terminationDrainDuration`) |
-//! | `MESH_DRAIN_TIMEOUT` | `25s`: then requests in flight get this long to finish; the ones still waiting are answered 503 with `Connection: close` (the two together fit Kubernetes' default 30 s grace period) |
+//! | `MESH_DRAIN_TIMEOUT` | `20s`: then requests in flight get this long to finish; the ones still waiting are answered 503 with `Connection: close` (the two together, 25 s, leave those answers time to go out before Kubernetes' default 30 s grace period ends in SIGKILL) |
 //!
 //! With `MESH_SNAPSHOT_FILE` the proxy never talks to a control plane for
 //! config: it serves that one snapshot until it stops. Spans then go to
@@ -114,6 +116,11 @@ pub struct Config {
     pub control_url: Option<String>,
     /// The control plane's write token (`MESH_CONTROL_TOKEN`, `control.rs`).
     pub control_token: Option<crate::control::ControlToken>,
+    /// Proof of this workload's identity for its first certificate
+    /// (`MESH_IDENTITY_TOKEN`, `identity.rs`); `None`: no certificate.
+    pub identity_token: Option<crate::control::ControlToken>,
+    /// The `sa` of the workload's SPIFFE ID (`MESH_SERVICE_ACCOUNT`).
+    pub service_account: String,
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     /// `None`: derived from the bound inbound address at start.
@@ -176,9 +183,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Istio's `terminationDrainDuration` default.
 pub const DEFAULT_DRAIN_DURATION: Duration = Duration::from_secs(5);
-/// What in-flight requests get after the drain duration: with it, 30 s,
-/// Kubernetes' default `terminationGracePeriodSeconds`.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// What in-flight requests get after the drain duration: with it, 25 s,
+/// which leaves the 503s of the requests cut time to go out before
+/// Kubernetes' default `terminationGracePeriodSeconds` (30 s) ends in SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Descriptors kept out of the connection cap for the proxy's own use
 /// (admin port, control plane, span reporter, files).
 pub const RESERVED_DESCRIPTORS: u64 = 64;
@@ -419,6 +427,11 @@ impl Config {
                 .unwrap_or(Duration::ZERO),
         };
 
+        let service_account = strings
+            .get("MESH_SERVICE_ACCOUNT")
+            .unwrap_or_else(|| service.clone());
+        check_name("MESH_SERVICE_ACCOUNT", &service_account)?;
+
         Ok(Config {
             limits,
             mode,
@@ -440,6 +453,17 @@ impl Config {
                     },
                 )?),
             },
+            identity_token: match strings.get("MESH_IDENTITY_TOKEN") {
+                None => None,
+                Some(text) => Some(crate::control::ControlToken::parse(&text).map_err(
+                    |reason| ConfigError {
+                        var: "MESH_IDENTITY_TOKEN",
+                        value: "(hidden)".into(),
+                        reason,
+                    },
+                )?),
+            },
+            service_account,
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
             inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
             advertise_addr: match strings.get("MESH_ADVERTISE_ADDR") {

@@ -62,6 +62,11 @@ impl ControlToken {
         Ok(ControlToken(text.to_string()))
     }
 
+    /// The token itself (the identity worker sends its own header).
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// The `Authorization` header value.
     fn bearer(&self) -> reqwest::header::HeaderValue {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.0))

@@ -76,6 +76,39 @@ impl std::fmt::Debug for CertifiedKey {
 /// What the proxy's readers hold: `None` until the first certificate.
 pub type Current = watch::Receiver<Option<Arc<CertifiedKey>>>;
 
+/// A proxy without a certificate (no CA offered, or no bootstrap token).
+pub fn none() -> Current {
+    watch::channel(None).1
+}
+
+/// `GET /certs` on the admin port (`admin.rs`), for `meshctl identity`.
+pub fn describe(current: &Current, enabled: bool) -> mesh_api::identity::WorkloadCerts {
+    let ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    match current.borrow().as_ref() {
+        Some(certified) => mesh_api::identity::WorkloadCerts {
+            identity: Some(certified.identity.clone()),
+            reason: None,
+            cert_chain: certified.chain_pem.clone(),
+            trust_bundle: certified.trust_bundle_pem.clone(),
+            not_before_ms: ms(certified.not_before),
+            not_after_ms: ms(certified.not_after),
+            renew_at_ms: ms(certified.renew_at),
+        },
+        None => mesh_api::identity::WorkloadCerts {
+            reason: Some(if enabled {
+                "no certificate yet: the CA has not answered (see this proxy's log)".into()
+            } else {
+                "this proxy keeps no certificate: it was started without MESH_IDENTITY_TOKEN                  (meshctl up hands one to each proxy it starts)"
+                    .into()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
 /// A certificate authority that signs CSRs.
 pub trait CaClient: Send + Sync + 'static {
     fn sign(

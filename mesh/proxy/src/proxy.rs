@@ -92,6 +92,9 @@ pub struct Shared {
     pub telemetry: Telemetry,
     /// The drain's phases; `/ready` reports 503 once it began.
     pub drain: Drain,
+    /// The workload certificate, renewed by `identity.rs`'s worker when the
+    /// proxy has a bootstrap token; always `None` otherwise.
+    pub identity: crate::identity::Current,
     store: StateStore,
     status: Mutex<ApplyStatus>,
 }
@@ -251,7 +254,23 @@ impl Proxy {
             _ => None,
         };
 
+        // The workload certificate: only with a control plane that runs a
+        // CA and a bootstrap token for it (`identity.rs`).
+        let identity = match (&config.control_url, &config.identity_token) {
+            (Some(base), Some(token)) => {
+                let ca = crate::identity::HttpCa {
+                    http: crate::control::client(None)?,
+                    base: base.clone(),
+                    bootstrap_token: token.secret().to_string(),
+                };
+                let who =
+                    mesh_api::identity::Identity::new(&config.namespace, &config.service_account);
+                crate::identity::start(who, ca, shutdown.clone()).0
+            }
+            _ => crate::identity::none(),
+        };
         let shared = Arc::new(Shared {
+            identity,
             rng: Rng::from_seed(config.seed),
             app: app_target(&config),
             advertise: addrs.advertise,
@@ -412,6 +431,12 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     pub fn addrs(&self) -> ProxyAddrs {
         self.addrs
+    }
+
+    /// The workload certificate as the identity worker keeps it
+    /// (`identity.rs`): `None` until issued, or without a bootstrap token.
+    pub fn identity(&self) -> crate::identity::Current {
+        self.shared.identity.clone()
     }
 
     /// The outbound listener (sidecar): point the app's `HTTP_PROXY` here.

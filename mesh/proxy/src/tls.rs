@@ -343,11 +343,11 @@ pub fn client_config(
         algorithms: provider.signature_verification_algorithms,
     };
     let (chain, key) = chain_and_key(certified)?;
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Certificate(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| TlsError::Certificate(e.to_string()))?)
+        .map_err(|e| TlsError::Certificate(e.to_string()))
 }

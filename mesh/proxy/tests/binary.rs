@@ -82,22 +82,26 @@ fn a_bad_snapshot_file_stops_the_binary_naming_the_file_and_the_json_error() {
     }
 }
 
-#[tokio::test]
-async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
+/// The binary on snapshot version 7, which routes `hw` to the fake app
+/// `hw-1`, logging at info to a pipe, with `env` on top; once ready.
+async fn serving_hw(env: &[(&str, &str)]) -> (Upstream, ProxyBinary) {
     let upstream = Upstream::start("hw-1").await;
     let snapshot = snapshot(7, vec![service("hw", vec![upstream.endpoint()])]);
     let app = upstream.addr.to_string();
+    let mut all = vec![
+        ("MESH_SERVICE", "client"),
+        ("MESH_APP_ADDR", app.as_str()),
+        ("MESH_LOG", "info"),
+    ];
+    all.extend_from_slice(env);
+    let proxy = ProxyBinary::start(&snapshot, &all, Stdio::piped()).await;
+    (upstream, proxy)
+}
+
+#[tokio::test]
+async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
     // Ready at once: the snapshot came from the file.
-    let mut proxy = ProxyBinary::start(
-        &snapshot,
-        &[
-            ("MESH_SERVICE", "client"),
-            ("MESH_APP_ADDR", &app),
-            ("MESH_LOG", "info"),
-        ],
-        Stdio::piped(),
-    )
-    .await;
+    let (_app, mut proxy) = serving_hw(&[]).await;
     let (admin, outbound) = (proxy.admin, proxy.outbound);
     let client = direct_client();
     let dump = get(&client, &format!("http://{admin}/config_dump")).await;
@@ -141,25 +145,12 @@ async fn the_binary_serves_a_static_snapshot_file_without_a_control_plane() {
 /// Run the binary on a static snapshot with `encoding`, send one request
 /// through it, stop it; returns its stderr and the upstream's address.
 async fn access_log_of_one_request(encoding: &str) -> (String, String) {
-    let upstream = Upstream::start("hw-1").await;
-    let snapshot = snapshot(7, vec![service("hw", vec![upstream.endpoint()])]);
-    let app = upstream.addr.to_string();
-    let mut proxy = ProxyBinary::start(
-        &snapshot,
-        &[
-            ("MESH_SERVICE", "client"),
-            ("MESH_APP_ADDR", &app),
-            ("MESH_LOG", "info"),
-            ("MESH_ACCESS_LOG_ENCODING", encoding),
-        ],
-        Stdio::piped(),
-    )
-    .await;
+    let (upstream, mut proxy) = serving_hw(&[("MESH_ACCESS_LOG_ENCODING", encoding)]).await;
     let reply = get(&client_via(proxy.outbound), "http://hw:8080/hello").await;
     assert_eq!(reply.status, 200);
     proxy.sigterm();
     proxy.exit_status().await;
-    (proxy.stderr().await, app)
+    (proxy.stderr().await, upstream.addr.to_string())
 }
 
 /// Issue 11: access lines were ~400 characters and wrapped on a projector.

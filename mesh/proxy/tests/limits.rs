@@ -410,3 +410,68 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_serves_when_some_close
         stderr.lines().count()
     );
 }
+
+// === settings ===
+
+#[test]
+fn the_limits_are_read_from_the_environment_with_envoys_defaults() {
+    use std::collections::HashMap;
+    let defaults = Config::from_strings(&HashMap::from([("MESH_SERVICE", "hw")])).unwrap();
+    let limits = defaults.limits;
+    assert_eq!(
+        limits.request_headers_timeout,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(
+        limits.idle_timeout,
+        Some(Duration::from_secs(3600)),
+        "Envoy's 1 h"
+    );
+    assert_eq!(
+        limits.stream_idle_timeout,
+        Some(Duration::from_secs(300)),
+        "Envoy's 5 min"
+    );
+    assert_eq!(
+        limits.drain_duration,
+        Duration::from_secs(5),
+        "Istio's terminationDrainDuration"
+    );
+    assert_eq!(limits.drain_timeout, Duration::from_secs(20));
+    assert!(limits.max_connections >= 1);
+
+    let set = Config::from_strings(&HashMap::from([
+        ("MESH_SERVICE", "hw"),
+        ("MESH_REQUEST_HEADERS_TIMEOUT", "250ms"),
+        ("MESH_IDLE_TIMEOUT", "0"),
+        ("MESH_STREAM_IDLE_TIMEOUT", "1m"),
+        ("MESH_MAX_CONNECTIONS", "10"),
+        ("MESH_DRAIN_DURATION", "1s"),
+        ("MESH_DRAIN_TIMEOUT", "2s"),
+    ]))
+    .unwrap()
+    .limits;
+    assert_eq!(
+        set.request_headers_timeout,
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(set.idle_timeout, None, "0 turns a timeout off");
+    assert_eq!(set.stream_idle_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(set.max_connections, 10);
+    assert_eq!(
+        (set.drain_duration, set.drain_timeout),
+        (Duration::from_secs(1), Duration::from_secs(2))
+    );
+
+    for (var, value) in [
+        ("MESH_IDLE_TIMEOUT", "5"),
+        ("MESH_STREAM_IDLE_TIMEOUT", "soon"),
+        ("MESH_MAX_CONNECTIONS", "0"),
+        ("MESH_MAX_CONNECTIONS", "many"),
+        ("MESH_DRAIN_DURATION", "-1s"),
+    ] {
+        let err = Config::from_strings(&HashMap::from([("MESH_SERVICE", "hw"), (var, value)]))
+            .unwrap_err();
+        assert_eq!(err.var, var, "{err}");
+    }
+}

@@ -307,7 +307,7 @@ fn unknown_kind_in(kind: &str, group: &str) -> String {
         return format!("kinds are case-sensitive: write `kind: {}`", k.as_str());
     }
     format!(
-        "`{kind}` is not a kind of {group}; micromesh implements VirtualService, DestinationRule and Gateway"
+        "`{kind}` is not a kind of {group}; micromesh implements VirtualService, DestinationRule and Gateway ({NETWORKING_GROUP}), PeerAuthentication and AuthorizationPolicy ({SECURITY_GROUP})"
     )
 }
 

@@ -29,6 +29,7 @@ pub mod crd;
 pub mod discovery;
 mod source;
 pub mod webhook;
+pub mod workload_identity;
 
 use std::fmt;
 

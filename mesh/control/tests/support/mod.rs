@@ -151,11 +151,38 @@ pub fn calls(mut span: Value, remote: &str) -> Value {
     span
 }
 
+/// A page's first hop: the gateway's CLIENT span `a1` calling
+/// guestbook-ui, and guestbook-ui's SERVER span `b1` under it.
+pub fn gateway_calls_ui(trace: &str) -> [Value; 2] {
+    hop(
+        trace,
+        None,
+        ("00000000000000a1", "00000000000000b1"),
+        "ingressgateway",
+        "guestbook-ui",
+        1_000_000,
+        9_000,
+    )
+}
+
+/// guestbook-ui's CLIENT span `b2` (under `parent`, its SERVER span `b1`
+/// when the app forwarded the trace headers) calling helloworld-service,
+/// and helloworld-service's SERVER span `c1` under it.
+pub fn ui_calls_helloworld(trace: &str, parent: Option<&str>) -> [Value; 2] {
+    hop(
+        trace,
+        parent,
+        ("00000000000000b2", "00000000000000c1"),
+        "guestbook-ui",
+        "helloworld-service",
+        1_001_000,
+        5_000,
+    )
+}
+
 /// One call through two sidecars, as both report it: the caller's CLIENT
 /// span `ids.0` (under `parent`) calling `callee`, and the callee's SERVER
 /// span `ids.1` under it, starting 500 µs later and ending 500 µs sooner.
-/// `hop(trace, None, ("a1", "b1"), "ingressgateway", "guestbook-ui", ..)`
-/// is the gateway -> guestbook-ui pair that opens a page's trace.
 pub fn hop(
     trace: &str,
     parent: Option<&str>,
