@@ -88,8 +88,9 @@ for _ in $(seq 1 30); do
 Next steps:
   open $URL                              the Guestbook, through the mesh's gateway
   kubectl -n guestbook get pods              every pod: app + mesh-proxy sidecar
-  kubectl -n mesh-system port-forward svc/mesh-control 15014:15014
-                                             then http://localhost:15014: the dashboard
+  meshctl dashboard                          the mesh's dashboard on http://127.0.0.1:15014
+  meshctl get proxies                        every sidecar the control plane serves
+  scripts/addons-up.sh                       optional: Prometheus, Grafana, Kiali, Zipkin
   labs/README.md                             the labs, in their cluster variant
   scripts/down.sh kind                       delete the cluster when done
 EOF

@@ -87,8 +87,9 @@ cat <<EOF
 Next steps:
   open $url                         the Guestbook, through the mesh's gateway
   kubectl --context $CONTEXT -n guestbook get pods   every pod: app + mesh-proxy sidecar
-  kubectl --context $CONTEXT -n mesh-system port-forward svc/mesh-control 15014:15014
-                                             then http://localhost:15014: the dashboard
+  meshctl --context $CONTEXT dashboard        the mesh's dashboard on http://127.0.0.1:15014
+  meshctl --context $CONTEXT get proxies      every sidecar the control plane serves
+  scripts/addons-up.sh minikube              optional: Prometheus, Grafana, Kiali, Zipkin
   labs/README.md                             the labs, in their cluster variant
   scripts/down.sh minikube                   delete the profile when done
 EOF

@@ -37,11 +37,12 @@ Local or cluster: which control plane a command talks to, in this order:
      http://127.0.0.1:15010 (`meshctl up`'s default).
 On a cluster, get, analyze, stat, traces and dashboard read the control plane
 through the Kubernetes API server's service proxy (RBAC: `get` on
-services/proxy in mesh-system; see k8s/meshctl-user.yaml); `meshctl dashboard`
+services/proxy in mesh-system; see k8s/base/meshctl-user.yaml); `meshctl dashboard`
 serves it on a local port until Ctrl-C. Istio resources on a cluster are
 Kubernetes objects: `kubectl apply -f` and `kubectl delete -f` them (the
 admission webhook validates them as `meshctl validate` does); meshctl apply,
-delete, reset, up, down, scale, restart and logs act on the local mesh only.";
+delete, reset, up, down, scale, restart, logs, exec and identity act on the local
+mesh only (they reach processes and admin ports on this machine).";
 
 /// micromesh's command line.
 #[derive(Debug, Parser)]

@@ -163,6 +163,13 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
     }
     let runtimes = runtime::check(need_python, need_java)?;
     let plan = plan(&args);
+    if plan
+        .iter()
+        .any(|(w, n)| *n > 0 && w.service.starts_with("hello-grpc"))
+        && let Some(python) = &runtimes.python
+    {
+        check_grpcio(python)?;
+    }
 
     stop_previous_run(&workdir).await?;
     if args.control_port == args.gateway_port {
@@ -354,6 +361,26 @@ async fn forget_previous_instances(
         }
     }
     Ok(proxies.len())
+}
+
+/// The gRPC demo runs on PyPI's grpcio: say so before starting anything,
+/// rather than let three servers die on an ImportError.
+fn check_grpcio(python: &Path) -> Result<()> {
+    let found = std::process::Command::new(python)
+        .args(["-c", "import grpc"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        bail!(
+            "the gRPC demo needs the Python package grpcio, which {} cannot import; \
+             install it (`{} -m pip install grpcio`; ./scripts/test.sh does) and run again",
+            python.display(),
+            python.display()
+        );
+    }
+    Ok(())
 }
 
 /// `wait_ready` with a progress line on stderr.
@@ -669,6 +696,13 @@ mod tests {
                 .iter()
                 .any(|w| w.starts_with("hello-grpc"))
         );
+    }
+
+    #[test]
+    fn the_grpc_demo_without_grpcio_says_what_to_install() {
+        // `false` stands in for a python3 that cannot import grpc.
+        let err = check_grpcio(Path::new("false")).unwrap_err().to_string();
+        assert!(err.contains("pip install grpcio"), "{err}");
     }
 
     fn plan_of(args: &[&str]) -> Vec<(Workload, u32)> {

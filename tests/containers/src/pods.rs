@@ -2,9 +2,16 @@
 //!
 //! A Kubernetes pod is a few containers sharing one network namespace, so
 //! the sidecar reaches its app on 127.0.0.1. Docker can build the same
-//! thing: start the app container on a network, then the sidecar with
-//! `--network container:<app>` (`NetworkMode` in the API), and the two share
-//! one IP and one loopback. Around the pods:
+//! thing: start the sidecar container on a network, then the app with
+//! `--network container:<sidecar>` (`NetworkMode` in the API), and the two
+//! share one IP and one loopback. The sidecar owns the namespace because a
+//! kubelet gives it to the pod's `pause` container, which outlives every
+//! app container: when an app dies, its pod keeps its IP and its sidecar
+//! keeps answering for it (503, which callers retry elsewhere). Had the app
+//! owned it, `docker kill` on the app would take the IP off the network
+//! with it: the sidecar would run on with loopback only, and callers'
+//! connections to the pod would hang until their timeouts, which no
+//! Kubernetes pod does. Around the pods:
 //!
 //! ```text
 //!   test (127.0.0.1) -> gateway container (published 8080)
@@ -27,7 +34,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mesh_api::config::{ApplyRequest, ApplyResponse, Resource, SourceFile};
 use mesh_api::snapshot::{HttpRoute, Snapshot};
@@ -48,6 +55,19 @@ pub const LABEL: &str = "micromesh.test";
 /// long-polls answered at once), so this is generous on a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Retry `action` until it succeeds, for up to [`PATIENCE`]: testkit's
+/// `retry_until_ok` (every error is a "not yet": containers start, ports
+/// open, the mesh converges), panicking with `what` and the last error. For
+/// waiting on the mesh, never for the property a test checks.
+pub async fn retry_until_ok<T, Fut>(what: &str, action: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    mesh_testkit::retry_until_ok(what, PATIENCE, action)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// One app container and its sidecar.
 pub struct Pod {
     /// `helloworld-service-v2`: the instance name the sidecar announces.
@@ -56,10 +76,10 @@ pub struct Pod {
     pub version: String,
     /// The sidecar's admin port (15000) as published on 127.0.0.1.
     pub admin_port: u16,
-    // Field order is drop order: the sidecar lives in the app's network
+    // Field order is drop order: the app lives in the sidecar's network
     // namespace, so it goes first.
-    sidecar: ContainerAsync<GenericImage>,
     app: ContainerAsync<GenericImage>,
+    sidecar: ContainerAsync<GenericImage>,
 }
 
 impl Pod {
@@ -139,8 +159,8 @@ impl Mesh {
 
         let control = start(
             image("mesh-control")
-                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
                 .with_exposed_port(ports::CONTROL.tcp())
+                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
                 .with_container_name(format!("{run}-mesh-control"))
                 .with_network(run.clone())
                 .with_label(LABEL, "containers-tests")
@@ -179,26 +199,44 @@ impl Mesh {
             logs,
             http,
         };
-        mesh.wait_for("the control plane's API", || async {
-            mesh.services().await.ok().map(|_| ())
+        retry_until_ok("the control plane's API", async || {
+            Ok(mesh.services().await?)
         })
         .await;
         mesh
     }
 
-    /// Starts a pod: the app container, then its sidecar in the app's
-    /// network namespace.
+    /// Starts a pod: the sidecar container, owner of the pod's network
+    /// namespace (the `pause` container's part), then the app in it.
     pub async fn add_pod(&mut self, spec: PodSpec) -> &Pod {
         let name = spec.name();
         let container = format!("{}-{name}", self.run);
+        let sidecar = start(
+            image("mesh-proxy")
+                .with_exposed_port(ports::ADMIN.tcp())
+                .with_container_name(format!("{container}-sidecar"))
+                .with_hostname(name.clone())
+                .with_network(self.run.clone())
+                .with_label(LABEL, "containers-tests")
+                .with_env_var("MESH_SERVICE", spec.service.clone())
+                .with_env_var("MESH_VERSION", spec.version.clone())
+                .with_env_var("MESH_INSTANCE", name.clone())
+                .with_env_var("MESH_CONTROL_URL", control_url(&self.run))
+                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
+                .with_log_consumer(self.logs.consumer(&format!("{name}/sidecar")))
+                // Ports are published by the container that owns the
+                // network namespace: the admin port, here.
+                .with_host_config_modifier(publish_on_loopback(&[ports::ADMIN])),
+            &format!("{name}/sidecar"),
+        )
+        .await;
+
         // The app listens on 127.0.0.1 only: the sidecar, in the same network
         // namespace, is the one way in, as iptables makes it in an Istio pod.
         // Its calls to other services go through the sidecar's outbound port.
+        let sidecar_id = sidecar.id().to_string();
         let mut app = image(&spec.image)
-            .with_exposed_port(ports::ADMIN.tcp())
             .with_container_name(container.clone())
-            .with_hostname(name.clone())
-            .with_network(self.run.clone())
             .with_label(LABEL, "containers-tests")
             .with_env_var("HOST", "127.0.0.1")
             .with_env_var("PORT", ports::SERVICE.to_string())
@@ -209,37 +247,19 @@ impl Mesh {
                 format!("http://127.0.0.1:{}", ports::OUTBOUND),
             )
             .with_log_consumer(self.logs.consumer(&name))
-            // Ports are published by the container that owns the network
-            // namespace: the sidecar's admin port is published here.
-            .with_host_config_modifier(publish_on_loopback(&[ports::ADMIN]));
+            .with_host_config_modifier(move |config: &mut HostConfig| {
+                // `docker run --network container:<sidecar>`: one network
+                // namespace for the pod. Such a container can publish
+                // nothing itself (the sidecar's container does).
+                config.network_mode = Some(format!("container:{sidecar_id}"));
+                config.publish_all_ports = Some(false);
+                config.port_bindings = None;
+            });
         for (key, value) in &spec.env {
             app = app.with_env_var(key.clone(), value.clone());
         }
         let app = start(app, &name).await;
-
-        let app_id = app.id().to_string();
-        let sidecar = start(
-            image("mesh-proxy")
-                .with_container_name(format!("{container}-sidecar"))
-                .with_label(LABEL, "containers-tests")
-                .with_env_var("MESH_SERVICE", spec.service.clone())
-                .with_env_var("MESH_VERSION", spec.version.clone())
-                .with_env_var("MESH_INSTANCE", name.clone())
-                .with_env_var("MESH_CONTROL_URL", control_url(&self.run))
-                .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
-                .with_log_consumer(self.logs.consumer(&format!("{name}/sidecar")))
-                .with_host_config_modifier(move |config: &mut HostConfig| {
-                    // `docker run --network container:<app>`: one network
-                    // namespace for the pod. Such a container can publish
-                    // nothing itself (the app's container does).
-                    config.network_mode = Some(format!("container:{app_id}"));
-                    config.publish_all_ports = Some(false);
-                    config.port_bindings = None;
-                }),
-            &format!("{name}/sidecar"),
-        )
-        .await;
-        let admin_port = host_port(&app, ports::ADMIN).await;
+        let admin_port = host_port(&sidecar, ports::ADMIN).await;
         self.pods.push(Pod {
             name,
             service: spec.service,
@@ -372,48 +392,33 @@ impl Mesh {
         what: &str,
         check: impl Fn(&Snapshot) -> bool,
     ) {
-        self.wait_for(&format!("{pod}'s sidecar to serve {what}"), || async {
-            self.snapshot(pod).await.ok().filter(&check).map(|_| ())
+        // The admin port may not answer yet (a restarting sidecar): retried.
+        retry_until_ok(&format!("{pod}'s sidecar to serve {what}"), async || {
+            let snapshot = self.snapshot(pod).await.map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(check(&snapshot), "it serves version {}", snapshot.version);
+            Ok(())
         })
         .await
     }
 
     /// Waits until the control plane lists `count` healthy endpoints for each service.
     pub async fn wait_for_endpoints(&self, expected: &[(&str, usize)]) {
-        self.wait_for(&format!("healthy endpoints {expected:?}"), || async {
-            let services = self.services().await.ok()?;
-            expected
+        retry_until_ok(&format!("healthy endpoints {expected:?}"), async || {
+            let services = self.services().await?;
+            let healthy = |name: &str| {
+                services
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map_or(0, |s| s.endpoints.iter().filter(|e| e.healthy).count())
+            };
+            let counts: Vec<(&str, usize)> = expected
                 .iter()
-                .all(|(name, count)| {
-                    services
-                        .iter()
-                        .find(|s| s.name == *name)
-                        .is_some_and(|s| s.endpoints.iter().filter(|e| e.healthy).count() == *count)
-                })
-                .then_some(())
+                .map(|(name, _)| (*name, healthy(name)))
+                .collect();
+            anyhow::ensure!(counts == expected, "the control plane lists {counts:?}");
+            Ok(())
         })
         .await
-    }
-
-    /// Polls `probe` until it yields a value, or panics after [`PATIENCE`]
-    /// with `what` it was waiting for and the containers' recent logs.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, probe: F) -> T
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let started = Instant::now();
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "gave up after {:?} waiting for {what}",
-                PATIENCE
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     // === failures ===
@@ -434,14 +439,15 @@ impl Mesh {
             .await
             .unwrap_or_else(|e| panic!("could not start the control plane again: {e}"));
         self.control_port = host_port(&self.control, ports::CONTROL).await;
-        self.wait_for("the restarted control plane's API", || async {
-            self.services().await.ok().map(|_| ())
+        retry_until_ok("the restarted control plane's API", async || {
+            Ok(self.services().await?)
         })
         .await;
     }
 
-    /// Kills a pod's app container (SIGKILL, no grace period): the process
-    /// dies as if the node lost it.
+    /// Kills a pod's app container (SIGKILL, no grace period): the app's
+    /// process dies at once; its pod, network namespace and sidecar stay,
+    /// as when an app container crashes in Kubernetes.
     pub async fn kill_app(&self, pod: &str) {
         let pod = self.pod(pod);
         pod.app

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use containers_tests::images::TAG;
 use containers_tests::kubelet::{Cluster, docker};
+use containers_tests::pods::{PATIENCE, retry_until_ok};
 use containers_tests::runner::{self, Test};
 use k8s_tests::Manifests;
 
@@ -41,9 +42,6 @@ fn main() -> ExitCode {
     })];
     runner::main(TESTS)
 }
-
-/// How long the mesh may take to settle once every pod runs.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The sidecar's container name in every injected pod.
 const SIDECAR: &str = "mesh-proxy";
@@ -84,27 +82,14 @@ fn tag_images(m: &Manifests) {
     }
 }
 
-async fn page(http: &reqwest::Client, url: &str) -> Option<String> {
-    let r = http.get(url).send().await.ok()?;
-    (r.status() == 200).then_some(())?;
-    r.text().await.ok()
-}
-
-async fn wait_until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut probe: impl FnMut() -> F,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "gave up after {PATIENCE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+/// The page at `url`, if it answers 200 (an error otherwise, saying what
+/// came instead).
+async fn page(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let response = http.get(url).send().await?;
+    let status = response.status();
+    let body = response.text().await?;
+    anyhow::ensure!(status == 200, "HTTP {status}: {body}");
+    Ok(body)
 }
 
 async fn the_kind_overlay_runs_the_guestbook() {
@@ -208,15 +193,15 @@ async fn the_kind_overlay_runs_the_guestbook() {
         .build()
         .unwrap();
     let url = format!("http://{gateway}/");
-    let first = wait_until(
+    let first = retry_until_ok(
         "the Guestbook page with a greeting, through the gateway",
-        || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                page(&http, &url)
-                    .await
-                    .filter(|p| p.contains("from helloworld-service <strong>"))
-            }
+        async || {
+            let page = page(&http, &url).await?;
+            anyhow::ensure!(
+                page.contains("from helloworld-service <strong>"),
+                "no greeting:\n{page}"
+            );
+            Ok(page)
         },
     )
     .await;
@@ -233,14 +218,12 @@ async fn the_kind_overlay_runs_the_guestbook() {
     let store = cluster.pods_of("guestbook-service")[0].clone();
     let dump = format!("http://{}:15000/config_dump", store.ip);
     let inbound = format!("{}:15006", sentiment.ip);
-    wait_until(
+    retry_until_ok(
         "sentiment-service's endpoint in guestbook-service's sidecar snapshot",
-        || {
-            let (http, dump, inbound) = (http.clone(), dump.clone(), inbound.clone());
-            async move {
-                let body = http.get(&dump).send().await.ok()?.text().await.ok()?;
-                body.contains(&inbound).then_some(())
-            }
+        async || {
+            let body = http.get(&dump).send().await?.text().await?;
+            anyhow::ensure!(body.contains(&inbound), "not in the snapshot yet");
+            Ok(())
         },
     )
     .await;
@@ -254,13 +237,10 @@ async fn the_kind_overlay_runs_the_guestbook() {
         .await
         .expect("the gateway answers a post");
     assert_eq!(signed.status(), 303, "signing redirects back to the page");
-    let with_message = wait_until("the message with its sentiment", || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            page(&http, &url)
-                .await
-                .filter(|p| p.contains("I love this cluster"))
-        }
+    let with_message = retry_until_ok("the message with its sentiment", async || {
+        let page = page(&http, &url).await?;
+        anyhow::ensure!(page.contains("I love this cluster"), "not listed:\n{page}");
+        Ok(page)
     })
     .await;
     assert!(

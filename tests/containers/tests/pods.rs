@@ -14,9 +14,11 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use containers_tests::pods::{Mesh, PodSpec, endpoints_of, greeting_version, routes_for};
+use containers_tests::pods::{
+    Mesh, PATIENCE, PodSpec, endpoints_of, greeting_version, retry_until_ok, routes_for,
+};
 use containers_tests::runner::{self, Test};
-use mesh_testkit::assert_binomial;
+use mesh_testkit::{assert_binomial, wait_until};
 
 fn main() -> ExitCode {
     const TESTS: &[Test] = &[
@@ -196,8 +198,8 @@ async fn guestbook_page_messages_and_a_fault() {
 /// binomial spread; with the control plane stopped traffic keeps flowing on
 /// the last snapshot; started again, the proxies resync and a new rule takes
 /// effect; an app container killed leaves the rotation while requests keep
-/// succeeding, sent throughout, from before the kill until after the
-/// snapshot dropped it.
+/// succeeding, every one, sent throughout, from before the kill until after
+/// the snapshot dropped it.
 async fn canary_control_plane_outage_and_a_lost_instance() {
     let mut mesh = Mesh::start("canary").await;
     for spec in [
@@ -300,15 +302,13 @@ async fn canary_control_plane_outage_and_a_lost_instance() {
     )
     .await;
     // Requests flow the whole time, from before the kill until the snapshot
-    // dropped the instance. A request that meets the dead app is answered
-    // 503 by v1's sidecar and retried (Istio's default policy) onto v2, but
-    // not every time: with four clients, runs here lose a few pages (four
-    // in each of the last runs) around the kill and the removal (an open
-    // finding in issue 19's note).
-    // The test holds what is guaranteed today and prints the losses so the
-    // number stays in sight: the load ran through the kill, every request
-    // before it greeted, and once the instance is gone every request
-    // succeeds on v2.
+    // dropped the instance, and every one greets. The pod outlives its app
+    // (its sidecar holds the network namespace, as a pod's pause container
+    // does), so a request that meets the dead app is answered 503 by v1's
+    // sidecar: refused by the app, or reset by the kill mid-request. 503 is
+    // in Istio's default retriable-status-codes, and the retry avoids the
+    // host already tried (previous_hosts), so it lands on v2. Nothing
+    // Istio's default retry cannot cover is left, so the bound is zero.
     const CLIENTS: usize = 4;
     let load = Greeter::start(&mesh, CLIENTS);
     load.wait_for_more(20).await;
@@ -326,17 +326,23 @@ async fn canary_control_plane_outage_and_a_lost_instance() {
         at_removal > before_kill,
         "the load ran between the kill and the instance's removal"
     );
-    let lost = window.iter().filter(|v| *v != "v1" && *v != "v2").count();
+    let lost: Vec<(usize, &String)> = window
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| *v != "v1" && *v != "v2")
+        .collect();
     eprintln!(
-        "pods: {lost} of {} pages around the kill had no greeting (sent {before_kill} before \
-         the kill, {at_removal} when the snapshot dropped it)",
+        "pods: {} of {} pages lost around the kill (sent {before_kill} before the kill, \
+         {at_removal} when the snapshot dropped the instance)",
+        lost.len(),
         window.len()
     );
     assert!(
-        window[..before_kill.saturating_sub(CLIENTS)]
-            .iter()
-            .all(|v| v == "v1" || v == "v2"),
-        "every request before the kill greets: {window:?}"
+        lost.is_empty(),
+        "every page greets through the kill: {} of {} lost (sent {before_kill} before the kill, \
+         {at_removal} when the snapshot dropped the instance), (index, outcome): {lost:?}",
+        lost.len(),
+        window.len()
     );
     let versions = greetings(&mesh, 40).await;
     assert!(
@@ -357,11 +363,10 @@ async fn fetch_page(mesh: &Mesh) -> String {
 /// Polls the page until `check` holds (config and registry changes take a
 /// moment to reach every sidecar), then returns it.
 async fn page_where(mesh: &Mesh, what: &str, check: impl Fn(&str) -> bool) -> String {
-    mesh.wait_for(&format!("a page with {what}"), || async {
-        match mesh.get("/").await {
-            Ok((200, page)) if check(&page) => Some(page),
-            _ => None,
-        }
+    retry_until_ok(&format!("a page with {what}"), async || {
+        let (status, page) = mesh.get("/").await?;
+        anyhow::ensure!(status == 200 && check(&page), "HTTP {status}:\n{page}");
+        Ok(page)
     })
     .await
 }
@@ -421,18 +426,14 @@ impl Greeter {
         self.seen.lock().expect("not poisoned").len()
     }
 
-    /// Wait until `more` further page loads have finished (60 s at most).
+    /// Wait until `more` further page loads have finished.
     async fn wait_for_more(&self, more: usize) {
         let target = self.sent() + more;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.sent() < target {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the load made only {} of {target} page loads in 60 s",
-                self.sent()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_until(&format!("{target} page loads"), PATIENCE, async || {
+            Ok(self.sent() >= target)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; {} made", self.sent()));
     }
 
     /// Stop the loops and return every outcome.

@@ -249,7 +249,7 @@ pub const MESHCTL_ON_A_CLUSTER: &[&str] = &["get", "analyze", "stat", "traces", 
 pub const MESHCTL_ANYWHERE: &[&str] = &["validate", "inject", "load", "help"];
 /// The commands meshctl keeps to the local mesh (`MODE_HELP` names them).
 pub const MESHCTL_LOCAL_ONLY: &[&str] = &[
-    "apply", "delete", "reset", "up", "down", "scale", "restart", "logs",
+    "apply", "delete", "reset", "up", "down", "scale", "restart", "logs", "exec", "identity",
 ];
 
 fn check_meshctl(args: &[&str], problems: &mut Vec<String>) {
@@ -479,7 +479,7 @@ fn the_local_only_commands_are_the_ones_meshctl_help_names() {
     let sentence = cli
         .split("Kubernetes objects: `kubectl apply -f`")
         .nth(1)
-        .and_then(|rest| rest.split("act on the local mesh only").next())
+        .and_then(|rest| rest.split("act on the local").next())
         .and_then(|rest| rest.rsplit("meshctl ").next())
         .expect("mesh/ctl/src/cli.rs MODE_HELP names the local-only commands");
     let named: BTreeSet<&str> = sentence
