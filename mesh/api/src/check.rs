@@ -450,6 +450,8 @@ mod tests {
                 instance: format!("{name}-1"),
                 address: "127.0.0.1:1".into(),
                 labels: Default::default(),
+                identity: None,
+                tls_mode: Default::default(),
             }],
             ..Default::default()
         };

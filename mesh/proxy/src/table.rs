@@ -135,10 +135,13 @@ mod tests {
                     instance: "hw-1".into(),
                     address: "127.0.0.1:1".into(),
                     labels: Default::default(),
+                    identity: None,
+                    tls_mode: Default::default(),
                 }],
                 ..Default::default()
             }],
             gateway: None,
+            inbound: Default::default(),
         }
     }
 

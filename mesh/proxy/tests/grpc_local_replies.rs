@@ -136,6 +136,8 @@ async fn meshed_app(name: &'static str, delay: Duration) -> (ProxyHandle, Endpoi
         instance: name.into(),
         address: sidecar.advertise_addr().unwrap().to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     (sidecar, endpoint)
 }

@@ -60,6 +60,7 @@ fn snap(virtual_host: VirtualHost, clusters: Vec<Cluster>) -> Snapshot {
         virtual_hosts: vec![virtual_host],
         clusters,
         gateway: None,
+        inbound: Default::default(),
     }
 }
 
@@ -71,6 +72,8 @@ async fn a_refused_endpoint_is_retried_onto_a_live_one() {
         instance: "hw-dead".into(),
         address: refused_addr().await.to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     let mut default = route(vec![to("hw", 100)]);
     default.retries = RetryPolicy::default(); // Istio's: connect-failure, 503, 2 retries

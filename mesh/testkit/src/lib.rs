@@ -483,6 +483,8 @@ impl Upstream {
             instance: self.name.clone(),
             address: self.addr.to_string(),
             labels: BTreeMap::new(),
+            identity: None,
+            tls_mode: Default::default(),
         }
     }
 

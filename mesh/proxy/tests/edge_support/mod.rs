@@ -133,6 +133,8 @@ pub fn hw_service(app: SocketAddr) -> (VirtualHost, Cluster) {
             instance: "hw-1".into(),
             address: app.to_string(),
             labels: BTreeMap::new(),
+            identity: None,
+            tls_mode: Default::default(),
         }],
         ..Default::default()
     };
@@ -164,6 +166,7 @@ pub fn sidecar_snapshot(app: SocketAddr) -> Snapshot {
         virtual_hosts: vec![vh],
         clusters: vec![cluster],
         gateway: None,
+        inbound: Default::default(),
     }
 }
 
@@ -179,6 +182,7 @@ pub fn gateway_snapshot(endpoint: SocketAddr) -> Snapshot {
             gateways: vec!["default/edge".into()],
             virtual_hosts: vec![vh],
         }),
+        inbound: Default::default(),
     }
 }
 
