@@ -37,6 +37,7 @@
 //! log, never to the caller.
 
 use mesh_api::identity::Identity;
+use mesh_api::snapshot::AppliedAuthorizationPolicy;
 
 use crate::admit::EdgeSettings;
 use crate::authz::{Policy, Request};
@@ -52,6 +53,16 @@ pub fn edge_settings(edge: &EdgeSettings, policies_apply: bool) -> EdgeSettings 
         edge.path_normalization = PathNormalization::DecodeAndMergeSlashes;
     }
     edge
+}
+
+/// The snapshot's applied policies as the evaluator reads them.
+pub fn applied(
+    policies: &[AppliedAuthorizationPolicy],
+) -> impl Iterator<Item = Policy<'_>> + '_ {
+    policies.iter().map(|p| Policy {
+        name: &p.name,
+        spec: &p.spec,
+    })
 }
 
 /// Decide `req` (already through the door) against `policies`: `Ok` to go

@@ -7,7 +7,14 @@
 //! app receives as the parent in the trace headers) and the
 //! `reporter="destination"` metrics, one access-log line (`inbound`), and
 //! WebSockets spliced to the app once it answers 101 (`upgrade.rs`). An app that refuses connections gives 503 `UF`, like Envoy's
-//! inbound cluster. Later labs add mTLS and authorization here.
+//! inbound cluster.
+//!
+//! Authorization sits between the door and the app (`authorize.rs`): the
+//! AuthorizationPolicies of this workload's snapshot decide each request
+//! on the peer's identity, method, host, the door's normalized path (with
+//! `DECODE_AND_MERGE_SLASHES` once a policy applies, so the path decided on
+//! is the path the app gets), the app's port and the headers. A denied
+//! request is answered here, 403 `RBAC`, and never reaches the app.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,10 +39,28 @@ pub async fn handle(
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    // The policies that select this workload, from the snapshot in use.
+    let table = shared.current.load_full();
+    let policies = table
+        .as_deref()
+        .map_or(&[][..], |t| &t.snapshot.inbound.authorization_policies[..]);
     // The door (`admit.rs`), as on the outbound side; a caller that is not
-    // a sidecar is outside the mesh (`trust.rs`).
-    let refused =
-        crate::admit::admit(&shared.config.edge, Direction::Inbound, peer, &mut req).err();
+    // a sidecar is outside the mesh (`trust.rs`). With policies to apply,
+    // it normalizes the path as authorization needs it.
+    let edge = crate::authorize::edge_settings(&shared.config.edge, !policies.is_empty());
+    let refused = crate::admit::admit(&edge, Direction::Inbound, peer, &mut req).err();
+    // Decided on the request as the door left it, before anything reads
+    // its body or sends it on.
+    let denied = match refused {
+        Some(_) => None,
+        None => crate::authorize::authorize(
+            crate::authorize::applied(policies),
+            None,
+            shared.config.app_addr.port(),
+            &req,
+        )
+        .err(),
+    };
     let upgrade = Upgrade::take(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -73,6 +98,9 @@ pub async fn handle(
     let result = async {
         if let Some(refusal) = refused {
             return Err(crate::error::ProxyError::Refused(refusal));
+        }
+        if let Some(denied) = denied {
+            return Err(denied);
         }
         // Streamed to the app as it arrives: nothing to retry here.
         let body = ReqBody::arriving(body, Some(log.clone()));

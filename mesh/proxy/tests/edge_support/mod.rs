@@ -107,6 +107,11 @@ impl RecordingApp {
         self.arrived.lock().unwrap().len()
     }
 
+    /// Every request that arrived, in order.
+    pub fn all(&self) -> Vec<Arrived> {
+        self.arrived.lock().unwrap().clone()
+    }
+
     /// The last request that arrived.
     pub fn last(&self) -> Option<Arrived> {
         self.arrived.lock().unwrap().last().cloned()
