@@ -17,13 +17,13 @@
 //! request is answered here, 403 `RBAC`, and never reaches the app.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
 
 use crate::body::{ReqBody, Rsp};
+use crate::listener::Peer;
 use crate::log::{AccessLog, Direction};
 use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop, tunnel_of};
 use crate::proxy::Shared;
@@ -35,10 +35,11 @@ use crate::upgrade::Upgrade;
 /// sidecar (or gateway).
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    connection: Peer,
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    let peer = connection.address;
     // The policies that select this workload, from the snapshot in use.
     let table = shared.current.load_full();
     let policies = table
@@ -48,7 +49,17 @@ pub async fn handle(
     // a sidecar is outside the mesh (`trust.rs`). With policies to apply,
     // it normalizes the path as authorization needs it.
     let edge = crate::authorize::edge_settings(&shared.config.edge, !policies.is_empty());
-    let refused = crate::admit::admit(&edge, Direction::Inbound, peer, &mut req).err();
+    // A mutual-TLS peer proved it is a sidecar of the mesh.
+    let proven = connection.certificate.is_some();
+    let refused =
+        crate::admit::admit_from(&edge, Direction::Inbound, peer, proven, &mut req).err();
+    // The client certificate's details, as only this proxy can know them.
+    let own = shared.mesh_tls.certified();
+    crate::tls::set_forwarded_client_cert(
+        req.headers_mut(),
+        own.as_ref().map(|c| &c.identity),
+        connection.certificate.as_deref(),
+    );
     // Decided on the request as the door left it, before anything reads
     // its body or sends it on.
     let denied = match refused {
