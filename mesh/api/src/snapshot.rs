@@ -231,7 +231,14 @@ pub struct FaultDelay {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultAbort {
+    /// The HTTP status of the answer. For a `grpcStatus` abort it is 200,
+    /// as Envoy's fault filter writes it.
     pub http_status: u16,
+    /// `grpcStatus` as its wire number (`UNAVAILABLE` is 14): a gRPC caller
+    /// gets this in `grpc-status`. `None` for an `httpStatus` abort, whose
+    /// gRPC code is the one Envoy maps the HTTP status to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
     /// Share of requests aborted, 0..=100.
     pub percentage: f64,
 }

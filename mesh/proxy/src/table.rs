@@ -177,6 +177,7 @@ mod tests {
         abort.virtual_hosts[0].routes[0].fault = Some(Fault {
             abort: Some(FaultAbort {
                 http_status: 42,
+                grpc_status: None,
                 percentage: 10.0,
             }),
             delay: None,

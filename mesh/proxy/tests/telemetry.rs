@@ -980,6 +980,7 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
         delay: None,
         abort: Some(FaultAbort {
             http_status: 503,
+            grpc_status: None,
             percentage: 100.0,
         }),
     });

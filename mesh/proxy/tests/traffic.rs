@@ -123,6 +123,7 @@ async fn a_50_percent_abort_fails_half_the_requests() {
     faulty.fault = Some(Fault {
         abort: Some(FaultAbort {
             http_status: 500,
+            grpc_status: None,
             percentage: 50.0,
         }),
         delay: None,
