@@ -970,10 +970,17 @@ fn decode_grpc_status(d: &mut Decoder, path: &Path, value: &Value) -> Option<Str
     if grpc_status_code(&name).is_some() {
         return Some(name);
     }
+    // The name written in lower case, or one or two letters off.
+    let upper = name.to_ascii_uppercase().replace(['-', ' '], "_");
     let hint = GRPC_STATUS_CODES
         .iter()
-        .find(|known| known.eq_ignore_ascii_case(&name.replace(['-', ' '], "_")))
-        .map(|known| format!(" (names are upper case: `{known}`)"))
+        .map(|known| (super::decode::edit_distance(&upper, known), *known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(distance, known)| match distance {
+            0 => format!(" (names are upper case: `{known}`)"),
+            _ => format!("; did you mean `{known}`?"),
+        })
         .unwrap_or_default();
     d.error(
         path,
@@ -1211,7 +1218,11 @@ http:
         let cases = [
             (
                 "{grpcStatus: UNAVAILBLE}",
-                "`UNAVAILBLE` is not a gRPC status name",
+                "`UNAVAILBLE` is not a gRPC status name; did you mean `UNAVAILABLE`?",
+            ),
+            (
+                "{grpcStatus: SERVER_BUSY}",
+                "`SERVER_BUSY` is not a gRPC status name; use",
             ),
             (
                 "{grpcStatus: unavailable}",
