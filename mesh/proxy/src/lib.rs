@@ -105,6 +105,7 @@ pub mod identity;
 pub mod inbound;
 pub mod listener;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod normalize;
 pub mod outbound;

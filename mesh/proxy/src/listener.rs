@@ -361,6 +361,9 @@ async fn connection<F, Fut>(
         peer,
         permit: _permit,
     } = accepted;
+    // Counted while this task lives; when a crowd has left, the last to go
+    // gives their memory back to the kernel (`memory.rs`).
+    let _counted = crate::memory::Connection::open();
     let state = Arc::new(ConnState::new());
     let io = Watched {
         inner: stream,
