@@ -358,12 +358,34 @@ async fn connection<F, Fut>(
     let Accepted {
         name,
         stream,
-        peer,
+        peer: address,
         permit: _permit,
+        admit,
     } = accepted;
     // Counted while this task lives; when a crowd has left, the last to go
     // gives their memory back to the kernel (`memory.rs`).
     let _counted = crate::memory::Connection::open();
+    // mTLS or plaintext, within the time a client has for its first request
+    // head (a client that connects and sends nothing is closed like a slow
+    // one).
+    let handshake = establish(stream, admit.as_ref());
+    let established = match limits.request_headers_timeout {
+        Some(limit) => tokio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or_else(|_| Err("no TLS handshake or request within the request headers timeout".into())),
+        None => handshake.await,
+    };
+    let (stream, certificate) = match established {
+        Ok(established) => established,
+        Err(reason) => {
+            tracing::debug!(listener = name, peer = %address, reason, "connection closed");
+            return;
+        }
+    };
+    let peer = Peer {
+        address,
+        certificate,
+    };
     let state = Arc::new(ConnState::new());
     let io = Watched {
         inner: stream,

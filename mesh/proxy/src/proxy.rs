@@ -301,14 +301,14 @@ impl Proxy {
         ));
         let shared = Arc::new(Shared {
             identity,
-            mesh_tls,
+            mesh_tls: mesh_tls.clone(),
             rng: Rng::from_seed(config.seed),
             app: app_target(&config),
             advertise: addrs.advertise,
             admin_addr: addrs.admin,
             telemetry,
             current: ArcSwapOption::empty(),
-            store: StateStore::default(),
+            store: StateStore::with_tls(mesh_tls.clone()),
             status: Mutex::new(ApplyStatus::default()),
             drain: drain.clone(),
             config,
