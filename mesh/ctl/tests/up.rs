@@ -606,6 +606,35 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
         !up.workdir.join("run/up.json").exists(),
         "the run file is removed"
     );
+    // Every proxy drained with meshctl's short local values and exited on
+    // its own: the supervisor logs a warning for each process it has to
+    // SIGKILL after its grace period (process.rs), and there is none. With
+    // the proxy's defaults (5 s drain + 20 s timeout, sized for Kubernetes)
+    // every sidecar and the gateway would be killed here.
+    let stopped = up.output();
+    assert!(
+        !stopped.contains("sending SIGKILL"),
+        "a process had to be SIGKILLed at `meshctl down`:\n{stopped}"
+    );
+    let mut proxy_logs = vec![run["gateway"]["process"]["log"].as_str().unwrap()];
+    proxy_logs.extend(
+        run["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["sidecar"]["log"].as_str().unwrap()),
+    );
+    for log in proxy_logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            line_with(
+                &text,
+                &["draining", "drain_duration=1s", "drain_timeout=2s"]
+            )
+            .is_some(),
+            "{log} shows no drain with meshctl's local values (1 s, 2 s)"
+        );
+    }
     // Passed: the logs are not needed (a failure keeps them for a look).
     let _ = std::fs::remove_file(rule);
     let _ = std::fs::remove_file(&up.stdout_path);
