@@ -672,6 +672,7 @@ mod tests {
 
     fn sidecar(instance: &str, service: &str, version: &str, port: u16) -> ProxyAnnounce {
         ProxyAnnounce {
+            identity: None,
             instance: instance.into(),
             mode: ProxyMode::Sidecar,
             service: service.into(),

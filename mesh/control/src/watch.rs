@@ -75,6 +75,7 @@ pub async fn announce(
     Ok(Pretty(AnnounceResponse {
         version: model.version,
         lease_ms: millis(shared.settings.lease),
+        secure: shared.secure.get().cloned(),
     }))
 }
 
@@ -129,6 +130,7 @@ pub async fn leave(
     Ok(Pretty(AnnounceResponse {
         version: model.version,
         lease_ms: millis(shared.settings.lease),
+        secure: shared.secure.get().cloned(),
     }))
 }
 

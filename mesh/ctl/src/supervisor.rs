@@ -80,6 +80,9 @@ pub struct MeshConfig {
     pub bin_dir: PathBuf,
     pub runtimes: Runtimes,
     pub control_port: u16,
+    /// The control plane's mutual-TLS port (`--secure-listen`), where the
+    /// proxies move once they hold a certificate.
+    pub secure_port: u16,
     /// `None`: mesh-control's default (15014 if free).
     pub dashboard_port: Option<u16>,
     pub gateway_port: u16,
@@ -169,7 +172,7 @@ impl Mesh {
         supervisor_addr: String,
         exits: mpsc::UnboundedSender<Exited>,
     ) -> Self {
-        let ports_used = [config.control_port, config.gateway_port].into();
+        let ports_used = [config.control_port, config.secure_port, config.gateway_port].into();
         Mesh {
             config,
             supervisor_addr,
@@ -195,6 +198,8 @@ impl Mesh {
             args: vec![
                 "--listen".into(),
                 format!("127.0.0.1:{}", self.config.control_port).into(),
+                "--secure-listen".into(),
+                format!("127.0.0.1:{}", self.config.secure_port).into(),
                 "--state-dir".into(),
                 self.config.workdir.join("state").into(),
             ],
@@ -1058,6 +1063,7 @@ mod tests {
             bin_dir: "/b".into(),
             runtimes: Runtimes::default(),
             control_port: 15010,
+            secure_port: 15012,
             dashboard_port: None,
             gateway_port: 8080,
             env: vec![],
