@@ -23,7 +23,9 @@
 //!   only the instance's binding is checked), else 403;
 //! - an instance announced here is bound to that identity: its announces,
 //!   watches, ACKs and leave from another identity are refused (403), and
-//!   so are those on the plaintext port, where nobody proves anything;
+//!   so are its announces, watches and ACKs on the plaintext port, where
+//!   nobody proves anything (removing it there takes the write token, as
+//!   `meshctl up` does with a killed run's leftovers);
 //! - an identity a proxy claims on the plaintext port is dropped: the SPIFFE
 //!   ID the control plane shows is always one a certificate proved.
 //!
@@ -313,6 +315,13 @@ pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Ne
                      {peer}: a proxy may only announce and watch as its own identity"
                 ));
             }
+            // Removing an instance is an operator's act (meshctl clears a
+            // killed run's leftovers this way), and the plaintext port's
+            // token layer has already checked the write token: that token
+            // can apply any routing rule, so letting it also remove an
+            // endpoint gives it no new power. Announces and watches stay
+            // held to the certificate.
+            None if request.method() == Method::DELETE && rest.is_empty() => {}
             None => {
                 return refuse(format!(
                     "instance {instance} proved its identity {bound} on the control plane's \

@@ -15,9 +15,11 @@
 //! What stays allowed on 15010 once identities exist: everything a human
 //! or a bootstrapping proxy needs (as on istiod's 15010, which serves xDS
 //! without authentication), but nothing for an instance that proved its
-//! identity on 15012: its announces, watches, ACKs and leave are refused
-//! there (403), so a holder of the write token cannot take over a proxy
-//! that moved to mutual TLS. An identity claimed on 15010 is never shown.
+//! identity on 15012: its announces, watches and ACKs are refused there
+//! (403), so a holder of the write token cannot take over a proxy that
+//! moved to mutual TLS. Removing such an instance with the write token
+//! stays allowed (an operator's act: `meshctl up` clears a killed run's
+//! leftovers so); that token can already apply any routing rule. An identity claimed on 15010 is never shown.
 //!
 //! The binary (`args.rs`) and the tests use the same entry point,
 //! [`Server::start`], so what the tests exercise is what `meshctl up` runs.

@@ -53,7 +53,7 @@ async fn link_as(mesh: &Mesh, service: &str, shutdown: &CancellationToken) -> Li
     let ca = HttpCa {
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         base: mesh.control_url(),
-        bootstrap_token: bootstrap_token(mesh.token(), &identity(service)),
+        bootstrap_token: bootstrap_token(mesh.token(), &identity(service)).into(),
     };
     let (mut current, _task): (Current, _) =
         mesh_proxy::identity::start(identity(service), ca, shutdown.clone());
@@ -238,6 +238,24 @@ async fn a_proxy_with_identity_a_cannot_announce_or_watch_as_b() {
     let status = status_of(&mesh, instance).await.unwrap();
     assert!(status.live, "{status:?}");
     assert_eq!(status.announce.identity, Some(identity("ratings")));
+
+    // Removing it on the plaintext port is an operator's act (meshctl up
+    // clears a killed run's leftovers so): it takes the write token, and
+    // with it succeeds.
+    let url = format!("{}/v1/proxies/{instance}", mesh.control_url());
+    let refused = http.delete(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 401, "a removal without the write token");
+    let removed = http
+        .delete(&url)
+        .bearer_auth(mesh.token())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        removed.status().is_success(),
+        "a removal with the write token: {}",
+        removed.status()
+    );
     shutdown.cancel();
 }
 
