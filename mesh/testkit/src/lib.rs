@@ -80,6 +80,12 @@ impl Mesh {
     }
 
     pub async fn start_with_lease(lease: Duration) -> Result<Mesh> {
+        Self::start_with(|settings| settings.lease = lease).await
+    }
+
+    /// [`Mesh::start`], with the control plane's settings changed first
+    /// (a short certificate lifetime for a rotation test, say).
+    pub async fn start_with(edit: impl FnOnce(&mut Settings)) -> Result<Mesh> {
         init_tracing();
         let state = tempfile::tempdir().context("creating a temp state dir")?;
         let token = mesh_control::token::random_hex(32)?;
