@@ -90,7 +90,9 @@ impl Mesh {
         let state = tempfile::tempdir().context("creating a temp state dir")?;
         let token = mesh_control::token::random_hex(32)?;
         let mut settings = Settings::local(state.path());
-        settings.lease = lease;
+        settings.lease = Duration::from_millis(1_000);
+        edit(&mut settings);
+        let lease = settings.lease;
         settings.write_token = mesh_control::WriteToken::Given(token.clone());
         let control = Server::start(settings).await?;
         Ok(Mesh {
