@@ -57,7 +57,9 @@ spec:
     .await
     .unwrap();
     let version = mesh.version().expect("the control plane runs");
-    mesh_testkit::wait_for_version(&client.sidecar, version).await.unwrap();
+    mesh_testkit::wait_for_version(&client.sidecar, version)
+        .await
+        .unwrap();
     let load = Load::start(client.http(), url, 4);
     // Watch both sidecars' certificates change while the load runs.
     let (mut client_certs, mut server_certs) = (BTreeSet::new(), BTreeSet::new());
@@ -86,7 +88,11 @@ spec:
         report.sent,
         &report.failures[..report.failures.len().min(5)]
     );
-    assert!(report.sent >= 1_000, "too little load to mean anything: {}", report.sent);
+    assert!(
+        report.sent >= 1_000,
+        "too little load to mean anything: {}",
+        report.sent
+    );
     // About one renewal a second each; at least half of that seen.
     for (who, certs) in [("client", &client_certs), ("server", &server_certs)] {
         assert!(
