@@ -28,7 +28,14 @@
 //!   container points at the sidecar's outbound port 15001 (`NO_PROXY` keeps
 //!   loopback direct);
 //! - Prometheus scrape annotations on the pod for the sidecar's admin port,
-//!   which serves Istio's metrics at `/stats/prometheus`.
+//!   which serves Istio's metrics at `/stats/prometheus`;
+//! - **the proof of the workload's identity**: a projected service-account
+//!   token volume named `istio-token`, as Istio injects it (audience
+//!   `istio-ca`, so the token is good for the mesh's CA and nothing else;
+//!   it expires after an hour and the kubelet rewrites the file before),
+//!   mounted in the sidecar only, at `/var/run/secrets/tokens`, and named by
+//!   `MESH_IDENTITY_TOKEN_FILE`. The control plane checks it with a
+//!   TokenReview before it signs the sidecar's certificate.
 //!
 //! A pod template annotated (or labelled) `sidecar.istio.io/inject: "false"`
 //! is left as it is, and so is one that already has a `mesh-proxy` container
@@ -40,7 +47,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext,
+    ObjectFieldSelector, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -63,6 +71,20 @@ pub mod ports {
     pub const INBOUND: i32 = 15006;
     /// Every port the sidecar binds; an app container must not use them.
     pub const RESERVED: [i32; 3] = [ADMIN, OUTBOUND, INBOUND];
+}
+
+/// The sidecar's bootstrap token, as Istio's injector mounts it.
+pub mod token {
+    /// The projected volume's name (Istio's).
+    pub const VOLUME: &str = "istio-token";
+    /// Where the sidecar finds it.
+    pub const MOUNT_PATH: &str = "/var/run/secrets/tokens";
+    /// The file inside the mount.
+    pub const FILE: &str = "istio-token";
+    /// Who the token is for: the control plane's CA refuses any other.
+    pub const AUDIENCE: &str = "istio-ca";
+    /// An hour; the kubelet rewrites the file when 80% of it has passed.
+    pub const EXPIRATION_SECONDS: i64 = 3600;
 }
 
 /// The name an app's port must have for injection to find it among several.
@@ -160,6 +182,11 @@ pub enum Problem {
          15 characters); shorten it, for example to `{APP_PORT_NAME}`"
     )]
     PortNameTooLong { name: String },
+    #[error(
+        "the pod already has a volume named {name}, which the sidecar's service-account \
+         token volume uses; rename that volume"
+    )]
+    VolumeTaken { name: &'static str },
     #[error(
         "container {container}'s {probe} probe calls the app's port on the pod IP, but with a \
          sidecar the app listens on 127.0.0.1 only and the kubelet could not reach it; remove \
@@ -356,6 +383,16 @@ fn add_sidecar(template: &mut PodTemplateSpec, settings: &Settings) -> Result<()
             }
         }
     }
+    if spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == token::VOLUME)
+    {
+        return Err(Problem::VolumeTaken {
+            name: token::VOLUME,
+        });
+    }
     let app = find_app_port(&spec.containers)?;
     check_probes(&spec.containers[app.container], &app)?;
 
@@ -393,6 +430,9 @@ fn add_sidecar(template: &mut PodTemplateSpec, settings: &Settings) -> Result<()
     spec.init_containers
         .get_or_insert_with(Vec::new)
         .insert(0, sidecar);
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .push(token_volume());
 
     let annotations = template
         .metadata
@@ -531,6 +571,26 @@ fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
     ])
 }
 
+/// The projected service-account token for the CA (Istio's `istio-token`).
+fn token_volume() -> Volume {
+    Volume {
+        name: token::VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(token::AUDIENCE.into()),
+                    expiration_seconds: Some(token::EXPIRATION_SECONDS),
+                    path: token::FILE.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The mesh-proxy container, as a native sidecar.
 fn sidecar_container(settings: &Settings, app_port: i32, inbound_name: &str) -> Container {
     let admin = IntOrString::Int(ports::ADMIN);
@@ -565,7 +625,18 @@ fn sidecar_container(settings: &Settings, app_port: i32, inbound_name: &str) -> 
             ),
             // The kubelet's probes and Prometheus come from outside the pod.
             literal("MESH_ADMIN_ADDR", format!("0.0.0.0:{}", ports::ADMIN)),
+            // Read again at each certificate request: the kubelet rotates it.
+            literal(
+                "MESH_IDENTITY_TOKEN_FILE",
+                format!("{}/{}", token::MOUNT_PATH, token::FILE),
+            ),
         ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: token::VOLUME.into(),
+            mount_path: token::MOUNT_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         ports: Some(vec![
             port(inbound_name, ports::INBOUND),
             port("mesh-admin", ports::ADMIN),
@@ -647,6 +718,48 @@ mod tests {
         inject(object, &Settings::default())
             .expect_err("must be refused")
             .problem
+    }
+
+    #[test]
+    fn the_sidecar_reads_its_identity_token_from_a_projected_volume_for_the_ca() {
+        let out = injected(&deployment(json!([{
+            "name": "hello", "image": "hello:1",
+            "ports": [{"name": "http", "containerPort": 8080}]
+        }])));
+        let spec = &out["spec"]["template"]["spec"];
+        // Istio's istio-token: a token for the CA's audience only, an hour long.
+        assert_eq!(
+            spec["volumes"],
+            json!([{"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+                "audience": "istio-ca", "expirationSeconds": 3600, "path": "istio-token"
+            }}]}}])
+        );
+        let sidecar = &spec["initContainers"][0];
+        assert_eq!(
+            sidecar["volumeMounts"],
+            json!([{"name": "istio-token", "mountPath": "/var/run/secrets/tokens", "readOnly": true}])
+        );
+        let env = sidecar["env"].as_array().unwrap();
+        assert!(env.contains(&json!({
+            "name": "MESH_IDENTITY_TOKEN_FILE",
+            "value": "/var/run/secrets/tokens/istio-token"
+        })));
+        // The app does not get the CA's token.
+        assert_eq!(spec["containers"][0].get("volumeMounts"), None);
+
+        // A volume of the same name is the pod's own: refused, not replaced.
+        let mut taken = deployment(json!([{
+            "name": "hello", "image": "hello:1",
+            "ports": [{"name": "http", "containerPort": 8080}]
+        }]));
+        taken["spec"]["template"]["spec"]["volumes"] =
+            json!([{"name": "istio-token", "emptyDir": {}}]);
+        assert_eq!(
+            problem(&taken),
+            Problem::VolumeTaken {
+                name: "istio-token"
+            }
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | `MESH_CONTROL_URL` | `http://127.0.0.1:15010` |
 //! | `MESH_CONTROL_TOKEN` | none; the control plane's write token, sent on announce, ACK and leave (`control.rs`; `meshctl up` sets it) |
 //! | `MESH_IDENTITY_TOKEN` | none; the bootstrap token that proves this workload's identity to the control plane's CA: with it the proxy keeps a workload certificate (`identity.rs`; `meshctl up` sets it) |
+//! | `MESH_IDENTITY_TOKEN_FILE` | none; a file holding that token, read again at each certificate request: on a cluster the projected service-account token (audience `istio-ca`) the injector mounts, which the kubelet rotates; not with `MESH_IDENTITY_TOKEN` |
 //! | `MESH_SERVICE_ACCOUNT` | the service's name: the `sa` of the workload's SPIFFE ID `spiffe://cluster.local/ns/<namespace>/sa/<service account>` |
 //! | `MESH_OUTBOUND_ADDR` | `127.0.0.1:15001` |
 //! | `MESH_INBOUND_ADDR` | `0.0.0.0:15006` |
@@ -116,9 +117,10 @@ pub struct Config {
     pub control_url: Option<String>,
     /// The control plane's write token (`MESH_CONTROL_TOKEN`, `control.rs`).
     pub control_token: Option<crate::control::ControlToken>,
-    /// Proof of this workload's identity for its first certificate
-    /// (`MESH_IDENTITY_TOKEN`, `identity.rs`); `None`: no certificate.
-    pub identity_token: Option<crate::control::ControlToken>,
+    /// Proof of this workload's identity for its certificates
+    /// (`MESH_IDENTITY_TOKEN` or `MESH_IDENTITY_TOKEN_FILE`, `identity.rs`);
+    /// `None`: no certificate.
+    pub identity_token: Option<crate::identity::BootstrapToken>,
     /// The `sa` of the workload's SPIFFE ID (`MESH_SERVICE_ACCOUNT`).
     pub service_account: String,
     pub outbound_addr: SocketAddr,
@@ -453,16 +455,7 @@ impl Config {
                     },
                 )?),
             },
-            identity_token: match strings.get("MESH_IDENTITY_TOKEN") {
-                None => None,
-                Some(text) => Some(crate::control::ControlToken::parse(&text).map_err(
-                    |reason| ConfigError {
-                        var: "MESH_IDENTITY_TOKEN",
-                        value: "(hidden)".into(),
-                        reason,
-                    },
-                )?),
-            },
+            identity_token: identity_token(strings)?,
             service_account,
             outbound_addr: addr(strings, "MESH_OUTBOUND_ADDR", local(ports::OUTBOUND))?,
             inbound_addr: addr(strings, "MESH_INBOUND_ADDR", any(ports::INBOUND))?,
@@ -520,6 +513,42 @@ impl Config {
 }
 
 /// An `http://` or `https://` URL, without a trailing `/`.
+/// `MESH_IDENTITY_TOKEN` (checked like the write token) or
+/// `MESH_IDENTITY_TOKEN_FILE` (read at each CSR, so not here), never both.
+fn identity_token(
+    strings: &impl Strings,
+) -> Result<Option<crate::identity::BootstrapToken>, ConfigError> {
+    use crate::identity::BootstrapToken;
+    match (
+        strings.get("MESH_IDENTITY_TOKEN"),
+        strings.get("MESH_IDENTITY_TOKEN_FILE"),
+    ) {
+        (None, None) => Ok(None),
+        (Some(_), Some(path)) => Err(ConfigError {
+            var: "MESH_IDENTITY_TOKEN_FILE",
+            value: path,
+            reason: "MESH_IDENTITY_TOKEN is set too; keep one of the two (the file on a \
+                     cluster, the value under meshctl up)"
+                .into(),
+        }),
+        (Some(text), None) => crate::control::ControlToken::parse(&text)
+            .map(|token| Some(BootstrapToken::Value(token.secret().to_string())))
+            .map_err(|reason| ConfigError {
+                var: "MESH_IDENTITY_TOKEN",
+                value: "(hidden)".into(),
+                reason,
+            }),
+        (None, Some(path)) if path.trim().is_empty() => Err(ConfigError {
+            var: "MESH_IDENTITY_TOKEN_FILE",
+            value: path,
+            reason: "expected the path of the token file, as \
+                     /var/run/secrets/tokens/istio-token"
+                .into(),
+        }),
+        (None, Some(path)) => Ok(Some(BootstrapToken::File(path.trim().into()))),
+    }
+}
+
 fn http_url(var: &'static str, value: &str, example: &str) -> Result<String, ConfigError> {
     if value.starts_with("http://") || value.starts_with("https://") {
         Ok(value.trim_end_matches('/').to_string())

@@ -17,6 +17,13 @@
 //!
 //! Istio renews at half of the certificate's life too (its
 //! `SECRET_GRACE_PERIOD_RATIO` is 0.5), and makes a new key each time.
+//!
+//! The bootstrap token comes either as a value (`MESH_IDENTITY_TOKEN`, what
+//! `meshctl up` hands each proxy) or as a file (`MESH_IDENTITY_TOKEN_FILE`,
+//! on a cluster: the projected service-account token the injector mounts,
+//! Istio's `istio-token`). The kubelet rewrites that file before the token
+//! expires (an hour), so [`BootstrapToken::read`] opens it again for every
+//! CSR instead of keeping the first token it saw.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +53,63 @@ pub enum IdentityError {
     Unreachable { url: String, error: String },
     #[error("the CA's answer is unusable: {0}")]
     BadAnswer(String),
+    #[error(
+        "cannot read the bootstrap token from {path} ({error}); on a cluster the kubelet \
+         mounts it (the injected `istio-token` volume): check the pod has that volume"
+    )]
+    TokenFile { path: String, error: String },
+}
+
+/// What proves this proxy's identity to the CA, and where it comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BootstrapToken {
+    /// A token given once (`MESH_IDENTITY_TOKEN`).
+    Value(String),
+    /// A file read again at each CSR (`MESH_IDENTITY_TOKEN_FILE`): the
+    /// kubelet rotates a projected service-account token in place.
+    File(std::path::PathBuf),
+}
+
+impl BootstrapToken {
+    /// The token to send now.
+    pub async fn read(&self) -> Result<String, IdentityError> {
+        match self {
+            BootstrapToken::Value(token) => Ok(token.clone()),
+            BootstrapToken::File(path) => {
+                let fail = |error: String| IdentityError::TokenFile {
+                    path: path.display().to_string(),
+                    error,
+                };
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                let token = text.trim();
+                // A JWT is base64url parts joined by dots; anything else
+                // would not even make a valid header.
+                let fits = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
+                if token.is_empty() || !token.bytes().all(fits) {
+                    return Err(fail("the file does not hold a token".into()));
+                }
+                Ok(token.to_string())
+            }
+        }
+    }
+}
+
+impl From<String> for BootstrapToken {
+    fn from(token: String) -> Self {
+        BootstrapToken::Value(token)
+    }
+}
+
+impl std::fmt::Debug for BootstrapToken {
+    /// Never print the token itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootstrapToken::Value(_) => f.write_str("BootstrapToken::Value(hidden)"),
+            BootstrapToken::File(path) => write!(f, "BootstrapToken::File({})", path.display()),
+        }
+    }
 }
 
 /// The current key and certificate: what a TLS config serves.
@@ -101,7 +165,8 @@ pub fn describe(current: &Current, enabled: bool) -> mesh_api::identity::Workloa
             reason: Some(if enabled {
                 "no certificate yet: the CA has not answered (see this proxy's log)".into()
             } else {
-                "this proxy keeps no certificate: it was started without MESH_IDENTITY_TOKEN                  (meshctl up hands one to each proxy it starts)"
+                "this proxy keeps no certificate: it was started without MESH_IDENTITY_TOKEN or \
+                 MESH_IDENTITY_TOKEN_FILE (meshctl up hands one to each proxy it starts)"
                     .into()
             }),
             ..Default::default()
@@ -125,8 +190,9 @@ pub struct HttpCa {
     /// `http://127.0.0.1:15010`
     pub base: String,
     /// The bootstrap token that proves this proxy's identity
-    /// (`MESH_IDENTITY_TOKEN`, `mesh_api::identity::bootstrap_token`).
-    pub bootstrap_token: String,
+    /// (`MESH_IDENTITY_TOKEN`, `mesh_api::identity::bootstrap_token`, or the
+    /// service-account token file of `MESH_IDENTITY_TOKEN_FILE`).
+    pub bootstrap_token: BootstrapToken,
 }
 
 impl CaClient for HttpCa {
@@ -135,11 +201,12 @@ impl CaClient for HttpCa {
         request: CertificateRequest,
     ) -> Result<CertificateResponse, IdentityError> {
         let url = format!("{}/v1/certificates", self.base);
+        let token = self.bootstrap_token.read().await?;
         let response = self
             .http
             .post(&url)
             // Replaces the write token the client sends by default.
-            .bearer_auth(&self.bootstrap_token)
+            .bearer_auth(&token)
             .json(&request)
             .timeout(Duration::from_secs(5))
             .send()

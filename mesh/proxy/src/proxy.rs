@@ -287,7 +287,7 @@ impl Proxy {
                 let ca = crate::identity::HttpCa {
                     http: crate::control::client(None)?,
                     base: base.clone(),
-                    bootstrap_token: token.secret().to_string(),
+                    bootstrap_token: token.clone(),
                 };
                 let who =
                     mesh_api::identity::Identity::new(&config.namespace, &config.service_account);

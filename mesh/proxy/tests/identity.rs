@@ -77,3 +77,79 @@ async fn a_sidecar_without_a_bootstrap_token_says_why_it_has_no_certificate() {
         "the reason names what is missing"
     );
 }
+
+#[tokio::test]
+async fn a_token_file_is_read_again_for_each_certificate_request() {
+    // On a cluster the kubelet rewrites the projected token before it
+    // expires; the worker must send what the file holds now, not what it
+    // held at start. Here the file first holds another workload's token
+    // (refused), then the right one: the next retry must succeed.
+    let mesh = Mesh::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("istio-token");
+    let token_of = |service: &str| {
+        mesh_api::identity::bootstrap_token(mesh.token(), &Identity::new("default", service))
+    };
+    std::fs::write(&file, token_of("ratings")).unwrap();
+
+    // The proxy's own reading of the environment gives the file source.
+    let config = mesh_proxy::config::Config::from_strings(&std::collections::HashMap::from([
+        ("MESH_SERVICE".to_string(), "reviews".to_string()),
+        (
+            "MESH_IDENTITY_TOKEN_FILE".to_string(),
+            file.display().to_string(),
+        ),
+    ]))
+    .unwrap();
+    let token = config.identity_token.expect("a token source");
+    assert_eq!(
+        token,
+        mesh_proxy::identity::BootstrapToken::File(file.clone())
+    );
+
+    let ca = mesh_proxy::identity::HttpCa {
+        http: mesh_testkit::plain_client(),
+        base: mesh.control_url(),
+        bootstrap_token: token,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (mut current, _task) =
+        mesh_proxy::identity::start(Identity::new("default", "reviews"), ca, shutdown.clone());
+    // Refused while the file holds ratings' token.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        current.borrow().is_none(),
+        "another workload's token was accepted"
+    );
+
+    // The kubelet rotates the file: the next CSR carries the new token.
+    std::fs::write(&file, token_of("reviews")).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), current.wait_for(|c| c.is_some()))
+        .await
+        .expect("no certificate after the token file was rewritten")
+        .unwrap();
+    assert_eq!(
+        current.borrow().as_ref().unwrap().identity,
+        Identity::new("default", "reviews")
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn a_token_value_and_a_token_file_together_are_refused() {
+    let error = mesh_proxy::config::Config::from_strings(&std::collections::HashMap::from([
+        ("MESH_SERVICE".to_string(), "reviews".to_string()),
+        ("MESH_IDENTITY_TOKEN".to_string(), "abc123".to_string()),
+        (
+            "MESH_IDENTITY_TOKEN_FILE".to_string(),
+            "/var/run/secrets/tokens/istio-token".to_string(),
+        ),
+    ]))
+    .unwrap_err();
+    assert_eq!(error.var, "MESH_IDENTITY_TOKEN_FILE");
+    assert!(
+        error.reason.contains("keep one of the two"),
+        "{}",
+        error.reason
+    );
+}
