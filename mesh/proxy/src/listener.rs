@@ -245,14 +245,22 @@ async fn connection<F, Fut>(
         inner: stream,
         state: state.clone(),
     };
-    let (s, d) = (state.clone(), drain.clone());
+    // Shared by the connection's requests behind one `Arc`: cloning a
+    // `CancellationToken` (and dropping the clone) takes a lock, and a
+    // `Drain` holds three.
+    let (s, d) = (state.clone(), Arc::new(drain.clone()));
     let service = service_fn(move |req: http::Request<Incoming>| {
         let in_flight = InFlight::enter(&s);
         let h2 = req.version() == http::Version::HTTP_2;
         if h2 {
             s.h2.store(true, Ordering::Relaxed);
         }
-        let answer = handler(peer, req);
+        // Boxed once: the handler's future is large (the whole request's
+        // state), and hyper moves the future it gets from here into its own
+        // slot, and `select!` below moves `answer` into its own; behind a
+        // box each move is a pointer, not a memcpy of the state (callgrind:
+        // about 1.5k instructions per request for one allocation).
+        let answer = Box::pin(handler(peer, req));
         let (s, d) = (s.clone(), d.clone());
         async move {
             let mut rsp = tokio::select! {
