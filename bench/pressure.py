@@ -8,13 +8,22 @@ many clients use it at once, and whether it gives the memory back.
                     listener.rs), the 64 KiB replay buffer (body.rs), and the
                     upstream connection's buffers.
   idle-2000         two thousand keep-alive connections, each after one
-                    request, left idle; before the fix 29 -> 60 MB, not
-                    returned after they closed.
+                    request, left idle, then closed. Each costs about 22 KB,
+                    nearly all hyper's (read buffer 16 KiB reserved, write
+                    buffer 8 KiB, connection state 5 KiB, its task 3 KiB;
+                    mesh/proxy/src/memory.rs): a release sidecar went from 7
+                    to 51 MB with them, and stayed at 51 MB after they
+                    closed, because glibc keeps freed memory; the proxy now
+                    trims its heap as a crowd leaves (malloc_trim), and went
+                    back to under 10 MB. The case prints the cost per
+                    connection, and the RSS after a second crowd, which must
+                    not climb (fragmentation took it to 66 MB before).
 
 Each case prints the sidecars' RSS (the larger of the two sidecars of the
 mesh path) before, at its peak (VmHWM, the process's high-water mark, taken
 on a mesh path started for this case alone), and a few seconds after every
-client has gone. It reuses the data-path machinery (datapath.DataPath: the
+client has gone; idle-2000 also the RSS while the connections are held, per
+connection, and after a second crowd came and went. It reuses the data-path machinery (datapath.DataPath: the
 nginx upstream with /upload, the two-sidecar mesh path).
 """
 
@@ -96,19 +105,26 @@ def idle_connections(data, clients=2000):
     try:
         data.wait_routed(running, lambda: _request(running.port, b"x").close() is None)
         before, _ = _rss_hwm(data, running)
-        for _ in range(clients):
-            sockets.append(_request(running.port, b"x"))
-        time.sleep(1.0)
-        _, peak = _rss_hwm(data, running)
-        for s in sockets:
-            s.close()
-        sockets = []
-        after = _settled(data, running)
+        afters, held = [], None
+        # Two crowds, one after the other: the second shows whether the
+        # memory the first gave back (or kept) is reused or piles up.
+        for _crowd in range(2):
+            for _ in range(clients):
+                sockets.append(_request(running.port, b"x"))
+            time.sleep(1.0)
+            rss, peak = _rss_hwm(data, running)
+            held = rss if held is None else held
+            for s in sockets:
+                s.close()
+            sockets = []
+            afters.append(_settled(data, running))
     finally:
         for s in sockets:
             s.close()
         running.stop()
-    return {"case": "idle-2000", "rss_before_kb": before, "rss_peak_kb": peak, "rss_after_kb": after}
+    return {"case": "idle-2000", "rss_before_kb": before, "rss_peak_kb": peak, "rss_after_kb": afters[0],
+            "rss_held_kb": held, "per_connection_bytes": (held - before) * 1024 // clients,
+            "rss_after_second_kb": afters[1]}
 
 
 def run(data, cases):
@@ -117,10 +133,18 @@ def run(data, cases):
     for case in cases:
         r = concurrent_uploads(data) if case == "uploads-50x1MiB" else idle_connections(data)
         print(f"  {case:<20} sidecar RSS {r['rss_before_kb'] / 1024:.1f} MB before, "
-              f"{r['rss_peak_kb'] / 1024:.1f} MB peak, {r['rss_after_kb'] / 1024:.1f} MB after",
-              flush=True)
+              f"{r['rss_peak_kb'] / 1024:.1f} MB peak, {r['rss_after_kb'] / 1024:.1f} MB after"
+              + _idle_detail(r), flush=True)
         results.append(r)
     return results
+
+
+def _idle_detail(r):
+    """idle-2000's extra numbers: held, per connection, after a second crowd ('' for other cases)."""
+    if "per_connection_bytes" not in r:
+        return ""
+    return (f" ({r['rss_held_kb'] / 1024:.1f} MB held, {r['per_connection_bytes'] / 1000:.1f} KB per "
+            f"connection; {r['rss_after_second_kb'] / 1024:.1f} MB after a second crowd)")
 
 
 def print_pressure(results, out):
@@ -132,4 +156,4 @@ def print_pressure(results, out):
     print("|---|---|---|---|", file=out)
     for r in results:
         print(f"| {r['case']} | {r['rss_before_kb'] / 1024:.1f} MB | {r['rss_peak_kb'] / 1024:.1f} MB | "
-              f"{r['rss_after_kb'] / 1024:.1f} MB |", file=out)
+              f"{r['rss_after_kb'] / 1024:.1f} MB{_idle_detail(r)} |", file=out)

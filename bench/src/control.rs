@@ -369,10 +369,13 @@ pub fn static_snapshot(instance: &str, upstream: SocketAddr) -> Snapshot {
                 labels: [("app", "upstream"), ("version", "v1")]
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .into(),
+                identity: None,
+                tls_mode: Default::default(),
             }],
             ..Default::default()
         }],
         gateway: None,
+        inbound: Default::default(),
     }
 }
 

@@ -78,6 +78,8 @@ pub enum SnapshotError {
     },
     #[error("route {route:?}: fault abort status {status} is not an HTTP status (100..=599)")]
     BadAbortStatus { route: String, status: u16 },
+    #[error("route {route:?}: fault abort grpcStatus {status} is not a gRPC status code (0..=16)")]
+    BadAbortGrpcStatus { route: String, status: u16 },
     #[error("route {route:?}: unknown retryOn condition {condition:?}")]
     BadRetryOn { route: String, condition: String },
     #[error("domain {domain:?} is listed by two virtual hosts")]
@@ -128,6 +130,11 @@ pub fn percentage(value: f64) -> bool {
 /// A status a fault may abort with.
 pub fn abort_status(status: u16) -> bool {
     (100..=599).contains(&status)
+}
+
+/// A gRPC status code (gRPC defines 0, `OK`, to 16, `UNAUTHENTICATED`).
+pub fn grpc_status(code: u16) -> bool {
+    code <= 16
 }
 
 // === whole-snapshot check ===
@@ -227,6 +234,12 @@ pub fn check_route(
                 return Err(SnapshotError::BadAbortStatus {
                     route: name.to_string(),
                     status: abort.http_status,
+                });
+            }
+            if let Some(status) = abort.grpc_status.filter(|s| !grpc_status(*s)) {
+                return Err(SnapshotError::BadAbortGrpcStatus {
+                    route: name.to_string(),
+                    status,
                 });
             }
         }
@@ -450,6 +463,8 @@ mod tests {
                 instance: format!("{name}-1"),
                 address: "127.0.0.1:1".into(),
                 labels: Default::default(),
+                identity: None,
+                tls_mode: Default::default(),
             }],
             ..Default::default()
         };
@@ -572,11 +587,26 @@ mod tests {
                         delay: None,
                         abort: Some(FaultAbort {
                             http_status: 99,
+                            grpc_status: None,
                             percentage: 1.0,
                         }),
                     })
                 }),
                 "99",
+            ),
+            (
+                "abort gRPC status",
+                with_route(|r| {
+                    r.fault = Some(Fault {
+                        delay: None,
+                        abort: Some(FaultAbort {
+                            http_status: 200,
+                            grpc_status: Some(17),
+                            percentage: 1.0,
+                        }),
+                    })
+                }),
+                "grpcStatus 17",
             ),
             (
                 "delay percentage",

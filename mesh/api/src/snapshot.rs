@@ -14,11 +14,27 @@
 //!                   --> Endpoint (an instance's sidecar inbound address)
 //! ```
 //!
+//! Security rides along (issue 17), in the same two places Envoy keeps it:
+//!
+//! ```text
+//! inbound   this sidecar's own PeerAuthentication mode (per port) and the
+//!           AuthorizationPolicies that select it    -> Envoy's inbound listener
+//! endpoint  mTLS or plaintext toward it, and the SPIFFE identity its
+//!           certificate must carry                   -> Envoy's transport socket
+//!                                                       and its SAN match
+//! ```
+//!
+//! The trust bundle (the mesh's root) is not repeated here: it comes with
+//! every certificate the CA issues (`identity.rs`), from the same CA.
+//!
 //! All durations are milliseconds, all percentages are 0.0..=100.0, as in Istio.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthorizationPolicy, EffectiveMtls, MtlsMode};
+use crate::identity::Identity;
 
 /// Everything one proxy needs, at one version.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +54,52 @@ pub struct Snapshot {
     /// Set for a proxy in gateway mode: what the ingress serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayConfig>,
+    /// What this proxy's inbound listener enforces: compiled for this proxy
+    /// alone (its labels pick the policies), unlike the routes above.
+    #[serde(default, skip_serializing_if = "InboundPolicy::is_default")]
+    pub inbound: InboundPolicy,
+}
+
+/// The inbound side's security for one sidecar: the PeerAuthentication mode
+/// in effect for it (workload over namespace over mesh, Istio's default
+/// PERMISSIVE) and the AuthorizationPolicies that select it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundPolicy {
+    /// `mode` for every port, `ports` where `portLevelMtls` differs. `UNSET`
+    /// (a snapshot written by hand without it) means Istio's default,
+    /// PERMISSIVE: see [`InboundPolicy::mtls_for_port`].
+    #[serde(default)]
+    pub mtls: EffectiveMtls,
+    /// Oldest first: the root namespace's (mesh-wide) and the workload
+    /// namespace's policies whose selector matches this workload (or that
+    /// have none). The proxy evaluates them (`authz.rs`) in Istio's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<AppliedAuthorizationPolicy>,
+}
+
+impl InboundPolicy {
+    /// The mode the inbound listener runs on `port` (the workload's port).
+    pub fn mtls_for_port(&self, port: u16) -> MtlsMode {
+        match self.mtls.for_port(port) {
+            MtlsMode::Unset => MtlsMode::Permissive,
+            mode => mode,
+        }
+    }
+
+    /// Nothing set: the snapshot leaves the field out.
+    pub fn is_default(&self) -> bool {
+        *self == InboundPolicy::default()
+    }
+}
+
+/// One AuthorizationPolicy as applied, named for logs and `/config_dump`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedAuthorizationPolicy {
+    /// `namespace/name`, as Envoy's RBAC filter names a policy.
+    pub name: String,
+    pub spec: AuthorizationPolicy,
 }
 
 /// Routes for one set of domains (Envoy's virtual host; Istio makes one per
@@ -169,7 +231,14 @@ pub struct FaultDelay {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultAbort {
+    /// The HTTP status of the answer. For a `grpcStatus` abort it is 200,
+    /// as Envoy's fault filter writes it.
     pub http_status: u16,
+    /// `grpcStatus` as its wire number (`UNAVAILABLE` is 14): a gRPC caller
+    /// gets this in `grpc-status`. `None` for an `httpStatus` abort, whose
+    /// gRPC code is the one Envoy maps the HTTP status to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
     /// Share of requests aborted, 0..=100.
     pub percentage: f64,
 }
@@ -288,6 +357,35 @@ pub struct Endpoint {
     /// Workload labels, at least `app` and `version`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The workload's SPIFFE identity, when the control plane knows it: the
+    /// one its certificate must carry for a client to go on with mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// Mutual TLS or plaintext toward this endpoint, decided by the control
+    /// plane: the DestinationRule's `tls.mode` when it sets one, else auto
+    /// mTLS (ISTIO_MUTUAL when the endpoint's sidecar holds a certificate
+    /// and its own PeerAuthentication is not DISABLE).
+    #[serde(default, skip_serializing_if = "TlsMode::is_disable")]
+    pub tls_mode: TlsMode,
+}
+
+/// How a client sidecar talks to an endpoint (Istio's `ClientTLSSettings`
+/// modes that exist between sidecars).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    /// Plaintext: the endpoint has no certificate, or the rules say so.
+    #[default]
+    Disable,
+    /// Mutual TLS with the mesh's certificates; the server must present
+    /// `Endpoint::identity`.
+    IstioMutual,
+}
+
+impl TlsMode {
+    pub fn is_disable(&self) -> bool {
+        *self == TlsMode::Disable
+    }
 }
 
 /// DestinationRule `trafficPolicy`, merged (subset over service over defaults).
@@ -407,10 +505,13 @@ mod tests {
                     instance: "helloworld-service-v1-1".into(),
                     address: "127.0.0.1:40001".into(),
                     labels: [("version".to_string(), "v1".to_string())].into(),
+                    identity: None,
+                    tls_mode: Default::default(),
                 }],
                 ..Default::default()
             }],
             gateway: None,
+            inbound: Default::default(),
         };
         let json = serde_json::to_string(&snapshot).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snapshot);

@@ -62,6 +62,31 @@
 //! Not implemented, so rejected by name when applied: `delegate`
 //! (VirtualService chaining) and `exportTo` (micromesh has one namespace).
 //!
+//! Security (issue 17) is compiled in two places:
+//! - **inbound** (`Snapshot::inbound`): the proxy's own effective
+//!   PeerAuthentication mode (workload over namespace over the root
+//!   namespace `istio-system`, Istio's default PERMISSIVE, `portLevelMtls`
+//!   per port) and the AuthorizationPolicies that select it. These depend
+//!   on the proxy's labels, so they are the one part of a sidecar's
+//!   snapshot that is not shared: [`inbound_policy`] is compiled per sidecar
+//!   and watch.rs pastes it beside the shared routes and clusters (a few
+//!   microseconds per proxy; the routes stay compiled once per version).
+//!   Shipping every policy and letting each proxy choose would cost the
+//!   same and put Istio's scoping rules in two programs.
+//! - **endpoints** (`Endpoint::tls_mode`, `Endpoint::identity`): the
+//!   DestinationRule's `tls.mode` (port level first) when it sets one, else
+//!   Istio's auto mTLS: ISTIO_MUTUAL to an endpoint whose sidecar holds a
+//!   certificate (it announced an identity) unless that workload's own
+//!   PeerAuthentication is DISABLE, plaintext otherwise. The identity
+//!   expected is the one the endpoint's sidecar announced (the control plane
+//!   checked it: its bootstrap token, later its client certificate); on a
+//!   cluster the pod's service account (`kubernetes/workload_identity.rs`).
+//!   ISTIO_MUTUAL toward an endpoint with no identity known expects
+//!   `spiffe://cluster.local/ns/<namespace>/sa/<service>`, the local
+//!   convention. The workload port that `portLevelMtls` and
+//!   `portLevelSettings` name is the service port, 8080 (the Guestbook's
+//!   apps listen on it in their pods).
+//!
 //! And micromesh's own choices, each explained where it is made:
 //! - a route with a fault gets no retries;
 //! - a destination no instance serves still gets a cluster, an empty one, so
@@ -72,11 +97,14 @@
 
 use std::collections::BTreeMap;
 
+use mesh_api::config::destination_rule::ClientTlsMode;
 use mesh_api::config::virtual_service::{self as vs, VirtualService};
-use mesh_api::config::{ConfigSet, Resource, names_of_service};
+use mesh_api::config::{ConfigSet, MtlsMode, Resource, names_of_service};
+use mesh_api::identity::Identity;
 use mesh_api::snapshot::{
-    Cluster, Destination, Endpoint, Fault, FaultAbort, FaultDelay, GatewayConfig, HttpRoute,
-    Mirror, RetryPolicy, RouteMatch, Snapshot, StringMatch, VirtualHost,
+    AppliedAuthorizationPolicy, Cluster, Destination, Endpoint, Fault, FaultAbort, FaultDelay,
+    GatewayConfig, HttpRoute, InboundPolicy, Mirror, RetryPolicy, RouteMatch, Snapshot,
+    StringMatch, TlsMode, VirtualHost,
 };
 use mesh_api::xds::{ProxyAnnounce, ProxyMode, ports};
 
@@ -176,6 +204,28 @@ pub fn compile(
         virtual_hosts,
         clusters: clusters.built.into_values().collect(),
         gateway,
+        inbound: inbound_policy(config, proxy),
+    }
+}
+
+/// The part of a sidecar's snapshot that is its own: the mTLS mode its
+/// inbound listener runs and the AuthorizationPolicies that select it. A
+/// gateway has no inbound from the mesh: nothing.
+pub fn inbound_policy(config: &ConfigSet, proxy: &ProxyAnnounce) -> InboundPolicy {
+    if proxy.mode != ProxyMode::Sidecar {
+        return InboundPolicy::default();
+    }
+    let labels = endpoint_of(proxy).labels;
+    InboundPolicy {
+        mtls: config.effective_mtls(&labels),
+        authorization_policies: config
+            .authorization_policies_for(&labels)
+            .into_iter()
+            .map(|(resource, spec)| AppliedAuthorizationPolicy {
+                name: format!("{}/{}", resource.metadata.namespace, resource.metadata.name),
+                spec: spec.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -363,15 +413,26 @@ fn compile_route(
         })
         .collect();
 
-    // Istio: a fault without `percentage` injects into 0% of requests.
+    // Istio: a fault without `percentage` injects into 0% of requests. A
+    // `grpcStatus` abort becomes its code number and HTTP 200, which is
+    // what istiod hands Envoy's fault filter (`abort.grpc_status`) and what
+    // that filter answers with.
     let fault = rule.fault.as_ref().map(|f| Fault {
         delay: f.delay.as_ref().map(|d| FaultDelay {
             fixed_delay_ms: d.fixed_delay_ms,
             percentage: d.percentage.unwrap_or(0.0),
         }),
-        abort: f.abort.as_ref().map(|a| FaultAbort {
-            http_status: a.http_status,
-            percentage: a.percentage.unwrap_or(0.0),
+        abort: f.abort.as_ref().map(|a| {
+            let grpc_status = a.grpc_status.as_deref().and_then(vs::grpc_status_code);
+            FaultAbort {
+                http_status: match grpc_status {
+                    Some(_) => 200,
+                    // The parser set one of the two; 503 is never reached.
+                    None => a.http_status.unwrap_or(503),
+                },
+                grpc_status,
+                percentage: a.percentage.unwrap_or(0.0),
+            }
         }),
     });
 
@@ -528,6 +589,24 @@ impl Clusters<'_> {
             .as_ref()
             .map(|dr| dr.policy_for(subset))
             .unwrap_or_default();
+        // The DestinationRule's `tls.mode` toward the service port, the
+        // subset's over the rule's; `None`: auto mTLS, endpoint by endpoint.
+        let written_tls = rule.as_ref().and_then(|dr| {
+            let own = dr.traffic_policy.clone().unwrap_or_default();
+            let merged = match subset.and_then(|name| dr.subset(name)) {
+                Some(found) => match &found.traffic_policy {
+                    Some(sub) => own.merge(sub),
+                    None => own,
+                },
+                None => own,
+            };
+            merged.tls_for_port(ports::SERVICE)
+        });
+        let namespace = self.config.namespace().to_string();
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| secure_endpoint(self.config, &namespace, service, written_tls, e))
+            .collect();
         self.built.insert(
             name.clone(),
             Cluster {
@@ -554,7 +633,35 @@ fn endpoint_of(announce: &ProxyAnnounce) -> Endpoint {
         instance: announce.instance.clone(),
         address: announce.address.clone(),
         labels,
+        identity: announce.identity.clone(),
+        tls_mode: TlsMode::Disable,
     }
+}
+
+/// How a client reaches `endpoint` of `service`: see the opening comment.
+fn secure_endpoint(
+    config: &ConfigSet,
+    namespace: &str,
+    service: &str,
+    written: Option<ClientTlsMode>,
+    mut endpoint: Endpoint,
+) -> Endpoint {
+    endpoint.tls_mode = match written {
+        Some(ClientTlsMode::IstioMutual) => TlsMode::IstioMutual,
+        Some(ClientTlsMode::Disable) => TlsMode::Disable,
+        // Auto mTLS: a sidecar with a certificate, not told to refuse TLS.
+        None if endpoint.identity.is_some()
+            && config.effective_mtls(&endpoint.labels).for_port(ports::SERVICE)
+                != MtlsMode::Disable =>
+        {
+            TlsMode::IstioMutual
+        }
+        None => TlsMode::Disable,
+    };
+    if endpoint.tls_mode == TlsMode::IstioMutual && endpoint.identity.is_none() {
+        endpoint.identity = Some(Identity::new(namespace, service));
+    }
+    endpoint
 }
 
 #[cfg(test)]
@@ -608,6 +715,117 @@ mod tests {
         }])
         .unwrap_or_else(|e| panic!("test YAML is invalid:\n{e}"));
         ConfigSet::default().apply(resources).0
+    }
+
+    /// hw-1 and hw-2 hold certificates (they announced their identity),
+    /// ui-1 has none.
+    fn guestbook_with_identities() -> Vec<Workload> {
+        let mut workloads = guestbook();
+        for w in &mut workloads {
+            if w.announce.service == "helloworld-service" {
+                w.announce.identity = Some(Identity::new("default", "helloworld-service"));
+            }
+        }
+        workloads
+    }
+
+    fn tls_of(snapshot: &Snapshot, cluster_name: &str) -> Vec<(String, TlsMode, Option<String>)> {
+        cluster(snapshot, cluster_name)
+            .endpoints
+            .iter()
+            .map(|e| {
+                let identity = e.identity.as_ref().map(Identity::to_string);
+                (e.instance.clone(), e.tls_mode, identity)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_mtls_goes_to_sidecars_with_a_certificate_unless_they_disable_it() {
+        let workloads = guestbook_with_identities();
+        let ui = &workloads[0].announce;
+        let hw = "spiffe://cluster.local/ns/default/sa/helloworld-service".to_string();
+        // No security config at all: Istio's default, auto mTLS.
+        let plain = compile(&ConfigSet::default(), &workloads, ui, 1);
+        assert_eq!(
+            tls_of(&plain, "helloworld-service"),
+            [
+                ("hw-1".into(), TlsMode::IstioMutual, Some(hw.clone())),
+                ("hw-2".into(), TlsMode::IstioMutual, Some(hw.clone())),
+            ]
+        );
+        // No certificate: plaintext, no identity to expect.
+        assert_eq!(
+            tls_of(&plain, "guestbook-ui"),
+            [("ui-1".into(), TlsMode::Disable, None)]
+        );
+        // v2's own PeerAuthentication says DISABLE: auto mTLS sends plaintext.
+        let v2_disabled = config(
+            "
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: hw-v2-plain, namespace: default}
+spec:
+  selector: {matchLabels: {app: helloworld-service, version: v2}}
+  mtls: {mode: DISABLE}
+",
+        );
+        let snapshot = compile(&v2_disabled, &workloads, ui, 2);
+        assert_eq!(
+            tls_of(&snapshot, "helloworld-service"),
+            [
+                ("hw-1".into(), TlsMode::IstioMutual, Some(hw.clone())),
+                ("hw-2".into(), TlsMode::Disable, Some(hw.clone())),
+            ]
+        );
+    }
+
+    #[test]
+    fn destination_rule_tls_overrides_auto_mtls_subset_over_rule() {
+        let workloads = guestbook_with_identities();
+        let ui = &workloads[0].announce;
+        let rules = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tls-rules}
+spec:
+  host: helloworld-service
+  trafficPolicy: {tls: {mode: DISABLE}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ui-mutual}
+spec:
+  host: guestbook-ui
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+",
+        );
+        let snapshot = compile(&rules, &workloads, ui, 1);
+        let hw = "spiffe://cluster.local/ns/default/sa/helloworld-service".to_string();
+        assert_eq!(
+            tls_of(&snapshot, "helloworld-service|v1"),
+            [("hw-1".into(), TlsMode::Disable, Some(hw.clone()))]
+        );
+        assert_eq!(
+            tls_of(&snapshot, "helloworld-service|v2"),
+            [("hw-2".into(), TlsMode::IstioMutual, Some(hw))]
+        );
+        // ISTIO_MUTUAL toward a sidecar that announced no identity expects
+        // the local convention: the service's name as service account.
+        assert_eq!(
+            tls_of(&snapshot, "guestbook-ui"),
+            [(
+                "ui-1".into(),
+                TlsMode::IstioMutual,
+                Some("spiffe://cluster.local/ns/default/sa/guestbook-ui".into())
+            )]
+        );
     }
 
     const HW_SUBSETS: &str = "
@@ -991,6 +1209,17 @@ spec:
         assert_eq!(route.retries, RetryPolicy::none());
         let abort = route.fault.unwrap().abort.unwrap();
         assert_eq!((abort.http_status, abort.percentage), (503, 50.0));
+        assert_eq!(abort.grpc_status, None);
+
+        // A gRPC abort: its code's number, and HTTP 200 as Envoy answers it.
+        let route = route_of(
+            "    fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: {value: 100}}}\n",
+        );
+        let abort = route.fault.unwrap().abort.unwrap();
+        assert_eq!(
+            (abort.http_status, abort.grpc_status, abort.percentage),
+            (200, Some(8), 100.0)
+        );
 
         let route = route_of("    fault: {delay: {fixedDelay: 5s}}\n");
         let delay = route.fault.unwrap().delay.unwrap();

@@ -247,7 +247,7 @@ fn describe_rule(rule: &HttpRoute) -> RuleView {
             if let Some(a) = &f.abort {
                 parts.push(format!(
                     "abort {} for {}",
-                    a.http_status,
+                    a.describe_status(),
                     percent(a.percentage)
                 ));
             }

@@ -24,7 +24,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mesh_api::config::ConfigSet;
-use mesh_api::snapshot::Snapshot;
+use mesh_api::snapshot::{InboundPolicy, Snapshot};
 use mesh_api::xds::{
     AckRequest, AnnounceResponse, DEFAULT_WATCH_WAIT_MS, ProxyAnnounce, ProxyMode, ProxyStatus,
     ServiceStatus,
@@ -201,7 +201,10 @@ pub async fn snapshot(
             .snapshots
             .sidecars(inputs.version, || inputs.compile())
             .await?;
-        shared_part.for_proxy(&inputs.proxy.instance)?
+        // Its own inbound security (its labels pick the policies) is the
+        // one part compiled per sidecar.
+        let inbound = compile::inbound_policy(&inputs.config, &inputs.proxy);
+        shared_part.for_proxy(&inputs.proxy.instance, &inbound)?
     } else {
         // A gateway's snapshot depends on which Gateways select it: its own.
         serde_json::to_vec(&inputs.compile()).map_err(serialize_failure)?
@@ -258,7 +261,8 @@ pub struct SnapshotCache {
 /// One version's shared part: filled by the first long-poll that needs it.
 type Slot = Arc<OnceCell<Arc<SidecarPart>>>;
 
-/// Everything of a sidecar snapshot but its `proxy` field, as JSON text.
+/// Everything of a sidecar snapshot but its `proxy` and `inbound` fields,
+/// as JSON text.
 #[derive(Debug)]
 pub struct SidecarPart {
     version: u64,
@@ -277,6 +281,8 @@ struct SidecarWire<'a> {
     proxy: &'a str,
     virtual_hosts: &'a RawValue,
     clusters: &'a RawValue,
+    #[serde(skip_serializing_if = "InboundPolicy::is_default")]
+    inbound: &'a InboundPolicy,
 }
 
 impl SnapshotCache {
@@ -317,13 +323,15 @@ impl SidecarPart {
         })
     }
 
-    /// The whole snapshot for one sidecar: a copy of the shared bytes.
-    fn for_proxy(&self, instance: &str) -> Result<Vec<u8>, ApiFailure> {
+    /// The whole snapshot for one sidecar: a copy of the shared bytes, and
+    /// its own inbound policy.
+    fn for_proxy(&self, instance: &str, inbound: &InboundPolicy) -> Result<Vec<u8>, ApiFailure> {
         serde_json::to_vec(&SidecarWire {
             version: self.version,
             proxy: instance,
             virtual_hosts: &self.virtual_hosts,
             clusters: &self.clusters,
+            inbound,
         })
         .map_err(serialize_failure)
     }
@@ -409,36 +417,96 @@ fn millis(duration: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn snapshot(version: u64) -> Snapshot {
-        let proxy = ProxyAnnounce {
-            instance: "hw-1".to_string(),
+    fn sidecar(instance: &str, service: &str) -> ProxyAnnounce {
+        ProxyAnnounce {
+            instance: instance.to_string(),
             mode: ProxyMode::Sidecar,
-            service: "helloworld-service".to_string(),
+            service: service.to_string(),
             version: "v1".to_string(),
             address: "127.0.0.1:40001".to_string(),
             ready: true,
             ..ProxyAnnounce::default()
-        };
+        }
+    }
+
+    /// A STRICT PeerAuthentication for the UI only, and a policy for it.
+    fn secured() -> ConfigSet {
+        let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: ui-strict, namespace: default}
+spec:
+  selector: {matchLabels: {app: guestbook-ui}}
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ui-get-only, namespace: default}
+spec:
+  selector: {matchLabels: {app: guestbook-ui}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"#;
+        let files = [mesh_api::config::SourceFile {
+            name: "secured.yaml".into(),
+            content: yaml.into(),
+        }];
+        ConfigSet::default()
+            .apply(ConfigSet::parse(&files).unwrap())
+            .0
+    }
+
+    fn snapshot_for(config: &ConfigSet, proxy: &ProxyAnnounce, version: u64) -> Snapshot {
         let workloads = [Workload {
-            announce: proxy.clone(),
+            announce: sidecar("hw-1", "helloworld-service"),
             healthy: true,
         }];
-        compile::compile(&ConfigSet::default(), &workloads, &proxy, version)
+        compile::compile(config, &workloads, proxy, version)
+    }
+
+    fn snapshot(version: u64) -> Snapshot {
+        let proxy = sidecar("hw-1", "helloworld-service");
+        snapshot_for(&ConfigSet::default(), &proxy, version)
     }
 
     #[tokio::test]
     async fn a_sidecar_gets_exactly_the_compiled_snapshot_with_its_own_name() {
         let cache = SnapshotCache::default();
         let part = cache.sidecars(7, || snapshot(7)).await.unwrap();
-        let body = part.for_proxy("ui-1").unwrap();
-        let served: Snapshot = serde_json::from_slice(&body).unwrap();
         let mut expected = snapshot(7);
         expected.proxy = "ui-1".to_string();
+        let body = part.for_proxy("ui-1", &expected.inbound).unwrap();
+        let served: Snapshot = serde_json::from_slice(&body).unwrap();
         assert_eq!(served, expected);
         assert!(!expected.clusters.is_empty() && !expected.virtual_hosts.is_empty());
         // Field for field as serde writes a Snapshot itself.
         let as_value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(as_value, serde_json::to_value(&expected).unwrap());
+    }
+
+    #[tokio::test]
+    async fn each_sidecar_gets_its_own_inbound_policy_beside_the_shared_routes() {
+        let config = secured();
+        let cache = SnapshotCache::default();
+        let hw = sidecar("hw-1", "helloworld-service");
+        let ui = sidecar("ui-1", "guestbook-ui");
+        // Compiled once, for whichever sidecar asked first (here hw-1)...
+        let part = cache
+            .sidecars(7, || snapshot_for(&config, &hw, 7))
+            .await
+            .unwrap();
+        // ...and served to the UI with the UI's own inbound part.
+        let inbound = compile::inbound_policy(&config, &ui);
+        assert_eq!(inbound.mtls_for_port(8080), mesh_api::config::MtlsMode::Strict);
+        assert_eq!(inbound.authorization_policies.len(), 1);
+        assert_eq!(inbound.authorization_policies[0].name, "default/ui-get-only");
+        let body = part.for_proxy("ui-1", &inbound).unwrap();
+        let as_value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let expected = snapshot_for(&config, &ui, 7);
+        assert_eq!(as_value, serde_json::to_value(&expected).unwrap());
+        // helloworld has neither: Istio's default PERMISSIVE, no policy.
+        let own = compile::inbound_policy(&config, &hw);
+        assert_eq!(own.mtls_for_port(8080), mesh_api::config::MtlsMode::Permissive);
+        assert!(own.authorization_policies.is_empty());
     }
 
     #[tokio::test]

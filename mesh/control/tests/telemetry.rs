@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use anyhow::anyhow;
-use mesh_testkit::{CONVERGE, retry_until_ok};
+use mesh_testkit::{CONVERGE, retry_until_ok, wait_for};
 use support::{
     Control, FakeAdmin, gateway_calls_ui, hanging_admin, series, span, ui_calls_helloworld,
 };
@@ -316,39 +316,48 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
         .concat()
     });
 
-    let graph = retry_until_ok(
-        "the graph to show all three edges with their rates",
+    // Wait (retried) only for the data to be there: three edges, each with
+    // requests, once the scrapes span a full window (the first scrapes give
+    // rates over less than the window). The rates are then measured once,
+    // below: a rate retried until a fresh sample passes would hide a wrong one.
+    let graph = wait_for(
+        "the graph to show all three edges over a full window",
         CONVERGE,
         || async {
+            let full = started.elapsed()
+                >= Duration::from_secs(WINDOW_S) + SCRAPE_INTERVAL + support::SCRAPE_TIMEOUT;
             let graph = control
                 .get(&format!("/api/v1/graph?window={WINDOW_S}"))
                 .await;
             let edges = graph["edges"].as_array().unwrap();
-            let rps = |target: &str| {
-                edges
-                    .iter()
-                    .find(|e| e["target"] == target)
-                    .and_then(|e| e["rps"].as_f64())
-                    .unwrap_or(0.0)
-            };
-            // The first scrapes give rates over less than the window: wait
-            // until the window is full before judging them.
-            let full = started.elapsed()
-                >= Duration::from_secs(WINDOW_S) + SCRAPE_INTERVAL + support::SCRAPE_TIMEOUT;
-            if full
-                && edges.len() == 3
-                && near_rate(rps("guestbook-ui@v1"), 50.0)
-                && near_rate(rps("helloworld-service@v1"), 40.0)
-                && near_rate(rps("helloworld-service@v2"), 10.0)
-            {
-                Ok(graph)
-            } else {
-                Err(anyhow!("{edges:#?}"))
-            }
+            let all_busy =
+                edges.len() == 3 && edges.iter().all(|e| e["requests"].as_f64() > Some(0.0));
+            Ok((full && all_busy).then_some(graph))
         },
     )
     .await
     .unwrap();
+
+    let rps = |target: &str| {
+        graph["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["target"] == target)
+            .and_then(|e| e["rps"].as_f64())
+            .unwrap()
+    };
+    assert_rate("guestbook-ui@v1's rps", rps("guestbook-ui@v1"), 50.0);
+    assert_rate(
+        "helloworld-service@v1's rps",
+        rps("helloworld-service@v1"),
+        40.0,
+    );
+    assert_rate(
+        "helloworld-service@v2's rps",
+        rps("helloworld-service@v2"),
+        10.0,
+    );
 
     let edges = graph["edges"].as_array().unwrap();
     let edge = |target: &str| edges.iter().find(|e| e["target"] == target).unwrap();
@@ -397,8 +406,11 @@ async fn the_graph_follows_the_proxies_metrics_and_skips_one_that_hangs() {
     assert_eq!(row("helloworld-service", "v2").success_rate, Some(0.5));
     assert_eq!(row("helloworld-service", "v1").success_rate, Some(1.0));
     assert_eq!(row("helloworld-service", "v1").instances, 1);
-    let ui_rps = row("guestbook-ui", "v1").rps;
-    assert!(near_rate(ui_rps, 50.0), "guestbook-ui's rps: {ui_rps}");
+    assert_rate(
+        "meshctl stat's rps of guestbook-ui v1",
+        row("guestbook-ui", "v1").rps,
+        50.0,
+    );
 }
 
 /// The graph's window in these tests, in seconds.
@@ -407,18 +419,32 @@ const WINDOW_S: u64 = 2;
 /// How often `support::Control` scrapes the proxies (its settings).
 const SCRAPE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Whether a rate the graph measured from the fakes' clock-driven counters
-/// can be `rps`. Over a window the graph divides the counter's increase by
-/// the time between two scrapes (at least the window less one scrape
-/// interval and one scrape timeout, a slower scrape fails). The increase is
-/// off by under one request (counters are whole), and each counter was
-/// read up to one scrape timeout before the scrape was timestamped, which
-/// is up to `rps * timeout` requests. So: |measured - rps| <=
-/// (1 + rps * timeout) / (window - interval - timeout).
-fn near_rate(measured: f64, rps: f64) -> bool {
+/// Check once that a rate the graph measured from the fakes' clock-driven
+/// counters is `rps`, within what the measurement itself allows.
+///
+/// Nothing here is random (the fakes' counters are `rps * elapsed`, whole),
+/// so the bound is not statistical; it comes from how a rate over a window is
+/// taken. The graph divides a counter's increase (the edge's request count)
+/// by the time between the two scrapes that bound the window: at most the
+/// window, at least the window less one scrape interval and one scrape
+/// timeout (a slower scrape fails). The count is off by under one request
+/// (counters are whole), and each counter was read up to one scrape timeout
+/// before its scrape was timestamped, which is up to `rps * timeout` more
+/// or fewer requests. Dividing by the shortest span:
+/// |measured - rps| <= (1 + rps * timeout) / (window - interval - timeout).
+/// With a 2 s window, a 100 ms interval and the support's 300 ms scrape
+/// timeout that is 10 rps at 50 rps and 2.5 rps at 10 rps: the timeout term
+/// dominates, and a rate off by a third is still caught.
+fn assert_rate(what: &str, measured: f64, rps: f64) {
     let timeout = support::SCRAPE_TIMEOUT.as_secs_f64();
     let shortest = WINDOW_S as f64 - SCRAPE_INTERVAL.as_secs_f64() - timeout;
-    (measured - rps).abs() <= (1.0 + rps * timeout) / shortest
+    let bound = (1.0 + rps * timeout) / shortest;
+    assert!(
+        (measured - rps).abs() <= bound,
+        "{what}: measured {measured:.3}, expected {rps} +/- {bound:.3} \
+         (window {WINDOW_S} s, scrape interval {SCRAPE_INTERVAL:?}, timeout {:?})",
+        support::SCRAPE_TIMEOUT
+    );
 }
 
 // === the dashboard's port ===

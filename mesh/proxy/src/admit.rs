@@ -124,7 +124,23 @@ pub fn admit<B>(
     peer: SocketAddr,
     req: &mut http::Request<B>,
 ) -> Result<(), Refusal> {
-    let sender = crate::trust::sender(direction, req.headers());
+    admit_from(settings, direction, peer, false, req)
+}
+
+/// [`admit`], for a request whose sender proved it is a sidecar of the
+/// mesh (`proven`: a mutual-TLS peer with a mesh certificate, `tls.rs`):
+/// its headers are the mesh's own, whatever it claims or does not.
+pub fn admit_from<B>(
+    settings: &EdgeSettings,
+    direction: Direction,
+    peer: SocketAddr,
+    proven: bool,
+    req: &mut http::Request<B>,
+) -> Result<(), Refusal> {
+    let sender = match proven {
+        true => crate::trust::Sender::Mesh,
+        false => crate::trust::sender(direction, req.headers()),
+    };
     crate::trust::sanitize(sender, &settings.trust, peer, req.headers_mut());
     let close = req.version() < Version::HTTP_2;
     let result = check(settings, req);

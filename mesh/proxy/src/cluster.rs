@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use mesh_api::identity::Identity;
 use mesh_api::snapshot::{ConnectionPool, LoadBalancer, OutlierDetection};
 
 use crate::metrics::{Peer, SeriesCache, ServiceName, UNKNOWN};
@@ -71,6 +72,27 @@ pub struct EndpointRt {
     /// Its `destination_*` labels, built on its first request
     /// (`telemetry.rs`).
     pub peer: OnceLock<Arc<Peer>>,
+    /// Mutual TLS toward it (ISTIO_MUTUAL in the snapshot): the identity
+    /// it must prove and this proxy's configs; `None`: plaintext.
+    pub mtls: Option<Arc<UpstreamTls>>,
+}
+
+/// How a connection to an ISTIO_MUTUAL endpoint is secured.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    /// The SPIFFE identity the endpoint's certificate must carry.
+    pub expected: Identity,
+    pub mesh: Arc<crate::tls::MeshTls>,
+}
+
+/// Where an endpoint's state (its pools above all) is kept: by address,
+/// and for mutual TLS by the identity expected too, so a plaintext and a
+/// TLS connection (or two server identities) never share a pool.
+pub fn state_key(address: &str, mtls: Option<&Identity>) -> String {
+    match mtls {
+        None => address.to_string(),
+        Some(identity) => format!("{address} mtls {identity}"),
+    }
 }
 
 impl EndpointRt {
@@ -92,7 +114,19 @@ impl EndpointRt {
             state,
             series: SeriesCache::default(),
             peer: OnceLock::new(),
+            mtls: None,
         }
+    }
+
+    /// The same endpoint, reached over mutual TLS.
+    pub fn with_mtls(mut self, mtls: Option<Arc<UpstreamTls>>) -> EndpointRt {
+        self.mtls = mtls;
+        self
+    }
+
+    /// Its key in the [`StateStore`].
+    pub fn state_key(&self) -> String {
+        state_key(&self.address, self.mtls.as_ref().map(|m| &m.expected))
     }
 }
 
@@ -111,6 +145,9 @@ pub struct EndpointState {
 #[derive(Debug, Default)]
 pub struct StateStore {
     inner: Mutex<StoreInner>,
+    /// The proxy's mTLS configs, for the endpoints that need them (`None`:
+    /// a store of a proxy that only speaks plaintext, as in unit tests).
+    mesh_tls: Option<Arc<crate::tls::MeshTls>>,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +157,18 @@ struct StoreInner {
 }
 
 impl StateStore {
+    /// A store whose ISTIO_MUTUAL endpoints use `mesh_tls`.
+    pub fn with_tls(mesh_tls: Arc<crate::tls::MeshTls>) -> StateStore {
+        StateStore {
+            mesh_tls: Some(mesh_tls),
+            ..StateStore::default()
+        }
+    }
+
+    pub fn mesh_tls(&self) -> Option<&Arc<crate::tls::MeshTls>> {
+        self.mesh_tls.as_ref()
+    }
+
     /// The state of cluster `name`: the existing one, or a new one.
     pub fn cluster(&self, name: &str) -> Arc<ClusterState> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +197,7 @@ impl StateStore {
         for cluster in clusters {
             keep_clusters.insert(cluster.name.to_string());
             for endpoint in &cluster.endpoints {
-                keep_endpoints.insert((cluster.name.to_string(), endpoint.address.to_string()));
+                keep_endpoints.insert((cluster.name.to_string(), endpoint.state_key()));
             }
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -79,6 +79,12 @@ pub enum ProxyError {
     /// for a transfer coding.
     #[error("refused: {0}")]
     Refused(#[from] crate::admit::Refusal),
+    /// An AuthorizationPolicy denied the request (`authorize.rs`): 403
+    /// `RBAC: access denied`, flag `RBAC`, as Envoy's RBAC filter answers;
+    /// a gRPC caller reads `PERMISSION_DENIED` (7). The reason (which
+    /// policy) goes to the proxy's debug log, never to the caller.
+    #[error("RBAC: access denied ({reason})")]
+    Denied { reason: String },
     /// A layer was used without what it needs (a bug in the stack's assembly).
     #[error("internal proxy error: {0}")]
     Internal(&'static str),
@@ -96,6 +102,7 @@ impl ProxyError {
             ProxyError::Timeout | ProxyError::PerTryTimeout => ResponseFlags::UT,
             // Envoy's DC: the downstream went away (or broke its body).
             ProxyError::DownstreamBody(_) => ResponseFlags::DC,
+            ProxyError::Denied { .. } => ResponseFlags::RBAC,
             ProxyError::NoConfig
             | ProxyError::BadRequest(_)
             | ProxyError::Refused(_)
@@ -181,6 +188,9 @@ impl ProxyError {
                 reply(StatusCode::BAD_REQUEST, format!("{self}\n"))
             }
             ProxyError::Refused(refusal) => reply(refusal.status, format!("{}\n", refusal.reason)),
+            ProxyError::Denied { .. } => {
+                reply(crate::authz::DENIED_STATUS, crate::authz::DENIED_BODY)
+            }
             ProxyError::Internal(_) => {
                 reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{self}\n"))
             }
@@ -233,13 +243,20 @@ pub fn grpc_status_for(status: StatusCode) -> u16 {
 /// text percent-encoded as gRPC's wire format asks, and no body, so the
 /// headers end the stream.
 pub fn grpc_reply(status: StatusCode, text: &str) -> Rsp {
+    grpc_reply_with_code(grpc_status_for(status), text)
+}
+
+/// The same trailers-only answer with a gRPC `code` chosen by config, not
+/// mapped from an HTTP status: a `grpcStatus` fault abort (`fault.rs`), as
+/// Envoy's local reply uses the fault filter's `grpc_status` when it has one.
+pub fn grpc_reply_with_code(code: u16, text: &str) -> Rsp {
     let mut rsp = http::Response::new(full(bytes::Bytes::new()));
     let headers = rsp.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", HeaderValue::from(grpc_status_for(status)));
+    headers.insert("grpc-status", HeaderValue::from(code));
     if let Ok(message) = HeaderValue::from_str(&grpc_message(text)) {
         headers.insert("grpc-message", message);
     }

@@ -11,6 +11,22 @@
 //! layer is above the retry layer, an injected abort is never retried anyway.
 //! Delayed requests get flag `DI`, aborted ones `FI`, and an abort's body is
 //! Envoy's `fault filter abort`.
+//!
+//! An abort is written with `httpStatus` or with `grpcStatus` (Istio's
+//! oneof). What the caller reads depends on the caller, as with every local
+//! reply of Envoy's (`error.rs`):
+//!
+//! ```text
+//!                         gRPC caller (application/grpc)      any other caller
+//! httpStatus: 503         200, grpc-status 14 (mapped)        503 fault filter abort
+//! grpcStatus: NOT_FOUND   200, grpc-status 5 (as written)     200 fault filter abort
+//! ```
+//!
+//! The last cell surprises people, and it is Envoy's: with `grpc_status`
+//! set, its fault filter aborts with HTTP 200 and the gRPC code, and the
+//! local reply turns that into a gRPC answer only when the request was a
+//! gRPC call. A plain HTTP caller gets a 200 whose body says `fault filter
+//! abort`; the access log's `FI` flag is how to tell it from a real answer.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,8 +46,30 @@ use crate::table::CompileError;
 pub struct FaultPolicy {
     /// Delay and the percentage of requests delayed.
     pub delay: Option<(Duration, f64)>,
-    /// Status and the percentage of requests aborted.
-    pub abort: Option<(http::StatusCode, f64)>,
+    /// What to answer and the percentage of requests aborted.
+    pub abort: Option<(AbortReply, f64)>,
+}
+
+/// The answer of an aborted request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AbortReply {
+    /// The HTTP status: `httpStatus`, or 200 for a `grpcStatus` abort.
+    pub status: http::StatusCode,
+    /// `grpcStatus`'s code; `None` maps `status` the way Envoy does.
+    pub grpc_status: Option<u16>,
+}
+
+impl AbortReply {
+    /// The answer for this caller: a gRPC trailers-only answer to a gRPC
+    /// call, a text answer to anyone else (the table at the top).
+    fn respond(self, grpc: bool) -> Rsp {
+        const BODY: &str = "fault filter abort";
+        match (grpc, self.grpc_status) {
+            (true, Some(code)) => crate::error::grpc_reply_with_code(code, BODY),
+            (true, None) => crate::error::grpc_reply(self.status, BODY),
+            (false, _) => text_response(self.status, BODY),
+        }
+    }
 }
 
 impl FaultPolicy {
@@ -53,7 +91,17 @@ impl FaultPolicy {
                         route: route.to_string(),
                         status: a.http_status,
                     })?;
-                Some((status, a.percentage))
+                if let Some(code) = a.grpc_status.filter(|c| !mesh_api::check::grpc_status(*c)) {
+                    return Err(CompileError::BadAbortGrpcStatus {
+                        route: route.to_string(),
+                        status: code,
+                    });
+                }
+                let reply = AbortReply {
+                    status,
+                    grpc_status: a.grpc_status,
+                };
+                Some((reply, a.percentage))
             }
             None => None,
         };
@@ -103,9 +151,9 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
         let abort = policy
             .abort
             .filter(|(_, percent)| self.rng.chance(*percent))
-            .map(|(status, _)| status);
+            .map(|(reply, _)| reply);
         let log = req.extensions().get::<Arc<RequestLog>>().cloned();
-        // A gRPC caller gets the abort as a gRPC status (`error.rs`).
+        // A gRPC caller gets the abort as a gRPC status (`AbortReply`).
         let grpc = crate::error::is_grpc(req.headers());
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -115,14 +163,11 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
                 }
                 tokio::time::sleep(delay).await;
             }
-            if let Some(status) = abort {
+            if let Some(reply) = abort {
                 if let Some(log) = &log {
                     log.flag(ResponseFlags::FI);
                 }
-                if grpc {
-                    return Ok(crate::error::grpc_reply(status, "fault filter abort"));
-                }
-                return Ok(text_response(status, "fault filter abort"));
+                return Ok(reply.respond(grpc));
             }
             tower::ServiceExt::oneshot(inner, req).await
         })
@@ -139,7 +184,13 @@ mod tests {
     fn policy(delay: Option<(u64, f64)>, abort: Option<(u16, f64)>) -> Option<FaultPolicy> {
         Some(FaultPolicy {
             delay: delay.map(|(ms, p)| (Duration::from_millis(ms), p)),
-            abort: abort.map(|(s, p)| (http::StatusCode::from_u16(s).unwrap(), p)),
+            abort: abort.map(|(s, p)| {
+                let reply = AbortReply {
+                    status: http::StatusCode::from_u16(s).unwrap(),
+                    grpc_status: None,
+                };
+                (reply, p)
+            }),
         })
     }
 
@@ -164,6 +215,65 @@ mod tests {
         assert_eq!(log.flags(), ResponseFlags::FI);
         // Every clone of the mock is gone and it never saw a request.
         assert!(handle.next_request().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_status_abort_answers_each_caller_as_envoy_does() {
+        // `grpcStatus: NOT_FOUND`, compiled: HTTP 200 and gRPC code 5.
+        let reply = AbortReply {
+            status: http::StatusCode::OK,
+            grpc_status: Some(5),
+        };
+        let policy = Some(FaultPolicy {
+            delay: None,
+            abort: Some((reply, 100.0)),
+        });
+
+        // A gRPC caller reads the code as written, trailers-only.
+        let (inner, _handle) = mock();
+        let (mut req, log) = logged("/demo.Greeter/Hello");
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        let rsp = Fault::new(inner, policy, Rng::seeded(1))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.headers()["grpc-status"], "5");
+        assert_eq!(rsp.headers()["grpc-message"], "fault filter abort");
+        assert_eq!(log.flags(), ResponseFlags::FI);
+
+        // Anyone else gets Envoy's HTTP 200 with the abort's text: only the
+        // flag tells it from a real answer.
+        let (inner, _handle) = mock();
+        let (req, log) = logged("/");
+        let rsp = Fault::new(inner, policy, Rng::seeded(1))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200);
+        assert!(rsp.headers().get("grpc-status").is_none());
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap();
+        assert_eq!(body.to_bytes(), "fault filter abort");
+        assert_eq!(log.flags(), ResponseFlags::FI);
+    }
+
+    #[test]
+    fn a_grpc_status_out_of_range_is_refused_at_compile() {
+        let spec = FaultSpec {
+            delay: None,
+            abort: Some(mesh_api::snapshot::FaultAbort {
+                http_status: 200,
+                grpc_status: Some(17),
+                percentage: 100.0,
+            }),
+        };
+        let err = FaultPolicy::compile("hw", &spec).unwrap_err();
+        assert!(err.to_string().contains("grpcStatus 17"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -111,8 +111,9 @@ impl H2Conn {
             return futures::future::ready(Ok(sender)).boxed().shared();
         }
         let (address, state) = (endpoint.address.clone(), endpoint.state.clone());
+        let mtls = endpoint.mtls.clone();
         let task = tokio::spawn(async move {
-            let result = open(&address).await;
+            let result = open(&address, mtls.as_deref()).await;
             if let Ok(sender) = &result {
                 state.h2.set(sender.clone());
             }
@@ -140,16 +141,31 @@ fn clear(state: &EndpointState) {
         .unwrap_or_else(|e| e.into_inner()) = None;
 }
 
-/// Open an HTTP/2 connection to `address` and run it in its own task.
-async fn open(address: &str) -> std::io::Result<Sender> {
+/// Open an HTTP/2 connection to `address` (mutual TLS when `mtls` says
+/// so, ALPN `istio-h2`) and run it in its own task.
+async fn open(address: &str, mtls: Option<&crate::cluster::UpstreamTls>) -> std::io::Result<Sender> {
     let tcp = crate::pool::connect_tcp(address).await?;
+    match mtls {
+        None => handshake(tcp).await,
+        Some(mtls) => {
+            let config = crate::pool::client_tls(mtls, crate::tls::Alpn::H2)?;
+            handshake(crate::tls::connect(config, tcp).await?).await
+        }
+    }
+}
+
+/// HTTP/2 over `io`, plaintext or TLS.
+async fn handshake<IO>(io: IO) -> std::io::Result<Sender>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         // The same bounded windows as the listeners': what one upstream
         // stream may have sent and the caller not read yet.
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {

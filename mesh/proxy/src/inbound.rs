@@ -7,16 +7,23 @@
 //! app receives as the parent in the trace headers) and the
 //! `reporter="destination"` metrics, one access-log line (`inbound`), and
 //! WebSockets spliced to the app once it answers 101 (`upgrade.rs`). An app that refuses connections gives 503 `UF`, like Envoy's
-//! inbound cluster. Later labs add mTLS and authorization here.
+//! inbound cluster.
+//!
+//! Authorization sits between the door and the app (`authorize.rs`): the
+//! AuthorizationPolicies of this workload's snapshot decide each request
+//! on the peer's identity, method, host, the door's normalized path (with
+//! `DECODE_AND_MERGE_SLASHES` once a policy applies, so the path decided on
+//! is the path the app gets), the app's port and the headers. A denied
+//! request is answered here, 403 `RBAC`, and never reaches the app.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
 
 use crate::body::{ReqBody, Rsp};
+use crate::listener::Peer;
 use crate::log::Direction;
 use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop, tunnel_of};
 use crate::proxy::Shared;
@@ -28,14 +35,43 @@ use crate::upgrade::Upgrade;
 /// sidecar (or gateway).
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    connection: Peer,
     mut req: http::Request<Incoming>,
 ) -> Result<Rsp, Infallible> {
     let start = Instant::now();
+    let peer = connection.address;
+    // The policies that select this workload, from the snapshot in use.
+    let table = shared.current.load_full();
+    let policies = table
+        .as_deref()
+        .map_or(&[][..], |t| &t.snapshot.inbound.authorization_policies[..]);
     // The door (`admit.rs`), as on the outbound side; a caller that is not
-    // a sidecar is outside the mesh (`trust.rs`).
+    // a sidecar is outside the mesh (`trust.rs`). With policies to apply,
+    // it normalizes the path as authorization needs it.
+    let edge = crate::authorize::edge_settings(&shared.config.edge, !policies.is_empty());
+    // A mutual-TLS peer proved it is a sidecar of the mesh.
+    let proven = connection.certificate.is_some();
     let refused =
-        crate::admit::admit(&shared.config.edge, Direction::Inbound, peer, &mut req).err();
+        crate::admit::admit_from(&edge, Direction::Inbound, peer, proven, &mut req).err();
+    // The client certificate's details, as only this proxy can know them.
+    let own = shared.mesh_tls.certified();
+    crate::tls::set_forwarded_client_cert(
+        req.headers_mut(),
+        own.as_ref().map(|c| &c.identity),
+        connection.certificate.as_deref(),
+    );
+    // Decided on the request as the door left it, before anything reads
+    // its body or sends it on.
+    let denied = match refused {
+        Some(_) => None,
+        None => crate::authorize::authorize(
+            crate::authorize::applied(policies),
+            None,
+            shared.config.app_addr.port(),
+            &req,
+        )
+        .err(),
+    };
     let upgrade = Upgrade::take(&mut req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -73,6 +109,9 @@ pub async fn handle(
     let result = async {
         if let Some(refusal) = refused {
             return Err(crate::error::ProxyError::Refused(refusal));
+        }
+        if let Some(denied) = denied {
+            return Err(denied);
         }
         // Streamed to the app as it arrives: nothing to retry here.
         let body = ReqBody::arriving(body, Some(log.clone()));

@@ -31,7 +31,8 @@
 //! | connection pool, circuit breaker | `pool.rs` |
 //! | HTTP/2 to the next hop (gRPC), one shared connection per endpoint | `h2.rs` |
 //! | inbound: to the local app | `inbound.rs` |
-//! | authorization: AuthorizationPolicy's decision (Istio's order, value forms; not yet wired into inbound) | `authz.rs` |
+//! | authorization: AuthorizationPolicy's decision (Istio's order, value forms) | `authz.rs` |
+//! | the decision point: policies applied per request, `DECODE_AND_MERGE_SLASHES` paths, 403 `RBAC` | `authorize.rs` |
 //! | WebSocket: routed, then spliced as a byte tunnel | `upgrade.rs` |
 //! | telemetry of one request: span, source headers, metrics, on body end | `telemetry.rs` |
 //! | trace context: W3C / B3 headers, ids, sampling, Zipkin v2 spans | `trace.rs` |
@@ -90,6 +91,7 @@
 pub mod admin;
 pub mod admit;
 pub mod authority;
+pub mod authorize;
 pub mod authz;
 pub mod balance;
 pub mod body;
@@ -103,6 +105,7 @@ pub mod identity;
 pub mod inbound;
 pub mod listener;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod normalize;
 pub mod outbound;

@@ -2,8 +2,29 @@
 //! connection, HTTP/1.1 (and HTTP/2 with prior knowledge) via hyper-util,
 //! and how long a connection may hold the proxy's memory and descriptors.
 //!
-//! The handler gets each request with the address of the peer that sent it
-//! (telemetry's `peer.address`). Around it, this file enforces what Envoy's
+//! The handler gets each request with its connection's [`Peer`]: the
+//! address that sent it (telemetry's `peer.address`) and, on a mutual-TLS
+//! connection, the client's verified certificate (its SPIFFE identity, for
+//! AuthorizationPolicy's `source.principal` and `x-forwarded-client-cert`).
+//!
+//! ## mTLS at the inbound listener (PeerAuthentication)
+//!
+//! An inbound listener asks its [`Admit`] for the mode in effect when a
+//! connection arrives, and peeks at the first byte the client sends
+//! (Envoy's `tls_inspector`): a TLS handshake record, or plaintext HTTP.
+//!
+//! | mode | TLS ClientHello | plaintext |
+//! | --- | --- | --- |
+//! | STRICT | handshake, client certificate required | closed at once |
+//! | PERMISSIVE (Istio's default) | handshake, client certificate required | served |
+//! | DISABLE | closed (nothing here speaks TLS) | served |
+//!
+//! A sidecar without a certificate (no CA) serves plaintext only; under
+//! STRICT it refuses everything until its certificate arrives. The peek
+//! and the handshake run under the request headers timeout, so a client
+//! that connects and says nothing is closed like a slow one.
+//!
+//! Around the handler, this file enforces what Envoy's
 //! HTTP connection manager enforces for Istio (each value from the
 //! environment, `config.rs`):
 //!
@@ -64,8 +85,51 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use mesh_api::config::MtlsMode;
+use mesh_api::identity::Identity;
+
 use crate::body::{ResponseBody, Rsp, text_response};
 use crate::config::ListenerLimits;
+use crate::tls::PeerCertificate;
+
+// === Peer ===
+
+/// Who is at the other end of a connection; every request on it gets it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The client's address (telemetry's `peer.address`).
+    pub address: SocketAddr,
+    /// Set on a mutual-TLS connection: the client's verified certificate.
+    pub certificate: Option<Arc<PeerCertificate>>,
+}
+
+impl Peer {
+    /// A plaintext peer.
+    pub fn plaintext(address: SocketAddr) -> Peer {
+        Peer {
+            address,
+            certificate: None,
+        }
+    }
+
+    /// The client's SPIFFE identity, proven by its certificate; `None` on
+    /// a plaintext connection.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.certificate.as_deref().map(|c| &c.identity)
+    }
+}
+
+/// What an inbound listener enforces for a new connection: the mode in
+/// effect (the snapshot's PeerAuthentication) and the server config of the
+/// current certificate (`None`: the proxy holds none).
+pub struct Admission {
+    pub mode: MtlsMode,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Asked once per connection, as it arrives (so a new snapshot or a
+/// rotated certificate applies to the next connection).
+pub type Admit = Arc<dyn Fn() -> Admission + Send + Sync>;
 
 /// At most one warning per listener and kind (refusals, accept errors) in
 /// this long; the next one says how many were not logged.
@@ -115,7 +179,8 @@ impl Drain {
 
 // === serve ===
 
-/// Serve `handler` on `listener` until `drain.closing` is cancelled.
+/// Serve `handler` on `listener` until `drain.closing` is cancelled,
+/// plaintext only.
 pub fn serve<F, Fut>(
     name: &'static str,
     listener: TcpListener,
@@ -124,7 +189,23 @@ pub fn serve<F, Fut>(
     tasks: TaskTracker,
     handler: F,
 ) where
-    F: Fn(SocketAddr, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Peer, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
+{
+    serve_admitting(name, listener, limits, drain, tasks, None, handler)
+}
+
+/// [`serve`], with mutual TLS as `admit` says (the inbound listener).
+pub fn serve_admitting<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ListenerLimits,
+    drain: Drain,
+    tasks: TaskTracker,
+    admit: Option<Admit>,
+    handler: F,
+) where
+    F: Fn(Peer, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
     let builder = builder(&limits);
@@ -186,6 +267,7 @@ pub fn serve<F, Fut>(
                     stream,
                     peer,
                     permit,
+                    admit: admit.clone(),
                 },
                 builder.clone(),
                 limits,
@@ -222,6 +304,45 @@ struct Accepted {
     peer: SocketAddr,
     /// Given back when the connection task ends.
     permit: OwnedSemaphorePermit,
+    admit: Option<Admit>,
+}
+
+/// Peek, then handshake or not, as the mode says (see the module docs).
+/// `Err` says why the connection is closed.
+async fn establish(
+    stream: TcpStream,
+    admit: Option<&Admit>,
+) -> Result<(Stream, Option<Arc<PeerCertificate>>), String> {
+    let Some(admit) = admit else {
+        return Ok((Stream::Plain(stream), None));
+    };
+    let Admission { mode, tls } = admit();
+    let mut first = [0u8; 1];
+    let tls_hello = match stream.peek(&mut first).await {
+        Ok(0) => return Err("closed before sending anything".into()),
+        Ok(_) => crate::tls::looks_like_tls(first[0]),
+        Err(error) => return Err(format!("could not read: {error}")),
+    };
+    match (mode, tls_hello, tls) {
+        (MtlsMode::Disable, false, _) => Ok((Stream::Plain(stream), None)),
+        (MtlsMode::Disable, true, _) => {
+            Err("a TLS handshake, but PeerAuthentication says DISABLE here".into())
+        }
+        (MtlsMode::Strict, false, _) => Err(
+            "plaintext refused: PeerAuthentication is STRICT here (mutual TLS only)".into(),
+        ),
+        (_, false, _) => Ok((Stream::Plain(stream), None)),
+        (_, true, None) => Err("a TLS handshake, but this sidecar holds no certificate yet".into()),
+        (_, true, Some(config)) => {
+            let tls = tokio_rustls::TlsAcceptor::from(config)
+                .accept(stream)
+                .await
+                .map_err(|error| format!("TLS handshake failed: {error}"))?;
+            let certificate = PeerCertificate::of(tls.get_ref().1.peer_certificates())
+                .ok_or("the client's certificate carries no SPIFFE identity")?;
+            Ok((Stream::Tls(Box::new(tls)), Some(Arc::new(certificate))))
+        }
+    }
 }
 
 async fn connection<F, Fut>(
@@ -231,15 +352,40 @@ async fn connection<F, Fut>(
     drain: Drain,
     handler: F,
 ) where
-    F: Fn(SocketAddr, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Peer, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
     let Accepted {
         name,
         stream,
-        peer,
+        peer: address,
         permit: _permit,
+        admit,
     } = accepted;
+    // Counted while this task lives; when a crowd has left, the last to go
+    // gives their memory back to the kernel (`memory.rs`).
+    let _counted = crate::memory::Connection::open();
+    // mTLS or plaintext, within the time a client has for its first request
+    // head (a client that connects and sends nothing is closed like a slow
+    // one).
+    let handshake = establish(stream, admit.as_ref());
+    let established = match limits.request_headers_timeout {
+        Some(limit) => tokio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or_else(|_| Err("no TLS handshake or request within the request headers timeout".into())),
+        None => handshake.await,
+    };
+    let (stream, certificate) = match established {
+        Ok(established) => established,
+        Err(reason) => {
+            tracing::debug!(listener = name, peer = %address, reason, "connection closed");
+            return;
+        }
+    };
+    let peer = Peer {
+        address,
+        certificate,
+    };
     let state = Arc::new(ConnState::new());
     let io = Watched {
         inner: stream,
@@ -260,7 +406,7 @@ async fn connection<F, Fut>(
         // slot, and `select!` below moves `answer` into its own; behind a
         // box each move is a pointer, not a memcpy of the state (callgrind:
         // about 1.5k instructions per request for one allocation).
-        let answer = Box::pin(handler(peer, req));
+        let answer = Box::pin(handler(peer.clone(), req));
         let (s, d) = (s.clone(), d.clone());
         async move {
             let mut rsp = tokio::select! {
@@ -364,7 +510,7 @@ async fn connection<F, Fut>(
             ControlFlow::Continue(Signal::Check) => match state.verdict(&limits) {
                 Verdict::Alive => {}
                 Verdict::Idle if !shut => {
-                    tracing::debug!(listener = name, %peer, "idle timeout (MESH_IDLE_TIMEOUT)");
+                    tracing::debug!(listener = name, peer = %address, "idle timeout (MESH_IDLE_TIMEOUT)");
                     conn.as_mut().graceful_shutdown();
                     shut = true;
                 }
@@ -373,7 +519,7 @@ async fn connection<F, Fut>(
                 Verdict::Idle => break Ok(()),
                 Verdict::StreamIdle => {
                     tracing::debug!(
-                        listener = name, %peer,
+                        listener = name, peer = %address,
                         "stream idle timeout (MESH_STREAM_IDLE_TIMEOUT): closing"
                     );
                     break Ok(());
@@ -382,7 +528,7 @@ async fn connection<F, Fut>(
         }
     };
     if let Err(error) = result {
-        tracing::debug!(listener = name, %peer, %error, "connection ended with an error");
+        tracing::debug!(listener = name, peer = %address, %error, "connection ended with an error");
     }
 }
 
@@ -563,8 +709,68 @@ impl Body for Tracked {
 
 /// The client's socket, noting when a byte last moved (the idle clocks).
 struct Watched {
-    inner: TcpStream,
+    inner: Stream,
     state: Arc<ConnState>,
+}
+
+/// A client connection, plaintext or mutual TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Watched {

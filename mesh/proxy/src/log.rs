@@ -118,9 +118,12 @@ impl ResponseFlags {
     pub const URX: ResponseFlags = ResponseFlags(1 << 8);
     /// The downstream (the caller) went away before the response was sent.
     pub const DC: ResponseFlags = ResponseFlags(1 << 9);
+    /// An AuthorizationPolicy denied the request (Envoy's RBAC filter,
+    /// `authorize.rs`).
+    pub const RBAC: ResponseFlags = ResponseFlags(1 << 10);
 
     /// Envoy's order when it prints several.
-    const NAMES: [(ResponseFlags, &'static str); 10] = [
+    const NAMES: [(ResponseFlags, &'static str); 11] = [
         (Self::UH, "UH"),
         (Self::UT, "UT"),
         (Self::UF, "UF"),
@@ -131,6 +134,7 @@ impl ResponseFlags {
         (Self::FI, "FI"),
         (Self::URX, "URX"),
         (Self::DC, "DC"),
+        (Self::RBAC, "RBAC"),
     ];
 
     pub fn empty() -> Self {

@@ -241,7 +241,7 @@ async fn checkout(cluster: &ClusterRt, endpoint: &EndpointRt) -> Result<(Conn, b
         }
 
         if increment_below(&pool.connections, max_connections) {
-            return match connect(&endpoint.address, endpoint.state.clone()).await {
+            return match connect(endpoint).await {
                 Ok(sender) => Ok((Conn { sender, uses: 0 }, false)),
                 Err(source) => {
                     pool.connections.fetch_sub(1, Ordering::Relaxed);
@@ -285,11 +285,44 @@ async fn pop_ready(pool: &ConnPool) -> Option<Conn> {
     None
 }
 
-/// Open a connection and run its task; the task gives the connection's slot
-/// back when the connection ends, whoever ends it.
-async fn connect(address: &str, endpoint: Arc<EndpointState>) -> std::io::Result<Sender> {
-    let tcp = connect_tcp(address).await?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+/// Open a connection (mutual TLS when the endpoint says so) and run its
+/// task; the task gives the connection's slot back when the connection
+/// ends, whoever ends it.
+async fn connect(endpoint: &EndpointRt) -> std::io::Result<Sender> {
+    let tcp = connect_tcp(&endpoint.address).await?;
+    match &endpoint.mtls {
+        None => handshake(tcp, endpoint.state.clone()).await,
+        Some(mtls) => {
+            let config = client_tls(mtls, crate::tls::Alpn::Http1)?;
+            let tls = crate::tls::connect(config, tcp).await?;
+            handshake(tls, endpoint.state.clone()).await
+        }
+    }
+}
+
+/// The client config toward an ISTIO_MUTUAL endpoint; an error while this
+/// proxy holds no certificate (the connection fails as a connect failure:
+/// 503 `UF`, retried by Istio's default policy), never plaintext instead.
+pub(crate) fn client_tls(
+    mtls: &crate::cluster::UpstreamTls,
+    alpn: crate::tls::Alpn,
+) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    match mtls.mesh.client(&mtls.expected, alpn) {
+        Ok(Some(config)) => Ok(config),
+        Ok(None) => Err(std::io::Error::other(format!(
+            "mutual TLS to {} needs this proxy's workload certificate, and it has none yet",
+            mtls.expected
+        ))),
+        Err(error) => Err(std::io::Error::other(error.to_string())),
+    }
+}
+
+/// HTTP/1.1 over `io`, plaintext or TLS.
+async fn handshake<IO>(io: IO, endpoint: Arc<EndpointState>) -> std::io::Result<Sender>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {

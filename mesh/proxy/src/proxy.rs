@@ -77,6 +77,29 @@ pub enum StartError {
     },
 }
 
+/// The inbound listener's PeerAuthentication, asked per connection: the
+/// mode of the snapshot in use for the workload port (Istio's default
+/// PERMISSIVE before the first snapshot) and the current certificate's
+/// server config.
+fn inbound_admission(shared: Arc<Shared>) -> crate::listener::Admit {
+    Arc::new(move || {
+        let mode = shared.current.load().as_deref().map_or(
+            mesh_api::config::MtlsMode::Permissive,
+            |table| {
+                table
+                    .snapshot
+                    .inbound
+                    .mtls_for_port(mesh_api::xds::ports::SERVICE)
+            },
+        );
+        let tls = shared.mesh_tls.server().unwrap_or_else(|error| {
+            tracing::warn!(%error, "no mutual TLS on the inbound listener");
+            None
+        });
+        crate::listener::Admission { mode, tls }
+    })
+}
+
 /// Everything the listeners and the control-plane client share.
 #[derive(Debug)]
 pub struct Shared {
@@ -95,6 +118,9 @@ pub struct Shared {
     /// The workload certificate, renewed by `identity.rs`'s worker when the
     /// proxy has a bootstrap token; always `None` otherwise.
     pub identity: crate::identity::Current,
+    /// mTLS configs made from that certificate (`tls.rs`): the inbound
+    /// listener's and one per server identity for the outbound pools.
+    pub mesh_tls: Arc<crate::tls::MeshTls>,
     store: StateStore,
     status: Mutex<ApplyStatus>,
 }
@@ -269,15 +295,20 @@ impl Proxy {
             }
             _ => crate::identity::none(),
         };
+        let mesh_tls = Arc::new(crate::tls::MeshTls::new(
+            identity.clone(),
+            mesh_api::identity::DEFAULT_TRUST_DOMAIN,
+        ));
         let shared = Arc::new(Shared {
             identity,
+            mesh_tls: mesh_tls.clone(),
             rng: Rng::from_seed(config.seed),
             app: app_target(&config),
             advertise: addrs.advertise,
             admin_addr: addrs.admin,
             telemetry,
             current: ArcSwapOption::empty(),
-            store: StateStore::default(),
+            store: StateStore::with_tls(mesh_tls.clone()),
             status: Mutex::new(ApplyStatus::default()),
             drain: drain.clone(),
             config,
@@ -306,17 +337,20 @@ impl Proxy {
                 limits,
                 drain.clone(),
                 tasks.clone(),
-                move |peer, req| crate::outbound::handle(s.clone(), Direction::Outbound, peer, req),
+                move |peer: crate::listener::Peer, req| {
+                    crate::outbound::handle(s.clone(), Direction::Outbound, peer.address, req)
+                },
             );
         }
         if let Some(listener) = inbound {
             let s = shared.clone();
-            crate::listener::serve(
+            crate::listener::serve_admitting(
                 "inbound",
                 listener,
                 limits,
                 drain.clone(),
                 tasks.clone(),
+                Some(inbound_admission(shared.clone())),
                 move |peer, req| crate::inbound::handle(s.clone(), peer, req),
             );
         }
@@ -328,7 +362,9 @@ impl Proxy {
                 limits,
                 drain.clone(),
                 tasks.clone(),
-                move |peer, req| crate::outbound::handle(s.clone(), Direction::Gateway, peer, req),
+                move |peer: crate::listener::Peer, req| {
+                    crate::outbound::handle(s.clone(), Direction::Gateway, peer.address, req)
+                },
             );
         }
 

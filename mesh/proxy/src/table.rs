@@ -19,9 +19,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mesh_api::snapshot::Snapshot;
+use mesh_api::snapshot::{Snapshot, TlsMode};
 
-use crate::cluster::{ClusterRt, EndpointRt, StateStore};
+use crate::cluster::{ClusterRt, EndpointRt, StateStore, UpstreamTls, state_key};
 use crate::route::RouteTable;
 
 /// Why a snapshot was rejected: the error of the one check shared with the
@@ -67,13 +67,29 @@ impl Compiled {
                             instance: e.instance.clone(),
                         });
                     }
-                    Ok(Arc::new(EndpointRt::new(
-                        &e.address,
-                        &e.instance,
-                        e.labels.clone(),
-                        service,
-                        store.endpoint(&c.name, &e.address),
-                    )))
+                    // ISTIO_MUTUAL: the identity the control plane expects
+                    // this endpoint to prove (a proxy without TLS configs,
+                    // a unit test's store, speaks plaintext).
+                    let mtls = match (e.tls_mode, &e.identity, store.mesh_tls()) {
+                        (TlsMode::IstioMutual, Some(expected), Some(mesh)) => {
+                            Some(Arc::new(UpstreamTls {
+                                expected: expected.clone(),
+                                mesh: mesh.clone(),
+                            }))
+                        }
+                        _ => None,
+                    };
+                    let key = state_key(&e.address, mtls.as_ref().map(|m| &m.expected));
+                    Ok(Arc::new(
+                        EndpointRt::new(
+                            &e.address,
+                            &e.instance,
+                            e.labels.clone(),
+                            service,
+                            store.endpoint(&c.name, &key),
+                        )
+                        .with_mtls(mtls),
+                    ))
                 })
                 .collect::<Result<_, _>>()?;
             let cluster = ClusterRt {
@@ -135,10 +151,13 @@ mod tests {
                     instance: "hw-1".into(),
                     address: "127.0.0.1:1".into(),
                     labels: Default::default(),
+                    identity: None,
+                    tls_mode: Default::default(),
                 }],
                 ..Default::default()
             }],
             gateway: None,
+            inbound: Default::default(),
         }
     }
 
@@ -174,6 +193,7 @@ mod tests {
         abort.virtual_hosts[0].routes[0].fault = Some(Fault {
             abort: Some(FaultAbort {
                 http_status: 42,
+                grpc_status: None,
                 percentage: 10.0,
             }),
             delay: None,

@@ -21,11 +21,19 @@
 //! `x-forwarded-client-cert` carries. Only TLS 1.3 is offered, as between
 //! Istio's sidecars.
 //!
-//! Not wired into the listeners yet: the next step builds a [`server_config`]
-//! and one [`client_config`] per expected identity from each new
-//! [`CertifiedKey`] the worker publishes.
+//! [`MeshTls`] holds the configs the listeners and pools use: one server
+//! config and one client config per expected identity, built from the
+//! newest [`CertifiedKey`] the worker published and rebuilt when it
+//! publishes another (a rotation). A handshake takes the config current at
+//! its start; a connection already open keeps its session, so rotation
+//! never cuts one.
+//!
+//! ALPN between sidecars, as Istio sets it: the client offers
+//! `istio-http/1.1` or `istio-h2` (Istio's ALPN filter marks in-mesh
+//! traffic so); the server accepts those and plain `h2` and `http/1.1`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use mesh_api::identity::Identity;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -34,7 +42,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::identity::CertifiedKey;
+use crate::identity::{CertifiedKey, Current};
 
 /// Why a TLS config could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -350,4 +358,266 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
         .map_err(|e| TlsError::Certificate(e.to_string()))
+}
+
+// === ALPN ===
+
+/// The protocol a client sidecar will speak inside the TLS session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    Http1,
+    H2,
+}
+
+impl Alpn {
+    /// What the client offers: Istio's in-mesh names.
+    fn offer(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Http1 => vec![b"istio-http/1.1".to_vec()],
+            Alpn::H2 => vec![b"istio-h2".to_vec()],
+        }
+    }
+}
+
+/// What the server accepts, in its order of preference.
+fn server_alpn() -> Vec<Vec<u8>> {
+    ["istio-h2", "istio-http/1.1", "h2", "http/1.1"]
+        .map(|p| p.as_bytes().to_vec())
+        .to_vec()
+}
+
+// === MeshTls ===
+
+/// The proxy's TLS configs, following its current certificate.
+pub struct MeshTls {
+    current: Current,
+    trust_domain: String,
+    configs: Mutex<Configs>,
+}
+
+/// The configs made from one certificate; thrown away when it changes.
+#[derive(Default)]
+struct Configs {
+    from: Option<Arc<CertifiedKey>>,
+    server: Option<Arc<rustls::ServerConfig>>,
+    clients: HashMap<(Identity, Alpn), Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshTls")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshTls {
+    /// Configs that follow `current`, for peers of `trust_domain`.
+    pub fn new(current: Current, trust_domain: &str) -> MeshTls {
+        MeshTls {
+            current,
+            trust_domain: trust_domain.to_string(),
+            configs: Mutex::new(Configs::default()),
+        }
+    }
+
+    /// The certificate in use now, if the proxy holds one.
+    pub fn certified(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.borrow().clone()
+    }
+
+    /// The configs of the current certificate (made anew after a rotation).
+    /// The lock is held for a map lookup, or once per rotation and peer
+    /// identity for building a config; never across a handshake.
+    fn with_configs<T>(
+        &self,
+        f: impl FnOnce(&CertifiedKey, &mut Configs) -> Result<T, TlsError>,
+    ) -> Result<Option<T>, TlsError> {
+        let Some(certified) = self.certified() else {
+            return Ok(None);
+        };
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if !configs
+            .from
+            .as_ref()
+            .is_some_and(|from| Arc::ptr_eq(from, &certified))
+        {
+            *configs = Configs {
+                from: Some(certified.clone()),
+                ..Configs::default()
+            };
+        }
+        f(&certified, &mut configs).map(Some)
+    }
+
+    /// The inbound config: `None` while the proxy has no certificate.
+    pub fn server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+        let trust_domain = &self.trust_domain;
+        self.with_configs(|certified, configs| {
+            if let Some(server) = &configs.server {
+                return Ok(server.clone());
+            }
+            let mut config = server_config(certified, trust_domain)?;
+            config.alpn_protocols = server_alpn();
+            let config = Arc::new(config);
+            configs.server = Some(config.clone());
+            Ok(config)
+        })
+    }
+
+    /// The outbound config toward a server that must be `expected`:
+    /// `None` while the proxy has no certificate.
+    pub fn client(
+        &self,
+        expected: &Identity,
+        alpn: Alpn,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+        self.with_configs(|certified, configs| {
+            let key = (expected.clone(), alpn);
+            if let Some(client) = configs.clients.get(&key) {
+                return Ok(client.clone());
+            }
+            let mut config = client_config(certified, expected.clone())?;
+            config.alpn_protocols = alpn.offer();
+            let config = Arc::new(config);
+            configs.clients.insert(key, config.clone());
+            Ok(config)
+        })
+    }
+}
+
+// === the two ends of a connection ===
+
+/// What the server side learnt of a mutual-TLS client in the handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The client's SPIFFE identity (the verifier made sure it has one).
+    pub identity: Identity,
+    /// SHA-256 of the client's leaf certificate (DER), lower-case hex:
+    /// the `Hash` of `x-forwarded-client-cert`.
+    pub hash: String,
+}
+
+impl PeerCertificate {
+    /// From a finished handshake's peer certificates.
+    pub fn of(certificates: Option<&[CertificateDer<'_>]>) -> Option<PeerCertificate> {
+        let leaf = certificates?.first()?;
+        Some(PeerCertificate {
+            identity: identity_of(leaf)?,
+            hash: sha256_hex(leaf.as_ref()),
+        })
+    }
+}
+
+/// `x-forwarded-client-cert` as the server sidecar hands it to its app:
+/// whatever the request carried is removed (only this proxy terminated the
+/// client's TLS), then, on a mutual-TLS connection, set as Envoy writes it
+/// for Istio (`forward_client_cert_details: SANITIZE_SET`):
+/// `By=<this workload's SPIFFE ID>;Hash=<SHA-256 of the client's
+/// certificate>;URI=<the client's SPIFFE ID>`.
+pub fn set_forwarded_client_cert(
+    headers: &mut http::HeaderMap,
+    own: Option<&Identity>,
+    peer: Option<&PeerCertificate>,
+) {
+    let name = http::HeaderName::from_static("x-forwarded-client-cert");
+    headers.remove(&name);
+    let (Some(own), Some(peer)) = (own, peer) else {
+        return;
+    };
+    let value = format!("By={own};Hash={};URI={}", peer.hash, peer.identity);
+    // SPIFFE IDs and hex are visible ASCII: always a valid header value.
+    if let Ok(value) = http::HeaderValue::from_str(&value) {
+        headers.insert(name, value);
+    }
+}
+
+/// SHA-256, through the hash rustls's ring provider already carries.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let hash = suite
+        .tls13()
+        .expect("a TLS 1.3 suite")
+        .common
+        .hash_provider
+        .hash(bytes);
+    hash.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// Whether the first byte a client sent opens a TLS handshake record
+/// (content type 22): how a PERMISSIVE listener tells TLS from plaintext,
+/// as Envoy's `tls_inspector` does. No HTTP request starts with it.
+pub fn looks_like_tls(first: u8) -> bool {
+    first == 0x16
+}
+
+/// Client side: a TLS session over `tcp` to a server that must prove the
+/// identity `config` expects.
+pub async fn connect<S>(
+    config: Arc<rustls::ClientConfig>,
+    tcp: S,
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // Our verifier checks the SPIFFE ID, not this name; rustls wants one.
+    let name = ServerName::try_from("mesh.invalid").expect("a valid DNS name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    use super::*;
+
+    #[test]
+    fn sha256_is_the_standard_one() {
+        // FIPS 180-2's "abc" example.
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn forwarded_client_cert_is_replaced_and_only_set_for_a_mutual_tls_peer() {
+        let own = Identity::new("default", "helloworld-service");
+        let peer = PeerCertificate {
+            identity: Identity::new("default", "guestbook-ui"),
+            hash: "ab12".into(),
+        };
+        let spoofed = || {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "x-forwarded-client-cert",
+                "By=x;URI=spiffe://cluster.local/ns/default/sa/admin".parse().unwrap(),
+            );
+            headers
+        };
+        let mut plaintext = spoofed();
+        set_forwarded_client_cert(&mut plaintext, Some(&own), None);
+        assert!(plaintext.get("x-forwarded-client-cert").is_none());
+        let mut mutual = spoofed();
+        set_forwarded_client_cert(&mut mutual, Some(&own), Some(&peer));
+        assert_eq!(
+            mutual.get_all("x-forwarded-client-cert").iter().collect::<Vec<_>>(),
+            [
+                "By=spiffe://cluster.local/ns/default/sa/helloworld-service;Hash=ab12;\
+                 URI=spiffe://cluster.local/ns/default/sa/guestbook-ui"
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_is_told_from_http_by_its_first_byte() {
+        assert!(looks_like_tls(0x16));
+        for plaintext in [b'G', b'P', b'H', b'D', b'O', b'C'] {
+            assert!(!looks_like_tls(plaintext));
+        }
+    }
 }

@@ -129,6 +129,8 @@ async fn grpc_calls_on_one_connection_spread_over_three_endpoints_with_trailers_
             instance: name.into(),
             address: sidecar.advertise_addr().unwrap().to_string(),
             labels: Default::default(),
+            identity: None,
+            tls_mode: Default::default(),
         });
         servers.push(sidecar);
     }

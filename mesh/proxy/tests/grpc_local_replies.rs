@@ -136,6 +136,8 @@ async fn meshed_app(name: &'static str, delay: Duration) -> (ProxyHandle, Endpoi
         instance: name.into(),
         address: sidecar.advertise_addr().unwrap().to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     (sidecar, endpoint)
 }
@@ -228,6 +230,7 @@ async fn a_fault_abort_reaches_a_grpc_client_as_its_grpc_code() {
     vh.routes[0].fault = Some(Fault {
         abort: Some(FaultAbort {
             http_status: 503,
+            grpc_status: None,
             percentage: 100.0,
         }),
         delay: None,
@@ -356,4 +359,69 @@ async fn an_ok_call_logs_the_grpc_status_its_trailers_carry() {
         client.shutdown().await;
         server.shutdown().await;
     }
+#[tokio::test]
+async fn a_grpc_status_abort_reaches_a_grpc_client_as_written() {
+    let (_guard, logs) = Logs::capture();
+    let (server, endpoint) = meshed_app("greeter-1", Duration::ZERO).await;
+    let client = client_sidecar().await;
+    let (mut vh, cluster) = service("greeter", vec![endpoint]);
+    // `fault: {abort: {grpcStatus: RESOURCE_EXHAUSTED, percentage: {value: 100}}}`
+    // as mesh-control compiles it: the code's number and HTTP 200.
+    vh.routes[0].fault = Some(Fault {
+        abort: Some(FaultAbort {
+            http_status: 200,
+            grpc_status: Some(8),
+            percentage: 100.0,
+        }),
+        delay: None,
+    });
+    client
+        .apply_snapshot(snapshot(1, vec![(vh, cluster)]))
+        .unwrap();
+    let channel = channel_via(client.outbound_addr().unwrap(), "greeter").await;
+
+    // The code written in the VirtualService, not one mapped from HTTP.
+    let status = hello(&channel).await.expect_err("every call is aborted");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "fault filter abort");
+    let lines = logs.access_lines();
+    let line = line_for(&lines, "outbound POST greeter:8080/demo.Greeter/Hello");
+    assert!(
+        line.contains(" 200 FI ") && line.ends_with(" grpc_status=8"),
+        "{line}"
+    );
+    let stats = get(
+        &direct_client(),
+        &format!("http://{}/stats/prometheus", client.admin_addr()),
+    )
+    .await
+    .body;
+    assert!(
+        stats.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"200\"")
+            && l.contains("grpc_response_status=\"8\"")
+            && l.contains("response_flags=\"FI\"")),
+        "{stats}"
+    );
+
+    // An HTTP/1.1 caller of the same route gets what Envoy's fault filter
+    // answers a non-gRPC request with a gRPC abort: HTTP 200 and the text;
+    // only the access log's FI tells it from the app's answer.
+    let plain = get(
+        &client_via(client.outbound_addr().unwrap()),
+        "http://greeter:8080/plain",
+    )
+    .await;
+    assert_eq!(
+        (plain.status, plain.body.as_str()),
+        (200, "fault filter abort")
+    );
+    let lines = logs.access_lines();
+    let line = line_for(&lines, "outbound GET greeter:8080/plain");
+    assert!(
+        line.contains(" 200 FI ") && !line.contains("grpc_status=8"),
+        "{line}"
+    );
+    client.shutdown().await;
+    server.shutdown().await;
 }

@@ -122,6 +122,8 @@ impl App {
             instance: name.into(),
             address: self.addr.to_string(),
             labels: Default::default(),
+            identity: None,
+            tls_mode: Default::default(),
         }
     }
 
@@ -228,6 +230,8 @@ fn cluster(name: &str, address: SocketAddr) -> Cluster {
             instance: format!("{name}-1"),
             address: address.to_string(),
             labels: Default::default(),
+            identity: None,
+            tls_mode: Default::default(),
         }],
         ..Default::default()
     }
@@ -445,6 +449,8 @@ async fn a_client_that_hangs_up_mid_upload_ends_the_request_to_the_app() {
         instance: server.instance().to_string(),
         address: server.advertise_addr().unwrap().to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     client_sidecar
         .apply_snapshot(snapshot(1, vec![service("hw", vec![endpoint])]))

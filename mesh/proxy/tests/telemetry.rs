@@ -99,6 +99,8 @@ fn endpoint(proxy: &ProxyHandle) -> Endpoint {
         instance: announce.instance,
         address: announce.address,
         labels: announce.labels,
+        identity: None,
+        tls_mode: Default::default(),
     }
 }
 
@@ -225,6 +227,7 @@ async fn a_trace_crosses_the_gateway_and_two_sidecars_as_one_tree() {
             vec![endpoint(&hw)],
         )],
         gateway: None,
+        inbound: Default::default(),
     })
     .unwrap();
     ui_app(ui_listener, ui.outbound_addr().unwrap()).await;
@@ -420,6 +423,7 @@ fn one_route(proxy: &ProxyHandle, service: &str, endpoints: Vec<Endpoint>) -> Sn
         virtual_hosts: vec![host(service, vec![route("default", vec![], service)])],
         clusters: vec![cluster(service, None, endpoints)],
         gateway: None,
+        inbound: Default::default(),
     }
 }
 
@@ -565,6 +569,8 @@ async fn a_failed_request_is_a_span_with_error_and_flags() {
                 instance: "gone-1".into(),
                 address: refused_addr().await.to_string(),
                 labels: BTreeMap::from([("version".into(), "v1".into())]),
+                identity: None,
+                tls_mode: Default::default(),
             }],
         ))
         .unwrap();
@@ -720,6 +726,7 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
             cluster("helloworld-service", Some("v2"), vec![endpoint(&v2)]),
         ],
         gateway: None,
+        inbound: Default::default(),
     })
     .unwrap();
 
@@ -973,6 +980,7 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
         delay: None,
         abort: Some(FaultAbort {
             http_status: 503,
+            grpc_status: None,
             percentage: 100.0,
         }),
     });
@@ -988,6 +996,7 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
             cluster("slow", None, vec![slow.endpoint()]),
         ],
         gateway: None,
+        inbound: Default::default(),
     })
     .unwrap();
     let via = client_via(ui.outbound_addr().unwrap());

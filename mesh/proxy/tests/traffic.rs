@@ -60,6 +60,7 @@ fn snap(virtual_host: VirtualHost, clusters: Vec<Cluster>) -> Snapshot {
         virtual_hosts: vec![virtual_host],
         clusters,
         gateway: None,
+        inbound: Default::default(),
     }
 }
 
@@ -71,6 +72,8 @@ async fn a_refused_endpoint_is_retried_onto_a_live_one() {
         instance: "hw-dead".into(),
         address: refused_addr().await.to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     let mut default = route(vec![to("hw", 100)]);
     default.retries = RetryPolicy::default(); // Istio's: connect-failure, 503, 2 retries
@@ -120,6 +123,7 @@ async fn a_50_percent_abort_fails_half_the_requests() {
     faulty.fault = Some(Fault {
         abort: Some(FaultAbort {
             http_status: 500,
+            grpc_status: None,
             percentage: 50.0,
         }),
         delay: None,

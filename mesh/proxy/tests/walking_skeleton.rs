@@ -145,6 +145,8 @@ async fn a_refusing_endpoint_gives_503_uf_and_an_empty_cluster_503_uh() {
         instance: "hw-dead".into(),
         address: refused.to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     let proxy = sidecar(Some(snapshot(
         1,
@@ -188,6 +190,8 @@ async fn a_request_crosses_two_sidecars_to_the_app() {
         instance: server.instance().to_string(),
         address: server.advertise_addr().unwrap().to_string(),
         labels: Default::default(),
+        identity: None,
+        tls_mode: Default::default(),
     };
     // The server sidecar's own snapshot does not matter for inbound traffic,
     // but its /ready waits for one.

@@ -62,6 +62,8 @@ fn one_endpoint(name: &str, address: SocketAddr) -> Cluster {
             instance: format!("{name}-1"),
             address: address.to_string(),
             labels: Default::default(),
+            identity: None,
+            tls_mode: Default::default(),
         }],
         ..Default::default()
     }

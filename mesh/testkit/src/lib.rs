@@ -252,7 +252,15 @@ impl Mesh {
 }
 
 /// Proxy settings from `(variable, value)` pairs, as the environment would give them.
-fn config_from(settings: HashMap<&str, String>) -> Result<Config> {
+///
+/// A test's proxy stops at once, as `Config::local_sidecar`'s do: without a
+/// `MESH_DRAIN_DURATION` of its own it keeps no drain window (the proxy's
+/// default, 5 s, would add 5 s to every `shutdown()`); requests in flight
+/// still get the drain timeout to finish.
+fn config_from(mut settings: HashMap<&str, String>) -> Result<Config> {
+    settings
+        .entry("MESH_DRAIN_DURATION")
+        .or_insert_with(|| "0".to_string());
     let settings: HashMap<String, String> = settings
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -483,6 +491,8 @@ impl Upstream {
             instance: self.name.clone(),
             address: self.addr.to_string(),
             labels: BTreeMap::new(),
+            identity: None,
+            tls_mode: Default::default(),
         }
     }
 

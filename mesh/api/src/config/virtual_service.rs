@@ -101,11 +101,64 @@ pub struct Delay {
     pub percentage: Option<f64>,
 }
 
+/// Istio's `HTTPFaultInjection.Abort`: its error type is a oneof, so exactly
+/// one of `http_status` and `grpc_status` is set (`http2Error`, the third
+/// member, is refused by name).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Abort {
-    pub http_status: u16,
+    /// `httpStatus`: the HTTP status of the answer, like 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// `grpcStatus`: a gRPC code name from [`GRPC_STATUS_CODES`], as
+    /// written (`UNAVAILABLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
     pub percentage: Option<f64>,
+}
+
+impl Abort {
+    /// What the abort answers, for people: `503` or `gRPC UNAVAILABLE`.
+    pub fn describe_status(&self) -> String {
+        match (&self.grpc_status, self.http_status) {
+            (Some(name), _) => format!("gRPC {name}"),
+            (None, Some(status)) => status.to_string(),
+            (None, None) => "-".to_string(),
+        }
+    }
+}
+
+/// The gRPC status names `grpcStatus` accepts, in code order (the index is
+/// the number on the wire: `UNAVAILABLE` is 14). These are gRPC's
+/// `doc/statuscodes.md` names, the same table istiod looks a `grpcStatus`
+/// up in before it writes Envoy's `abort.grpc_status` number; Istio takes
+/// only the upper-case name, never the number.
+pub const GRPC_STATUS_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The wire number of a gRPC status name (`UNAVAILABLE` -> 14).
+pub fn grpc_status_code(name: &str) -> Option<u16> {
+    GRPC_STATUS_CODES
+        .iter()
+        .position(|known| *known == name)
+        .map(|code| code as u16)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -373,17 +426,13 @@ pub(crate) const DELAY: Shape = Shape {
 
 pub(crate) const ABORT: Shape = Shape {
     what: "a fault abort",
-    fields: &["httpStatus", "percentage"],
+    fields: &["httpStatus", "grpcStatus", "percentage"],
     istio_only: &[
         (
             "percent",
             Unsupported::Replaced(
                 "`percent` is the talk-era integer field, and Istio's current CRD no longer has it in an abort (Kubernetes refuses it as an unknown field): write `percentage: {value: 100}`",
             ),
-        ),
-        (
-            "grpcStatus",
-            Unsupported::NotImplemented("aborts gRPC calls with a gRPC status"),
         ),
         (
             "http2Error",
@@ -854,7 +903,24 @@ fn decode_fault(d: &mut Decoder, path: &Path, value: &Value) -> Option<Fault> {
     if let Some((p, v)) = object.get("abort")
         && let Some(abort) = d.object(&p, v, &ABORT)
     {
-        let status = abort.required(d, "httpStatus", "503").and_then(|(p, v)| {
+        // Istio's oneof: `httpStatus` or `grpcStatus`, exactly one.
+        let http = abort.get("httpStatus");
+        let grpc = abort.get("grpcStatus");
+        let errors_before_status = d.errors.len();
+        match (&http, &grpc) {
+            (Some(_), Some((p, _))) => d.error(
+                p,
+                "an abort has one error type: write `httpStatus` (an HTTP answer, like 503) or \
+                 `grpcStatus` (a gRPC status name, like UNAVAILABLE), not both",
+            ),
+            (None, None) => d.error(
+                &p,
+                "an abort needs its error type: `httpStatus: 503` (an HTTP status) or \
+                 `grpcStatus: UNAVAILABLE` (a gRPC status name)",
+            ),
+            _ => {}
+        }
+        let http_status = http.and_then(|(p, v)| {
             let status = d.integer(&p, v, i64::MIN, i64::MAX)?;
             if !(200..=599).contains(&status) {
                 d.error(
@@ -867,18 +933,60 @@ fn decode_fault(d: &mut Decoder, path: &Path, value: &Value) -> Option<Fault> {
             }
             Some(status as u16)
         });
+        let grpc_status = grpc.and_then(|(p, v)| decode_grpc_status(d, &p, v));
         let percentage = abort
             .get("percentage")
             .and_then(|(p, v)| d.percentage(&p, v));
-        fault.abort = status.map(|http_status| Abort {
-            http_status,
-            percentage,
-        });
+        if d.errors.len() == errors_before_status {
+            fault.abort = Some(Abort {
+                http_status,
+                grpc_status,
+                percentage,
+            });
+        }
     }
     if !object.has("delay") && !object.has("abort") && d.errors.len() == errors_before {
         d.error(path, "a fault needs `delay` or `abort` (or both)");
     }
     (d.errors.len() == errors_before).then_some(fault)
+}
+
+/// `grpcStatus`: one of gRPC's upper-case code names, as Istio takes it.
+fn decode_grpc_status(d: &mut Decoder, path: &Path, value: &Value) -> Option<String> {
+    let names = GRPC_STATUS_CODES.join(", ");
+    if let Value::Number(n) = value {
+        let hint = n
+            .as_u64()
+            .and_then(|code| GRPC_STATUS_CODES.get(code as usize))
+            .map(|name| format!("; for {n} write `{name}`"))
+            .unwrap_or_default();
+        d.error(
+            path,
+            format!("`grpcStatus` is a gRPC status name, not a number (Istio takes the name only){hint}; use one of {names}"),
+        );
+        return None;
+    }
+    let name = d.string(path, value)?;
+    if grpc_status_code(&name).is_some() {
+        return Some(name);
+    }
+    // The name written in lower case, or one or two letters off.
+    let upper = name.to_ascii_uppercase().replace(['-', ' '], "_");
+    let hint = GRPC_STATUS_CODES
+        .iter()
+        .map(|known| (super::decode::edit_distance(&upper, known), *known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(distance, known)| match distance {
+            0 => format!(" (names are upper case: `{known}`)"),
+            _ => format!("; did you mean `{known}`?"),
+        })
+        .unwrap_or_default();
+    d.error(
+        path,
+        format!("`{name}` is not a gRPC status name{hint}; use one of {names}"),
+    );
+    None
 }
 
 fn decode_retries(d: &mut Decoder, path: &Path, value: &Value) -> Option<Retries> {
@@ -1075,6 +1183,97 @@ http:
                 "spec.http[0].retries.retryOn",
             ],
             "{errors:#?}"
+        );
+    }
+
+    fn abort_yaml(abort: &str) -> String {
+        format!(
+            "hosts: [hello-grpc]\nhttp:\n- route: [{{destination: {{host: hello-grpc}}}}]\n  fault: {{abort: {abort}}}\n"
+        )
+    }
+
+    #[test]
+    fn a_grpc_status_abort_decodes_by_name() {
+        let (vs, errors) = decode_yaml(&abort_yaml(
+            "{grpcStatus: UNAVAILABLE, percentage: {value: 50}}",
+        ));
+        assert_eq!(errors, vec![]);
+        let abort = vs.unwrap().http[0].fault.clone().unwrap().abort.unwrap();
+        assert_eq!(abort.grpc_status.as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(abort.http_status, None);
+        assert_eq!(abort.percentage, Some(50.0));
+        assert_eq!(abort.describe_status(), "gRPC UNAVAILABLE");
+        // Every name gRPC defines, at its wire number.
+        assert_eq!(grpc_status_code("OK"), Some(0));
+        assert_eq!(grpc_status_code("UNAVAILABLE"), Some(14));
+        assert_eq!(grpc_status_code("UNAUTHENTICATED"), Some(16));
+        for name in GRPC_STATUS_CODES {
+            let (_, errors) = decode_yaml(&abort_yaml(&format!("{{grpcStatus: {name}}}")));
+            assert_eq!(errors, vec![], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_bad_grpc_status_is_refused_with_the_names_to_use() {
+        let cases = [
+            (
+                "{grpcStatus: UNAVAILBLE}",
+                "`UNAVAILBLE` is not a gRPC status name; did you mean `UNAVAILABLE`?",
+            ),
+            (
+                "{grpcStatus: SERVER_BUSY}",
+                "`SERVER_BUSY` is not a gRPC status name; use",
+            ),
+            (
+                "{grpcStatus: unavailable}",
+                "names are upper case: `UNAVAILABLE`",
+            ),
+            ("{grpcStatus: 14}", "for 14 write `UNAVAILABLE`"),
+        ];
+        for (abort, expected) in cases {
+            let (vs, errors) = decode_yaml(&abort_yaml(abort));
+            // The fault is dropped whole, never kept with a guessed status
+            // (and the errors refuse the resource: `ConfigSet::apply`).
+            assert!(
+                vs.is_none_or(|vs| vs.http.first().is_none_or(|r| r.fault.is_none())),
+                "{abort}: nothing half-applied"
+            );
+            assert_eq!(errors.len(), 1, "{abort}: {errors:?}");
+            let (path, message) = &errors[0];
+            assert_eq!(path, "spec.http[0].fault.abort.grpcStatus");
+            assert!(message.contains(expected), "{abort}: {message}");
+            assert!(
+                message.contains("OK, CANCELLED, UNKNOWN") && message.contains("UNAUTHENTICATED"),
+                "{abort}: the message lists the names: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_abort_has_exactly_one_error_type() {
+        let (_, errors) = decode_yaml(&abort_yaml("{httpStatus: 503, grpcStatus: UNAVAILABLE}"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "spec.http[0].fault.abort.grpcStatus");
+        assert!(errors[0].1.contains("not both"), "{}", errors[0].1);
+
+        let (_, errors) = decode_yaml(&abort_yaml("{percentage: {value: 10}}"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "spec.http[0].fault.abort");
+        assert!(
+            errors[0].1.contains("`grpcStatus: UNAVAILABLE`"),
+            "{}",
+            errors[0].1
+        );
+
+        // `http2Error` is still refused by name.
+        let (_, errors) = decode_yaml(&abort_yaml("{http2Error: REFUSED_STREAM}"));
+        assert_eq!(errors[0].0, "spec.http[0].fault.abort.http2Error");
+        assert!(
+            errors[0]
+                .1
+                .contains("micromesh does not implement `http2Error`"),
+            "{}",
+            errors[0].1
         );
     }
 

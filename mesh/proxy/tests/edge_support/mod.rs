@@ -107,6 +107,11 @@ impl RecordingApp {
         self.arrived.lock().unwrap().len()
     }
 
+    /// Every request that arrived, in order.
+    pub fn all(&self) -> Vec<Arrived> {
+        self.arrived.lock().unwrap().clone()
+    }
+
     /// The last request that arrived.
     pub fn last(&self) -> Option<Arrived> {
         self.arrived.lock().unwrap().last().cloned()
@@ -133,6 +138,8 @@ pub fn hw_service(app: SocketAddr) -> (VirtualHost, Cluster) {
             instance: "hw-1".into(),
             address: app.to_string(),
             labels: BTreeMap::new(),
+            identity: None,
+            tls_mode: Default::default(),
         }],
         ..Default::default()
     };
@@ -164,6 +171,7 @@ pub fn sidecar_snapshot(app: SocketAddr) -> Snapshot {
         virtual_hosts: vec![vh],
         clusters: vec![cluster],
         gateway: None,
+        inbound: Default::default(),
     }
 }
 
@@ -179,6 +187,7 @@ pub fn gateway_snapshot(endpoint: SocketAddr) -> Snapshot {
             gateways: vec!["default/edge".into()],
             virtual_hosts: vec![vh],
         }),
+        inbound: Default::default(),
     }
 }
 

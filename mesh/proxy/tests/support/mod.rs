@@ -86,6 +86,7 @@ pub fn snapshot(version: u64, services: Vec<(VirtualHost, Cluster)>) -> Snapshot
         virtual_hosts,
         clusters,
         gateway: None,
+        inbound: Default::default(),
     }
 }
 
