@@ -334,6 +334,8 @@ async fn an_ok_call_logs_the_grpc_status_its_trailers_carry() {
             instance: "greeter-1".into(),
             address: server.advertise_addr().unwrap().to_string(),
             labels: Default::default(),
+            identity: None,
+            tls_mode: Default::default(),
         };
         let mut client_config = Config::local_sidecar("client", refused_addr().await);
         client_config.telemetry = telemetry;
@@ -359,6 +361,8 @@ async fn an_ok_call_logs_the_grpc_status_its_trailers_carry() {
         client.shutdown().await;
         server.shutdown().await;
     }
+}
+
 #[tokio::test]
 async fn a_grpc_status_abort_reaches_a_grpc_client_as_written() {
     let (_guard, logs) = Logs::capture();
