@@ -56,7 +56,9 @@ pub fn edge_settings(edge: &EdgeSettings, policies_apply: bool) -> EdgeSettings 
 }
 
 /// The snapshot's applied policies as the evaluator reads them.
-pub fn applied(policies: &[AppliedAuthorizationPolicy]) -> impl Iterator<Item = Policy<'_>> + '_ {
+pub fn applied(
+    policies: &[AppliedAuthorizationPolicy],
+) -> impl Iterator<Item = Policy<'_>> + '_ {
     policies.iter().map(|p| Policy {
         name: &p.name,
         spec: &p.spec,
@@ -171,9 +173,7 @@ mod tests {
         assert!(authorize(named(&spec), Some(&ui()), 8080, &get("/")).is_ok());
         let other = Identity::new("default", "loadgen");
         let denied = authorize(named(&spec), Some(&other), 8080, &get("/")).unwrap_err();
-        assert!(
-            matches!(&denied, ProxyError::Denied { reason } if reason == "no ALLOW policy matched")
-        );
+        assert!(matches!(&denied, ProxyError::Denied { reason } if reason == "no ALLOW policy matched"));
         assert_eq!(denied.to_response().status(), 403);
         assert!(
             authorize(named(&spec), None, 8080, &get("/")).is_err(),

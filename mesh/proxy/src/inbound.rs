@@ -51,7 +51,8 @@ pub async fn handle(
     let edge = crate::authorize::edge_settings(&shared.config.edge, !policies.is_empty());
     // A mutual-TLS peer proved it is a sidecar of the mesh.
     let proven = connection.certificate.is_some();
-    let refused = crate::admit::admit_from(&edge, Direction::Inbound, peer, proven, &mut req).err();
+    let refused =
+        crate::admit::admit_from(&edge, Direction::Inbound, peer, proven, &mut req).err();
     // The client certificate's details, as only this proxy can know them.
     let own = shared.mesh_tls.certified();
     crate::tls::set_forwarded_client_cert(

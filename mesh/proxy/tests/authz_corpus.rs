@@ -117,7 +117,9 @@ fn corpus() -> Vec<String> {
         }
     }
     // Not a path: refused before any decision.
-    targets.extend(["%2Fadmin", "admin", "\\admin", "*", "#/admin", "?/admin"].map(String::from));
+    targets.extend(
+        ["%2Fadmin", "admin", "\\admin", "*", "#/admin", "?/admin"].map(String::from),
+    );
     targets
 }
 
@@ -259,8 +261,7 @@ async fn no_spelling_of_admin_gets_past_a_deny_policy() {
     for (case, target) in targets.iter().enumerate() {
         let (status, body) = &answers[&case];
         let reached = arrived.get(&case);
-        let context =
-            format!("case {case}: GET {target} -> {status} {body:?}, app got {reached:?}");
+        let context = format!("case {case}: GET {target} -> {status} {body:?}, app got {reached:?}");
         // 1. No bypass, judged by the app's reading alone.
         if let Some(at_app) = reached {
             assert!(!is_admin(&app_view(at_app)), "BYPASS: {context}");
@@ -284,11 +285,7 @@ async fn no_spelling_of_admin_gets_past_a_deny_policy() {
             Expect::Arrives(normal) => {
                 passed += 1;
                 assert_eq!(*status, 200, "{context}");
-                assert_eq!(
-                    reached,
-                    Some(&normal),
-                    "decided on one path, sent another: {context}"
-                );
+                assert_eq!(reached, Some(&normal), "decided on one path, sent another: {context}");
             }
         }
     }
@@ -297,10 +294,7 @@ async fn no_spelling_of_admin_gets_past_a_deny_policy() {
         targets.len()
     );
     // The corpus exercises all three outcomes in earnest.
-    assert!(
-        denied > 1000 && passed > 1000 && refused > 100,
-        "{denied} {passed} {refused}"
-    );
+    assert!(denied > 1000 && passed > 1000 && refused > 100, "{denied} {passed} {refused}");
     proxy.shutdown().await;
 }
 
@@ -317,8 +311,5 @@ fn the_app_view_resolves_like_a_lenient_server() {
     assert_eq!(expect("/x#/../admin"), Expect::Arrives("/x".into()));
     assert_eq!(expect("/x/..%2fadmin"), Expect::Denied);
     assert_eq!(expect("%2Fadmin"), Expect::Refused);
-    assert_eq!(
-        expect("/ADMIN?a=/admin"),
-        Expect::Arrives("/ADMIN?a=/admin".into())
-    );
+    assert_eq!(expect("/ADMIN?a=/admin"), Expect::Arrives("/ADMIN?a=/admin".into()));
 }
