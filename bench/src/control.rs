@@ -392,6 +392,7 @@ pub fn instance(i: usize) -> String {
 /// services, so every service has both v1 and v2 endpoints.
 pub fn announce(i: usize, services: usize) -> ProxyAnnounce {
     ProxyAnnounce {
+        identity: None,
         instance: instance(i),
         mode: ProxyMode::Sidecar,
         service: format!("bench-svc-{}", i % services),

@@ -37,6 +37,9 @@ pub mod ports {
     pub const OUTBOUND: u16 = 15001;
     pub const INBOUND: u16 = 15006;
     pub const CONTROL: u16 = 15010;
+    /// The control plane's mutual-TLS port (istiod's 15012): proxies that
+    /// hold a certificate watch and announce here, as their identity.
+    pub const SECURE_CONTROL: u16 = 15012;
     pub const DASHBOARD: u16 = 15014;
     pub const GATEWAY: u16 = 8080;
     /// The port every Guestbook service is called on: `http://NAME:8080/...`.
@@ -78,6 +81,13 @@ pub struct ProxyAnnounce {
     /// Where this proxy's admin port listens (for meshctl and the dashboard).
     #[serde(default)]
     pub admin_address: String,
+    /// The workload identity whose certificate this proxy holds
+    /// (`spiffe://cluster.local/ns/<ns>/sa/<sa>`), once it has one. On the
+    /// secure port the control plane takes it from the client certificate
+    /// and refuses an announce naming any other (mesh/control/src/secure.rs);
+    /// `meshctl get proxies` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// The reply to an announce.
@@ -87,6 +97,22 @@ pub struct AnnounceResponse {
     /// The control plane's current config version.
     pub version: u64,
     pub lease_ms: u64,
+    /// Where this control plane serves mutual TLS, when it runs a CA: a
+    /// proxy that holds a certificate moves its watch and announces there
+    /// (mesh/proxy/src/control.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureControl>,
+}
+
+/// The control plane's secure port, and the identity its certificate
+/// proves (the proxy checks it, as an Envoy checks istiod's name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecureControl {
+    /// On the same host as the plaintext API (`MESH_CONTROL_URL`).
+    pub port: u16,
+    /// `spiffe://cluster.local/ns/<ns>/sa/mesh-control`.
+    pub identity: crate::identity::Identity,
 }
 
 /// A proxy's verdict on a snapshot (Envoy's ACK / NACK in xDS).

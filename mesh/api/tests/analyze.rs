@@ -30,6 +30,7 @@ fn services(names: &[&str]) -> Vec<String> {
 
 fn sidecar(service: &str, version: &str) -> ProxyAnnounce {
     ProxyAnnounce {
+        identity: None,
         instance: format!("{service}-{version}-1"),
         mode: ProxyMode::Sidecar,
         service: service.into(),

@@ -27,7 +27,10 @@
 //! ```
 //!
 //! Every write here (PUT, POST, DELETE) needs `Authorization: Bearer
-//! <token>` (`token.rs`); reads are open. The telemetry intake (spans) is not
+//! <token>` (`token.rs`); reads are open. The same API is served over
+//! mutual TLS on the secure port (15012, `secure.rs`), where a proxy's
+//! client certificate stands in for the token on its own
+//! `/v1/proxies/{instance}` routes and binds the instance to its identity. The telemetry intake (spans) is not
 //! guarded: see `token.rs` for why.
 //!
 //! `server.rs` merges the telemetry routers into this one, and serves the
@@ -66,6 +69,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/analyze", get(config_api::analyze))
         .route("/v1/merges", get(config_api::merges))
         .route("/metrics", get(pilot_metrics))
+        // Each proxy instance is held to the identity its certificate
+        // proved, on both ports (`secure.rs`).
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::secure::guard,
+        ))
         // Every write above needs the control plane's token (`token.rs`);
         // a route layer, so an unknown path is still a plain 404.
         .route_layer(axum::middleware::from_fn_with_state(

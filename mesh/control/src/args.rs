@@ -33,6 +33,17 @@ pub struct Args {
     #[arg(long, env = "MESH_CONTROL_LISTEN", default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
 
+    /// Address of the secure API (mutual TLS, istiod's 15012): proxies that
+    /// hold a certificate announce and watch there as their identity. `off`
+    /// serves plaintext only. Only with a CA (a write token).
+    #[arg(
+        long,
+        env = "MESH_SECURE_LISTEN",
+        default_value = "127.0.0.1:15012",
+        value_name = "ADDR|off"
+    )]
+    pub secure_listen: String,
+
     /// Directory for the registry and the applied config (created if missing).
     #[arg(long, env = "MESH_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -192,7 +203,17 @@ impl Args {
             (None, Some(token)) => WriteToken::Given(token),
             (None, None) => WriteToken::StateFile,
         };
+        let secure_listen = match self.secure_listen.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|e| {
+                Error::Usage(format!(
+                    "--secure-listen (MESH_SECURE_LISTEN) {text:?}: {e}; write an address like \
+                     127.0.0.1:15012, or `off`"
+                ))
+            })?),
+        };
         let settings = Settings {
+            secure_listen,
             kubernetes,
             write_token,
             cert_ttl: self.cert_ttl,

@@ -252,6 +252,19 @@ impl Ca {
         })
     }
 
+    /// A certificate for the control plane itself (its secure port,
+    /// `secure.rs`): a key made here, never written anywhere, and the same
+    /// kind of leaf a proxy gets. Returns the leaf and the key (PKCS#8 DER).
+    pub fn issue_own(&self, identity: &Identity) -> Result<(Issued, Vec<u8>), CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|csr| csr.pem())
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let issued = self.sign(&csr, identity)?;
+        Ok((issued, key.serialize_der()))
+    }
+
     /// The answer of `POST /v1/certificates`.
     pub fn response(&self, issued: &Issued) -> CertificateResponse {
         CertificateResponse {
@@ -310,8 +323,9 @@ async fn certificates(
     let Some(ca) = &shared.ca else {
         return Err(ApiFailure::new(
             StatusCode::NOT_FOUND,
-            "this control plane runs without a CA (it has no write token to bootstrap \
-             identities from); start it locally (meshctl up) to have one",
+            "this control plane runs without a CA (it has neither a write token nor the \
+             Kubernetes API to bootstrap identities from); start it with meshctl up or \
+             --source kubernetes to have one",
         ));
     };
     let presented = headers
@@ -319,9 +333,40 @@ async fn certificates(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let proven = shared.token.as_ref().is_some_and(|token| {
+    let mut proven = shared.token.as_ref().is_some_and(|token| {
         mesh_api::identity::verify_bootstrap_token(token.secret(), &request.identity, presented)
     });
+    // On a cluster the proof is the pod's service-account token, minted for
+    // audience istio-ca, which the API server's TokenReview vouches for.
+    if let (false, Some(source)) = (proven, &shared.settings.kubernetes)
+        && !presented.is_empty()
+    {
+        match crate::kubernetes::token_review::review(source.client.clone(), presented).await {
+            Ok(identity) if identity == request.identity => proven = true,
+            Ok(identity) => {
+                tracing::warn!(asked = %request.identity, token = %identity, "certificate refused");
+                return Err(ApiFailure::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the service-account token sent is {identity}'s, but the request is for \
+                         {}: a workload gets a certificate for its own identity only",
+                        request.identity
+                    ),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(identity = %request.identity, %error, "certificate refused");
+                return Err(ApiFailure::new(
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "a certificate for {} needs a service-account token of that identity: \
+                         {error}",
+                        request.identity
+                    ),
+                ));
+            }
+        }
+    }
     if !proven {
         tracing::warn!(identity = %request.identity, "certificate refused: no proof of identity");
         return Err(ApiFailure::new(

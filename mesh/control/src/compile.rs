@@ -651,7 +651,9 @@ fn secure_endpoint(
         Some(ClientTlsMode::Disable) => TlsMode::Disable,
         // Auto mTLS: a sidecar with a certificate, not told to refuse TLS.
         None if endpoint.identity.is_some()
-            && config.effective_mtls(&endpoint.labels).for_port(ports::SERVICE)
+            && config
+                .effective_mtls(&endpoint.labels)
+                .for_port(ports::SERVICE)
                 != MtlsMode::Disable =>
         {
             TlsMode::IstioMutual
@@ -672,6 +674,7 @@ mod tests {
 
     fn sidecar(instance: &str, service: &str, version: &str, port: u16) -> ProxyAnnounce {
         ProxyAnnounce {
+            identity: None,
             instance: instance.into(),
             mode: ProxyMode::Sidecar,
             service: service.into(),

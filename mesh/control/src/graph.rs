@@ -260,7 +260,12 @@ pub fn reduce(samples: &[Sample]) -> HashMap<EdgeKey, Counts> {
             let grpc_failed = sample
                 .label("grpc_response_status")
                 .is_some_and(|s| !s.is_empty() && s != "0");
-            if code == "0" || code.starts_with('5') || grpc_failed {
+            // A request an AuthorizationPolicy denied (403, flag `RBAC`) is
+            // an error of the edge too: the caller did not get its answer.
+            let denied = sample
+                .label("response_flags")
+                .is_some_and(|f| f.split(',').any(|f| f == "RBAC"));
+            if code == "0" || code.starts_with('5') || grpc_failed || denied {
                 counts.errors += sample.value;
             }
             *counts.codes.entry(code.to_string()).or_default() += sample.value;
@@ -871,6 +876,23 @@ mod tests {
         let edges = reduce(&parse(&text).unwrap());
         let counts = edges.values().next().expect("one edge");
         assert_eq!((counts.requests, counts.errors), (10.0, 4.0));
+    }
+
+    #[test]
+    fn a_request_denied_by_authorization_is_an_error() {
+        // What guestbook-service's sidecar reports after lab 10's policy:
+        // 6 allowed, 4 denied (403 RBAC); a 404 of the app is no error.
+        let labels = "reporter=\"destination\",source_workload=\"helloworld-service\",\
+                      destination_workload=\"guestbook-service\",destination_service=\"guestbook-service\"";
+        let text = format!(
+            "istio_requests_total{{{labels},response_code=\"200\",response_flags=\"-\"}} 6\n\
+             istio_requests_total{{{labels},response_code=\"403\",response_flags=\"RBAC\"}} 4\n\
+             istio_requests_total{{{labels},response_code=\"404\",response_flags=\"-\"}} 1\n"
+        );
+        let edges = reduce(&parse(&text).unwrap());
+        let counts = edges.values().next().expect("one edge");
+        assert_eq!((counts.requests, counts.errors), (11.0, 4.0));
+        assert_eq!(counts.codes["403"], 4.0);
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub mod kubernetes;
 pub mod pilot;
 pub mod registry;
 pub mod scrape;
+pub mod secure;
 mod server;
 mod state;
 pub mod store;
@@ -122,6 +123,16 @@ pub enum Error {
     /// The write token could not be made or read (`token.rs`).
     #[error(transparent)]
     Token(#[from] token::TokenError),
+
+    /// The secure port could not start (`secure.rs`).
+    #[error(transparent)]
+    Secure(#[from] secure::SecureError),
+
+    #[error(
+        "cannot listen on {addr} (the secure port): {error}; is another mesh-control already \
+         running? Choose another address with --secure-listen or MESH_SECURE_LISTEN"
+    )]
+    SecureBind { addr: SocketAddr, error: io::Error },
 
     /// The admission webhook could not start (`kubernetes/webhook.rs`).
     #[error(transparent)]

@@ -341,6 +341,7 @@ mod tests {
 
     fn sidecar(instance: &str, service: &str, version: &str) -> ProxyAnnounce {
         ProxyAnnounce {
+            identity: None,
             instance: instance.into(),
             mode: ProxyMode::Sidecar,
             service: service.into(),

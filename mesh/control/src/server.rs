@@ -1,6 +1,25 @@
 //! Starting and stopping the control plane: settings, the listening sockets
-//! (the API, and the dashboard's), and the background tasks (lease ticker,
-//! registry writer, metrics scraper).
+//! (the API, its secure port, and the dashboard's), and the background tasks
+//! (lease ticker, registry writer, metrics scraper).
+//!
+//! Two API ports, as istiod has:
+//!
+//! ```text
+//! 15010 plaintext   reads (the dashboard, meshctl get, curl), CSRs with a bootstrap
+//!                   token (ca.rs), writes with the write token (meshctl apply; the
+//!                   announces of proxies that hold no certificate yet)
+//! 15012 mutual TLS  the API again; a proxy's client certificate proves who it is
+//!                   and the proxy announces, watches and ACKs only as itself (secure.rs)
+//! ```
+//!
+//! What stays allowed on 15010 once identities exist: everything a human
+//! or a bootstrapping proxy needs (as on istiod's 15010, which serves xDS
+//! without authentication), but nothing for an instance that proved its
+//! identity on 15012: its announces, watches and ACKs are refused there
+//! (403), so a holder of the write token cannot take over a proxy that
+//! moved to mutual TLS. Removing such an instance with the write token
+//! stays allowed (an operator's act: `meshctl up` clears a killed run's
+//! leftovers so); that token can already apply any routing rule. An identity claimed on 15010 is never shown.
 //!
 //! The binary (`args.rs`) and the tests use the same entry point,
 //! [`Server::start`], so what the tests exercise is what `meshctl up` runs.
@@ -65,6 +84,9 @@ pub struct Settings {
     pub write_token: WriteToken,
     /// How long the workload certificates the CA signs live (`ca.rs`).
     pub cert_ttl: Duration,
+    /// Where the secure (mutual TLS) API listens (`secure.rs`); only with
+    /// a CA. `None`: plaintext only.
+    pub secure_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -87,6 +109,7 @@ impl Default for Settings {
             kubernetes: None,
             write_token: WriteToken::StateFile,
             cert_ttl: crate::ca::DEFAULT_CERT_TTL,
+            secure_listen: Some(SocketAddr::from(([127, 0, 0, 1], ports::SECURE_CONTROL))),
         }
     }
 }
@@ -101,6 +124,7 @@ impl Settings {
             dashboard: DashboardListen::Required(SocketAddr::from(([127, 0, 0, 1], 0))),
             state_dir: state_dir.into(),
             write_token: WriteToken::Open,
+            secure_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             ..Settings::default()
         }
     }
@@ -150,15 +174,25 @@ impl Server {
         // The token file lives in the state directory: make it exist first.
         crate::store::Store::open(&settings.state_dir)?;
         let token = ControlToken::resolve(&settings.write_token, &settings.state_dir)?;
-        // The CA bootstraps identities from the write token: no token, no CA.
-        let ca = match &token {
-            Some(_) => Some(crate::ca::Ca::load_or_create(
+        // The CA bootstraps identities from the write token locally, from
+        // service-account tokens (TokenReview) on a cluster: with neither
+        // it could prove no one, so there is none.
+        let ca = if token.is_some() || kubernetes_source.is_some() {
+            Some(crate::ca::Ca::load_or_create(
                 &settings.state_dir,
                 mesh_api::identity::DEFAULT_TRUST_DOMAIN,
                 settings.cert_ttl,
-            )?),
-            None => None,
+            )?)
+        } else {
+            None
         };
+        let secure_listen = settings.secure_listen.filter(|_| ca.is_some());
+        let control_identity = mesh_api::identity::Identity::new(
+            kubernetes_source
+                .as_ref()
+                .map_or("default", |source| source.namespace.as_str()),
+            crate::secure::CONTROL_SERVICE_ACCOUNT,
+        );
         let shared = Arc::new(Shared::load(settings, shutdown.clone(), token, ca)?);
         // One API, on both ports: the dashboard's page calls it same-origin.
         let app = api::router(shared.clone())
@@ -171,6 +205,36 @@ impl Server {
         let serve = axum::serve(listener, app.clone())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { serve.await });
+        // The secure port: the same API, each request carrying the identity
+        // its client certificate proved (`secure.rs`).
+        let secure = match secure_listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|error| Error::SecureBind {
+                        addr: listen,
+                        error,
+                    })?;
+                let local = listener.local_addr().map_err(|error| Error::SecureBind {
+                    addr: listen,
+                    error,
+                })?;
+                let acceptor = crate::secure::acceptor(shared.clone(), control_identity.clone())?;
+                // Set once, here, before any request can be served.
+                let _ = shared
+                    .secure
+                    .set(crate::secure::advertised(local, control_identity.clone()));
+                tracing::info!(addr = %local, identity = %control_identity, "secure API (mutual TLS)");
+                Some(tokio::spawn(crate::secure::serve(
+                    listener,
+                    acceptor,
+                    app.clone(),
+                    control_identity.trust_domain.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let dashboard = dashboard_listener.map(|listener| {
             let page = app.merge(dashboard::assets_router());
             let serve = axum::serve(listener, page)
@@ -203,6 +267,7 @@ impl Server {
                 scraper,
                 source,
                 webhook: webhook_task,
+                secure,
             }),
         })
     }
@@ -234,6 +299,8 @@ struct Tasks {
     source: Option<JoinHandle<()>>,
     /// The admission webhook's server and caBundle publisher.
     webhook: Option<JoinHandle<()>>,
+    /// The secure port's server (`secure.rs`), with a CA.
+    secure: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -245,6 +312,16 @@ impl ServerHandle {
     /// `http://127.0.0.1:PORT`, the base URL of the API.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The secure (mutual TLS) port and the identity it proves, if it runs.
+    pub fn secure(&self) -> Option<&mesh_api::xds::SecureControl> {
+        self.shared.secure.get()
+    }
+
+    /// The mesh's root certificate (PEM), if the control plane runs a CA.
+    pub fn root_pem(&self) -> Option<&str> {
+        self.shared.ca.as_ref().map(|ca| ca.root_pem())
     }
 
     /// The admission webhook (address, CA), if it runs.
@@ -308,6 +385,9 @@ impl ServerHandle {
             }
             if let Some(webhook) = tasks.webhook {
                 webhook.await.map_err(Error::Task)?;
+            }
+            if let Some(secure) = tasks.secure {
+                secure.await.map_err(Error::Task)?;
             }
             // The writer makes its last registry write before it returns.
             tasks.writer.await.map_err(Error::Task)?;

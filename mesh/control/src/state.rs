@@ -73,6 +73,9 @@ pub struct Shared {
     /// The mesh CA (`ca.rs`): there whenever a write token is, since the
     /// proxies' bootstrap tokens derive from it.
     pub ca: Option<crate::ca::Ca>,
+    /// The secure port and the identity it proves, once bound
+    /// (`secure.rs`): what an announce's answer tells proxies.
+    pub secure: std::sync::OnceLock<mesh_api::xds::SecureControl>,
 }
 
 // === impl Shared ===
@@ -138,6 +141,7 @@ impl Shared {
             },
             token,
             ca,
+            secure: std::sync::OnceLock::new(),
         })
     }
 

@@ -75,6 +75,7 @@ pub async fn announce(
     Ok(Pretty(AnnounceResponse {
         version: model.version,
         lease_ms: millis(shared.settings.lease),
+        secure: shared.secure.get().cloned(),
     }))
 }
 
@@ -129,6 +130,7 @@ pub async fn leave(
     Ok(Pretty(AnnounceResponse {
         version: model.version,
         lease_ms: millis(shared.settings.lease),
+        secure: shared.secure.get().cloned(),
     }))
 }
 
@@ -496,16 +498,25 @@ spec:
             .unwrap();
         // ...and served to the UI with the UI's own inbound part.
         let inbound = compile::inbound_policy(&config, &ui);
-        assert_eq!(inbound.mtls_for_port(8080), mesh_api::config::MtlsMode::Strict);
+        assert_eq!(
+            inbound.mtls_for_port(8080),
+            mesh_api::config::MtlsMode::Strict
+        );
         assert_eq!(inbound.authorization_policies.len(), 1);
-        assert_eq!(inbound.authorization_policies[0].name, "default/ui-get-only");
+        assert_eq!(
+            inbound.authorization_policies[0].name,
+            "default/ui-get-only"
+        );
         let body = part.for_proxy("ui-1", &inbound).unwrap();
         let as_value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let expected = snapshot_for(&config, &ui, 7);
         assert_eq!(as_value, serde_json::to_value(&expected).unwrap());
         // helloworld has neither: Istio's default PERMISSIVE, no policy.
         let own = compile::inbound_policy(&config, &hw);
-        assert_eq!(own.mtls_for_port(8080), mesh_api::config::MtlsMode::Permissive);
+        assert_eq!(
+            own.mtls_for_port(8080),
+            mesh_api::config::MtlsMode::Permissive
+        );
         assert!(own.authorization_policies.is_empty());
     }
 

@@ -132,6 +132,7 @@ impl Mesh {
 
 fn sidecar(instance: &str, service: &str, version: &str, port: u16) -> ProxyAnnounce {
     ProxyAnnounce {
+        identity: None,
         instance: instance.into(),
         mode: ProxyMode::Sidecar,
         service: service.into(),

@@ -654,6 +654,27 @@ async fn the_rendered_role_allows_every_call_the_control_plane_makes_and_nothing
     mesh.wait_until("80/20", |s| weights(s, "helloworld-service").len() == 2)
         .await;
     ca_bundles_published(&mesh).await;
+    // A sidecar's first certificate: its service-account token (audience
+    // istio-ca) is checked with a TokenReview (kubernetes/token_review.rs).
+    api.issue_token("probe-token", NAMESPACE, "probe", &["istio-ca"]);
+    let identity = mesh_api::identity::Identity::new(NAMESPACE, "probe");
+    let mut csr = rcgen::CertificateParams::default();
+    csr.subject_alt_names = vec![rcgen::SanType::URI(
+        identity.spiffe_id().try_into().unwrap(),
+    )];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let signed = mesh
+        .http
+        .post(format!("{}/v1/certificates", mesh.control.url()))
+        .bearer_auth("probe-token")
+        .json(&mesh_api::identity::CertificateRequest {
+            identity,
+            csr: csr.serialize_request(&key).unwrap().pem().unwrap(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200, "{:?}", signed.text().await);
     for weight in [60, 40] {
         let mut spec = canary(weight);
         spec["http"][0]["route"][0]["percent"] = json!(weight);
@@ -671,6 +692,10 @@ async fn the_rendered_role_allows_every_call_the_control_plane_makes_and_nothing
     let calls = api.calls();
     let made: BTreeSet<String> = calls.iter().map(|c| c.rule()).collect();
     assert!(made.contains("patch events.k8s.io/events"), "{made:#?}");
+    assert!(
+        made.contains("create authentication.k8s.io/tokenreviews"),
+        "{made:#?}"
+    );
     assert!(
         made.contains("patch networking.istio.io/gateways/status"),
         "{made:#?}"

@@ -218,7 +218,10 @@ pub fn endpoints_table(services: &[ServiceStatus]) -> Table {
 /// Two addresses, because a proxy listens on both: INBOUND is where other
 /// sidecars send this workload's traffic (`-` for a gateway, which nobody
 /// inside the mesh calls), ADMIN is its admin port (Envoy's :15000), where
-/// `/config_dump`, `/ready` and `/stats/prometheus` answer.
+/// `/config_dump`, `/ready` and `/stats/prometheus` answer. SPIFFE ID is
+/// the workload identity of the certificate the proxy holds (`-` until its
+/// first certificate arrives, or for a proxy started without a bootstrap
+/// token); `meshctl identity WORKLOAD` shows the certificate itself.
 pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
     let mut table = Table::new([
         "NAME",
@@ -227,6 +230,7 @@ pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
         "VERSION",
         "INBOUND",
         "ADMIN",
+        "SPIFFE ID",
         "READY",
         "LIVE",
         "ACKED",
@@ -246,6 +250,9 @@ pub fn proxies_table(proxies: &[ProxyStatus]) -> Table {
             dash_if_empty(a.version.clone()),
             dash_if_empty(a.address.clone()),
             dash_if_empty(a.admin_address.clone()),
+            a.identity
+                .as_ref()
+                .map_or("-".to_string(), |identity| identity.spiffe_id()),
             a.ready.to_string(),
             p.live.to_string(),
             p.acked_version.map_or("-".to_string(), |v| v.to_string()),
@@ -552,6 +559,10 @@ mod tests {
                 address: "127.0.0.1:40001".into(),
                 admin_address: "127.0.0.1:40003".into(),
                 ready: true,
+                identity: Some(mesh_api::identity::Identity::new(
+                    "default",
+                    "helloworld-service",
+                )),
                 ..Default::default()
             },
             acked_version: Some(7),
@@ -563,14 +574,19 @@ mod tests {
         assert_eq!(
             rows[0],
             [
-                "NAME", "MODE", "SERVICE", "VERSION", "INBOUND", "ADMIN", "READY", "LIVE", "ACKED",
-                "LAST", "SEEN", "REJECTED"
+                "NAME", "MODE", "SERVICE", "VERSION", "INBOUND", "ADMIN", "SPIFFE", "ID", "READY",
+                "LIVE", "ACKED", "LAST", "SEEN", "REJECTED"
             ]
         );
         // Lab 01 curls /config_dump on the ADMIN address: it must be the
         // admin port, not the inbound one (where /config_dump is a 404).
         assert_eq!(rows[2][4], "127.0.0.1:40001", "INBOUND");
         assert_eq!(rows[2][5], "127.0.0.1:40003", "ADMIN");
+        // The identity its certificate proves; the gateway here has none yet.
+        assert_eq!(
+            rows[2][6], "spiffe://cluster.local/ns/default/sa/helloworld-service",
+            "SPIFFE ID"
+        );
         assert_eq!(
             rows[1],
             [
@@ -580,6 +596,7 @@ mod tests {
                 "-",
                 "-",
                 "127.0.0.1:41000",
+                "-",
                 "true",
                 "true",
                 "7",

@@ -40,6 +40,26 @@ use crate::runtime::Runtimes;
 
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// `MESH_DRAIN_DURATION` of every proxy `meshctl up` starts. The proxy's
+/// default, 5 s (Istio's `terminationDrainDuration`), is sized for
+/// Kubernetes, where a leaving pod's address takes seconds to leave every
+/// sidecar's endpoints (kubelet -> EndpointSlice -> istiod -> each Envoy).
+/// Here a sidecar leaves the registry on SIGTERM and the control plane
+/// pushes the new snapshot within tens of milliseconds, so 1 s of still
+/// accepting covers the callers that picked it just before.
+pub const LOCAL_DRAIN_DURATION: Duration = Duration::from_secs(1);
+/// `MESH_DRAIN_TIMEOUT` of every proxy `meshctl up` starts: what requests in
+/// flight then get (the default, 20 s, fits Kubernetes' 30 s grace period).
+/// Both together must end before [`GRACE`] does, or every sidecar would be
+/// SIGKILLed at `meshctl down`, scale-down and restart: 1 s + 2 s, plus the
+/// proxy's second for the 503s of the requests cut (mesh-proxy's
+/// `CUT_GRACE`), leaves a second for the last spans to reach the control
+/// plane on 127.0.0.1.
+pub const LOCAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const _: () = assert!(
+    LOCAL_DRAIN_DURATION.as_secs() + LOCAL_DRAIN_TIMEOUT.as_secs() + 1 < GRACE.as_secs(),
+    "a local proxy's drain must end before the supervisor's SIGKILL"
+);
 /// How long a new instance may take to become ready (the JVM compiling
 /// Sentiment.java on a busy two-core laptop is the slow one).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,6 +80,9 @@ pub struct MeshConfig {
     pub bin_dir: PathBuf,
     pub runtimes: Runtimes,
     pub control_port: u16,
+    /// The control plane's mutual-TLS port (`--secure-listen`), where the
+    /// proxies move once they hold a certificate.
+    pub secure_port: u16,
     /// `None`: mesh-control's default (15014 if free).
     pub dashboard_port: Option<u16>,
     pub gateway_port: u16,
@@ -149,7 +172,7 @@ impl Mesh {
         supervisor_addr: String,
         exits: mpsc::UnboundedSender<Exited>,
     ) -> Self {
-        let ports_used = [config.control_port, config.gateway_port].into();
+        let ports_used = [config.control_port, config.secure_port, config.gateway_port].into();
         Mesh {
             config,
             supervisor_addr,
@@ -175,6 +198,8 @@ impl Mesh {
             args: vec![
                 "--listen".into(),
                 format!("127.0.0.1:{}", self.config.control_port).into(),
+                "--secure-listen".into(),
+                format!("127.0.0.1:{}", self.config.secure_port).into(),
                 "--state-dir".into(),
                 self.config.workdir.join("state").into(),
             ],
@@ -377,6 +402,15 @@ impl Mesh {
             (
                 "MESH_ACCESS_LOG_ENCODING".into(),
                 self.config.access_log_encoding.clone(),
+            ),
+            // Drained before GRACE ends in SIGKILL (see LOCAL_DRAIN_DURATION).
+            (
+                "MESH_DRAIN_DURATION".into(),
+                format!("{}ms", LOCAL_DRAIN_DURATION.as_millis()),
+            ),
+            (
+                "MESH_DRAIN_TIMEOUT".into(),
+                format!("{}ms", LOCAL_DRAIN_TIMEOUT.as_millis()),
             ),
         ];
         env.extend(extra);
@@ -1029,6 +1063,7 @@ mod tests {
             bin_dir: "/b".into(),
             runtimes: Runtimes::default(),
             control_port: 15010,
+            secure_port: 15012,
             dashboard_port: None,
             gateway_port: 8080,
             env: vec![],

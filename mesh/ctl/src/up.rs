@@ -180,6 +180,16 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
     }
     ensure_free(args.control_port, "the control plane", "--control-port")?;
     ensure_free(args.gateway_port, "the gateway", "--gateway-port")?;
+    // The control plane's secure port (mutual TLS, mesh/control/src/secure.rs):
+    // istiod's 15012 beside the default 15010, else a free port, kept for
+    // the whole run so proxies find it again after a control-plane restart.
+    let secure_port = if args.control_port == mesh_api::xds::ports::CONTROL {
+        let port = mesh_api::xds::ports::SECURE_CONTROL;
+        ensure_free(port, "the control plane's secure API", "--control-port")?;
+        port
+    } else {
+        supervisor::free_port()?
+    };
     if let Some(port) = args.dashboard_port.filter(|p| *p != 0) {
         if port == args.control_port || port == args.gateway_port {
             bail!("--dashboard-port {port} is also the control plane's or the gateway's port");
@@ -208,6 +218,7 @@ pub async fn run(ctx: &Ctx, args: UpArgs) -> Result<ExitCode> {
         bin_dir,
         runtimes,
         control_port: args.control_port,
+        secure_port,
         dashboard_port: args.dashboard_port,
         gateway_port: args.gateway_port,
         env: args.env.clone(),

@@ -11,14 +11,14 @@
 //! Every wait polls with a deadline; no sleep stands in for a check.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use anyhow::anyhow;
+use mesh_testkit::{retry_until_ok, wait_for, wait_until};
 use serde_json::Value;
-use tokio::time::Instant;
 
 /// Starting the JVM (compiling Sentiment.java) on a busy two-core CI machine
 /// is the slow part.
@@ -96,18 +96,13 @@ impl Up {
 
     /// Wait until `meshctl up` prints that the mesh is up.
     async fn wait_up(&mut self) {
-        eventually("meshctl up reports the mesh is up", START_TIMEOUT, || {
+        wait_until("meshctl up reports the mesh is up", START_TIMEOUT, || {
             self.assert_running();
             let stdout = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
-            async move {
-                if stdout.contains("micromesh is up") {
-                    Ok(())
-                } else {
-                    Err("not yet".to_string())
-                }
-            }
+            async move { Ok(stdout.contains("micromesh is up")) }
         })
-        .await;
+        .await
+        .unwrap();
     }
 
     fn gateway(&self, path: &str) -> String {
@@ -187,24 +182,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Poll `check` until it returns `Ok`, or fail with its last error.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: not within {timeout:?}; last: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -278,18 +255,13 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
     let http = client();
 
     // --- meshctl up says the mesh is up; the page answers through the gateway ---
-    eventually("meshctl up reports the mesh is up", START_TIMEOUT, || {
+    wait_until("meshctl up reports the mesh is up", START_TIMEOUT, || {
         up.assert_running();
         let stdout = std::fs::read_to_string(&up.stdout_path).unwrap_or_default();
-        async move {
-            if stdout.contains("micromesh is up") {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        }
+        async move { Ok(stdout.contains("micromesh is up")) }
     })
-    .await;
+    .await
+    .unwrap();
     let (status, body) = get_text(&http, &up.gateway("/")).await.unwrap();
     assert_eq!(
         status, 200,
@@ -334,20 +306,20 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
         .filter_map(|v| v.split(';').next())
         .collect::<Vec<_>>()
         .join("; ");
-    let page = eventually("the page shows the message", STEP_TIMEOUT, || {
+    let page = retry_until_ok("the page shows the message", STEP_TIMEOUT, || {
         let request = http.get(up.gateway("/")).header("cookie", cookie.clone());
         let message = message.clone();
         async move {
-            let page = request.send().await.map_err(|e| e.to_string())?;
-            let page = page.text().await.map_err(|e| e.to_string())?;
+            let page = request.send().await?.text().await?;
             if page.contains(&message) {
                 Ok(page)
             } else {
-                Err(page)
+                Err(anyhow!("{page}"))
             }
         }
     })
-    .await;
+    .await
+    .unwrap();
     assert!(
         page.contains("positive"),
         "the message's sentiment is shown:\n{page}"
@@ -362,7 +334,7 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
     );
 
     // --- the sidecars' access logs show every hop ---
-    eventually("every hop is in an access log", STEP_TIMEOUT, || {
+    retry_until_ok("every hop is in an access log", STEP_TIMEOUT, || {
         let ui_sidecar = up.log(&format!("{ui_name}.sidecar"));
         let store_sidecar = up.log(&format!("{store_name}.sidecar"));
         let hello_sidecar = up.log(&format!("{hello_name}.sidecar"));
@@ -395,12 +367,13 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
             {
                 None => Ok(()),
                 Some((hop, _, parts)) => {
-                    Err(format!("no access line for {hop} (looked for {parts:?})"))
+                    Err(anyhow!("no access line for {hop} (looked for {parts:?})"))
                 }
             }
         }
     })
-    .await;
+    .await
+    .unwrap();
 
     // --- the ui sidecar's config knows helloworld-service ---
     let admin = ui["adminPort"].as_u64().unwrap();
@@ -449,23 +422,24 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
         }
         Ok::<_, String>(seen)
     };
-    eventually(
+    retry_until_ok(
         "30 requests reach all three instances",
         STEP_TIMEOUT,
         || {
             let as_ui = as_ui.clone();
             let expected = expected.clone();
             async move {
-                let seen = reached(as_ui).await?;
+                let seen = reached(as_ui).await.map_err(anyhow::Error::msg)?;
                 if seen == expected {
                     Ok(())
                 } else {
-                    Err(format!("reached {seen:?}, want {expected:?}"))
+                    Err(anyhow!("reached {seen:?}, want {expected:?}"))
                 }
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     // --- config applied before the control plane dies survives it ---
     let rule = up.workdir.with_extension("dr.yaml");
@@ -488,14 +462,11 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    eventually("the control plane is gone", STEP_TIMEOUT, || async move {
-        if running(control_pid) {
-            Err("still running".to_string())
-        } else {
-            Ok(())
-        }
+    wait_until("the control plane is gone", STEP_TIMEOUT, || async move {
+        Ok(!running(control_pid))
     })
-    .await;
+    .await
+    .unwrap();
     for i in 0..10 {
         let (status, body) = get_text(&http, &up.gateway("/")).await.unwrap();
         assert_eq!(status, 200, "request {i} without a control plane: {body}");
@@ -533,7 +504,7 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
         6,
         "ui, 3 helloworld, guestbook-service, sentiment: {all:?}"
     );
-    eventually(
+    retry_until_ok(
         "every instance is a healthy endpoint again",
         STEP_TIMEOUT,
         || {
@@ -541,10 +512,9 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
             let all = all.clone();
             async move {
                 if !out.status.success() {
-                    return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+                    return Err(anyhow!("{}", String::from_utf8_lossy(&out.stderr)));
                 }
-                let services: Vec<Value> =
-                    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+                let services: Vec<Value> = serde_json::from_slice(&out.stdout)?;
                 let healthy: BTreeSet<String> = services
                     .iter()
                     .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
@@ -554,12 +524,13 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
                 if healthy == all {
                     Ok(())
                 } else {
-                    Err(format!("healthy {healthy:?}, want {all:?}"))
+                    Err(anyhow!("healthy {healthy:?}, want {all:?}"))
                 }
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
     let rules = up.meshctl_ok(&["get", "dr"]);
     assert!(
         rules
@@ -580,17 +551,12 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
     let pids = pids(&run);
     up.meshctl_ok(&["down"]);
     let mut child = up.child.take().unwrap();
-    let status = eventually("meshctl up exits after down", STEP_TIMEOUT, || {
+    let status = wait_for("meshctl up exits after down", STEP_TIMEOUT, || {
         let status = child.try_wait();
-        async move {
-            match status {
-                Ok(Some(status)) => Ok(status),
-                Ok(None) => Err("still running".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
+        async move { Ok(status?) }
     })
-    .await;
+    .await
+    .unwrap();
     assert!(
         status.success(),
         "meshctl up exits cleanly: {status}\n{}",
@@ -606,6 +572,35 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
         !up.workdir.join("run/up.json").exists(),
         "the run file is removed"
     );
+    // Every proxy drained with meshctl's short local values and exited on
+    // its own: the supervisor logs a warning for each process it has to
+    // SIGKILL after its grace period (process.rs), and there is none. With
+    // the proxy's defaults (5 s drain + 20 s timeout, sized for Kubernetes)
+    // every sidecar and the gateway would be killed here.
+    let stopped = up.output();
+    assert!(
+        !stopped.contains("sending SIGKILL"),
+        "a process had to be SIGKILLed at `meshctl down`:\n{stopped}"
+    );
+    let mut proxy_logs = vec![run["gateway"]["process"]["log"].as_str().unwrap()];
+    proxy_logs.extend(
+        run["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["sidecar"]["log"].as_str().unwrap()),
+    );
+    for log in proxy_logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            line_with(
+                &text,
+                &["draining", "drain_duration=1s", "drain_timeout=2s"]
+            )
+            .is_some(),
+            "{log} shows no drain with meshctl's local values (1 s, 2 s)"
+        );
+    }
     // Passed: the logs are not needed (a failure keeps them for a look).
     let _ = std::fs::remove_file(rule);
     let _ = std::fs::remove_file(&up.stdout_path);
@@ -649,17 +644,18 @@ async fn a_fresh_up_after_a_killed_one_lists_only_live_endpoints() {
     )
     .unwrap();
     first.meshctl_ok(&["down"]);
-    eventually("the orphans are stopped", STEP_TIMEOUT, || {
+    retry_until_ok("the orphans are stopped", STEP_TIMEOUT, || {
         let alive: Vec<u64> = pids.iter().copied().filter(|p| running(*p)).collect();
         async move {
             if alive.is_empty() {
                 Ok(())
             } else {
-                Err(format!("still running: {alive:?}"))
+                Err(anyhow!("still running: {alive:?}"))
             }
         }
     })
-    .await;
+    .await
+    .unwrap();
     drop(first);
 
     // --- a fresh up in the same work dir: the registry starts from live

@@ -23,10 +23,12 @@
 //!   very path the app receives (no second spelling exists to disagree).
 //!   The query is not part of it, and a `#fragment` never gets this far:
 //!   `http::Uri` drops it while parsing the request line;
-//! - the port: the port the app listens on (`MESH_APP_ADDR`), as Istio's
-//!   `destination.port` is the pod's target port, not anything the caller
-//!   wrote in `Host`. Locally apps listen on free ports (`meshctl get
-//!   proxies` shows them); in containers and the cluster it is 8080;
+//! - the port: the workload port, 8080, the port every Guestbook app
+//!   listens on in its pod and is called on (`http://NAME:8080`), the same
+//!   port PeerAuthentication's `portLevelMtls` names. Istio's
+//!   `destination.port` is the pod's target port too, never anything the
+//!   caller wrote in `Host`. (Locally the apps listen on free ports, but
+//!   policies are written for the pod's port, so they carry over.)
 //! - the request headers, for `when: request.headers[...]`.
 //!
 //! A denied request never reaches the app: the sidecar answers 403
@@ -56,9 +58,7 @@ pub fn edge_settings(edge: &EdgeSettings, policies_apply: bool) -> EdgeSettings 
 }
 
 /// The snapshot's applied policies as the evaluator reads them.
-pub fn applied(
-    policies: &[AppliedAuthorizationPolicy],
-) -> impl Iterator<Item = Policy<'_>> + '_ {
+pub fn applied(policies: &[AppliedAuthorizationPolicy]) -> impl Iterator<Item = Policy<'_>> + '_ {
     policies.iter().map(|p| Policy {
         name: &p.name,
         spec: &p.spec,
@@ -173,7 +173,9 @@ mod tests {
         assert!(authorize(named(&spec), Some(&ui()), 8080, &get("/")).is_ok());
         let other = Identity::new("default", "loadgen");
         let denied = authorize(named(&spec), Some(&other), 8080, &get("/")).unwrap_err();
-        assert!(matches!(&denied, ProxyError::Denied { reason } if reason == "no ALLOW policy matched"));
+        assert!(
+            matches!(&denied, ProxyError::Denied { reason } if reason == "no ALLOW policy matched")
+        );
         assert_eq!(denied.to_response().status(), 403);
         assert!(
             authorize(named(&spec), None, 8080, &get("/")).is_err(),

@@ -28,15 +28,32 @@
 //!
 //! The HTTP client is built with `no_proxy()`: the sidecar's own environment
 //! may carry the `HTTP_PROXY` meant for its app, which points at itself.
+//!
+//! **Moving to mutual TLS.** Once the identity worker holds a certificate
+//! and the control plane has named its secure port in an announce's answer
+//! (`AnnounceResponse::secure`, istiod's 15012), every call goes there
+//! instead ([`Link`]): TLS 1.3 with this proxy's certificate, the control
+//! plane's own certificate checked against the mesh root and the SPIFFE ID
+//! it was announced with (`tls::client_config`), one HTTP/2 connection
+//! for the announces, the long-poll and the ACKs. A renewed certificate
+//! opens a new connection; the plaintext port is not used again, since the
+//! control plane refuses it for an instance that proved its identity
+//! (mesh/control/src/secure.rs).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use mesh_api::snapshot::Snapshot;
 use mesh_api::xds::{
-    AckRequest, DEFAULT_WATCH_WAIT_MS, HEARTBEAT_INTERVAL_MS, ProxyAnnounce, ProxyMode,
+    AckRequest, AnnounceResponse, DEFAULT_WATCH_WAIT_MS, HEARTBEAT_INTERVAL_MS, ProxyAnnounce,
+    ProxyMode, SecureControl,
 };
+use reqwest::Method;
 use tokio_util::sync::CancellationToken;
+
+use crate::identity::CertifiedKey;
 
 use crate::proxy::Shared;
 
@@ -109,47 +126,46 @@ pub fn announce_of(shared: &Shared, ready: bool) -> ProxyAnnounce {
         address: shared.advertise.map(|a| a.to_string()).unwrap_or_default(),
         ready,
         admin_address: shared.admin_addr.to_string(),
+        // The identity of the certificate it holds now, if any: what
+        // `meshctl get proxies` shows, and what the secure port checks.
+        identity: shared
+            .identity
+            .borrow()
+            .as_ref()
+            .map(|certified| certified.identity.clone()),
     }
 }
 
 /// Run both loops until `shutdown`.
-pub async fn run(
-    shared: Arc<Shared>,
-    client: reqwest::Client,
-    base: String,
-    shutdown: CancellationToken,
-) {
+pub async fn run(shared: Arc<Shared>, link: Arc<Link>, shutdown: CancellationToken) {
     // The watch starts after the first announce succeeds: before it, the
     // control plane does not know this instance and would answer 404.
     let (announced_tx, announced_rx) = tokio::sync::watch::channel(false);
     tokio::join!(
-        announce_loop(&shared, &client, &base, &shutdown, announced_tx),
-        watch_loop(&shared, &client, &base, &shutdown, announced_rx),
+        announce_loop(&shared, &link, &shutdown, announced_tx),
+        watch_loop(&shared, &link, &shutdown, announced_rx),
     );
 }
 
 /// Leave the mesh: `DELETE /v1/proxies/{instance}`, best effort.
-pub async fn leave(shared: &Shared, client: &reqwest::Client, base: &str) {
-    let url = format!("{base}/v1/proxies/{}", shared.config.instance);
-    match client
-        .delete(&url)
-        .timeout(Duration::from_secs(1))
-        .send()
+pub async fn leave(shared: &Shared, link: &Link) {
+    let path = format!("/v1/proxies/{}", shared.config.instance);
+    match link
+        .call(Method::DELETE, &path, None, Duration::from_secs(1))
         .await
     {
-        Ok(rsp) => tracing::info!(status = rsp.status().as_u16(), "left the mesh"),
+        Ok((status, _)) => tracing::info!(status, "left the mesh"),
         Err(error) => tracing::warn!(%error, "could not tell the control plane we are leaving"),
     }
 }
 
 async fn announce_loop(
     shared: &Shared,
-    client: &reqwest::Client,
-    base: &str,
+    link: &Link,
     shutdown: &CancellationToken,
     announced: tokio::sync::watch::Sender<bool>,
 ) {
-    let url = format!("{base}/v1/proxies/{}", shared.config.instance);
+    let path = format!("/v1/proxies/{}", shared.config.instance);
     let mut backoff = Backoff::new("announce");
     let mut last_ready = None;
     loop {
@@ -162,23 +178,28 @@ async fn announce_loop(
             last_ready = Some(ready);
         }
         let announce = announce_of(shared, ready);
-        let result = match client
-            .put(&url)
-            .json(&announce)
-            .timeout(Duration::from_secs(2))
-            .send()
+        let body = serde_json::to_vec(&announce).unwrap_or_default();
+        let result = match link
+            .call(Method::PUT, &path, Some(body), Duration::from_secs(2))
             .await
         {
-            Ok(rsp) if rsp.status().is_success() => Ok(()),
+            Ok((status, body)) if (200..300).contains(&status) => {
+                // The answer names the secure port once there is one.
+                if let Ok(answer) = serde_json::from_slice::<AnnounceResponse>(&body) {
+                    link.learn(answer.secure);
+                }
+                Ok(())
+            }
             // A refusal says why (a 401 names where the token lives): log
             // the control plane's words, not only the status.
-            Ok(rsp) => {
-                let status = rsp.status();
-                let body = rsp.text().await.unwrap_or_default();
-                Err(format!("{url}: {status}: {}", body.trim()))
-            }
-            Err(error) => Err(error.to_string()),
+            Ok((status, body)) => Err(format!(
+                "{}{path}: {status}: {}",
+                link.base(),
+                String::from_utf8_lossy(&body).trim()
+            )),
+            Err(error) => Err(error),
         };
+        let base = &link.base();
         let delay = match result {
             Ok(()) => {
                 backoff.succeeded(base);
@@ -196,8 +217,7 @@ async fn announce_loop(
 
 async fn watch_loop(
     shared: &Shared,
-    client: &reqwest::Client,
-    base: &str,
+    link: &Link,
     shutdown: &CancellationToken,
     mut announced: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -212,38 +232,35 @@ async fn watch_loop(
     // version waits for the next one instead of receiving it again.
     let mut version = 0u64;
     loop {
-        let url = format!(
-            "{base}/v1/proxies/{instance}/snapshot?version={version}&waitMs={DEFAULT_WATCH_WAIT_MS}"
+        let path = format!(
+            "/v1/proxies/{instance}/snapshot?version={version}&waitMs={DEFAULT_WATCH_WAIT_MS}"
         );
-        let request = client
-            .get(&url)
-            .timeout(Duration::from_millis(DEFAULT_WATCH_WAIT_MS) + Duration::from_secs(5))
-            .send();
+        let request = link.call(
+            Method::GET,
+            &path,
+            None,
+            Duration::from_millis(DEFAULT_WATCH_WAIT_MS) + Duration::from_secs(5),
+        );
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = request => result,
         };
+        let base = &link.base();
         let error = match result {
-            Ok(rsp) if rsp.status() == reqwest::StatusCode::NOT_MODIFIED => {
+            Ok((304, _)) => {
                 backoff.succeeded(base);
                 continue;
             }
-            Ok(rsp) if rsp.status().is_success() => match rsp.bytes().await {
-                Ok(bytes) => {
-                    backoff.succeeded(base);
-                    version = receive(shared, client, base, &bytes)
-                        .await
-                        .unwrap_or(version);
-                    continue;
-                }
-                Err(error) => error.to_string(),
-            },
-            Ok(rsp) => {
-                let status = rsp.status();
-                let body = rsp.text().await.unwrap_or_default();
-                format!("{url}: {status}: {}", body.trim())
+            Ok((status, bytes)) if (200..300).contains(&status) => {
+                backoff.succeeded(base);
+                version = receive(shared, link, &bytes).await.unwrap_or(version);
+                continue;
             }
-            Err(error) => error.to_string(),
+            Ok((status, body)) => format!(
+                "{base}{path}: {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+            Err(error) => error,
         };
         let delay = backoff.failed(base, &error);
         tokio::select! {
@@ -254,12 +271,7 @@ async fn watch_loop(
 }
 
 /// Apply a snapshot body, ACK or NACK it; returns its version if it had one.
-async fn receive(
-    shared: &Shared,
-    client: &reqwest::Client,
-    base: &str,
-    body: &[u8],
-) -> Option<u64> {
+async fn receive(shared: &Shared, link: &Link, body: &[u8]) -> Option<u64> {
     let (version, verdict) = match serde_json::from_slice::<Snapshot>(body) {
         Ok(snapshot) => {
             let version = snapshot.version;
@@ -288,18 +300,232 @@ async fn receive(
             error: Some(error),
         },
     };
-    let url = format!("{base}/v1/proxies/{}/ack", shared.config.instance);
-    if let Err(error) = client
-        .post(&url)
-        .json(&ack)
-        .timeout(Duration::from_secs(2))
-        .send()
+    let path = format!("/v1/proxies/{}/ack", shared.config.instance);
+    let body = serde_json::to_vec(&ack).unwrap_or_default();
+    match link
+        .call(Method::POST, &path, Some(body), Duration::from_secs(2))
         .await
-        .and_then(|rsp| rsp.error_for_status())
     {
-        tracing::warn!(%error, version, "could not send the ack");
+        Ok((status, _)) if (200..300).contains(&status) => {}
+        Ok((status, body)) => tracing::warn!(
+            status,
+            error = %String::from_utf8_lossy(&body).trim(),
+            version,
+            "the control plane refused the ack"
+        ),
+        Err(error) => tracing::warn!(%error, version, "could not send the ack"),
     }
     Some(version)
+}
+
+// === Link ===
+
+/// How this proxy reaches the control plane: plaintext (`MESH_CONTROL_URL`)
+/// until it holds a certificate and knows the secure port, mutual TLS on
+/// that port from then on.
+pub struct Link {
+    plain: reqwest::Client,
+    /// `http://host:15010`
+    base: String,
+    /// The identity worker's current certificate (`identity.rs`).
+    certificate: crate::identity::Current,
+    /// The secure port and the identity the control plane must prove, as
+    /// the last announce's answer named them.
+    secure: std::sync::Mutex<Option<SecureControl>>,
+    /// The mutual-TLS connection, made for one certificate and one port.
+    mtls: tokio::sync::Mutex<Option<Mtls>>,
+}
+
+/// One HTTP/2 connection over mutual TLS, and what it was made with.
+struct Mtls {
+    certificate: Arc<CertifiedKey>,
+    secure: SecureControl,
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+}
+
+impl Link {
+    pub fn new(
+        plain: reqwest::Client,
+        base: String,
+        certificate: crate::identity::Current,
+    ) -> Link {
+        Link {
+            plain,
+            base,
+            certificate,
+            secure: std::sync::Mutex::new(None),
+            mtls: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Where calls go now, for log lines.
+    pub fn base(&self) -> String {
+        match (self.current_secure(), self.certificate.borrow().is_some()) {
+            (Some(secure), true) => format!("https://{}:{}", self.host(), secure.port),
+            _ => self.base.clone(),
+        }
+    }
+
+    /// Remember what an announce's answer said of the secure port.
+    pub fn learn(&self, secure: Option<SecureControl>) {
+        let mut current = self.secure.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != secure {
+            if let Some(secure) = &secure {
+                tracing::info!(
+                    port = secure.port,
+                    identity = %secure.identity,
+                    "the control plane serves mutual TLS; moving there once this proxy holds a certificate"
+                );
+            }
+            *current = secure;
+        }
+    }
+
+    fn current_secure(&self) -> Option<SecureControl> {
+        self.secure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn host(&self) -> String {
+        reqwest::Url::parse(&self.base)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_string))
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+
+    /// One request; the status and the body, or why there is none.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let certificate = self.certificate.borrow().clone();
+        match (certificate, self.current_secure()) {
+            (Some(certificate), Some(secure)) => {
+                self.call_mtls(certificate, secure, method, path, body, timeout)
+                    .await
+            }
+            _ => self.call_plain(method, path, body, timeout).await,
+        }
+    }
+
+    async fn call_plain(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let mut request = self
+            .plain
+            .request(method, format!("{}{path}", self.base))
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes))
+    }
+
+    async fn call_mtls(
+        &self,
+        certificate: Arc<CertifiedKey>,
+        secure: SecureControl,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let host = self.host();
+        let url = format!("https://{host}:{}{path}", secure.port);
+        let mut sender = {
+            let mut mtls = self.mtls.lock().await;
+            let usable = mtls.as_ref().is_some_and(|m| {
+                Arc::ptr_eq(&m.certificate, &certificate)
+                    && m.secure == secure
+                    && !m.sender.is_closed()
+            });
+            if !usable {
+                let sender = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    connect(&host, &certificate, &secure),
+                )
+                .await
+                .map_err(|_| format!("{url}: the TLS connection timed out"))?
+                .map_err(|e| format!("{url}: {e}"))?;
+                *mtls = Some(Mtls {
+                    certificate,
+                    secure,
+                    sender,
+                });
+            }
+            // Set just above when it was not usable.
+            mtls.as_ref()
+                .map(|m| m.sender.clone())
+                .expect("a connection")
+        };
+        let mut request = http::Request::builder().method(method).uri(&url);
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let exchange = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, bytes))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(format!("{url}: {error}")),
+            Err(_) => Err(format!("{url}: no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// A TLS 1.3 connection to the secure port with this proxy's certificate,
+/// accepting only the control plane's identity; HTTP/2 over it.
+async fn connect(
+    host: &str,
+    certificate: &CertifiedKey,
+    secure: &SecureControl,
+) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
+    let config = crate::tls::client_config(certificate, secure.identity.clone())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect((host, secure.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    // The verifier checks the SPIFFE ID, not this name; rustls wants one.
+    let name =
+        rustls::pki_types::ServerName::try_from("mesh-control.mesh").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "control plane connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Capped exponential backoff that logs sparingly.

@@ -143,7 +143,10 @@ fn clear(state: &EndpointState) {
 
 /// Open an HTTP/2 connection to `address` (mutual TLS when `mtls` says
 /// so, ALPN `istio-h2`) and run it in its own task.
-async fn open(address: &str, mtls: Option<&crate::cluster::UpstreamTls>) -> std::io::Result<Sender> {
+async fn open(
+    address: &str,
+    mtls: Option<&crate::cluster::UpstreamTls>,
+) -> std::io::Result<Sender> {
     let tcp = crate::pool::connect_tcp(address).await?;
     match mtls {
         None => handshake(tcp).await,

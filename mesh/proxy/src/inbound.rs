@@ -51,8 +51,7 @@ pub async fn handle(
     let edge = crate::authorize::edge_settings(&shared.config.edge, !policies.is_empty());
     // A mutual-TLS peer proved it is a sidecar of the mesh.
     let proven = connection.certificate.is_some();
-    let refused =
-        crate::admit::admit_from(&edge, Direction::Inbound, peer, proven, &mut req).err();
+    let refused = crate::admit::admit_from(&edge, Direction::Inbound, peer, proven, &mut req).err();
     // The client certificate's details, as only this proxy can know them.
     let own = shared.mesh_tls.certified();
     crate::tls::set_forwarded_client_cert(
@@ -66,8 +65,8 @@ pub async fn handle(
         Some(_) => None,
         None => crate::authorize::authorize(
             crate::authorize::applied(policies),
-            None,
-            shared.config.app_addr.port(),
+            connection.identity(),
+            mesh_api::xds::ports::SERVICE,
             &req,
         )
         .err(),
@@ -90,7 +89,7 @@ pub async fn handle(
     let (mut parts, ()) = head.into_parts();
     // Open the SERVER span; the app gets it as its parent in the trace
     // headers, and the caller's source headers are taken off.
-    let exchange = Exchange::begin(
+    let mut exchange = Exchange::begin(
         &shared,
         Arrival {
             direction: Direction::Inbound,
@@ -103,6 +102,9 @@ pub async fn handle(
             headers: &mut parts.headers,
         },
     );
+    if connection.certificate.is_some() {
+        exchange.mutual_tls();
+    }
     let log = exchange.log.clone();
 
     let (cluster, endpoint) = &shared.app;

@@ -328,9 +328,9 @@ async fn establish(
         (MtlsMode::Disable, true, _) => {
             Err("a TLS handshake, but PeerAuthentication says DISABLE here".into())
         }
-        (MtlsMode::Strict, false, _) => Err(
-            "plaintext refused: PeerAuthentication is STRICT here (mutual TLS only)".into(),
-        ),
+        (MtlsMode::Strict, false, _) => {
+            Err("plaintext refused: PeerAuthentication is STRICT here (mutual TLS only)".into())
+        }
         (_, false, _) => Ok((Stream::Plain(stream), None)),
         (_, true, None) => Err("a TLS handshake, but this sidecar holds no certificate yet".into()),
         (_, true, Some(config)) => {
@@ -372,7 +372,9 @@ async fn connection<F, Fut>(
     let established = match limits.request_headers_timeout {
         Some(limit) => tokio::time::timeout(limit, handshake)
             .await
-            .unwrap_or_else(|_| Err("no TLS handshake or request within the request headers timeout".into())),
+            .unwrap_or_else(|_| {
+                Err("no TLS handshake or request within the request headers timeout".into())
+            }),
         None => handshake.await,
     };
     let (stream, certificate) = match established {
@@ -733,7 +735,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -25,8 +25,9 @@
 //! istio_build{component="proxy",tag="0.1.0"} 1
 //! ```
 //!
-//! Principals are `unknown` and a destination's security policy `none`
-//! until micromesh has mTLS (a source always says `unknown`, as Istio's).
+//! A destination's security policy is `mutual_tls` when its sidecar
+//! terminated mTLS, `none` for plaintext (a source always says `unknown`,
+//! as Istio's). Principals are still `unknown` (see `Peer::principal`).
 //!
 //! The registry is the prometheus-client crate's. Two things are our own, to
 //! keep the request path cheap:
@@ -239,19 +240,22 @@ impl Protocol {
 /// Istio's `connection_security_policy`. Istio's reference: `mutual_tls`
 /// when the destination's sidecar terminated mTLS, `none` when it received
 /// plain text, and `unknown` whenever the source reports (a client cannot
-/// know the server's policy). micromesh has no mTLS yet, so a destination
-/// always says `none`.
+/// know the server's policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SecurityPolicy {
     Unknown,
     None,
+    MutualTls,
 }
 
 impl SecurityPolicy {
-    pub fn for_reporter(reporter: Reporter) -> SecurityPolicy {
-        match reporter {
-            Reporter::Source => SecurityPolicy::Unknown,
-            Reporter::Destination => SecurityPolicy::None,
+    /// What `reporter` says of a connection that was (`mtls`) or was not
+    /// mutual TLS.
+    pub fn of(reporter: Reporter, mtls: bool) -> SecurityPolicy {
+        match (reporter, mtls) {
+            (Reporter::Source, _) => SecurityPolicy::Unknown,
+            (Reporter::Destination, false) => SecurityPolicy::None,
+            (Reporter::Destination, true) => SecurityPolicy::MutualTls,
         }
     }
 
@@ -259,6 +263,7 @@ impl SecurityPolicy {
         match self {
             SecurityPolicy::Unknown => UNKNOWN,
             SecurityPolicy::None => "none",
+            SecurityPolicy::MutualTls => "mutual_tls",
         }
     }
 }
@@ -278,6 +283,7 @@ pub struct Labels {
     /// plain HTTP or when the server sent none.
     pub grpc_status: Option<u16>,
     pub response_flags: ResponseFlags,
+    pub security: SecurityPolicy,
 }
 
 /// The same labels, borrowed from the request: compared with a cached
@@ -293,6 +299,7 @@ pub struct LabelsRef<'a> {
     pub response_code: u16,
     pub grpc_status: Option<u16>,
     pub response_flags: ResponseFlags,
+    pub security: SecurityPolicy,
 }
 
 impl LabelsRef<'_> {
@@ -303,6 +310,7 @@ impl LabelsRef<'_> {
             && self.response_code == labels.response_code
             && self.response_flags == labels.response_flags
             && self.grpc_status == labels.grpc_status
+            && self.security == labels.security
             && self.protocol == labels.protocol
             && *self.source == labels.source
             && *self.destination == labels.destination
@@ -319,6 +327,7 @@ impl LabelsRef<'_> {
             response_code: self.response_code,
             grpc_status: self.grpc_status,
             response_flags: self.response_flags,
+            security: self.security,
         }
     }
 }
@@ -355,11 +364,7 @@ impl EncodeLabelSet for Labels {
         // Empty for plain HTTP, as Istio writes it.
         ("grpc_response_status", self.grpc_status).encode(encoder.encode_label())?;
         ("response_flags", self.response_flags).encode(encoder.encode_label())?;
-        (
-            "connection_security_policy",
-            SecurityPolicy::for_reporter(self.reporter).as_str(),
-        )
-            .encode(encoder.encode_label())?;
+        ("connection_security_policy", self.security.as_str()).encode(encoder.encode_label())?;
         Ok(())
     }
 }
@@ -705,6 +710,7 @@ mod tests {
             response_code: code,
             grpc_status: None,
             response_flags: flags,
+            security: SecurityPolicy::Unknown,
         }
     }
 
@@ -808,6 +814,7 @@ mod tests {
                     reporter: Reporter::Destination,
                     protocol: Protocol::Grpc,
                     grpc_status: Some(14),
+                    security: SecurityPolicy::None,
                     ..labels(200, ResponseFlags::empty())
                 },
                 duration_ms: 1.0,

@@ -371,13 +371,18 @@ impl Proxy {
         let control = match shared.config.control_url.clone() {
             Some(base) => {
                 let client = crate::control::client(shared.config.control_token.as_ref())?;
+                // Plaintext first, mutual TLS once it holds a certificate.
+                let link = Arc::new(crate::control::Link::new(
+                    client,
+                    base,
+                    shared.identity.clone(),
+                ));
                 tasks.spawn(crate::control::run(
                     shared.clone(),
-                    client.clone(),
-                    base.clone(),
+                    link.clone(),
                     shutdown.clone(),
                 ));
-                Some((client, base))
+                Some(link)
             }
             None => None,
         };
@@ -458,7 +463,7 @@ pub struct ProxyHandle {
     shutdown: CancellationToken,
     drain: Drain,
     tasks: TaskTracker,
-    control: Option<(reqwest::Client, String)>,
+    control: Option<Arc<crate::control::Link>>,
     /// The span reporter task and the token that makes it send its last
     /// batch and stop.
     reporter: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
@@ -554,8 +559,8 @@ impl ProxyHandle {
             drain_timeout = ?limits.drain_timeout,
             "draining: not ready, still accepting for the drain duration (MESH_DRAIN_DURATION)"
         );
-        if let Some((client, base)) = &self.control {
-            crate::control::leave(&self.shared, client, base).await;
+        if let Some(link) = &self.control {
+            crate::control::leave(&self.shared, link).await;
         }
         // Clients (and Kubernetes' endpoints controller) need this long to
         // see that the proxy is leaving; until then new connections are

@@ -224,6 +224,8 @@ pub struct Exchange {
     user_agent: Option<String>,
     /// Inbound: the caller, as its sidecar named it.
     caller: Option<Arc<Peer>>,
+    /// Inbound: the caller's connection was mutual TLS.
+    mtls: bool,
     protocol: Protocol,
     /// gRPC's `grpc-status`, once seen in the response headers or trailers.
     grpc_status: Option<u16>,
@@ -247,6 +249,12 @@ pub struct Arrival<'a> {
 }
 
 impl Exchange {
+    /// The request arrived over mutual TLS (inbound): the destination
+    /// reports `connection_security_policy="mutual_tls"`.
+    pub fn mutual_tls(&mut self) {
+        self.mtls = true;
+    }
+
     pub fn begin(shared: &Arc<Shared>, arrival: Arrival<'_>) -> Exchange {
         let telemetry = &shared.telemetry;
         let headers = arrival.headers;
@@ -274,6 +282,7 @@ impl Exchange {
             span: None,
             user_agent: None,
             caller,
+            mtls: false,
             protocol,
             grpc_status: None,
             status: None,
@@ -385,6 +394,7 @@ impl Exchange {
             response_code: status,
             grpc_status: self.grpc_status,
             response_flags: flags,
+            security: crate::metrics::SecurityPolicy::of(reporter, self.mtls),
         };
         telemetry.metrics.record(
             cache,

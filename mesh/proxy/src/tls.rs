@@ -595,7 +595,9 @@ mod runtime_tests {
             let mut headers = http::HeaderMap::new();
             headers.insert(
                 "x-forwarded-client-cert",
-                "By=x;URI=spiffe://cluster.local/ns/default/sa/admin".parse().unwrap(),
+                "By=x;URI=spiffe://cluster.local/ns/default/sa/admin"
+                    .parse()
+                    .unwrap(),
             );
             headers
         };
@@ -605,7 +607,10 @@ mod runtime_tests {
         let mut mutual = spoofed();
         set_forwarded_client_cert(&mut mutual, Some(&own), Some(&peer));
         assert_eq!(
-            mutual.get_all("x-forwarded-client-cert").iter().collect::<Vec<_>>(),
+            mutual
+                .get_all("x-forwarded-client-cert")
+                .iter()
+                .collect::<Vec<_>>(),
             [
                 "By=spiffe://cluster.local/ns/default/sa/helloworld-service;Hash=ab12;\
                  URI=spiffe://cluster.local/ns/default/sa/guestbook-ui"

@@ -117,9 +117,7 @@ fn corpus() -> Vec<String> {
         }
     }
     // Not a path: refused before any decision.
-    targets.extend(
-        ["%2Fadmin", "admin", "\\admin", "*", "#/admin", "?/admin"].map(String::from),
-    );
+    targets.extend(["%2Fadmin", "admin", "\\admin", "*", "#/admin", "?/admin"].map(String::from));
     targets
 }
 
@@ -257,44 +255,67 @@ async fn no_spelling_of_admin_gets_past_a_deny_policy() {
         .map(|a| (a.header("x-case").unwrap().parse().unwrap(), a.target))
         .collect();
 
+    // Every case is judged; the failures are counted by kind and shown
+    // together, so a broken proxy reports how many bypasses it lets by.
     let (mut denied, mut refused, mut passed) = (0, 0, 0);
+    let mut bypasses = Vec::new();
+    let mut wrong = Vec::new();
     for (case, target) in targets.iter().enumerate() {
         let (status, body) = &answers[&case];
         let reached = arrived.get(&case);
-        let context = format!("case {case}: GET {target} -> {status} {body:?}, app got {reached:?}");
+        let context =
+            format!("case {case}: GET {target} -> {status} {body:?}, app got {reached:?}");
         // 1. No bypass, judged by the app's reading alone.
-        if let Some(at_app) = reached {
-            assert!(!is_admin(&app_view(at_app)), "BYPASS: {context}");
-        }
-        if is_admin(&app_view(target)) && target.starts_with('/') {
-            assert!(reached.is_none(), "BYPASS: {context}");
+        let admin_at_app = reached.is_some_and(|at_app| is_admin(&app_view(at_app)));
+        let admin_sent = target.starts_with('/') && is_admin(&app_view(target));
+        if admin_at_app || (admin_sent && reached.is_some()) {
+            bypasses.push(context.clone());
         }
         // 2. The answer Istio's reading predicts.
-        match expect(target) {
+        let as_predicted = match expect(target) {
             Expect::Denied => {
                 denied += 1;
-                assert_eq!(*status, 403, "{context}");
-                assert_eq!(body, "RBAC: access denied", "{context}");
-                assert!(reached.is_none(), "{context}");
+                *status == 403 && body == "RBAC: access denied" && reached.is_none()
             }
             Expect::Refused => {
                 refused += 1;
-                assert_eq!(*status, 400, "{context}");
-                assert!(reached.is_none(), "{context}");
+                *status == 400 && reached.is_none()
             }
             Expect::Arrives(normal) => {
                 passed += 1;
-                assert_eq!(*status, 200, "{context}");
-                assert_eq!(reached, Some(&normal), "decided on one path, sent another: {context}");
+                // The path decided on is the path the app got.
+                *status == 200 && reached == Some(&normal)
             }
+        };
+        if !as_predicted {
+            wrong.push(format!("{context}, expected {:?}", expect(target)));
         }
     }
     println!(
-        "{} targets: {denied} denied, {refused} refused at the door, {passed} passed; 0 bypasses",
-        targets.len()
+        "{} targets: {denied} denied, {refused} refused at the door, {passed} passed; \
+         {} bypasses, {} answers not as predicted",
+        targets.len(),
+        bypasses.len(),
+        wrong.len()
+    );
+    let first = |list: &[String]| list.iter().take(10).cloned().collect::<Vec<_>>().join("\n");
+    assert!(
+        bypasses.is_empty(),
+        "{} BYPASSES, the first:\n{}",
+        bypasses.len(),
+        first(&bypasses)
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} answers not as predicted, the first:\n{}",
+        wrong.len(),
+        first(&wrong)
     );
     // The corpus exercises all three outcomes in earnest.
-    assert!(denied > 1000 && passed > 1000 && refused > 100, "{denied} {passed} {refused}");
+    assert!(
+        denied > 1000 && passed > 1000 && refused > 100,
+        "{denied} {passed} {refused}"
+    );
     proxy.shutdown().await;
 }
 
@@ -311,5 +332,8 @@ fn the_app_view_resolves_like_a_lenient_server() {
     assert_eq!(expect("/x#/../admin"), Expect::Arrives("/x".into()));
     assert_eq!(expect("/x/..%2fadmin"), Expect::Denied);
     assert_eq!(expect("%2Fadmin"), Expect::Refused);
-    assert_eq!(expect("/ADMIN?a=/admin"), Expect::Arrives("/ADMIN?a=/admin".into()));
+    assert_eq!(
+        expect("/ADMIN?a=/admin"),
+        Expect::Arrives("/ADMIN?a=/admin".into())
+    );
 }

@@ -5,8 +5,8 @@
 //!
 //! - With no PeerAuthentication at all (Istio's default, PERMISSIVE with
 //!   auto mTLS) sidecars talk mTLS: the app behind the server sidecar gets
-//!   `x-forwarded-client-cert` naming its caller, and a forged one never
-//!   reaches it.
+//!   `x-forwarded-client-cert` naming its caller, a forged one never
+//!   reaches it, and the destination's metrics say `mutual_tls`.
 //! - PERMISSIVE also serves plaintext on the same port, without XFCC.
 //! - STRICT refuses every plaintext connection, and still serves mTLS.
 //! - A server that is not the identity expected is refused in the handshake.
@@ -58,14 +58,22 @@ async fn two_sidecars(mesh: &Mesh) -> (Instance, Instance) {
     let client = mesh.client().await.unwrap();
     // Auto mTLS starts once helloworld's sidecar announced the identity of
     // its certificate and the client's snapshot says so.
-    retry_until_ok("the client sidecar talks mTLS to helloworld", Duration::from_secs(20), || {
-        let http = client.http();
-        async move {
-            let headers =
-                echoed(http.get("http://helloworld-service:8080/hello").send().await?).await?;
-            xfcc_names(&headers).ok_or_else(|| anyhow::anyhow!("no XFCC yet: {headers}"))
-        }
-    })
+    retry_until_ok(
+        "the client sidecar talks mTLS to helloworld",
+        Duration::from_secs(20),
+        || {
+            let http = client.http();
+            async move {
+                let headers = echoed(
+                    http.get("http://helloworld-service:8080/hello")
+                        .send()
+                        .await?,
+                )
+                .await?;
+                xfcc_names(&headers).ok_or_else(|| anyhow::anyhow!("no XFCC yet: {headers}"))
+            }
+        },
+    )
     .await
     .unwrap();
     (hw, client)
@@ -102,10 +110,41 @@ async fn by_default_sidecars_talk_mtls_and_the_app_learns_its_caller_never_a_for
     assert_eq!(forged_seen, 0, "a forged XFCC reached the app");
     // The hash is of the caller's certificate, as Envoy writes it: 64 hex.
     let last = hw.upstream.last_request().unwrap();
-    let xfcc = last.headers.get(XFCC).unwrap().to_str().unwrap().to_string();
-    let hash = xfcc.split(';').find_map(|p| p.strip_prefix("Hash=")).unwrap();
+    let xfcc = last
+        .headers
+        .get(XFCC)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let hash = xfcc
+        .split(';')
+        .find_map(|p| p.strip_prefix("Hash="))
+        .unwrap();
     assert_eq!(hash.len(), 64, "{xfcc}");
     assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{xfcc}");
+    // Istio's metric label: the destination saw mutual TLS.
+    let admin = hw.sidecar.addrs().admin;
+    let page = plain_client()
+        .get(format!("http://{admin}/stats/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mtls_series = page
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{reporter=\"destination\""))
+        .filter(|l| l.contains("source_workload=\"test-client\""))
+        .collect::<Vec<_>>();
+    // (Requests before auto mTLS began were plaintext: `none`, apart.)
+    let counted_mtls: u64 = mtls_series
+        .iter()
+        .filter(|l| l.contains("connection_security_policy=\"mutual_tls\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(counted_mtls >= N as u64, "{page}");
 }
 
 #[tokio::test]
@@ -137,7 +176,7 @@ async fn strict_refuses_every_plaintext_connection_and_keeps_serving_mtls() {
     let mesh = Mesh::start().await.unwrap();
     let (hw, client) = two_sidecars(&mesh).await;
     mesh.apply(
-            "
+        "
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: hw-strict, namespace: default}
@@ -145,9 +184,9 @@ spec:
   selector: {matchLabels: {app: helloworld-service}}
   mtls: {mode: STRICT}
 ",
-        )
-        .await
-        .unwrap();
+    )
+    .await
+    .unwrap();
     let version = mesh.version().expect("the control plane runs");
     wait_for_version(&hw.sidecar, version).await.unwrap();
     let inbound = hw.sidecar.inbound_addr().unwrap();
@@ -168,7 +207,10 @@ spec:
             served += 1;
         }
     }
-    assert_eq!(served, 0, "STRICT served {served} of {N} plaintext connections");
+    assert_eq!(
+        served, 0,
+        "STRICT served {served} of {N} plaintext connections"
+    );
     // The mesh's own traffic goes on, over mTLS.
     let headers = echoed(
         client
@@ -204,7 +246,9 @@ async fn a_server_that_is_not_the_identity_expected_is_refused_in_the_handshake(
             .is_ok()
     );
     assert!(
-        handshake(Identity::new("default", "ratings")).await.is_err(),
+        handshake(Identity::new("default", "ratings"))
+            .await
+            .is_err(),
         "a server proving helloworld-service passed as ratings"
     );
 }

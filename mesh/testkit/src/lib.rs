@@ -61,6 +61,9 @@ pub fn init_tracing() {
 pub struct Mesh {
     control: Option<ServerHandle>,
     control_addr: SocketAddr,
+    /// The secure (mutual TLS) port, kept across restarts as `meshctl up`
+    /// keeps it: proxies that moved there find it again.
+    secure_addr: Option<SocketAddr>,
     state: tempfile::TempDir,
     lease: Duration,
     http: reqwest::Client,
@@ -86,6 +89,9 @@ impl Mesh {
         let control = Server::start(settings).await?;
         Ok(Mesh {
             control_addr: control.addr(),
+            secure_addr: control
+                .secure()
+                .map(|secure| SocketAddr::from(([127, 0, 0, 1], secure.port))),
             control: Some(control),
             state,
             lease,
@@ -96,6 +102,17 @@ impl Mesh {
 
     pub fn control_url(&self) -> String {
         format!("http://{}", self.control_addr)
+    }
+
+    /// The control plane's write token (for tests that make their own
+    /// proxies' bootstrap tokens, `mesh_api::identity::bootstrap_token`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The running control plane.
+    pub fn control(&self) -> Option<&ServerHandle> {
+        self.control.as_ref()
     }
 
     /// Stop the control plane (proxies keep their last snapshot).
@@ -111,6 +128,7 @@ impl Mesh {
         self.stop_control().await?;
         let mut settings = Settings::local(self.state.path());
         settings.listen = self.control_addr;
+        settings.secure_listen = self.secure_addr;
         settings.lease = self.lease;
         settings.write_token = mesh_control::WriteToken::Given(self.token.clone());
         self.control = Some(Server::start(settings).await?);
@@ -141,6 +159,15 @@ impl Mesh {
             ("MESH_MODE", "gateway".to_string()),
             ("MESH_CONTROL_URL", self.control_url()),
             ("MESH_CONTROL_TOKEN", self.token.clone()),
+            // The gateway holds a workload identity too (its service account
+            // is its name, `ingressgateway`), as Istio's ingress gateway does.
+            (
+                "MESH_IDENTITY_TOKEN",
+                mesh_api::identity::bootstrap_token(
+                    &self.token,
+                    &mesh_api::identity::Identity::new("default", "ingressgateway"),
+                ),
+            ),
             ("MESH_ADMIN_ADDR", "127.0.0.1:0".to_string()),
             ("MESH_GATEWAY_ADDR", "127.0.0.1:0".to_string()),
         ]);

@@ -182,6 +182,7 @@ impl Mesh {
                 .with_env_var("MESH_INSTANCE", "ingressgateway")
                 .with_env_var("MESH_CONTROL_URL", control_url(&run))
                 .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
+                .with_env_var("MESH_IDENTITY_TOKEN", identity_token("ingressgateway"))
                 .with_log_consumer(logs.consumer("ingressgateway"))
                 .with_host_config_modifier(publish_on_loopback(&[ports::GATEWAY, ports::ADMIN])),
             "ingressgateway",
@@ -223,6 +224,7 @@ impl Mesh {
                 .with_env_var("MESH_INSTANCE", name.clone())
                 .with_env_var("MESH_CONTROL_URL", control_url(&self.run))
                 .with_env_var("MESH_CONTROL_TOKEN", CONTROL_TOKEN)
+                .with_env_var("MESH_IDENTITY_TOKEN", identity_token(&spec.service))
                 .with_log_consumer(self.logs.consumer(&format!("{name}/sidecar")))
                 // Ports are published by the container that owns the
                 // network namespace: the admin port, here.
@@ -510,6 +512,16 @@ fn image(name: &str) -> GenericImage {
 /// it and to every proxy in the environment, as a container platform would
 /// from a secret; apply and delete send it.
 const CONTROL_TOKEN: &str = "podstestcontroltoken0123456789abcdefghij";
+
+/// The bootstrap token of `service`'s identity (its service account is its
+/// name, in `default`, as under `meshctl up`): with it each proxy asks the
+/// control plane's CA for its workload certificate (mesh/control/src/ca.rs).
+fn identity_token(service: &str) -> String {
+    mesh_api::identity::bootstrap_token(
+        CONTROL_TOKEN,
+        &mesh_api::identity::Identity::new("default", service),
+    )
+}
 
 fn control_url(run: &str) -> String {
     format!("http://{run}-mesh-control:{}", ports::CONTROL)

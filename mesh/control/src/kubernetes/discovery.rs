@@ -85,6 +85,7 @@ pub fn workloads(services: &[&Service], slices: &[&EndpointSlice], pods: &[&Pod]
                     .unwrap_or_default();
                 let version = labels.get(VERSION_LABEL).cloned().unwrap_or_default();
                 let announce = ProxyAnnounce {
+                    identity: None,
                     instance: instance.clone(),
                     mode: ProxyMode::Sidecar,
                     service: name.to_string(),

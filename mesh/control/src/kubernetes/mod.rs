@@ -28,6 +28,7 @@ pub mod config;
 pub mod crd;
 pub mod discovery;
 mod source;
+pub mod token_review;
 pub mod webhook;
 pub mod workload_identity;
 

@@ -68,6 +68,9 @@ struct World {
     failing: bool,
     /// Watches from a resourceVersion below this answer 410 Gone.
     compacted_below: u64,
+    /// Service-account tokens a TokenReview knows: token -> (username,
+    /// the audiences it was minted for).
+    tokens: BTreeMap<String, (String, Vec<String>)>,
 }
 
 /// The fake API server. Cheap to clone.
@@ -223,6 +226,53 @@ impl FakeApi {
         self.world.lock().unwrap().calls.clone()
     }
 
+    /// A token the API server will vouch for in a TokenReview, as a pod's
+    /// projected service-account token (`audiences`: what it was minted for).
+    pub fn issue_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+    ) {
+        self.world.lock().unwrap().tokens.insert(
+            token.to_string(),
+            (
+                format!("system:serviceaccount:{namespace}:{service_account}"),
+                audiences.iter().map(|a| a.to_string()).collect(),
+            ),
+        );
+    }
+
+    /// `authentication.k8s.io/v1` TokenReview, as the API server answers
+    /// it: authenticated if the token is known and shares an audience with
+    /// the request; the answer names the audiences they share.
+    fn token_review(&self, review: Value) -> Response<Body> {
+        let world = self.world.lock().unwrap();
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let asked: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut answer = review.clone();
+        answer["status"] = match world.tokens.get(token) {
+            Some((username, audiences)) => {
+                let shared: Vec<&String> = asked.iter().filter(|a| audiences.contains(a)).collect();
+                if shared.is_empty() {
+                    json!({"authenticated": false, "error": "token audiences are invalid"})
+                } else {
+                    json!({"authenticated": true, "user": {"username": username}, "audiences": shared})
+                }
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        json_response(StatusCode::CREATED, &answer)
+    }
+
     // === answering ===
 
     async fn answer(&self, request: Request<Body>) -> Response<Body> {
@@ -250,6 +300,7 @@ impl FakeApi {
             _ => panic!("unexpected path {path}"),
         };
         let (namespace, resource, name, sub) = match rest {
+            [resource] => ("", *resource, None, None),
             [resource, name] => ("", *resource, Some(*name), None),
             ["namespaces", ns, resource] => (*ns, *resource, None, None),
             ["namespaces", ns, resource, name] => (*ns, *resource, Some(*name), None),
@@ -312,6 +363,9 @@ impl FakeApi {
             // The Event recorder's series update: a repeat of the same Event.
             "patch" if resource == "events" => {
                 json_response(StatusCode::OK, &body.expect("an Event patch"))
+            }
+            "create" if resource == "tokenreviews" => {
+                self.token_review(body.expect("a TokenReview"))
             }
             "create" if resource == "events" => {
                 let mut event = body.expect("an Event body");
