@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::body::{ReqBody, Rsp};
 use crate::listener::Peer;
-use crate::log::{AccessLog, Direction};
+use crate::log::Direction;
 use crate::outbound::{ensure_request_id, finish, strip_hop_by_hop, tunnel_of};
 use crate::proxy::Shared;
 use crate::route::authority_of;
@@ -125,17 +125,6 @@ pub async fn handle(
     .await;
 
     let rsp = finish(result, &log, start, grpc);
-    AccessLog {
-        direction: Direction::Inbound,
-        method: &exchange.method,
-        authority: &exchange.authority,
-        path: &exchange.path_and_query,
-        status: rsp.status().as_u16(),
-        duration: start.elapsed(),
-        request_id: &exchange.request_id,
-        log: &log,
-    }
-    .emit();
     let rsp = match upgrade {
         Some(upgrade) => upgrade.respond(rsp, tunnel_of(&exchange, Direction::Inbound)),
         None => rsp,

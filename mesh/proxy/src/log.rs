@@ -2,8 +2,9 @@
 //!
 //! Every listener creates a [`RequestLog`] when a request arrives and puts it
 //! in the request's extensions; the layers below write into it (the chosen
-//! endpoint, the endpoints already tried, response flags) and the listener
-//! prints one line at the end, target `access`:
+//! endpoint, the endpoints already tried, response flags) and the request's
+//! exchange (`telemetry.rs`) prints one line when the response has ended,
+//! as Envoy does, target `access`:
 //!
 //! ```text
 //! 2026-12-07T04:16:38.120934Z outbound GET helloworld-service:8080/hello/ray 200 - 3ms upstream=127.0.0.1:40123 (helloworld-service-v1-1a2b3)

@@ -8,9 +8,9 @@
 //! retry layer reads ahead into its bounded replay buffer only when the
 //! route may retry, see `body.rs`); load the compiled snapshot once; route it through [`route_stack`];
 //! turn a failure into Envoy's response and flag; add
-//! `x-envoy-upstream-service-time`; write one access-log line. The exchange
-//! rides along with the response body and records the metrics and the span
-//! when the body ends.
+//! `x-envoy-upstream-service-time`. The exchange rides along with the
+//! response body and, when the body ends, writes the access-log line and
+//! records the metrics and the span (`telemetry.rs`).
 //!
 //! The app uses the outbound listener as its HTTP proxy (`HTTP_PROXY`), so it
 //! sends absolute-form requests (`GET http://helloworld-service:8080/hello
@@ -30,7 +30,7 @@ use crate::balance::Balance;
 use crate::body::{ProxyService, ReqBody, Rsp, number_value};
 use crate::error::ProxyError;
 use crate::fault::Fault;
-use crate::log::{AccessLog, Direction, RequestLog};
+use crate::log::{Direction, RequestLog};
 use crate::outlier::Outlier;
 use crate::pool::Pool;
 use crate::proxy::Shared;
@@ -136,17 +136,6 @@ pub async fn handle(
     .await;
 
     let rsp = finish(result, &log, start, grpc);
-    AccessLog {
-        direction,
-        method: &exchange.method,
-        authority: &exchange.authority,
-        path: &exchange.path_and_query,
-        status: rsp.status().as_u16(),
-        duration: start.elapsed(),
-        request_id: &exchange.request_id,
-        log: &log,
-    }
-    .emit();
     let rsp = match upgrade {
         Some(upgrade) => upgrade.respond(rsp, tunnel_of(&exchange, direction)),
         None => rsp,

@@ -12,8 +12,11 @@
 //!    before the app sees the request (Istio's sidecars exchange the same
 //!    facts in `x-envoy-peer-metadata`);
 //! 3. travels with the response body and, when the last byte has gone (or
-//!    the caller went away), counts the request once in the metrics and
-//!    hands the finished span to the reporter's queue.
+//!    the caller went away), writes the access-log line, counts the request
+//!    once in the metrics and hands the finished span to the reporter's
+//!    queue. Envoy writes its access log at the end of the stream too: only
+//!    then is a gRPC call's `grpc-status` known, which an OK call sends in
+//!    its trailers.
 //!
 //! Every label value a request needs was built before it arrived: this
 //! proxy's own [`Peer`] at start, each endpoint's and each cluster's service
@@ -27,7 +30,9 @@
 //! exactly once. The request path itself never waits for telemetry.
 //!
 //! With `MESH_TELEMETRY=off` the exchange only carries the access log's
-//! fields: no span, no headers added, no metrics.
+//! fields: no span, no headers added, no metrics; it rides the body only of
+//! a gRPC call (for the status in its trailers), and writes the line of any
+//! other request as its response head goes out.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -45,7 +50,7 @@ use mesh_api::xds::ProxyMode;
 use crate::body::{ResponseBody, Rsp};
 use crate::cluster::{ClusterRt, EndpointRt};
 use crate::config::Config;
-use crate::log::{Direction, RequestLog, ResponseFlags};
+use crate::log::{AccessLog, Direction, RequestLog, ResponseFlags};
 use crate::metrics::{
     LabelsRef, Metrics, Observation, Peer, Protocol, Reporter, SeriesCache, ServiceName, UNKNOWN,
 };
@@ -313,11 +318,11 @@ impl Exchange {
     /// the request is recorded when the body ends.
     pub fn respond(mut self, rsp: Rsp) -> Rsp {
         self.status = Some(rsp.status().as_u16());
-        if !self.shared.telemetry.enabled {
-            return rsp;
-        }
         if self.protocol == Protocol::Grpc {
             self.grpc_status = grpc_status(rsp.headers());
+        } else if !self.shared.telemetry.enabled {
+            // Nothing to wait for: the access-log line is written now.
+            return rsp;
         }
         rsp.map(|inner| {
             ObservedBody {
@@ -467,7 +472,35 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        self.access_log();
         self.record();
+    }
+}
+
+impl Exchange {
+    /// The request's access-log line, once its response has ended (as
+    /// Envoy writes it, at the end of the stream): the duration is the
+    /// whole exchange's, and a gRPC call's status is the one its trailers
+    /// carried (`grpc-status` of an OK call comes only there). A caller that
+    /// went away before any response gets no line.
+    fn access_log(&self) {
+        let Some(status) = self.status else {
+            return;
+        };
+        if let Some(code) = self.grpc_status {
+            self.log.record_grpc_status(code);
+        }
+        AccessLog {
+            direction: self.direction,
+            method: &self.method,
+            authority: &self.authority,
+            path: &self.path_and_query,
+            status,
+            duration: self.start.elapsed(),
+            request_id: &self.request_id,
+            log: &self.log,
+        }
+        .emit();
     }
 }
 

@@ -303,6 +303,66 @@ async fn a_route_timeout_reaches_a_grpc_client_as_unavailable() {
     server.shutdown().await;
 }
 
+/// The access lines of both sidecars, once both have been written: each is
+/// written when its response's trailers have gone, which for the client's
+/// sidecar may be a moment after tonic has read them.
+async fn lines_once_both(logs: &Logs, needles: [&str; 2]) -> Vec<String> {
+    for _ in 0..1_000 {
+        let lines = logs.access_lines();
+        if needles.iter().all(|n| lines.iter().any(|l| l.contains(n))) {
+            return lines;
+        }
+        tokio::task::yield_now().await;
+    }
+    logs.access_lines()
+}
+
+#[tokio::test]
+async fn an_ok_call_logs_the_grpc_status_its_trailers_carry() {
+    // An OK gRPC call answers 200 with no `grpc-status` in its headers: the
+    // status comes last, in the trailers. Envoy writes its access log at the
+    // end of the stream, so %GRPC_STATUS% shows it; so must ours, on both
+    // sidecars, with telemetry on (the default) and off.
+    for telemetry in [true, false] {
+        tracing::info!(telemetry, "one OK call through two sidecars");
+        let (_guard, logs) = Logs::capture();
+        let app = grpc_app("greeter-1", Duration::ZERO).await;
+        let mut server_config = Config::local_sidecar("greeter", app);
+        server_config.telemetry = telemetry;
+        let server = Proxy::start(server_config).await.unwrap();
+        let endpoint = Endpoint {
+            instance: "greeter-1".into(),
+            address: server.advertise_addr().unwrap().to_string(),
+            labels: Default::default(),
+            identity: None,
+            tls_mode: Default::default(),
+        };
+        let mut client_config = Config::local_sidecar("client", refused_addr().await);
+        client_config.telemetry = telemetry;
+        let client = Proxy::start(client_config).await.unwrap();
+        client
+            .apply_snapshot(snapshot(1, vec![service("greeter", vec![endpoint])]))
+            .unwrap();
+        let channel = channel_via(client.outbound_addr().unwrap(), "greeter").await;
+
+        let answer = hello(&channel).await.expect("the call goes through");
+        assert_eq!(&answer[..], b"greeter-1");
+
+        let outbound = "outbound POST greeter:8080/demo.Greeter/Hello";
+        let inbound = "inbound POST greeter:8080/demo.Greeter/Hello";
+        let lines = lines_once_both(&logs, [outbound, inbound]).await;
+        for needle in [outbound, inbound] {
+            let line = line_for(&lines, needle);
+            assert!(
+                line.contains(" 200 - ") && line.ends_with(" grpc_status=0"),
+                "telemetry {telemetry}: {line}"
+            );
+        }
+        client.shutdown().await;
+        server.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn a_grpc_status_abort_reaches_a_grpc_client_as_written() {
     let (_guard, logs) = Logs::capture();
