@@ -64,7 +64,6 @@ enum Command {
         /// The proxy instance the snapshot is for.
         #[arg(long, default_value = "bench-client-1")]
         instance: String,
-        inbound: Default::default(),
     },
     /// Config propagation from `apply` to simulated proxies.
     Control {
