@@ -68,6 +68,8 @@ pub enum CaError {
     BadRoot { dir: PathBuf, reason: String },
     #[error(transparent)]
     TooOpen(#[from] crate::token::TokenError),
+    #[error("the mesh CA's root in the Secret {secret}: {reason}")]
+    RootSecret { secret: String, reason: String },
     #[error(
         "the certificate signing request is not valid: {0}; send a PEM PKCS#10 request signed by the key it names"
     )]
@@ -179,6 +181,12 @@ impl Ca {
             .map_err(|e| io("write", &key_path, e))?;
         tracing::info!(dir = %dir.display(), "made the mesh's root CA");
         Ok(ca)
+    }
+
+    /// The root's private key (PEM), for the Secret that keeps it
+    /// (`kubernetes/ca_root.rs`).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// The root certificate (PEM): the trust bundle proxies verify with.

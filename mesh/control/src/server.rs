@@ -177,7 +177,19 @@ impl Server {
         // The CA bootstraps identities from the write token locally, from
         // service-account tokens (TokenReview) on a cluster: with neither
         // it could prove no one, so there is none.
-        let ca = if token.is_some() || kubernetes_source.is_some() {
+        let ca = if let Some(source) = &kubernetes_source {
+            // On a cluster the root lives in a Secret: a pod's state
+            // directory dies with the pod (kubernetes/ca_root.rs).
+            Some(
+                kubernetes::ca_root::load_or_create(
+                    source.client.clone(),
+                    &source.control_namespace,
+                    mesh_api::identity::DEFAULT_TRUST_DOMAIN,
+                    settings.cert_ttl,
+                )
+                .await?,
+            )
+        } else if token.is_some() {
             Some(crate::ca::Ca::load_or_create(
                 &settings.state_dir,
                 mesh_api::identity::DEFAULT_TRUST_DOMAIN,

@@ -113,3 +113,65 @@ async fn a_service_account_token_for_istio_ca_gets_that_identity_and_no_other() 
         assert_eq!(body["spec"]["audiences"], serde_json::json!(["istio-ca"]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_lives_in_a_secret_and_a_restart_keeps_it() {
+    // A pod's state directory dies with the pod: the root must not.
+    let api = FakeApi::default();
+    api.issue_token("probe-token", NAMESPACE, "probe", &["istio-ca"]);
+    let probe = Identity::new(NAMESPACE, "probe");
+    async fn root_of(control: &ServerHandle, probe: &Identity) -> String {
+        let (status, body) = ask(control, probe, "probe-token").await;
+        assert_eq!(status, 200, "{body}");
+        let signed: CertificateResponse = serde_json::from_str(&body).unwrap();
+        signed.trust_bundle[0].clone()
+    }
+    let first = control(&api, tempfile::tempdir().unwrap().path()).await;
+    let root = root_of(&first, &probe).await;
+    let secret = api
+        .get("Secret", "mesh-ca-root")
+        .expect("the root was stored in a Secret");
+    assert!(
+        secret["data"]["ca-key.pem"].is_string(),
+        "the key is kept too"
+    );
+    first.shutdown().await.unwrap();
+
+    // A new pod, a new empty state directory: the same root.
+    let second = control(&api, tempfile::tempdir().unwrap().path()).await;
+    assert_eq!(
+        root_of(&second, &probe).await,
+        root,
+        "a restart made a new root"
+    );
+    assert_eq!(api.get("Secret", "mesh-ca-root").unwrap(), secret);
+    let creates = api
+        .calls()
+        .iter()
+        .filter(|c| c.verb == "create" && c.resource == "secrets")
+        .count();
+    assert_eq!(creates, 1, "the second start read the Secret, made none");
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_starting_together_agree_on_one_root() {
+    // Both find no Secret, both make a root, one create wins: the loser
+    // must read the winner's root (409 AlreadyExists), not keep its own.
+    let api = FakeApi::default();
+    let (a, b) = tokio::join!(
+        mesh_control::kubernetes::ca_root::load_or_create(
+            api.client(),
+            NAMESPACE,
+            "cluster.local",
+            Duration::from_secs(3600)
+        ),
+        mesh_control::kubernetes::ca_root::load_or_create(
+            api.client(),
+            NAMESPACE,
+            "cluster.local",
+            Duration::from_secs(3600)
+        ),
+    );
+    assert_eq!(a.unwrap().root_pem(), b.unwrap().root_pem());
+}

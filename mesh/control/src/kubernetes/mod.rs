@@ -24,6 +24,7 @@
 //! exactly as locally (the instance name is their pod's name), which is how
 //! the control plane knows which proxy asks and what it has acknowledged.
 
+pub mod ca_root;
 pub mod config;
 pub mod crd;
 pub mod discovery;
@@ -46,6 +47,10 @@ pub struct KubernetesSource {
     pub reporter: String,
     /// The validating admission webhook (`webhook.rs`), if it runs.
     pub webhook: Option<WebhookSettings>,
+    /// The control plane's own namespace, where the CA root's Secret is
+    /// (`ca_root.rs`): the client's default namespace, which in a pod is the
+    /// pod's own (read from its service-account mount).
+    pub control_namespace: String,
 }
 
 /// Where the admission webhook listens and what its certificate names.
@@ -63,6 +68,7 @@ impl KubernetesSource {
     /// Serve `namespace` with `client` (a real cluster's, or a mocked one).
     pub fn new(client: kube::Client, namespace: impl Into<String>) -> Self {
         KubernetesSource {
+            control_namespace: client.default_namespace().to_string(),
             client,
             namespace: namespace.into(),
             reporter: "mesh-control".to_string(),

@@ -101,6 +101,7 @@ pub fn type_of(kind: &str) -> (&'static str, &'static str, &'static str) {
             "v1",
             "mutatingwebhookconfigurations",
         ),
+        "Secret" => ("", "v1", "secrets"),
         other => panic!("the fake API server does not know kind {other}"),
     }
 }
@@ -161,7 +162,11 @@ impl FakeApi {
             ),
         };
         let meta = &mut object["metadata"];
-        if !kind.ends_with("WebhookConfiguration") {
+        // A Secret keeps the namespace it names (the CA root's is the
+        // control plane's own, mesh-system).
+        let keeps_namespace = kind.ends_with("WebhookConfiguration")
+            || (kind == "Secret" && meta["namespace"].is_string());
+        if !keeps_namespace {
             meta["namespace"] = json!(NAMESPACE);
         }
         meta["resourceVersion"] = json!(rv.to_string());
@@ -364,6 +369,23 @@ impl FakeApi {
             "patch" if resource == "events" => {
                 json_response(StatusCode::OK, &body.expect("an Event patch"))
             }
+            // Create of a named object: 409 AlreadyExists when the name is
+            // taken, as the API server answers (the CA root's create race).
+            "create" if resource == "secrets" => {
+                let mut secret = body.expect("a Secret");
+                let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+                if self.get_key(&key, &name).is_some() {
+                    return json_response(
+                        StatusCode::CONFLICT,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "reason": "AlreadyExists", "code": 409,
+                                "message": format!("secrets \"{name}\" already exists")}),
+                    );
+                }
+                secret["kind"] = json!("Secret");
+                self.apply(secret);
+                json_response(StatusCode::CREATED, &self.get_key(&key, &name).unwrap())
+            }
             "create" if resource == "tokenreviews" => {
                 self.token_review(body.expect("a TokenReview"))
             }
@@ -506,6 +528,8 @@ fn status(code: StatusCode, message: &str) -> Response<Body> {
     json_response(
         code,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": message, "reason": "ServiceUnavailable", "code": code.as_u16()}),
+                "message": message, "code": code.as_u16(),
+                // kube's get_opt reads a missing object from this reason.
+                "reason": if code == StatusCode::NOT_FOUND { "NotFound" } else { "ServiceUnavailable" }}),
     )
 }
