@@ -59,10 +59,11 @@ COPY --from=build /out/bin/mesh-control /usr/local/bin/mesh-control
 # Applied config survives a restart: keep /var/lib/mesh on a volume for that.
 COPY --from=build --chown=10001:10001 /out/data /var/lib/mesh
 ENV MESH_CONTROL_LISTEN=0.0.0.0:15010 \
+    MESH_SECURE_LISTEN=0.0.0.0:15012 \
     MESH_STATE_DIR=/var/lib/mesh \
     NO_COLOR=1
 USER 10001:10001
-EXPOSE 15010
+EXPOSE 15010 15012
 ENTRYPOINT ["/usr/local/bin/mesh-control"]
 
 # === mesh-proxy: every pod's sidecar, and the ingress gateway ===

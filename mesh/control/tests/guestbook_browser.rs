@@ -319,6 +319,9 @@ async fn a_guest_signs_the_book_and_the_dashboard_shows_the_traffic_and_the_trac
         let out = Command::new(bin.join("meshctl"))
             .args(args)
             .args(["--control-url", &control])
+            // The run's state directory holds the write token apply needs.
+            .arg("--workdir")
+            .arg(&workdir)
             .stdin(Stdio::null())
             .output()
             .expect("meshctl runs");

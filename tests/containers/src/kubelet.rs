@@ -21,7 +21,9 @@
 //! - **security and resources**: `runAsUser`, `fsGroup`, dropped
 //!   capabilities, `allowPrivilegeEscalation: false`, memory and CPU limits
 //!   (so a limit too small for the process shows up here, as an OOM kill);
-//! - **volumes**: a PersistentVolumeClaim or an `emptyDir` becomes a fresh
+//! - **volumes**: a projected service-account token becomes a read-only
+//!   directory with a token the local control plane checks
+//!   ([`Cluster::issue_tokens_for`]); a PersistentVolumeClaim or an `emptyDir` becomes a fresh
 //!   host directory of mode 0777 mounted in, as kind's local-path
 //!   provisioner makes one (a Docker tmpfs is not the same: SQLite cannot
 //!   create its database on one as a non-root user);
@@ -89,7 +91,7 @@ pub enum KubeletError {
         id: String,
     },
     #[error(
-        "{pod}: volume {volume} has a source this kubelet does not make (only emptyDir and persistentVolumeClaim)"
+        "{pod}: volume {volume} has a source this kubelet does not make (only emptyDir, persistentVolumeClaim, and projected service-account tokens once `issue_tokens_for` is set)"
     )]
     Volume { pod: String, volume: String },
     #[error("could not make the volume directory {dir}: {source}")]
@@ -160,9 +162,25 @@ pub struct Cluster {
     services: Vec<Service>,
     created: Vec<String>,
     volumes: Vec<std::path::PathBuf>,
+    /// The control plane's write token, when the pods' projected
+    /// service-account tokens should be ones it can check (see
+    /// [`Cluster::issue_tokens_for`]).
+    token_key: Option<String>,
 }
 
 impl Cluster {
+    /// Makes the projected service-account tokens (`istio-token`) ones the
+    /// control plane can check. A real kubelet asks the API server for a
+    /// token that the control plane checks with a TokenReview; here no API
+    /// server runs and the control plane is in local mode, where the proof
+    /// of an identity is its bootstrap token (an HMAC of the SPIFFE ID keyed
+    /// by the write token, `mesh_api::identity::bootstrap_token`). So this
+    /// kubelet writes that for the pod's namespace and service account, and
+    /// the sidecars get their certificates as in a cluster.
+    pub fn issue_tokens_for(&mut self, write_token: &str) {
+        self.token_key = Some(write_token.to_string());
+    }
+
     /// Creates the network for `run` (a unique name), with the manifests'
     /// Services known so that pods get their names.
     pub fn new(run: &str, manifests: &Manifests) -> Result<Cluster, KubeletError> {
@@ -190,6 +208,7 @@ impl Cluster {
                         services: manifests.services.iter().map(|(_, s)| s.clone()).collect(),
                         created: Vec::new(),
                         volumes: Vec::new(),
+                        token_key: None,
                     });
                 }
                 Err(e) => last = e.to_string(),
@@ -332,7 +351,17 @@ impl Cluster {
             }
             args.extend(security_args(&spec, c));
             args.extend(resource_args(c));
-            args.extend(volume_args(&spec, c, &docker_name, &mut self.volumes)?);
+            let tokens = self
+                .token_key
+                .as_deref()
+                .map(|key| (key, fields.namespace.as_str()));
+            args.extend(volume_args(
+                &spec,
+                c,
+                &docker_name,
+                tokens,
+                &mut self.volumes,
+            )?);
             let env = container_env(&fields, c)?;
             let resolved: BTreeMap<String, String> = env.iter().cloned().collect();
             for (k, v) in &env {
@@ -600,6 +629,7 @@ fn volume_args(
     spec: &PodSpec,
     c: &Container,
     pod: &str,
+    tokens: Option<(&str, &str)>,
     volumes: &mut Vec<std::path::PathBuf>,
 ) -> Result<Vec<String>, KubeletError> {
     let mut args = Vec::new();
@@ -613,6 +643,36 @@ fn volume_args(
                 pod: pod.into(),
                 volume: mount.name.clone(),
             })?;
+        // A projected service-account token (the sidecar's istio-token):
+        // a read-only directory holding each token file.
+        let token_sources: Option<Vec<String>> = volume.projected.as_ref().and_then(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .map(|s| s.service_account_token.as_ref().map(|t| t.path.clone()))
+                .collect()
+        });
+        if let (Some(paths), Some((key, namespace))) = (&token_sources, tokens) {
+            let dir = std::env::temp_dir().join(format!("{pod}-{}", mount.name));
+            let account = spec.service_account_name.as_deref().unwrap_or("default");
+            let identity = mesh_api::identity::Identity::new(namespace, account);
+            let token = mesh_api::identity::bootstrap_token(key, &identity);
+            let made = std::fs::create_dir_all(&dir).and_then(|()| {
+                paths
+                    .iter()
+                    .try_for_each(|path| std::fs::write(dir.join(path), &token))
+            });
+            made.map_err(|e| KubeletError::VolumeDir {
+                dir: dir.clone(),
+                source: e,
+            })?;
+            args.extend(strings(&[
+                "--volume",
+                &format!("{}:{}:ro", dir.display(), mount.mount_path),
+            ]));
+            volumes.push(dir);
+            continue;
+        }
         if volume.empty_dir.is_none() && volume.persistent_volume_claim.is_none() {
             return Err(KubeletError::Volume {
                 pod: pod.into(),

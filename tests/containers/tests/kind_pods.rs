@@ -97,6 +97,7 @@ async fn the_kind_overlay_runs_the_guestbook() {
     tag_images(&manifests);
     let run = format!("mm-kind-{}", std::process::id());
     let mut cluster = Cluster::new(&run, &manifests).expect("a Docker network for the pods");
+    cluster.issue_tokens_for(CONTROL_TOKEN);
 
     // The control plane first (every sidecar's startup probe waits for its
     // first snapshot), then the gateway, then the Guestbook as rendered.
