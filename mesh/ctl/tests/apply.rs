@@ -45,6 +45,9 @@ impl ControlPlane {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--dashboard-listen", "off"])
+            // Its secure port's default (127.0.0.1:15012) is fixed: tests
+            // run side by side, and no proxy here needs mutual TLS.
+            .args(["--secure-listen", "off"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("control.log")).unwrap())

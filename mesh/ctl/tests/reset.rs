@@ -66,6 +66,9 @@ fn start_control_plane() -> ControlPlane {
         .arg("--state-dir")
         .arg(&state_dir)
         .args(["--dashboard-listen", "off"])
+        // Its secure port's default (127.0.0.1:15012) is fixed: tests run
+        // side by side, and no proxy here needs mutual TLS.
+        .args(["--secure-listen", "off"])
         // The announced instance below must not expire during the test.
         .env("MESH_LEASE_MS", "600000")
         .stdin(Stdio::null())
