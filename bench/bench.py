@@ -4,7 +4,7 @@
 Run it through scripts/bench.sh, which installs the tools and builds the
 binaries first:
 
-    ./scripts/bench.sh            # full run, ~25 minutes, prints the table
+    ./scripts/bench.sh            # full run, ~35 minutes, prints the table
     ./scripts/bench.sh --smoke    # a few seconds per case: keeps the harness working (CI)
 
 A sidecar sits on every hop of every request, so its cost is multiplied by the
@@ -16,7 +16,10 @@ already run, on one machine, in one run:
              HAProxy (http mode), Envoy (static config, one route), the
              micromesh sidecar one hop (outbound -> upstream), and the full mesh
              path (client -> sidecar outbound -> sidecar inbound -> upstream),
-             the micromesh ones with telemetry off and on.
+             the micromesh ones with telemetry off and on; the mesh path again
+             with mutual TLS between the sidecars (certificates from
+             mesh-control's CA), beside two Envoys in a row, plain and with
+             TLS and client certificates between them (bench/mtls.py).
   per case   max throughput (wrk, keep-alive, closed loop); latency at fixed
              rates, open loop with coordinated-omission correction
              (mesh-bench load, wrk2's model); the proxy's CPU time per request
@@ -58,6 +61,7 @@ import time
 from pathlib import Path
 
 import datapath  # the data-path cases: 10 MiB bodies, WebSocket, gRPC (issue 14)
+import mtls  # the TLS cases: mesh-path+mtls, envoy-path+tls (issue 17)
 import pressure  # memory under concurrency: 50 concurrent uploads, 2,000 idle connections (issue 15)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -420,9 +424,14 @@ backend upstream
 """
 
 
-def envoy_conf(port, upstream, admin):
-    """A static Envoy config: one listener, one route, one cluster; as plain as it gets."""
-    return {
+def envoy_conf(port, upstream, admin, listener_tls=None, cluster_tls=None):
+    """A static Envoy config: one listener, one route, one cluster; as plain as it gets.
+
+    `listener_tls` and `cluster_tls` are `transport_socket`s (bench/mtls.py):
+    the server Envoy of envoy-path+tls terminates TLS on its listener, the
+    client Envoy originates it toward its cluster.
+    """
+    conf = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [{
@@ -457,6 +466,11 @@ def envoy_conf(port, upstream, admin):
             }],
         },
     }
+    if listener_tls:
+        conf["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = listener_tls
+    if cluster_tls:
+        conf["static_resources"]["clusters"][0]["transport_socket"] = cluster_tls
+    return conf
 
 
 def proxy_supports_snapshot_file():
@@ -471,11 +485,15 @@ def proxy_supports_snapshot_file():
 class Running:
     """A case, started: where to send, and which processes are "the proxy"."""
 
-    def __init__(self, port, proxies, helpers=(), heartbeat=None):
+    def __init__(self, port, proxies, helpers=(), heartbeat=None, verify=None):
         self.port = port
         self.proxies = proxies  # measured: CPU and memory
         self.helpers = list(helpers)  # needed but not measured (mesh-control)
         self.heartbeat = heartbeat
+        # Called once the case answers and again after it was measured:
+        # raises when the case is not what it claims (the TLS cases: a hop
+        # that was not mutual TLS).
+        self.verify = verify or (lambda: None)
 
     def proxy_pids(self):
         return [pid for p in self.proxies for pid in p.tree()]
@@ -544,6 +562,10 @@ class Bench:
             "micromesh+telemetry": lambda: self.start_micromesh(hops=1, telemetry="on"),
             "mesh-path": lambda: self.start_micromesh(hops=2, telemetry="off"),
             "mesh-path+telemetry": lambda: self.start_micromesh(hops=2, telemetry="on"),
+            "mesh-path+mtls": lambda: self.start_micromesh(hops=2, telemetry="off", secure=True),
+            "mesh-path+mtls+telemetry": lambda: self.start_micromesh(hops=2, telemetry="on", secure=True),
+            "envoy-path": lambda: self.start_envoy_path(tls=False),
+            "envoy-path+tls": lambda: self.start_envoy_path(tls=True),
         }
         running = starters[name]()
         answers = ((lambda: h2_gets(running.port, 1, fail=False)) if name in H2_CASES
@@ -557,6 +579,11 @@ class Bench:
             running.stop()
             raise RuntimeError(f"case {name} never answered 200 (last answer: {status} {body!r:.200}): "
                                f"{e}\nlogs in {self.workdir}")
+        try:
+            running.verify()
+        except RuntimeError as e:
+            running.stop()
+            raise RuntimeError(f"case {name}: {e}\nlogs in {self.workdir}")
         return running
 
     def start_direct(self):
@@ -589,6 +616,41 @@ class Bench:
                     self.workdir, core=self.proxy_core)
         return Running(port, [proc])
 
+    def start_envoy_path(self, tls):
+        """Two Envoys in a row, the mesh path's shape: client -> Envoy -> Envoy
+        -> upstream; with `tls`, TLS 1.3 with client certificates between them
+        (bench/mtls.py), checked by both Envoys' handshake counters."""
+        server_port, server_admin, client_admin = free_port(), free_port(), free_port()
+        port = free_port()
+        certs = mtls.make_certs(Path(self.workdir) / "envoy-certs") if tls else None
+        server_conf = Path(self.workdir) / "envoy-path-server.json"
+        server_conf.write_text(json.dumps(envoy_conf(
+            server_port, self.upstream_port, server_admin,
+            listener_tls=mtls.envoy_server_tls(certs) if tls else None), indent=1))
+        client_conf = Path(self.workdir) / "envoy-path-client.json"
+        client_conf.write_text(json.dumps(envoy_conf(
+            port, server_port, client_admin,
+            cluster_tls=mtls.envoy_client_tls(certs) if tls else None), indent=1))
+        proxies = []
+        for name, conf in (("envoy-client", client_conf), ("envoy-server", server_conf)):
+            # Each its own base id, so two Envoys share a machine.
+            proxies.append(Proc(name, self.measured([
+                self.tools.envoy, "-c", str(conf), "--concurrency", "1", "--disable-hot-restart",
+                "--base-id", str(len(proxies) + 1), "-l", "warning"]),
+                self.workdir, core=self.proxy_core))
+
+        def verify():
+            if not tls:
+                return
+            for name, admin in (("client", client_admin), ("server", server_admin)):
+                status, body = http_get(admin, "/stats?filter=ssl", host="x")
+                handshakes = mtls.envoy_handshakes(body.decode(errors="replace")) if status == 200 else 0
+                if not handshakes:
+                    raise RuntimeError(f"the {name} Envoy counted no TLS handshake (/stats on "
+                                       f"127.0.0.1:{admin}: {status} {body!r:.300}): the hop between "
+                                       "the Envoys is not TLS")
+        return Running(port, proxies, verify=verify)
+
     def mesh_env(self, service, instance, control_port, telemetry, app_port):
         inbound = free_port()
         return {
@@ -617,11 +679,15 @@ class Bench:
             "MESH_CONTROL_TOKEN": CONTROL_TOKEN,
         }
 
-    def start_control(self):
+    def start_control(self, secure=False):
         port = free_port()
+        # The secure port (mutual TLS, istiod's 15012) on a free port for the
+        # mTLS cases, off otherwise: its default, 127.0.0.1:15012, is fixed.
+        secure_listen = f"127.0.0.1:{free_port()}" if secure else "off"
         # The long lease keeps a sidecar-less endpoint registered between heartbeats
         # even on a machine saturated by the benchmark itself.
         proc = Proc("mesh-control", [str(self.tools.mesh_control), "--listen", f"127.0.0.1:{port}",
+                                     "--secure-listen", secure_listen,
                                      "--state-dir", tempfile.mkdtemp(dir=self.workdir, prefix="state-"),
                                      "--lease-ms", "3600000", "--log", "warn"],
                     self.workdir, core=self.load_core, env={"MESH_CONTROL_TOKEN": CONTROL_TOKEN})
@@ -629,7 +695,7 @@ class Bench:
                    20, [proc])
         return proc, port
 
-    def start_micromesh(self, hops, telemetry, http2=False):
+    def start_micromesh(self, hops, telemetry, http2=False, secure=False):
         """One sidecar (outbound -> upstream) or the full path through two.
 
         One hop routes with a static snapshot (MESH_SNAPSHOT_FILE) when the
@@ -638,12 +704,16 @@ class Bench:
         by a heartbeat from this script. With telemetry on, mesh-control also
         collects the spans (its Zipkin API), and scrapes the sidecars'
         metrics, as it does in a real mesh.
+
+        With `secure` (two hops only), both sidecars get certificates from
+        mesh-control's CA and a mesh-wide STRICT PeerAuthentication is in
+        place before the server sidecar starts: see `start_mesh_server`.
         """
-        helpers, proxies, heartbeat = [], [], None
+        helpers, proxies, heartbeat, verify = [], [], None, None
         static = hops == 1 and proxy_supports_snapshot_file()
         control_port = None
         if not static or (telemetry == "on" and not self.span_sink_port):
-            control, control_port = self.start_control()
+            control, control_port = self.start_control(secure=secure)
             helpers.append(control)
         client_env = self.mesh_env("bench-client", "bench-client-1", control_port, telemetry,
                                    self.upstream_port)
@@ -664,14 +734,65 @@ class Bench:
                 "ready": True, "adminAddress": "",
             })
         else:
-            server_env = self.mesh_env("upstream", "upstream-1", control_port, telemetry,
-                                       self.upstream_port)
-            proxies.append(Proc("mesh-proxy-server", self.measured([str(self.tools.mesh_proxy)]), self.workdir,
-                                core=self.proxy_core, env=server_env))
+            server, verify = self.start_mesh_server(control_port, telemetry, secure, helpers)
+            proxies.append(server)
+            if secure:
+                client_env.update(mtls.identity_env(CONTROL_TOKEN, "bench-client"))
         proxies.insert(0, Proc("mesh-proxy-client", self.measured([str(self.tools.mesh_proxy)]), self.workdir,
                                core=self.proxy_core, env=client_env))
         return Running(int(client_env["MESH_OUTBOUND_ADDR"].rsplit(":", 1)[1]), proxies,
-                       helpers, heartbeat)
+                       helpers, heartbeat, verify)
+
+    def start_mesh_server(self, control_port, telemetry, with_mtls, helpers):
+        """The mesh path's server sidecar (service `upstream`, in front of the
+        upstream nginx); with `with_mtls`, started as a STRICT mTLS server.
+
+        Order matters for the claim "this hop is mutual TLS": the STRICT
+        policy is applied first, then this sidecar starts, and the client
+        sidecar only once this one holds its certificate and runs STRICT.
+        From then on its inbound listener closes any plaintext connection,
+        so every 200 through the path crossed the hop over mutual TLS.
+        Returns (the process, the check run after start and after measuring).
+        """
+        server_env = self.mesh_env("upstream", "upstream-1", control_port, telemetry,
+                                   self.upstream_port)
+        if not with_mtls:
+            proc = Proc("mesh-proxy-server", self.measured([str(self.tools.mesh_proxy)]), self.workdir,
+                        core=self.proxy_core, env=server_env)
+            return proc, None
+        http_json("POST", control_port, "/v1/config/apply", mtls.apply_request(mtls.STRICT_MESH_WIDE))
+        server_env.update(mtls.identity_env(CONTROL_TOKEN, "upstream"))
+        proc = Proc("mesh-proxy-server", self.measured([str(self.tools.mesh_proxy)]), self.workdir,
+                    core=self.proxy_core, env=server_env)
+        admin = int(server_env["MESH_ADMIN_ADDR"].rsplit(":", 1)[1])
+
+        def admin_json(path):
+            status, body = http_get(admin, path, host="x")
+            return json.loads(body) if status == 200 else {}
+
+        def ready():
+            return (mtls.holds_certificate(admin_json("/certs"), "upstream")
+                    and mtls.inbound_mode(admin_json("/config_dump")) == "STRICT")
+        try:
+            wait_until("waiting for the server sidecar's certificate from mesh-control's CA and its "
+                       "STRICT inbound policy", ready, self.start_timeout, [proc] + helpers)
+        except RuntimeError:
+            proc.stop()
+            raise
+
+        def verify():
+            # A STRICT server with its certificate refuses plaintext: say so
+            # again (nothing changed since start), and with telemetry on,
+            # read the server sidecar's own count of how requests arrived.
+            if not mtls.holds_certificate(admin_json("/certs"), "upstream") \
+                    or mtls.inbound_mode(admin_json("/config_dump")) != "STRICT":
+                raise RuntimeError("the server sidecar lost its certificate or its STRICT policy")
+            if telemetry == "on":
+                status, body = http_get(admin, "/stats/prometheus", host="x")
+                mtls.check_mutual_tls_counted(
+                    mtls.security_policies(body.decode(errors="replace")) if status == 200 else {},
+                    f"the server sidecar (admin 127.0.0.1:{admin})")
+        return proc, verify
 
     # --- measuring one case ---
 
@@ -760,6 +881,7 @@ class Bench:
 
             stop.set()
             sampler.join()
+            running.verify()
             rss_now, hwm = running.memory_per_proxy()
             result["rss_load_kb"] = max(peak["rss"], rss_now) if rss_now is not None else None
             result["hwm_kb"] = hwm
@@ -774,6 +896,7 @@ class Bench:
         port = free_port()
         proc = Proc("mesh-control-bench",
                     [str(self.tools.mesh_control), "--listen", f"127.0.0.1:{port}",
+                     "--secure-listen", "off",
                      "--state-dir", tempfile.mkdtemp(dir=self.workdir, prefix="state-"),
                      "--log", "warn",
                      # The 900 silent endpoints announce once; a lease longer
@@ -1216,6 +1339,34 @@ def print_ratios(summary, cases, rates, out):
     print_markdown(header, rows, out)
 
 
+# (TLS case, its plaintext twin): the pairs whose difference is what TLS costs.
+TLS_PAIRS = [("mesh-path+mtls", "mesh-path"), ("mesh-path+mtls+telemetry", "mesh-path+telemetry"),
+             ("envoy-path+tls", "envoy-path")]
+
+
+def print_tls_cost(summary, rates, out):
+    """What mutual TLS adds on the hop between two proxies: each TLS case
+    minus its plaintext twin (medians over rounds), where both were measured."""
+    r1 = rates[0]
+    metrics = [("CPU µs/req @max", "cpu_us_per_req_max", 1), (f"CPU µs/req @{r1}", f"cpu_us_per_req_{r1}", 1),
+               (f"+p50 @{r1} µs", f"added_p50_{r1}", 0), (f"+p99 @{r1} µs", f"added_p99_{r1}", 0),
+               ("RSS load MB", "rss_load_kb", 1)]
+    rows = []
+    for tls, plain in TLS_PAIRS:
+        if tls not in summary or plain not in summary:
+            continue
+        row = [f"{tls} - {plain}"]
+        for _, key, digits in metrics:
+            a, b = med(summary, tls, key), med(summary, plain, key)
+            scale = 1 / 1024 if key == "rss_load_kb" else 1
+            row.append(f"{(a - b) * scale:+.{digits}f}" if a is not None and b is not None else "-")
+        rows.append(row)
+    if rows:
+        print("\nWhat TLS adds on the hop between two proxies (the TLS case minus its "
+              "plaintext twin, medians):\n", file=out)
+        print_markdown(["cost of TLS"] + [m for m, _, _ in metrics], rows, out)
+
+
 def print_targets(summary, rates, out):
     """The issue's targets, each met or missed by how much."""
     r1 = rates[0]
@@ -1374,7 +1525,8 @@ def git_revision():
 # === main ===
 
 ALL_CASES = ["direct", "nginx", "haproxy", "envoy", "micromesh", "micromesh+telemetry",
-             "mesh-path", "mesh-path+telemetry"]
+             "mesh-path", "mesh-path+telemetry", "mesh-path+mtls", "mesh-path+mtls+telemetry",
+             "envoy-path", "envoy-path+tls"]
 
 
 def parse_args(argv):
@@ -1556,6 +1708,7 @@ def main(argv=None):
           "means the load generator's core, not the proxy, was the limit; `req/s per core` is then "
           "what the proxy would serve on a whole core (10^6 / CPU µs per request at max).\n", file=out)
     print_ratios(summary, args.cases, args.rates, out)
+    print_tls_cost(summary, args.rates, out)
     if control_results:
         summary["control-plane"] = print_control(control_results, out)
     datapath.print_data_path(data_results, out)

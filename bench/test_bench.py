@@ -283,3 +283,154 @@ class DataPathTest(unittest.TestCase):
         with self.assertRaises(SystemExit):
             with unittest.mock.patch("sys.stderr", io.StringIO()):
                 bench.parse_args(["--data-cases", "upload-1GiB"])
+
+
+# === the TLS cases (mtls.py) ===
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+import mtls  # noqa: E402
+
+PROMETHEUS_TEXT = """# HELP istio_requests_total Total number of requests.
+# TYPE istio_requests_total counter
+istio_requests_total{reporter="source",source_workload="bench-client",connection_security_policy="unknown",response_code="200"} 7
+istio_requests_total{reporter="destination",source_workload="bench-client",connection_security_policy="mutual_tls",response_code="200"} 40
+istio_requests_total{reporter="destination",source_workload="bench-client",connection_security_policy="mutual_tls",response_code="503"} 2
+istio_build{component="proxy",tag="0.1.0"} 1
+"""
+
+
+class MeshMtlsSetup(unittest.TestCase):
+    def test_the_bootstrap_token_is_an_hmac_of_the_spiffe_id_keyed_by_the_write_token(self):
+        # RFC 4231, test case 2: the HMAC-SHA256 the Rust side (ring) computes too.
+        self.assertEqual(mtls.hmac_sha256_hex("Jefe", "what do ya want for nothing?"),
+                         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        self.assertEqual(mtls.spiffe_id("upstream"), "spiffe://cluster.local/ns/default/sa/upstream")
+        token = mtls.bootstrap_token("write-token-1", "upstream")
+        self.assertEqual(token, mtls.hmac_sha256_hex("write-token-1",
+                                                     "spiffe://cluster.local/ns/default/sa/upstream"))
+        self.assertRegex(token, r"^[0-9a-f]{64}$")
+        self.assertNotEqual(token, mtls.bootstrap_token("write-token-1", "bench-client"),
+                            "one token proves one identity")
+        self.assertNotEqual(token, mtls.bootstrap_token("write-token-2", "upstream"))
+
+    def test_a_sidecar_gets_its_service_account_namespace_and_token(self):
+        env = mtls.identity_env("w", "upstream")
+        self.assertEqual(env, {"MESH_NAMESPACE": "default", "MESH_SERVICE_ACCOUNT": "upstream",
+                               "MESH_IDENTITY_TOKEN": mtls.bootstrap_token("w", "upstream")})
+
+    def test_the_strict_policy_is_mesh_wide_and_sent_as_an_apply(self):
+        body = mtls.apply_request(mtls.STRICT_MESH_WIDE)
+        self.assertEqual(list(body), ["files"])
+        content = body["files"][0]["content"]
+        for line in ("apiVersion: security.istio.io/v1", "kind: PeerAuthentication",
+                     "namespace: istio-system", "mode: STRICT"):
+            self.assertIn(line, content)
+        self.assertNotIn("selector", content, "a selector would make it a workload policy")
+
+    def test_the_server_is_ready_only_with_its_certificate_and_strict(self):
+        certs = {"identity": "spiffe://cluster.local/ns/default/sa/upstream", "certChain": ["PEM"]}
+        self.assertTrue(mtls.holds_certificate(certs, "upstream"))
+        self.assertFalse(mtls.holds_certificate({"reason": "no certificate yet"}, "upstream"))
+        self.assertFalse(mtls.holds_certificate(certs, "bench-client"), "someone else's identity")
+        self.assertIsNone(mtls.inbound_mode({"snapshot": None}))
+        self.assertEqual(mtls.inbound_mode({"snapshot": {"version": 3}}), "PERMISSIVE")
+        self.assertEqual(mtls.inbound_mode({"snapshot": {"inbound": {"mtls": {"mode": "STRICT"}}}}),
+                         "STRICT")
+        self.assertEqual(mtls.inbound_mode({"snapshot": {"inbound": {"mtls": {"mode": "UNSET"}}}}),
+                         "PERMISSIVE")
+
+    def test_only_a_hop_counted_all_mutual_tls_passes(self):
+        counts = mtls.security_policies(PROMETHEUS_TEXT)
+        self.assertEqual(counts, {"mutual_tls": 42.0}, "the destination's count only")
+        mtls.check_mutual_tls_counted(counts, "server")
+        plain = PROMETHEUS_TEXT + ('istio_requests_total{reporter="destination",'
+                                   'connection_security_policy="none",response_code="200"} 1\n')
+        with self.assertRaises(RuntimeError) as caught:
+            mtls.check_mutual_tls_counted(mtls.security_policies(plain), "server")
+        self.assertIn("'none': 1.0", str(caught.exception))
+        with self.assertRaises(RuntimeError) as caught:
+            mtls.check_mutual_tls_counted({}, "server")
+        self.assertIn("empty", str(caught.exception))
+
+    def test_the_new_cases_are_in_the_default_rotation(self):
+        args = bench.parse_args(["--smoke", "--cases", "mesh-path,mesh-path+mtls,envoy-path,envoy-path+tls"])
+        self.assertEqual(args.cases, ["direct", "mesh-path", "mesh-path+mtls", "envoy-path", "envoy-path+tls"])
+        for case in ("mesh-path+mtls", "mesh-path+mtls+telemetry", "envoy-path", "envoy-path+tls"):
+            self.assertIn(case, bench.ALL_CASES)
+
+
+class EnvoyTlsSetup(unittest.TestCase):
+    def certs(self):
+        return mtls.Certs("/tmp/certs")
+
+    def test_the_server_envoy_requires_a_client_certificate(self):
+        conf = bench.envoy_conf(4000, 5000, 4001, listener_tls=mtls.envoy_server_tls(self.certs()))
+        socket = conf["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]
+        self.assertEqual(socket["name"], "envoy.transport_sockets.tls")
+        tls = socket["typed_config"]
+        self.assertTrue(tls["@type"].endswith("tls.v3.DownstreamTlsContext"))
+        self.assertIs(tls["require_client_certificate"], True)
+        common = tls["common_tls_context"]
+        self.assertEqual(common["tls_certificates"][0]["certificate_chain"]["filename"], "/tmp/certs/server.crt")
+        self.assertEqual(common["validation_context"]["trusted_ca"]["filename"], "/tmp/certs/ca.crt")
+        self.assertEqual(common["validation_context"]["match_typed_subject_alt_names"],
+                         [{"san_type": "URI",
+                           "matcher": {"exact": "spiffe://cluster.local/ns/default/sa/bench-client"}}])
+        self.assertEqual(common["tls_params"]["tls_minimum_protocol_version"], "TLSv1_3")
+        self.assertNotIn("transport_socket", conf["static_resources"]["clusters"][0],
+                         "the server Envoy speaks plaintext to the upstream, as a sidecar to its app")
+
+    def test_the_client_envoy_originates_tls_with_its_certificate(self):
+        conf = bench.envoy_conf(4000, 5000, 4001, cluster_tls=mtls.envoy_client_tls(self.certs()))
+        cluster = conf["static_resources"]["clusters"][0]
+        tls = cluster["transport_socket"]["typed_config"]
+        self.assertTrue(tls["@type"].endswith("tls.v3.UpstreamTlsContext"))
+        common = tls["common_tls_context"]
+        self.assertEqual(common["tls_certificates"][0]["private_key"]["filename"], "/tmp/certs/client.key")
+        self.assertEqual(common["validation_context"]["match_typed_subject_alt_names"][0]["matcher"],
+                         {"exact": "spiffe://cluster.local/ns/default/sa/upstream"})
+        self.assertNotIn("transport_socket", conf["static_resources"]["listeners"][0]["filter_chains"][0])
+        json.dumps(conf)  # what bench.py writes for Envoy
+
+    def test_the_certificates_verify_and_carry_the_spiffe_ids(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(subprocess.run, ["rm", "-rf", directory])
+        certs = mtls.make_certs(directory)
+        for leaf, identity in ((certs.server_cert, certs.server_id), (certs.client_cert, certs.client_id)):
+            verified = subprocess.run(["openssl", "verify", "-CAfile", str(certs.ca), str(leaf)],
+                                      capture_output=True, text=True)
+            self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+            text = subprocess.run(["openssl", "x509", "-in", str(leaf), "-noout", "-text"],
+                                  capture_output=True, text=True).stdout
+            self.assertIn(f"URI:{identity}", text)
+            self.assertIn("TLS Web Client Authentication", text)
+            self.assertIn("TLS Web Server Authentication", text)
+            self.assertIn("prime256v1", text)
+
+    def test_handshakes_are_read_from_envoy_stats(self):
+        stats = ("cluster.upstream.ssl.handshake: 3\nlistener.127.0.0.1_4000.ssl.handshake: 2\n"
+                 "listener.127.0.0.1_4000.ssl.no_certificate: 0\ncluster.upstream.upstream_rq_200: 9\n")
+        self.assertEqual(mtls.envoy_handshakes(stats), 5)
+        self.assertEqual(mtls.envoy_handshakes("cluster.upstream.upstream_rq_200: 9\n"), 0)
+
+
+class TlsCost(unittest.TestCase):
+    def test_each_tls_case_is_set_against_its_plaintext_twin(self):
+        def case(cpu, p50, rss_kb):
+            return {"cpu_us_per_req_max": [cpu], "cpu_us_per_req_1000": [cpu * 2],
+                    "added_p50_1000": [p50], "added_p99_1000": [p50 * 3], "rss_load_kb": [rss_kb]}
+        summary = {"mesh-path": case(80.0, 300, 10240), "mesh-path+mtls": case(95.5, 340, 11264),
+                   "envoy-path": case(250.0, 700, 130000), "envoy-path+tls": case(270.0, 760, 131024)}
+        out = io.StringIO()
+        bench.print_tls_cost(summary, [1000], out)
+        text = out.getvalue()
+        self.assertIn("| mesh-path+mtls - mesh-path  | +15.5           | +31.0            | +40           "
+                      "| +120          | +1.0        |", text)
+        self.assertIn("| envoy-path+tls - envoy-path | +20.0           | +40.0            | +60 ", text)
+        self.assertNotIn("telemetry", text, "a pair measured on one side only is left out")
+        empty = io.StringIO()
+        bench.print_tls_cost({"mesh-path": case(1, 1, 1)}, [1000], empty)
+        self.assertEqual(empty.getvalue(), "")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark micromesh against no proxy, nginx, HAProxy and Envoy on this machine.
 #
-#   ./scripts/bench.sh                 # full run (~25 min): prints the table for the README
+#   ./scripts/bench.sh                 # full run (~35 min): prints the table for the README
 #   ./scripts/bench.sh --smoke         # ~1-2 min: every case and the control plane, briefly (CI)
 #   ./scripts/bench.sh --rounds 3 --cases direct,nginx,micromesh   # any bench/bench.py option
 #   ./scripts/bench.sh --install-only  # just the install step
