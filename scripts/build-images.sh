@@ -4,7 +4,7 @@
 # python:*-slim, eclipse-temurin, debian:*-slim), for amd64 or arm64, whichever
 # this machine is.
 #
-#   scripts/build-images.sh                       # all six images
+#   scripts/build-images.sh                       # all seven images
 #   scripts/build-images.sh mesh-proxy guestbook-ui
 #   TAG=v1 scripts/build-images.sh                # micromesh/<name>:v1 (default: dev)
 #
@@ -28,8 +28,9 @@ declare -A DOCKERFILE=(
     [guestbook-service]=docker/rust.Dockerfile
     [helloworld-service]=docker/helloworld-service.Dockerfile
     [sentiment-service]=docker/sentiment-service.Dockerfile
+    [hello-grpc]=docker/hello-grpc.Dockerfile
 )
-ALL=(mesh-control mesh-proxy guestbook-ui guestbook-service helloworld-service sentiment-service)
+ALL=(mesh-control mesh-proxy guestbook-ui guestbook-service helloworld-service sentiment-service hello-grpc)
 
 die() { echo "build-images.sh: $*" >&2; exit 1; }
 

@@ -19,8 +19,9 @@
 # 1. Base images, made once and reused by tag: a Debian root filesystem from
 #    `debootstrap --variant=minbase`, trimmed (no docs, man pages, locales or
 #    apt lists), piped through `tar | docker import`. base-debian is glibc and
-#    little else (the Java runtime's base), base-python adds python3, base-jdk
-#    a headless JDK for the Java build stage. The tag is a hash of the recipe
+#    little else (the Java runtime's base), base-python adds python3,
+#    base-python-grpc python3 and Debian's grpcio (the gRPC demo, lab 09),
+#    base-jdk a headless JDK for the Java build stage. The tag is a hash of the recipe
 #    (this script's base functions, the package list, the architecture), so a
 #    changed recipe builds new bases and an unchanged one never runs debootstrap
 #    again. Needs root (debootstrap does) only when a base is missing.
@@ -116,6 +117,7 @@ unmount_under() {
 declare -A BASE_PACKAGES=(
     [debian]=""
     [python]="python3"
+    [python-grpc]="python3 python3-grpcio"
     [jdk]="openjdk-17-jdk-headless"
 )
 
@@ -201,13 +203,13 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 declare -A BASE_REF
 missing=()
-for name in debian python jdk; do
+for name in debian python python-grpc jdk; do
     BASE_REF[$name]="$(base_ref "$name")"
     image_exists "${BASE_REF[$name]}" || missing+=("$name")
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-    step "base images present: ${BASE_REF[debian]} ${BASE_REF[python]} ${BASE_REF[jdk]}"
+    step "base images present: ${BASE_REF[debian]} ${BASE_REF[python]} ${BASE_REF[python-grpc]} ${BASE_REF[jdk]}"
 else
     [ "$(id -u)" = 0 ] || die "base images missing (${missing[*]}); making them runs debootstrap, which needs root: run 'sudo $0' once, later runs reuse them"
     if ! command -v debootstrap >/dev/null 2>&1; then
@@ -347,6 +349,12 @@ ensure_image "micromesh/helloworld-service:$TAG" \
     "$ctx" docker/helloworld-service.Dockerfile \
     --build-arg "PYTHON_IMAGE=${BASE_REF[python]}"
 
+ctx="$(service_context hello-grpc services/hello-grpc/server.py services/hello-grpc/client.py)"
+ensure_image "micromesh/hello-grpc:$TAG" \
+    "$(printf '%s\n' "${BASE_REF[python-grpc]}" | cat - docker/hello-grpc.Dockerfile services/hello-grpc/server.py services/hello-grpc/client.py | sha256sum | cut -d' ' -f1)" \
+    "$ctx" docker/hello-grpc.Dockerfile \
+    --build-arg "PYTHON_IMAGE=${BASE_REF[python-grpc]}"
+
 ctx="$(service_context sentiment-service services/sentiment-service/Sentiment.java)"
 ensure_image "micromesh/sentiment-service:$TAG" \
     "$(printf '%s\n' "${BASE_REF[jdk]}" "${BASE_REF[debian]}" | cat - docker/sentiment-service.Dockerfile services/sentiment-service/Sentiment.java | sha256sum | cut -d' ' -f1)" \
@@ -361,7 +369,7 @@ docker image prune -f --filter "label=micromesh.base-recipe" >/dev/null 2>&1 || 
 
 step "images ($((SECONDS - STARTED))s)"
 printf '    %-44s %10s  %s\n' IMAGE SIZE STATUS
-for entry in "${RESULTS[@]}" "${BASE_REF[debian]} base" "${BASE_REF[python]} base" "${BASE_REF[jdk]} base"; do
+for entry in "${RESULTS[@]}" "${BASE_REF[debian]} base" "${BASE_REF[python]} base" "${BASE_REF[python-grpc]} base" "${BASE_REF[jdk]} base"; do
     ref="${entry% *}"
     size="$(docker image inspect -f '{{.Size}}' "$ref")"
     printf '    %-44s %7.1f MB  %s\n' "$ref" "$(awk -v b="$size" 'BEGIN { print b / 1000000 }')" "${entry##* }"

@@ -77,6 +77,7 @@ fn there_is_an_image_for_every_service_and_mesh_binary() {
         [
             "guestbook-service",
             "guestbook-ui",
+            "hello-grpc",
             "helloworld-service",
             "mesh-control",
             "mesh-proxy",
