@@ -221,3 +221,22 @@ fn the_committed_guestbook_manifests_are_what_meshctl_inject_makes_of_their_sour
          k8s/guestbook/source.yaml` prints today; regenerate it as k8s/README.md says"
     );
 }
+
+#[test]
+fn the_committed_grpc_demo_manifests_are_what_meshctl_inject_makes_of_their_source() {
+    // Lab 09's gRPC demo on a cluster (k8s/grpc-demo), injected the
+    // Guestbook's way: committed, and held to its source the same way.
+    let root = repo_root();
+    let committed = std::fs::read_to_string(root.join("k8s/grpc-demo/hello-grpc.yaml"))
+        .expect("k8s/grpc-demo/hello-grpc.yaml exists");
+    let body: String = committed
+        .split_inclusive('\n')
+        .skip_while(|line| line.starts_with('#'))
+        .collect();
+    let fresh = inject_ok(&root.join("k8s/grpc-demo/source.yaml"));
+    assert!(
+        body == fresh,
+        "k8s/grpc-demo/hello-grpc.yaml is stale: it is not what `meshctl inject -f \
+         k8s/grpc-demo/source.yaml` prints today; regenerate it as k8s/README.md says"
+    );
+}
