@@ -10,8 +10,8 @@
 //!   version the CRDs in `k8s/crds/` serve;
 //! - every object a kubectl command names (`deployment/x`, `deployment x`,
 //!   `service/x`, `svc/x`, a namespace with `-n`) exists in the rendered
-//!   kind overlay (`kubectl kustomize k8s/overlays/kind`, or `kind-addons`
-//!   for the observability addons);
+//!   kind overlay (`kubectl kustomize k8s/overlays/kind`, `kind-addons`
+//!   for the observability addons, or `kind-grpc` for lab 09's gRPC demo);
 //! - every meshctl command is one meshctl runs against a cluster (`get`,
 //!   `analyze`, `stat`, `traces`, `dashboard`, and the ones that need no
 //!   control plane); `meshctl apply` and the other local-only commands are
@@ -45,9 +45,14 @@ impl Cluster {
     /// Needs kubectl (its built-in kustomize); without it, fails saying so.
     pub fn from_repo(root: &Path) -> Cluster {
         let mut cluster = Cluster::default();
-        // The mesh as kind-up.sh applies it, and with the observability
-        // addons (scripts/addons-up.sh) that lab 08 opens.
-        for overlay in ["k8s/overlays/kind", "k8s/overlays/kind-addons"] {
+        // The mesh as kind-up.sh applies it, with the observability
+        // addons (scripts/addons-up.sh) that lab 08 opens, and with the gRPC
+        // demo (k8s/grpc-demo) that lab 09 applies.
+        for overlay in [
+            "k8s/overlays/kind",
+            "k8s/overlays/kind-addons",
+            "k8s/overlays/kind-grpc",
+        ] {
             let output = Command::new("kubectl")
                 .args(["kustomize", overlay])
                 .current_dir(root)
