@@ -29,7 +29,10 @@
 //!   `destination.port` is the pod's target port too, never anything the
 //!   caller wrote in `Host`. (Locally the apps listen on free ports, but
 //!   policies are written for the pod's port, so they carry over.)
-//! - the request headers, for `when: request.headers[...]`.
+//! - the request headers, for `when: request.headers[...]`;
+//! - the addresses: the connection's peer (`ipBlocks`, `source.ip`), and
+//!   the original client (`remoteIpBlocks`, `remote.ip`), which
+//!   [`remote_address`] reads from `x-forwarded-for` as Envoy does.
 //!
 //! A denied request never reaches the app: the sidecar answers 403
 //! `RBAC: access denied` itself (`error.rs`; a gRPC caller reads
@@ -38,13 +41,51 @@
 //! count it as an error. Which policy decided goes to the proxy's debug
 //! log, never to the caller.
 
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
 use mesh_api::identity::Identity;
 use mesh_api::snapshot::AppliedAuthorizationPolicy;
 
 use crate::admit::EdgeSettings;
 use crate::authz::{Policy, Request};
 use crate::error::ProxyError;
+use crate::log::Direction;
 use crate::normalize::PathNormalization;
+use crate::trust::X_FORWARDED_FOR;
+
+/// Who is asking: the connection's peer, and the listener it came in on.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    /// The peer's identity, proven by its certificate; `None` for plaintext.
+    pub identity: Option<&'a Identity>,
+    /// The address that connected.
+    pub address: SocketAddr,
+    /// The listener: the gateway reads the original client differently.
+    pub direction: Direction,
+}
+
+/// The original client's address (`remote.ip`), as Envoy determines it
+/// from `x-forwarded-for` after the door (`trust.rs`) has written it. At
+/// the gateway (Envoy's `use_remote_address: true`) the door wrote the
+/// trusted hops' entries then the peer, so the client is the first entry.
+/// At a sidecar (`use_remote_address: false`, no trusted hops) it is the
+/// last entry, the address the previous hop saw. Without the header, or
+/// with an entry that is not an address, it is the peer.
+pub fn remote_address(direction: Direction, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+    let mut entries = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    let entry = if direction == Direction::Gateway {
+        entries.next()
+    } else {
+        entries.next_back()
+    };
+    entry.and_then(|e| e.parse().ok()).unwrap_or(peer)
+}
 
 /// The door's settings for a listener: once any policy applies, paths are
 /// normalized with `DECODE_AND_MERGE_SLASHES` (the decision's path is the
@@ -70,7 +111,7 @@ pub fn applied(policies: &[AppliedAuthorizationPolicy]) -> impl Iterator<Item = 
 /// `port` is the workload port ([module docs](self)).
 pub fn authorize<'a, B>(
     policies: impl IntoIterator<Item = Policy<'a>>,
-    peer: Option<&Identity>,
+    caller: Caller<'_>,
     port: u16,
     req: &http::Request<B>,
 ) -> Result<(), ProxyError> {
@@ -80,7 +121,8 @@ pub fn authorize<'a, B>(
         // common case costs nothing.
         return Ok(());
     }
-    let principal = peer.map(Identity::principal);
+    let principal = caller.identity.map(Identity::principal);
+    let source_ip = caller.address.ip();
     let request = Request {
         principal: principal.as_deref(),
         method: req.method().as_str(),
@@ -88,6 +130,8 @@ pub fn authorize<'a, B>(
         path: req.uri().path(),
         port,
         headers: req.headers(),
+        source_ip,
+        remote_ip: remote_address(caller.direction, req.headers(), source_ip),
     };
     let decision = crate::authz::evaluate(policies, &request);
     if !decision.audited_by.is_empty() {
@@ -154,6 +198,14 @@ mod tests {
         }
     }
 
+    fn from(identity: Option<&Identity>) -> Caller<'_> {
+        Caller {
+            identity,
+            address: "127.0.0.1:40000".parse().unwrap(),
+            direction: Direction::Inbound,
+        }
+    }
+
     fn named(spec: &AuthorizationPolicy) -> [Policy<'_>; 1] {
         [Policy {
             name: "default/viewers",
@@ -163,29 +215,50 @@ mod tests {
 
     #[test]
     fn no_policy_allows_everything_even_plaintext() {
-        assert!(authorize([], None, 8080, &get("/admin")).is_ok());
+        assert!(authorize([], from(None), 8080, &get("/admin")).is_ok());
     }
 
     #[test]
     fn the_peer_identity_method_and_host_decide() {
         let spec = only_ui_may_get();
         // The Host is compared case-insensitively.
-        assert!(authorize(named(&spec), Some(&ui()), 8080, &get("/")).is_ok());
+        assert!(authorize(named(&spec), from(Some(&ui())), 8080, &get("/")).is_ok());
         let other = Identity::new("default", "loadgen");
-        let denied = authorize(named(&spec), Some(&other), 8080, &get("/")).unwrap_err();
+        let denied = authorize(named(&spec), from(Some(&other)), 8080, &get("/")).unwrap_err();
         assert!(
             matches!(&denied, ProxyError::Denied { reason } if reason == "no ALLOW policy matched")
         );
         assert_eq!(denied.to_response().status(), 403);
         assert!(
-            authorize(named(&spec), None, 8080, &get("/")).is_err(),
+            authorize(named(&spec), from(None), 8080, &get("/")).is_err(),
             "plaintext has no principal"
         );
         let post = http::Request::post("/")
             .header("host", "guestbook-service")
             .body(())
             .unwrap();
-        assert!(authorize(named(&spec), Some(&ui()), 8080, &post).is_err());
+        assert!(authorize(named(&spec), from(Some(&ui())), 8080, &post).is_err());
+    }
+
+    #[test]
+    fn the_original_client_is_the_first_entry_at_the_gateway_the_last_at_a_sidecar() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(remote_address(Direction::Gateway, &headers, peer), peer);
+        assert_eq!(remote_address(Direction::Inbound, &headers, peer), peer);
+        headers.append(X_FORWARDED_FOR, "203.0.113.7, 10.0.0.1".parse().unwrap());
+        headers.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
+        assert_eq!(
+            remote_address(Direction::Gateway, &headers, peer),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            remote_address(Direction::Inbound, &headers, peer),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        let mut junk = HeaderMap::new();
+        junk.append(X_FORWARDED_FOR, "unknown".parse().unwrap());
+        assert_eq!(remote_address(Direction::Inbound, &junk, peer), peer);
     }
 
     #[test]

@@ -65,7 +65,11 @@ pub async fn handle(
         Some(_) => None,
         None => crate::authorize::authorize(
             crate::authorize::applied(policies),
-            connection.identity(),
+            crate::authorize::Caller {
+                identity: connection.identity(),
+                address: peer,
+                direction: Direction::Inbound,
+            },
             mesh_api::xds::ports::SERVICE,
             &req,
         )

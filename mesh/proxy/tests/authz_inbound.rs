@@ -225,3 +225,68 @@ spec:
     assert_eq!(rsp.status, 403, "{rsp:?}");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn addresses_templates_and_pseudo_headers_decide_at_the_listener() {
+    // From Istio's own test policies: address blocks, a path template, a
+    // pseudo-header condition. Every caller here is 127.0.0.1.
+    let yaml = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: local-only, namespace: default}
+spec:
+  rules:
+  - from:
+    - source: {ipBlocks: [\"127.0.0.0/8\"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {remoteIpBlocks: [\"203.0.113.0/24\"]}
+  - to:
+    - operation: {paths: [\"/api/{*}/secret\", \"/{**}/.git\"]}
+  - when:
+    - {key: \"request.headers[:method]\", values: [DELETE]}
+";
+    let app = RecordingApp::start().await;
+    let proxy = sidecar_with(&app, yaml).await;
+    let addr = proxy.inbound_addr().unwrap();
+    let request = |method: &str, target: &str, extra: &str| {
+        format!("{method} {target} HTTP/1.1\r\nHost: hw:8080\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let status = |raw_request: String| async move { raw(addr, &raw_request).await.status };
+    assert_eq!(status(request("GET", "/", "")).await, 200);
+    // An outside caller cannot move `remote.ip` with a forged header: the
+    // door replaced it with the peer's address before the decision.
+    assert_eq!(
+        status(request("GET", "/", "X-Forwarded-For: 203.0.113.7\r\n")).await,
+        200
+    );
+    assert_eq!(status(request("GET", "/api/v1/secret", "")).await, 403);
+    assert_eq!(status(request("GET", "/api/v1/x/secret", "")).await, 200);
+    assert_eq!(status(request("GET", "/a/b/.git", "")).await, 403);
+    assert_eq!(status(request("DELETE", "/", "")).await, 403);
+    assert_eq!(app.count(), 3, "only the allowed requests reach the app");
+    proxy.shutdown().await;
+
+    // A peer outside the allowed block is denied.
+    let yaml = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: pods-only, namespace: default}
+spec:
+  rules:
+  - from:
+    - source: {ipBlocks: [\"10.0.0.0/8\"]}
+";
+    let app = RecordingApp::start().await;
+    let proxy = sidecar_with(&app, yaml).await;
+    let rsp = raw(proxy.inbound_addr().unwrap(), &get("/")).await;
+    assert_eq!(rsp.status, 403, "{rsp:?}");
+    assert_eq!(app.count(), 0);
+    proxy.shutdown().await;
+}

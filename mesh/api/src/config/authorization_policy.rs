@@ -18,13 +18,28 @@
 //! here, because Istio would read it literally (`a*b` only matches `a*b`),
 //! which is never what its author meant.
 //!
+//! Paths may also be Istio's path templates: `{*}` stands for one path
+//! segment, `{**}` for any number of them (`/api/{*}/info`,
+//! `/{**}/admin`); `{**}` must be the last template in a path.
+//!
+//! The peer's identity can be matched whole (`principals`), or by part:
+//! its namespace (`namespaces`), its service account (`serviceAccounts`,
+//! `name` or `namespace/name`; a bare name is in the policy's namespace),
+//! its trust domain (`trustDomains`). Addresses are matched too, though
+//! locally every caller is 127.0.0.1, so identities are what tell callers
+//! apart there: `ipBlocks` is the connection's peer address (the calling
+//! pod on a cluster), `remoteIpBlocks` the original client's, read from
+//! `x-forwarded-for` as Envoy does (at the gateway, the client the edge
+//! determined; at a sidecar, the last entry).
+//!
 //! Refused by name: `CUSTOM` and `provider` (an external authorizer),
 //! `targetRef(s)` (Gateway API attachment), `requestPrincipals` and the
-//! `request.auth.*` conditions (until micromesh validates JWTs), and IP
-//! blocks: locally every caller is 127.0.0.1, so identities, not addresses,
-//! are what tell callers apart in micromesh.
+//! `request.auth.*` conditions (until micromesh validates JWTs), and the
+//! conditions on the connection micromesh does not keep (`destination.ip`,
+//! `connection.sni`) or on Envoy's internals (`experimental.*`).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -110,6 +125,106 @@ pub struct Source {
     pub namespaces: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<String>,
+    /// The service account of the peer identity: `name` (in the policy's
+    /// namespace) or `namespace/name`; matched exactly, no `*` forms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
+    /// The trust domain of the peer identity (`cluster.local`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_trust_domains: Vec<String>,
+    /// The connection's peer address, an address or a CIDR block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<IpBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<IpBlock>,
+    /// The original client's address (`x-forwarded-for`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ip_blocks: Vec<IpBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_remote_ip_blocks: Vec<IpBlock>,
+}
+
+/// An address block of `ipBlocks`: `10.0.0.0/8`, or one address (`/32`,
+/// `/128`). Written and read as Istio writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IpBlock {
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpBlock {
+    /// Whether `addr` is in the block (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, addr) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpBlock {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<IpBlock, String> {
+        let bad = || {
+            format!("`{text}` is not an address or a CIDR block; write `10.1.2.3` or `10.0.0.0/16`")
+        };
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(bad()),
+            },
+        };
+        Ok(IpBlock { network, prefix })
+    }
+}
+
+impl TryFrom<String> for IpBlock {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<IpBlock, String> {
+        text.parse()
+    }
+}
+
+impl From<IpBlock> for String {
+    fn from(block: IpBlock) -> String {
+        block.to_string()
+    }
+}
+
+impl std::fmt::Display for IpBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// `to[].operation`, the same AND/OR/NOT shape as [`Source`].
@@ -150,16 +265,26 @@ pub struct Condition {
 }
 
 /// The `when` keys micromesh understands (Istio's "Authorization Policy
-/// Conditions" that make sense without JWT and IP addresses).
+/// Conditions" but those on JWTs and on what the connection does not keep).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ConditionKey {
-    /// `request.headers[x-user]`: the header's value (lower-case name).
+    /// `request.headers[x-user]`: the header's value (lower-case name);
+    /// also the pseudo-headers `:method`, `:path` and `:authority`.
     RequestHeader(String),
     /// `source.principal`.
     SourcePrincipal,
     /// `source.namespace`.
     SourceNamespace,
+    /// `source.serviceAccount`: `namespace/name`, or `name` in the
+    /// policy's namespace.
+    SourceServiceAccount,
+    /// `source.trustDomain`.
+    SourceTrustDomain,
+    /// `source.ip`: the connection's peer address (values are blocks).
+    SourceIp,
+    /// `remote.ip`: the original client's address (values are blocks).
+    RemoteIp,
     /// `destination.port`.
     DestinationPort,
 }
@@ -171,6 +296,10 @@ impl ConditionKey {
             ConditionKey::RequestHeader(name) => format!("request.headers[{name}]"),
             ConditionKey::SourcePrincipal => "source.principal".into(),
             ConditionKey::SourceNamespace => "source.namespace".into(),
+            ConditionKey::SourceServiceAccount => "source.serviceAccount".into(),
+            ConditionKey::SourceTrustDomain => "source.trustDomain".into(),
+            ConditionKey::SourceIp => "source.ip".into(),
+            ConditionKey::RemoteIp => "remote.ip".into(),
             ConditionKey::DestinationPort => "destination.port".into(),
         }
     }
@@ -179,9 +308,6 @@ impl ConditionKey {
 // === shapes ===
 
 const NO_JWT: &str = "matches the JWT's issuer/subject (RequestAuthentication); micromesh does not validate JWTs yet. Match the calling workload with `principals` instead";
-const NO_IP: &str = "matches the caller's IP address; micromesh tells callers apart by their mTLS identity (locally every caller is 127.0.0.1). Use `principals` or `namespaces`";
-const NO_SA: &str = "matches `namespace/serviceAccount` of the peer identity; write the whole identity in `principals` instead, like `cluster.local/ns/default/sa/guestbook-ui`";
-const NO_TD: &str = "matches the trust domain of the peer identity; write the whole identity in `principals` instead (`*` patterns work: `cluster.local/*`)";
 
 pub(crate) const SPEC: Shape = Shape {
     what: "an AuthorizationPolicy spec",
@@ -228,18 +354,23 @@ pub(crate) const TO: Shape = Shape {
 
 pub(crate) const SOURCE: Shape = Shape {
     what: "a source",
-    fields: &["principals", "notPrincipals", "namespaces", "notNamespaces"],
+    fields: &[
+        "principals",
+        "notPrincipals",
+        "namespaces",
+        "notNamespaces",
+        "serviceAccounts",
+        "notServiceAccounts",
+        "trustDomains",
+        "notTrustDomains",
+        "ipBlocks",
+        "notIpBlocks",
+        "remoteIpBlocks",
+        "notRemoteIpBlocks",
+    ],
     istio_only: &[
         ("requestPrincipals", Unsupported::NotImplemented(NO_JWT)),
         ("notRequestPrincipals", Unsupported::NotImplemented(NO_JWT)),
-        ("ipBlocks", Unsupported::NotImplemented(NO_IP)),
-        ("notIpBlocks", Unsupported::NotImplemented(NO_IP)),
-        ("remoteIpBlocks", Unsupported::NotImplemented(NO_IP)),
-        ("notRemoteIpBlocks", Unsupported::NotImplemented(NO_IP)),
-        ("serviceAccounts", Unsupported::NotImplemented(NO_SA)),
-        ("notServiceAccounts", Unsupported::NotImplemented(NO_SA)),
-        ("trustDomains", Unsupported::NotImplemented(NO_TD)),
-        ("notTrustDomains", Unsupported::NotImplemented(NO_TD)),
     ],
 };
 
@@ -376,11 +507,38 @@ fn decode_source(d: &mut Decoder, path: &Path, value: &Value) -> Option<Source> 
             .and_then(|(p, v)| patterns(d, &p, v, check))
             .unwrap_or_default()
     };
+    let principals = list("principals", check_principal);
+    let not_principals = list("notPrincipals", check_principal);
+    let namespaces = list("namespaces", check_pattern);
+    let not_namespaces = list("notNamespaces", check_pattern);
+    let service_accounts = list("serviceAccounts", check_service_account);
+    let not_service_accounts = list("notServiceAccounts", check_service_account);
+    let trust_domains = list("trustDomains", check_pattern);
+    let not_trust_domains = list("notTrustDomains", check_pattern);
+    let mut blocks = |field: &str| {
+        object
+            .get(field)
+            .and_then(|(p, v)| {
+                d.list(&p, v, |d, p, v| {
+                    let text = d.name(p, v)?;
+                    text.parse::<IpBlock>().map_err(|m| d.error(p, m)).ok()
+                })
+            })
+            .unwrap_or_default()
+    };
     let source = Source {
-        principals: list("principals", check_principal),
-        not_principals: list("notPrincipals", check_principal),
-        namespaces: list("namespaces", check_pattern),
-        not_namespaces: list("notNamespaces", check_pattern),
+        principals,
+        not_principals,
+        namespaces,
+        not_namespaces,
+        service_accounts,
+        not_service_accounts,
+        trust_domains,
+        not_trust_domains,
+        ip_blocks: blocks("ipBlocks"),
+        not_ip_blocks: blocks("notIpBlocks"),
+        remote_ip_blocks: blocks("remoteIpBlocks"),
+        not_remote_ip_blocks: blocks("notRemoteIpBlocks"),
     };
     if source == Source::default() && d.errors.len() == before {
         d.error(
@@ -458,15 +616,23 @@ fn decode_condition(d: &mut Decoder, path: &Path, value: &Value) -> Option<Condi
         });
     let check = match key {
         Some(ConditionKey::SourcePrincipal) => check_principal,
+        Some(ConditionKey::SourceServiceAccount) => check_service_account,
         _ => check_pattern,
     };
     let mut values = |field: &str| {
-        object.get(field).and_then(|(p, v)| {
-            if key == Some(ConditionKey::DestinationPort) {
+        object.get(field).and_then(|(p, v)| match key {
+            Some(ConditionKey::DestinationPort) => {
                 d.list(&p, v, |d, p, v| port(d, p, v).map(|n| n.to_string()))
-            } else {
-                patterns(d, &p, v, check)
             }
+            // Kept as Istio wrote them; the proxy parses them again.
+            Some(ConditionKey::SourceIp | ConditionKey::RemoteIp) => d.list(&p, v, |d, p, v| {
+                let text = d.name(p, v)?;
+                text.parse::<IpBlock>()
+                    .map(|b| b.to_string())
+                    .map_err(|m| d.error(p, m))
+                    .ok()
+            }),
+            _ => patterns(d, &p, v, check),
         })
     };
     let (values, not_values) = (values("values"), values("notValues"));
@@ -485,11 +651,22 @@ fn decode_condition(d: &mut Decoder, path: &Path, value: &Value) -> Option<Condi
 }
 
 fn condition_key(text: &str) -> Result<ConditionKey, String> {
-    const SUPPORTED: &str = "micromesh reads `request.headers[<name>]`, `source.principal`, `source.namespace` and `destination.port`";
+    const SUPPORTED: &str = "micromesh reads `request.headers[<name>]`, `source.principal`, `source.namespace`, `source.serviceAccount`, `source.trustDomain`, `source.ip`, `remote.ip` and `destination.port`";
     if let Some(name) = text
         .strip_prefix("request.headers[")
         .and_then(|rest| rest.strip_suffix(']'))
     {
+        // Envoy's pseudo-headers name the request line's parts.
+        if let Some(pseudo) = name.strip_prefix(':') {
+            return match pseudo {
+                "method" | "path" | "authority" => {
+                    Ok(ConditionKey::RequestHeader(name.to_string()))
+                }
+                _ => Err(format!(
+                    "`{text}`: micromesh reads the pseudo-headers `:method`, `:path` and `:authority`; for the scheme or anything else name a real header, like `request.headers[x-user]`"
+                )),
+            };
+        }
         if name.is_empty()
             || !name
                 .bytes()
@@ -504,9 +681,13 @@ fn condition_key(text: &str) -> Result<ConditionKey, String> {
     match text {
         "source.principal" => Ok(ConditionKey::SourcePrincipal),
         "source.namespace" => Ok(ConditionKey::SourceNamespace),
+        "source.serviceAccount" => Ok(ConditionKey::SourceServiceAccount),
+        "source.trustDomain" => Ok(ConditionKey::SourceTrustDomain),
+        "source.ip" => Ok(ConditionKey::SourceIp),
+        "remote.ip" => Ok(ConditionKey::RemoteIp),
         "destination.port" => Ok(ConditionKey::DestinationPort),
-        "source.ip" | "remote.ip" | "destination.ip" => Err(format!(
-            "micromesh does not implement the condition `{text}` (Istio does: it {NO_IP}); {SUPPORTED}"
+        "destination.ip" => Err(format!(
+            "micromesh does not implement the condition `{text}` (Istio does: it matches the address the connection was made to, the pod's own; a workload is selected with `selector` instead); {SUPPORTED}"
         )),
         _ if text.starts_with("request.auth.") => Err(format!(
             "micromesh does not implement the condition `{text}` (Istio does: it {NO_JWT}); {SUPPORTED}"
@@ -555,12 +736,57 @@ fn check_principal(text: &str) -> Result<String, String> {
     check_pattern(text)
 }
 
-/// A path: starts with `/` unless it is a suffix or presence pattern.
-fn check_path(text: &str) -> Result<String, String> {
-    if text.contains('{') {
+/// A service account: `name` or `namespace/name`, matched exactly (Istio
+/// quotes the value: a `*` in it is literal, so it is refused here).
+fn check_service_account(text: &str) -> Result<String, String> {
+    let fine = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+    };
+    let ok = match text.split_once('/') {
+        Some((ns, sa)) => fine(ns) && fine(sa),
+        None => fine(text),
+    };
+    if !ok {
         return Err(format!(
-            "`{text}`: micromesh does not implement path templates (`{{*}}`, `{{**}}`); use a prefix `/api/*` or a suffix `*/info`"
+            "`{text}` is not a service account; write `name` (in the policy's namespace) or `namespace/name`, like `default/guestbook-ui` (matched exactly, no `*`)"
         ));
+    }
+    Ok(text.to_string())
+}
+
+/// A path: starts with `/` unless it is a suffix or presence pattern. A
+/// template (`{*}`, `{**}`) is checked as Istio does: the templates stand
+/// for whole segments, `{**}` is the last template, and nothing else
+/// holds a brace.
+fn check_path(text: &str) -> Result<String, String> {
+    if text.contains(['{', '}']) {
+        let mut seen_any = false;
+        for segment in text.trim_matches('/').split('/') {
+            match segment {
+                "{*}" | "{**}" if seen_any => {
+                    return Err(format!(
+                        "`{text}`: `{{**}}` must be the last template of a path (Istio refuses a template after it)"
+                    ));
+                }
+                "{**}" => seen_any = true,
+                "{*}" => {}
+                _ if segment.contains(['{', '}', '*']) => {
+                    return Err(format!(
+                        "`{text}`: a template stands for a whole segment, `{{*}}` (one segment) or `{{**}}` (any number), like `/api/{{*}}/info`; `{segment}` is neither"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !text.starts_with('/') {
+            return Err(format!(
+                "`{text}` is not a path; paths start with `/`, like `/api/{{*}}/info`"
+            ));
+        }
+        return Ok(text.to_string());
     }
     if !text.starts_with('/') && !text.starts_with('*') {
         return Err(format!(
@@ -648,14 +874,14 @@ provider: {name: ext-authz}
 targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: gw}]
 rules:
 - from:
-  - source: {requestPrincipals: ["*"], ipBlocks: ["10.0.0.0/8"]}
+  - source: {requestPrincipals: ["*"], ipBlocks: ["10.0.0.300/8"]}
   - source: {}
   - {}
   to:
-  - operation: {paths: ["/a*b", "/{*}/x", "api"], ports: [8080, "http"]}
+  - operation: {paths: ["/a*b", "/{*}x/x", "api"], ports: [8080, "http"]}
   when:
   - {key: "request.auth.claims[iss]", values: ["x"]}
-  - {key: source.ip, values: ["1.2.3.4"]}
+  - {key: destination.ip, values: ["1.2.3.4"]}
   - {key: "request.headers[x-user]"}
   - {key: source.principl, values: [a]}
 "#,
@@ -668,7 +894,7 @@ rules:
                 "spec.targetRefs",
                 "spec.action",
                 "spec.rules[0].from[0].source.requestPrincipals",
-                "spec.rules[0].from[0].source.ipBlocks",
+                "spec.rules[0].from[0].source.ipBlocks[0]",
                 "spec.rules[0].from[1].source",
                 "spec.rules[0].from[2].source",
                 "spec.rules[0].to[0].operation.paths[0]",
@@ -686,13 +912,85 @@ rules:
         let text = |i: usize| errors[i].1.as_str();
         assert!(text(2).contains("`CUSTOM`"));
         assert!(text(3).contains("JWT"));
-        assert!(text(4).contains("identity"));
+        assert!(text(4).contains("not an address or a CIDR block"));
         assert!(text(7).contains("literally"));
-        assert!(text(8).contains("path templates"));
+        assert!(text(8).contains("a template stands for a whole segment"));
         assert!(text(9).contains("start with `/`"));
         assert!(text(10).contains("quote it"));
         assert!(text(12).contains("JWT"));
+        assert!(text(13).contains("does not implement the condition `destination.ip`"));
         assert!(text(15).contains("not a condition key"));
+    }
+
+    #[test]
+    fn identity_parts_addresses_templates_and_pseudo_headers_decode() {
+        // The shapes of Istio's own test policies (pilot's authz testdata).
+        let (ap, errors) = decode_yaml(
+            r#"
+rules:
+- from:
+  - source:
+      serviceAccounts: ["guestbook-ui", "other/reader"]
+      notServiceAccounts: ["default/robot"]
+      trustDomains: ["cluster.local", "*-suffix"]
+      ipBlocks: ["10.1.2.3", "5.6.0.0/16"]
+      notRemoteIpBlocks: ["2001:db8::/32"]
+  to:
+  - operation: {paths: ["/api/{*}/info", "/{**}/admin", "/files/{**}"]}
+  when:
+  - {key: "request.headers[:method]", values: ["GET"]}
+  - {key: source.serviceAccount, values: ["default/guestbook-ui"]}
+  - {key: source.trustDomain, notValues: ["evil.example"]}
+  - {key: source.ip, values: ["127.0.0.1"]}
+  - {key: remote.ip, notValues: ["192.168.10.0/24"]}
+"#,
+        );
+        assert_eq!(errors, vec![]);
+        let rule = &ap.unwrap().rules[0];
+        let source = &rule.from[0];
+        assert_eq!(source.service_accounts, ["guestbook-ui", "other/reader"]);
+        assert_eq!(source.ip_blocks[0].to_string(), "10.1.2.3/32");
+        assert_eq!(source.ip_blocks[1].to_string(), "5.6.0.0/16");
+        assert_eq!(
+            rule.when[0].key,
+            ConditionKey::RequestHeader(":method".into())
+        );
+        assert_eq!(rule.when[3].values, ["127.0.0.1/32"]);
+        let (_, errors) = decode_yaml(
+            r#"
+rules:
+- to: [{operation: {paths: ["/{**}/x/{*}", "/a{*}"]}}]
+  from: [{source: {serviceAccounts: ["ns/*"], ipBlocks: ["10.0.0.0/33"]}}]
+  when: [{key: "request.headers[:scheme]", values: [https]}]
+"#,
+        );
+        let messages: Vec<&str> = errors.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(messages.len(), 5, "{messages:#?}");
+        assert!(messages[0].contains("service account"));
+        assert!(messages[1].contains("CIDR"));
+        assert!(messages[2].contains("must be the last template"));
+        assert!(messages[3].contains("whole segment"));
+        assert!(messages[4].contains("pseudo-headers"));
+    }
+
+    #[test]
+    fn ip_blocks_contain_their_addresses() {
+        let block = |t: &str| t.parse::<IpBlock>().unwrap();
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        assert!(block("10.0.0.0/8").contains(ip("10.200.1.1")));
+        assert!(!block("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(block("10.1.2.3").contains(ip("10.1.2.3")));
+        assert!(!block("10.1.2.3").contains(ip("10.1.2.4")));
+        assert!(block("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(
+            block("127.0.0.1").contains(ip("::ffff:127.0.0.1")),
+            "v4-mapped"
+        );
+        assert!(block("2001:db8::/32").contains(ip("2001:db8:1::1")));
+        assert!(!block("2001:db8::/32").contains(ip("10.0.0.1")));
+        for bad in ["10.0.0.0/33", "10.0.0", "::/129", "a.b.c.d", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpBlock>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::*;
 
 const UI: &str = "cluster.local/ns/default/sa/guestbook-ui";
 const TEST_NS: &str = "cluster.local/ns/test/sa/loadgen";
+const OTHER_DOMAIN: &str = "other.example/ns/default/sa/guestbook-ui";
 
 fn request<'a>(
     principal: Option<&'a str>,
@@ -31,7 +32,16 @@ fn request<'a>(
         path,
         port: 8080,
         headers,
+        source_ip: LOCAL,
+        remote_ip: LOCAL,
     }
+}
+
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// A policy in namespace `default` (where a bare service account is).
+fn policy_matches(policy: &AuthorizationPolicy, request: &Request) -> bool {
+    super::policy_matches(policy, "default", request)
 }
 
 fn strings(values: &[&str]) -> Vec<String> {
@@ -198,6 +208,159 @@ fn plaintext_matches_no_principal_or_namespace_and_every_not_form() {
 }
 
 #[test]
+fn service_accounts_and_trust_domains_read_the_identitys_parts() {
+    // A bare name is in the policy's namespace (`default` here).
+    assert!(service_account_matches("guestbook-ui", "default", Some(UI)));
+    assert!(service_account_matches(
+        "default/guestbook-ui",
+        "other",
+        Some(UI)
+    ));
+    assert!(!service_account_matches("guestbook-ui", "test", Some(UI)));
+    assert!(
+        !service_account_matches("guestbook", "default", Some(UI)),
+        "exact, not prefix"
+    );
+    assert!(!service_account_matches("ns/default", "default", Some(UI)));
+    assert!(!service_account_matches("guestbook-ui", "default", None));
+    // Istio's regex allows segments between `ns/<ns>` and `sa/<sa>`.
+    assert!(service_account_matches(
+        "default/x",
+        "default",
+        Some("cluster.local/ns/default/k/v/sa/x")
+    ));
+    assert!(trust_domain_matches("cluster.local", Some(UI)));
+    assert!(trust_domain_matches("*.local", Some(UI)));
+    assert!(trust_domain_matches("*", Some(UI)));
+    assert!(!trust_domain_matches("other.example", Some(UI)));
+    assert!(
+        !trust_domain_matches("*", None),
+        "plaintext has no trust domain"
+    );
+}
+
+#[test]
+fn address_blocks_match_the_peer_and_the_original_client() {
+    let headers = HeaderMap::new();
+    let mut r = request(Some(UI), "GET", "/", &headers);
+    r.source_ip = "10.1.2.3".parse().unwrap();
+    r.remote_ip = "203.0.113.7".parse().unwrap();
+    let block = |t: &str| t.parse::<IpBlock>().unwrap();
+    let from = |source: Source| AuthorizationPolicy {
+        rules: vec![Rule {
+            from: vec![source],
+            ..Rule::default()
+        }],
+        ..AuthorizationPolicy::default()
+    };
+    let peer_in = |b: &str| Source {
+        ip_blocks: vec![block(b)],
+        ..Source::default()
+    };
+    assert!(policy_matches(&from(peer_in("10.0.0.0/8")), &r));
+    assert!(
+        !policy_matches(&from(peer_in("203.0.113.0/24")), &r),
+        "ipBlocks is the peer, not the client"
+    );
+    let remote_in = |b: &str| Source {
+        remote_ip_blocks: vec![block(b)],
+        ..Source::default()
+    };
+    assert!(policy_matches(&from(remote_in("203.0.113.0/24")), &r));
+    assert!(!policy_matches(&from(remote_in("10.0.0.0/8")), &r));
+    let not_remote = Source {
+        not_remote_ip_blocks: vec![block("203.0.113.7")],
+        ..Source::default()
+    };
+    assert!(!policy_matches(&from(not_remote), &r));
+    let when = |key: ConditionKey, values: &[&str]| AuthorizationPolicy {
+        rules: vec![Rule {
+            when: vec![Condition {
+                key,
+                values: strings(values),
+                not_values: vec![],
+            }],
+            ..Rule::default()
+        }],
+        ..AuthorizationPolicy::default()
+    };
+    assert!(policy_matches(
+        &when(ConditionKey::SourceIp, &["10.1.2.3/32"]),
+        &r
+    ));
+    assert!(!policy_matches(
+        &when(ConditionKey::SourceIp, &["10.1.2.4/32"]),
+        &r
+    ));
+    assert!(policy_matches(
+        &when(ConditionKey::RemoteIp, &["203.0.0.0/8"]),
+        &r
+    ));
+}
+
+#[test]
+fn path_templates_match_whole_segments() {
+    // `{*}`: one non-empty segment.
+    assert!(template_matches("/api/{*}/info", "/api/v1/info"));
+    assert!(!template_matches("/api/{*}/info", "/api/v1/v2/info"));
+    assert!(!template_matches("/api/{*}/info", "/api//info"));
+    assert!(template_matches("/files/{*}", "/files/a.txt"));
+    assert!(!template_matches("/files/{*}", "/files/a/b"));
+    // `{**}`: anything, `/` included.
+    assert!(template_matches("/{**}/admin", "/x/admin"));
+    assert!(template_matches("/{**}/admin", "/x/y/z/admin"));
+    assert!(!template_matches("/{**}/admin", "/x/admin/y"));
+    assert!(template_matches("/files/{**}", "/files/a/b/c"));
+    assert!(template_matches("/a/{*}/{**}", "/a/b/c/d"));
+    assert!(!template_matches("/a/{*}/{**}", "/a/b"));
+    // Literal everywhere else; the query was cut off before.
+    assert!(!template_matches("/api/{*}/info", "/API/v1/info"));
+    let headers = HeaderMap::new();
+    let paths = AuthorizationPolicy {
+        rules: vec![Rule {
+            to: vec![Operation {
+                paths: strings(&["/api/{*}/info"]),
+                ..Operation::default()
+            }],
+            ..Rule::default()
+        }],
+        ..AuthorizationPolicy::default()
+    };
+    assert!(policy_matches(
+        &paths,
+        &request(None, "GET", "/api/v1/info?x=/y", &headers)
+    ));
+    assert!(!policy_matches(
+        &paths,
+        &request(None, "GET", "/api/v1/info/x", &headers)
+    ));
+}
+
+#[test]
+fn pseudo_headers_name_the_request_line() {
+    let headers = HeaderMap::new();
+    let r = request(None, "POST", "/admin?x=1", &headers);
+    let when = |name: &str, values: &[&str]| AuthorizationPolicy {
+        rules: vec![Rule {
+            when: vec![Condition {
+                key: ConditionKey::RequestHeader(name.into()),
+                values: strings(values),
+                not_values: vec![],
+            }],
+            ..Rule::default()
+        }],
+        ..AuthorizationPolicy::default()
+    };
+    assert!(policy_matches(&when(":method", &["POST"]), &r));
+    assert!(!policy_matches(&when(":method", &["GET"]), &r));
+    assert!(policy_matches(&when(":path", &["/admin*"]), &r));
+    assert!(policy_matches(
+        &when(":authority", &["guestbook-service*"]),
+        &r
+    ));
+}
+
+#[test]
 fn conditions_read_headers_ports_and_the_peer() {
     let mut headers = HeaderMap::new();
     headers.append("x-user", "alice".parse().unwrap());
@@ -325,6 +488,19 @@ const METHODS: &[&str] = &["GET", "POST", "*", "P*"];
 const PATHS: &[&str] = &["/admin", "/admin*", "*/info", "/", "*", "/api/*"];
 const HOSTS: &[&str] = &["guestbook-service:8080", "GUESTBOOK-*", "*:9090", "*"];
 const USERS: &[&str] = &["alice", "bob", "a*", "*", "*ob"];
+const ACCOUNTS: &[&str] = &[
+    "guestbook-ui",
+    "default/guestbook-ui",
+    "test/loadgen",
+    "loadgen",
+];
+const DOMAINS: &[&str] = &[
+    "cluster.local",
+    "*",
+    "cluster.*",
+    "*.local",
+    "other.example",
+];
 
 fn generate_policy(cases: &mut Cases) -> AuthorizationPolicy {
     let action = [Action::Allow, Action::Deny, Action::Audit][cases.below(3)];
@@ -336,6 +512,11 @@ fn generate_policy(cases: &mut Cases) -> AuthorizationPolicy {
                     not_principals: cases.values(PRINCIPALS),
                     namespaces: cases.values(NAMESPACES),
                     not_namespaces: cases.values(NAMESPACES),
+                    service_accounts: cases.values(ACCOUNTS),
+                    not_service_accounts: cases.values(ACCOUNTS),
+                    trust_domains: cases.values(DOMAINS),
+                    not_trust_domains: cases.values(DOMAINS),
+                    ..Source::default()
                 })
                 .collect(),
             to: (0..cases.below(3))
@@ -361,13 +542,20 @@ fn generate_policy(cases: &mut Cases) -> AuthorizationPolicy {
                         ConditionKey::SourceNamespace,
                         ConditionKey::SourcePrincipal,
                         ConditionKey::DestinationPort,
-                    ][cases.below(4)]
+                        ConditionKey::SourceServiceAccount,
+                        ConditionKey::SourceTrustDomain,
+                    ][cases.below(6)]
                     .clone();
                     let pool: &[&str] = match key {
                         ConditionKey::RequestHeader(_) => USERS,
                         ConditionKey::SourceNamespace => NAMESPACES,
                         ConditionKey::SourcePrincipal => PRINCIPALS,
                         ConditionKey::DestinationPort => &["8080", "9090"],
+                        ConditionKey::SourceServiceAccount => ACCOUNTS,
+                        ConditionKey::SourceTrustDomain => DOMAINS,
+                        ConditionKey::SourceIp | ConditionKey::RemoteIp => {
+                            unreachable!("not generated: addresses have their own test")
+                        }
                     };
                     Condition {
                         key,
@@ -455,11 +643,53 @@ impl<'c> Model<'c> {
         positive && negative
     }
 
+    /// The SPIFFE URI against a regex written the way Istio's generator
+    /// writes it for a service account or a trust domain
+    /// (pilot/pkg/security/authz/model/generator.go).
+    fn uri_matches(&self, attribute: &str, value: &str) -> bool {
+        let Some(principal) = &self.attributes["principal"] else {
+            return false;
+        };
+        let uri = format!("spiffe://{principal}");
+        let regex = if attribute == "account" {
+            let (ns, sa) = value.split_once('/').unwrap_or(("default", value));
+            format!(
+                "^spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?$",
+                regex::escape(ns),
+                regex::escape(sa)
+            )
+        } else if value == "*" {
+            "^spiffe://.*$".to_string()
+        } else if !value.contains('*') {
+            format!("^spiffe://{}/.*$", regex::escape(value))
+        } else {
+            let (a, b) = value.split_once('*').unwrap();
+            format!(
+                "^spiffe://{}[^/]*{}/.*$",
+                regex::escape(a),
+                regex::escape(b)
+            )
+        };
+        let mut regexes = self.regexes.borrow_mut();
+        let regex = regexes
+            .entry(regex)
+            .or_insert_with_key(|r| Regex::new(r).unwrap());
+        regex.is_match(&uri)
+    }
+
+    fn uri_list(&self, attribute: &str, values: &[String], not: &[String]) -> bool {
+        let positive = values.is_empty() || values.iter().any(|v| self.uri_matches(attribute, v));
+        let negative = not.iter().all(|v| !self.uri_matches(attribute, v));
+        positive && negative
+    }
+
     fn rule(&self, rule: &Rule) -> bool {
         let from = rule.from.is_empty()
             || rule.from.iter().any(|s| {
                 self.list("principal", &s.principals, &s.not_principals)
                     && self.list("namespace", &s.namespaces, &s.not_namespaces)
+                    && self.uri_list("account", &s.service_accounts, &s.not_service_accounts)
+                    && self.uri_list("domain", &s.trust_domains, &s.not_trust_domains)
             });
         let to = rule.to.is_empty()
             || rule.to.iter().any(|o| {
@@ -475,6 +705,13 @@ impl<'c> Model<'c> {
                 ConditionKey::SourceNamespace => "namespace",
                 ConditionKey::SourcePrincipal => "principal",
                 ConditionKey::DestinationPort => "port",
+                ConditionKey::SourceServiceAccount => {
+                    return self.uri_list("account", &c.values, &c.not_values);
+                }
+                ConditionKey::SourceTrustDomain => {
+                    return self.uri_list("domain", &c.values, &c.not_values);
+                }
+                ConditionKey::SourceIp | ConditionKey::RemoteIp => unreachable!(),
             };
             self.list(attribute, &c.values, &c.not_values)
         });
@@ -516,7 +753,7 @@ fn generated_policies_decide_as_the_reference_model() {
         for _ in 0..cases.below(3) {
             headers.append("x-user", cases.pick(&["alice", "bob"]).parse().unwrap());
         }
-        let principal = [None, Some(UI), Some(TEST_NS)][cases.below(3)];
+        let principal = [None, Some(UI), Some(TEST_NS), Some(OTHER_DOMAIN)][cases.below(4)];
         let request = Request {
             principal,
             method: cases.pick(&["GET", "POST"]),
@@ -524,6 +761,8 @@ fn generated_policies_decide_as_the_reference_model() {
             path: cases.pick(&["/", "/admin", "/admin/x", "/api/info", "/api/v1?x=1"]),
             port: [8080, 9090][cases.below(2)],
             headers: &headers,
+            source_ip: LOCAL,
+            remote_ip: LOCAL,
         };
         let expected = Model::of(&request, &regexes).allowed(&policies);
         let decision = decide(&policies, &request);
