@@ -31,9 +31,9 @@ What Grafana does, and so what this does:
 
 Which panels may be empty, by rule and reported by name:
 - TCP panels (`istio_tcp_*`): micromesh proxies HTTP only.
-- Targets that select mTLS traffic (`connection_security_policy="mutual_tls"`,
-  `destination_principal=~"spiffe.*"`): micromesh has no mTLS yet; the same
-  panel's plain-text target must have data.
+- Targets that split traffic by mTLS (`connection_security_policy="mutual_tls"`
+  or `!=`, `destination_principal=~"spiffe.*"` or `!~`): which half has data
+  depends on the reporter and the peer (see `MTLS` below).
 
 Exit status 0 when every other target returned data, 1 otherwise.
 """
@@ -53,7 +53,7 @@ TCP = re.compile(r"istio_tcp_")
 # "mutual_tls"` and `!="mutual_tls"` (and principals). Sidecars talk mutual
 # TLS by default now, so which half has data depends on the reporter and the
 # peer: such a query is run once and, when empty, noted, never failed.
-MTLS = re.compile(r'connection_security_policy!?="mutual_tls"|destination_principal=~"spiffe')
+MTLS = re.compile(r'connection_security_policy!?="mutual_tls"|destination_principal[=!]~"spiffe')
 REGEX_SPECIAL = re.compile(r"([\\^$*+?.()|{}\[\]/])")
 
 

@@ -145,6 +145,24 @@ function edgeClass(e) {
   return "ok";
 }
 
+// A padlock beside an edge whose requests arrived over mutual TLS, as Kiali
+// draws one: graph.rs's `security`, read from the destination sidecar's
+// `connection_security_policy`. Closed: every request in the window; open:
+// some came in plain text (`mixed`). No lock: plain text, or no report.
+const LOCK_SHACKLE = {
+  mutual_tls: "M-6,-1 V-7 A6,6 0 0 1 6,-7 V-1",
+  mixed: "M-6,-1 V-7 A6,6 0 0 1 6,-7 V-10",
+};
+
+function lock(x, y, e) {
+  const g = svg("g", { class: "lock " + e.security, "data-lock": e.security, transform: `translate(${x},${y}) scale(1.4)` });
+  g.append(svg("circle", { class: "lock-bg", r: 13, cy: -1 }));
+  g.append(svg("path", { class: "shackle", d: LOCK_SHACKLE[e.security] }));
+  g.append(svg("rect", { x: -9, y: -1, width: 18, height: 13, rx: 2 }));
+  g.append(svg("title", {}, `mutual TLS: ${e.mtlsPercent.toFixed(0)}% of the requests in the window`));
+  return g;
+}
+
 function drawGraph(view) {
   const graph = document.getElementById("graph");
   graph.replaceChildren();
@@ -179,6 +197,7 @@ function drawGraph(view) {
       "data-rps": e.rps.toFixed(3),
       "data-requests": e.requests.toFixed(0),
       "data-error-rate": e.errorRate === null ? "" : e.errorRate.toFixed(4),
+      "data-security": e.security || "unknown",
     });
     // Thickness grows with the square root of the rate: 1 rps is visible,
     // 100 rps does not swallow the picture.
@@ -206,6 +225,7 @@ function drawGraph(view) {
     lines.forEach((line, i) => {
       g.append(svg("text", { x, y: y - h / 2 + 19 + i * 20, "text-anchor": "middle", class: "edge-label" }, line));
     });
+    if (e.security in LOCK_SHACKLE) g.append(lock(x, y - h / 2 - 20, e));
     graph.append(g);
   }
   for (const n of view.nodes) {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! Services  every service, its versions and instances      GET /v1/services
-//! Traffic   the live graph: rps, error %, p99 per edge      GET /api/v1/graph   (every second)
+//! Traffic   the live graph: rps, error %, p99 per edge,     GET /api/v1/graph   (every second)
+//!           a lock on each mutual-TLS edge (as Kiali)
 //! Routes    VirtualServices with their effective split,     GET /api/v1/routes
 //!           DestinationRules and analyze warnings
 //! Traces    recent traces, a waterfall per trace,           GET /api/v1/traces, /api/v1/traces/{id}/analysis

@@ -31,6 +31,17 @@
 //! version failed, so the requests go to a node for the service itself
 //! ([`NodeKind::Service`]). They never make an "unknown" node.
 //!
+//! **Which edges are mutual TLS** is read as Kiali reads it: from the
+//! destination's series, since only the sidecar that terminated the
+//! connection knows (a source always says
+//! `connection_security_policy="unknown"`). An edge's `mtlsPercent` is the
+//! share of the requests its destination received in the window with
+//! `connection_security_policy="mutual_tls"` (Kiali's `isMTLS`), and
+//! `security` says it in a word: `mutual_tls` (all of them), `none` (none
+//! of them), `mixed`, or `unknown` (no destination reported the pair in the
+//! window: an idle edge, a callee that is not scraped). The dashboard
+//! draws a lock on a `mutual_tls` edge.
+//!
 //! ```text
 //! GET /api/v1/graph?window=5   nodes and edges, as the dashboard draws them
 //! GET /api/v1/stat?window=5    per workload and version: success rate, rps, p50, p99
@@ -138,6 +149,11 @@ pub struct Counts {
     pub requests: f64,
     /// 5xx, and `0` (no response at all).
     pub errors: f64,
+    /// Requests a destination reported as received over mutual TLS
+    /// (`connection_security_policy="mutual_tls"`), and as plain text
+    /// (`"none"`). A source reports neither (`"unknown"`).
+    pub mtls: f64,
+    pub plaintext: f64,
     pub codes: BTreeMap<String, f64>,
     /// Cumulative histogram buckets: upper bound (`le`, as f64 bits so it
     /// can be a map key; bounds are >= 0, whose bit order is numeric) ->
@@ -159,6 +175,8 @@ impl Counts {
         Counts {
             requests: self.requests - older.requests,
             errors: (self.errors - older.errors).max(0.0),
+            mtls: (self.mtls - older.mtls).max(0.0),
+            plaintext: (self.plaintext - older.plaintext).max(0.0),
             codes: minus(&self.codes, &older.codes),
             buckets: minus(&self.buckets, &older.buckets),
         }
@@ -167,6 +185,8 @@ impl Counts {
     fn add(&mut self, other: &Counts, scale: f64) {
         self.requests += other.requests * scale;
         self.errors += other.errors * scale;
+        self.mtls += other.mtls * scale;
+        self.plaintext += other.plaintext * scale;
         for (code, n) in &other.codes {
             *self.codes.entry(code.clone()).or_default() += n * scale;
         }
@@ -267,6 +287,11 @@ pub fn reduce(samples: &[Sample]) -> HashMap<EdgeKey, Counts> {
                 .is_some_and(|f| f.split(',').any(|f| f == "RBAC"));
             if code == "0" || code.starts_with('5') || grpc_failed || denied {
                 counts.errors += sample.value;
+            }
+            match sample.label("connection_security_policy") {
+                Some("mutual_tls") => counts.mtls += sample.value,
+                Some("none") => counts.plaintext += sample.value,
+                _ => {}
             }
             *counts.codes.entry(code.to_string()).or_default() += sample.value;
         } else {
@@ -481,14 +506,19 @@ impl Graph {
 
         // One series per pair: the source's if it reports, else the destination's.
         let mut edges = Vec::new();
-        for (key, rates) in &rates {
+        for (key, edge_rates) in &rates {
             let pair = (key.source.clone(), key.destination.clone());
             let use_it = match key.reporter {
                 Reporter::Source => true,
                 Reporter::Destination => !source_reported.contains(&pair),
             };
             if use_it {
-                edges.push(Edge::new(key, rates));
+                // The security policy only the destination knows.
+                let received = rates.get(&EdgeKey {
+                    reporter: Reporter::Destination,
+                    ..key.clone()
+                });
+                edges.push(Edge::new(key, edge_rates, received));
             }
         }
 
@@ -669,12 +699,50 @@ pub struct Edge {
     pub requests: f64,
     /// Requests per second by response code.
     pub codes: BTreeMap<String, f64>,
+    /// Kiali's `isMTLS`: the percent of the requests the destination's
+    /// sidecar received over mutual TLS in the window; `None` when no
+    /// destination reported this edge's requests in the window.
+    pub mtls_percent: Option<f64>,
+    /// The same, in a word (see the module docs).
+    pub security: EdgeSecurity,
     #[serde(skip)]
     rates: EdgeRates,
 }
 
+/// Whether an edge's requests arrived over mutual TLS, as the
+/// destination's `connection_security_policy` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeSecurity {
+    /// Every request in the window.
+    MutualTls,
+    /// Some requests, not all (auto mTLS turning on, PERMISSIVE with a
+    /// plain-text caller).
+    Mixed,
+    /// No request: plain text.
+    None,
+    /// No destination reported the edge in the window.
+    Unknown,
+}
+
+impl EdgeSecurity {
+    /// From the requests a destination received: over mTLS, in plain text.
+    fn of(mtls: f64, plaintext: f64) -> EdgeSecurity {
+        match (mtls > 0.0, plaintext > 0.0) {
+            (true, false) => EdgeSecurity::MutualTls,
+            (true, true) => EdgeSecurity::Mixed,
+            (false, true) => EdgeSecurity::None,
+            (false, false) => EdgeSecurity::Unknown,
+        }
+    }
+}
+
 impl Edge {
-    fn new(key: &EdgeKey, rates: &EdgeRates) -> Edge {
+    /// The edge `key` with `rates`; `received`: the destination's own
+    /// report of the same pair (the security policy), if any.
+    fn new(key: &EdgeKey, rates: &EdgeRates, received: Option<&EdgeRates>) -> Edge {
+        let (mtls, plaintext) =
+            received.map_or((0.0, 0.0), |r| (r.increase.mtls, r.increase.plaintext));
         let per_second = &rates.per_second;
         Edge {
             source: key.source.id(),
@@ -691,6 +759,8 @@ impl Edge {
             p99_ms: rates.increase.quantile(0.99),
             requests: rates.increase.requests,
             codes: per_second.codes.clone(),
+            mtls_percent: (mtls + plaintext > 0.0).then(|| 100.0 * mtls / (mtls + plaintext)),
+            security: EdgeSecurity::of(mtls, plaintext),
             rates: rates.clone(),
         }
     }
@@ -958,6 +1028,108 @@ mod tests {
         assert_eq!(
             (ui_row.rps, ui_row.success_rate, ui_row.instances),
             (0.0, None, 1)
+        );
+    }
+
+    /// `istio_requests_total` of `reporter` with this security policy.
+    fn secured(
+        reporter: &str,
+        src: (&str, &str),
+        dst: (&str, &str),
+        policy: &str,
+        n: u64,
+    ) -> String {
+        format!(
+            "istio_requests_total{{reporter=\"{reporter}\",source_workload=\"{}\",\
+             source_version=\"{}\",destination_workload=\"{}\",destination_version=\"{}\",\
+             destination_service_name=\"{}\",response_code=\"200\",response_flags=\"-\",\
+             connection_security_policy=\"{policy}\"}} {n}\n",
+            src.0, src.1, dst.0, dst.1, dst.0
+        )
+    }
+
+    #[test]
+    fn an_edge_is_mutual_tls_as_its_destination_reports_it() {
+        // Kiali's reading: the source says `unknown` (a client cannot know
+        // the server's policy), the destination says what it terminated.
+        let graph = Graph::new(GraphSettings::default());
+        let ui = announce("ui-1", "guestbook-ui", "v1", ProxyMode::Sidecar);
+        let hw = announce("hw-1", "helloworld-service", "v1", ProxyMode::Sidecar);
+        let gw = announce("gw-1", "ingressgateway", "v1", ProxyMode::Gateway);
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let ui_text = |n| {
+            [
+                secured("source", UI, HW1, "unknown", n),
+                secured("source", UI, HW2, "unknown", n),
+            ]
+            .concat()
+        };
+        // helloworld v1 received everything over mTLS; v2 (in the window)
+        // 30 over mTLS and 10 in plain text (auto mTLS turning on); the
+        // gateway's calls to guestbook-ui came in plain text, and only
+        // guestbook-ui reports them (the gateway is not scraped).
+        let hw_text = |mtls, v2_mtls, v2_plain, gw_plain| {
+            [
+                secured("destination", UI, HW1, "mutual_tls", mtls),
+                secured("destination", UI, HW2, "mutual_tls", v2_mtls),
+                secured("destination", UI, HW2, "none", v2_plain),
+                secured("destination", GW, UI, "none", gw_plain),
+            ]
+            .concat()
+        };
+        graph.record(&ui, t0, &parse(&ui_text(100)).unwrap());
+        graph.record(&hw, t0, &parse(&hw_text(100, 100, 5, 0)).unwrap());
+        graph.record(&ui, t1, &parse(&ui_text(140)).unwrap());
+        graph.record(&hw, t1, &parse(&hw_text(140, 130, 15, 8)).unwrap());
+        let live = [ui.clone(), hw.clone(), gw.clone()];
+        let view = graph.view(Duration::from_secs(5), t1, &live);
+        let edge = |source: &str, target: &str| {
+            view.edges
+                .iter()
+                .find(|e| e.source == source && e.target == target)
+                .unwrap_or_else(|| panic!("no edge {source} -> {target}: {:#?}", view.edges))
+        };
+
+        let v1 = edge("guestbook-ui@v1", "helloworld-service@v1");
+        assert_eq!(
+            v1.reporter,
+            Reporter::Source,
+            "the source's series still win"
+        );
+        assert_eq!(
+            (v1.security, v1.mtls_percent),
+            (EdgeSecurity::MutualTls, Some(100.0))
+        );
+        let v2 = edge("guestbook-ui@v1", "helloworld-service@v2");
+        assert_eq!(
+            (v2.security, v2.mtls_percent),
+            (EdgeSecurity::Mixed, Some(75.0))
+        );
+        let gw_ui = edge("ingressgateway@v1", "guestbook-ui@v1");
+        assert_eq!(
+            (gw_ui.security, gw_ui.mtls_percent),
+            (EdgeSecurity::None, Some(0.0))
+        );
+
+        // The JSON the dashboard reads: additive fields on each edge.
+        let json = serde_json::to_value(v1).unwrap();
+        assert_eq!(json["security"], "mutual_tls");
+        assert_eq!(json["mtlsPercent"], 100.0);
+
+        // Nothing from the destination in the window: unknown, no lock.
+        let quiet = Graph::new(GraphSettings::default());
+        quiet.record(&ui, t0, &parse(&ui_text(100)).unwrap());
+        quiet.record(&ui, t1, &parse(&ui_text(140)).unwrap());
+        let view = quiet.view(Duration::from_secs(5), t1, &live);
+        let v1 = view
+            .edges
+            .iter()
+            .find(|e| e.target == "helloworld-service@v1")
+            .unwrap();
+        assert_eq!(
+            (v1.security, v1.mtls_percent),
+            (EdgeSecurity::Unknown, None)
         );
     }
 

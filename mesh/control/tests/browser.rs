@@ -158,6 +158,8 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
         ]
         .concat()
     });
+    // v1's sidecar received every request over mutual TLS (its
+    // `connection_security_policy`); v2's says nothing of it.
     hw1.serve_with(move || {
         series(
             "destination",
@@ -166,6 +168,10 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
             "200",
             n(V1_RPS),
             1.0,
+        )
+        .replace(
+            "response_flags=\"-\"",
+            "response_flags=\"-\",connection_security_policy=\"mutual_tls\"",
         )
     });
     hw2.serve_with(move || {
@@ -307,6 +313,18 @@ async fn the_dashboard_shows_the_graph_routes_and_a_trace_waterfall() {
         .edge_traffic(v2, Duration::from_secs(3), PAGE_TIMEOUT)
         .await;
     assert_eq!(v2.error_rate, 0.5, "{v2:?}");
+    // The mutual-TLS edge carries a lock (Kiali's), and only that one.
+    browser
+        .element(&format!(r#"{edge_css}[data-security="mutual_tls"]"#))
+        .await;
+    browser.element(r#"#graph [data-lock="mutual_tls"]"#).await;
+    let locks = browser
+        .client()
+        .find_all(Locator::Css("#graph [data-lock]"))
+        .await
+        .unwrap();
+    assert_eq!(locks.len(), 1, "one lock, on guestbook-ui -> helloworld v1");
+    browser.element("#graph-legend .lock").await;
     // The gateway's node says what it is, not its version.
     let gateway_kind = browser
         .element(r#"g.node.gateway[data-node="ingressgateway@v1"] text.version"#)

@@ -60,10 +60,19 @@ use crate::listener::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 
 type Sender = SendRequest<ReqBody>;
 
+/// An open connection: its sender, and the server's SPIFFE ID as the
+/// mutual-TLS handshake proved it (`None`: plain text), formatted once per
+/// connection for telemetry's `destination_principal`.
+#[derive(Clone, Debug)]
+struct Open {
+    sender: Sender,
+    identity: Option<Arc<str>>,
+}
+
 /// A connection being opened, awaited by every request that needs it. The
 /// error is kept as its kind and text: `io::Error` cannot be cloned.
 type Connecting =
-    Shared<Pin<Box<dyn Future<Output = Result<Sender, (std::io::ErrorKind, String)>> + Send>>>;
+    Shared<Pin<Box<dyn Future<Output = Result<Open, (std::io::ErrorKind, String)>> + Send>>>;
 
 /// The one HTTP/2 connection to an endpoint, if open. Every request to the
 /// endpoint reads it, so it sits behind an atomic pointer (as the snapshot
@@ -77,7 +86,7 @@ type Connecting =
 /// hundreds of upstream connections a second.
 #[derive(Debug, Default)]
 pub struct H2Conn {
-    sender: ArcSwapOption<Sender>,
+    sender: ArcSwapOption<Open>,
     connecting: Mutex<Option<ConnectingSlot>>,
 }
 
@@ -91,13 +100,16 @@ impl std::fmt::Debug for ConnectingSlot {
 }
 
 impl H2Conn {
-    fn get(&self) -> Option<Sender> {
+    fn get(&self) -> Option<Open> {
         let current = self.sender.load();
-        current.as_deref().filter(|s| !s.is_closed()).cloned()
+        current
+            .as_deref()
+            .filter(|o| !o.sender.is_closed())
+            .cloned()
     }
 
-    fn set(&self, sender: Sender) {
-        self.sender.store(Some(Arc::new(sender)));
+    fn set(&self, open: Open) {
+        self.sender.store(Some(Arc::new(open)));
     }
 
     /// The handshake in progress, or a new one started for `endpoint`.
@@ -107,15 +119,15 @@ impl H2Conn {
             return pending.clone();
         }
         // Opened (and the slot cleared) since the caller looked.
-        if let Some(sender) = self.get() {
-            return futures::future::ready(Ok(sender)).boxed().shared();
+        if let Some(open) = self.get() {
+            return futures::future::ready(Ok(open)).boxed().shared();
         }
         let (address, state) = (endpoint.address.clone(), endpoint.state.clone());
         let mtls = endpoint.mtls.clone();
         let task = tokio::spawn(async move {
             let result = open(&address, mtls.as_deref()).await;
-            if let Ok(sender) = &result {
-                state.h2.set(sender.clone());
+            if let Ok(open) = &result {
+                state.h2.set(open.clone());
             }
             // The next request after a failure tries again.
             clear(&state);
@@ -143,16 +155,21 @@ fn clear(state: &EndpointState) {
 
 /// Open an HTTP/2 connection to `address` (mutual TLS when `mtls` says
 /// so, ALPN `istio-h2`) and run it in its own task.
-async fn open(
-    address: &str,
-    mtls: Option<&crate::cluster::UpstreamTls>,
-) -> std::io::Result<Sender> {
+async fn open(address: &str, mtls: Option<&crate::cluster::UpstreamTls>) -> std::io::Result<Open> {
     let tcp = crate::pool::connect_tcp(address).await?;
     match mtls {
-        None => handshake(tcp).await,
+        None => Ok(Open {
+            sender: handshake(tcp).await?,
+            identity: None,
+        }),
         Some(mtls) => {
             let config = crate::pool::client_tls(mtls, crate::tls::Alpn::H2)?;
-            handshake(crate::tls::connect(config, tcp).await?).await
+            let tls = crate::tls::connect(config, tcp).await?;
+            let identity = crate::pool::server_identity(&tls);
+            Ok(Open {
+                sender: handshake(tls).await?,
+                identity,
+            })
         }
     }
 }
@@ -179,10 +196,17 @@ where
     Ok(sender)
 }
 
-/// Send an HTTP/2 request to `endpoint` over its shared connection.
-pub async fn send(endpoint: &EndpointRt, req: Req) -> Result<http::Response<Incoming>, ProxyError> {
-    let mut sender = match endpoint.state.h2.get() {
-        Some(sender) => sender,
+/// Send an HTTP/2 request to `endpoint` over its shared connection; with
+/// the server identity that connection proved (mutual TLS).
+pub async fn send(
+    endpoint: &EndpointRt,
+    req: Req,
+) -> Result<(http::Response<Incoming>, Option<Arc<str>>), ProxyError> {
+    let Open {
+        mut sender,
+        identity,
+    } = match endpoint.state.h2.get() {
+        Some(open) => open,
         None => endpoint
             .state
             .h2
@@ -198,7 +222,8 @@ pub async fn send(endpoint: &EndpointRt, req: Req) -> Result<http::Response<Inco
         source,
     };
     sender.ready().await.map_err(reset)?;
-    sender.send_request(to_upstream(req)).await.map_err(reset)
+    let rsp = sender.send_request(to_upstream(req)).await.map_err(reset)?;
+    Ok((rsp, identity))
 }
 
 /// HTTP/2 needs the scheme and authority in the request's URI (they become

@@ -106,8 +106,8 @@ pub async fn handle(
             headers: &mut parts.headers,
         },
     );
-    if connection.certificate.is_some() {
-        exchange.mutual_tls();
+    if let Some(certificate) = &connection.certificate {
+        exchange.mutual_tls(&certificate.spiffe_id);
     }
     let log = exchange.log.clone();
 

@@ -181,6 +181,16 @@ pub struct Upstream {
     pub instance: Arc<str>,
 }
 
+/// Where a request's latest attempt went, as far as it got.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    pub cluster: Option<Arc<ClusterRt>>,
+    pub endpoint: Option<Arc<EndpointRt>>,
+    /// The server's SPIFFE ID, as the attempt's mutual-TLS connection
+    /// proved it; `None`: plain text, or no connection was reached.
+    pub upstream_identity: Option<Arc<str>>,
+}
+
 /// Shared record of one request, in its extensions as `Arc<RequestLog>`.
 ///
 /// Retries copy the request but share this record, so the balancer can see
@@ -208,6 +218,9 @@ struct LogState {
     cluster: Option<Arc<ClusterRt>>,
     /// The endpoint of the latest attempt, if it got as far as one.
     endpoint: Option<Arc<EndpointRt>>,
+    /// The server identity the latest attempt's connection proved (mutual
+    /// TLS only): telemetry's `destination_principal`.
+    upstream_identity: Option<Arc<str>>,
 }
 
 impl RequestLog {
@@ -273,6 +286,7 @@ impl RequestLog {
         let mut state = self.state();
         state.cluster = Some(cluster.clone());
         state.endpoint = None;
+        state.upstream_identity = None;
     }
 
     /// Record the endpoint the latest attempt goes to (with its address,
@@ -284,12 +298,30 @@ impl RequestLog {
             instance: endpoint.instance.clone(),
         });
         state.endpoint = Some(endpoint.clone());
+        state.upstream_identity = None;
+    }
+
+    /// Record the SPIFFE ID the latest attempt's connection proved in its
+    /// mutual-TLS handshake (`pool.rs`, `h2.rs`; made once per connection).
+    pub fn record_upstream_identity(&self, spiffe_id: &Arc<str>) {
+        self.state().upstream_identity = Some(spiffe_id.clone());
     }
 
     /// The cluster and endpoint of the latest attempt, as far as it got.
     pub fn target(&self) -> (Option<Arc<ClusterRt>>, Option<Arc<EndpointRt>>) {
         let state = self.state();
         (state.cluster.clone(), state.endpoint.clone())
+    }
+
+    /// The latest attempt, as far as it got: [`target`](Self::target), with
+    /// the server identity its connection proved.
+    pub fn attempt(&self) -> Attempt {
+        let state = self.state();
+        Attempt {
+            cluster: state.cluster.clone(),
+            endpoint: state.endpoint.clone(),
+            upstream_identity: state.upstream_identity.clone(),
+        }
     }
 
     /// The endpoint of the latest attempt.

@@ -27,7 +27,22 @@
 //!
 //! A destination's security policy is `mutual_tls` when its sidecar
 //! terminated mTLS, `none` for plaintext (a source always says `unknown`,
-//! as Istio's). Principals are still `unknown` (see `Peer::principal`).
+//! as Istio's).
+//!
+//! The principals are the SPIFFE IDs the hop's mutual TLS proved, as
+//! Istio's stats filter reads them from the connection's certificates
+//! (the peer's URI SAN and the local one):
+//!
+//! | reporter | `source_principal` | `destination_principal` |
+//! | --- | --- | --- |
+//! | `destination` | the client's, from its verified certificate | this sidecar's own |
+//! | `source` | this sidecar's own | the server's, verified in the handshake |
+//!
+//! as in `spiffe://cluster.local/ns/default/sa/guestbook-ui`; both are
+//! `unknown` whenever the hop was plain text (no certificate, no
+//! identity). They belong to the connection, not to the request: each
+//! is an `Arc<str>` made once per handshake (`listener.rs`, `pool.rs`,
+//! `h2.rs`) or once per proxy (its own), and a request only passes it on.
 //!
 //! The registry is the prometheus-client crate's. Two things are our own, to
 //! keep the request path cheap:
@@ -98,7 +113,9 @@ impl Reporter {
 }
 
 /// One end of a request as the labels name it: Istio's `source_*` and
-/// `destination_*` groups carry the same eight facts about a workload.
+/// `destination_*` groups carry the same eight facts about a workload; the
+/// eighth, the principal, is the connection's, not the workload's, so it
+/// travels beside the `Peer` ([`Labels::source_principal`]).
 ///
 /// Built once per endpoint, per caller and for the proxy itself, then shared
 /// behind an `Arc`: a request only clones the `Arc`, never a string.
@@ -107,8 +124,6 @@ pub struct Peer {
     /// The workload (micromesh names it by its `app`, the service it runs).
     pub workload: Arc<str>,
     pub namespace: Arc<str>,
-    /// The SPIFFE identity; `unknown` until micromesh has mTLS.
-    pub principal: Arc<str>,
     /// The `app` and `version` labels.
     pub app: Arc<str>,
     pub version: Arc<str>,
@@ -133,7 +148,6 @@ impl Peer {
         Peer {
             workload: workload.into(),
             namespace: namespace.into(),
-            principal: UNKNOWN.into(),
             app: first(&["app"]).unwrap_or(UNKNOWN).into(),
             version: first(&["version"]).unwrap_or(UNKNOWN).into(),
             canonical_service: first(&[CANONICAL_NAME, "app.kubernetes.io/name", "app"])
@@ -157,7 +171,6 @@ impl Peer {
         Peer {
             workload: u.clone(),
             namespace: u.clone(),
-            principal: u.clone(),
             app: u.clone(),
             version: u.clone(),
             canonical_service: u.clone(),
@@ -276,6 +289,10 @@ pub struct Labels {
     pub reporter: Reporter,
     pub source: Arc<Peer>,
     pub destination: Arc<Peer>,
+    /// The SPIFFE IDs the hop's mutual TLS proved (see the module docs);
+    /// `unknown` over plain text.
+    pub source_principal: Arc<str>,
+    pub destination_principal: Arc<str>,
     pub service: Arc<ServiceName>,
     pub protocol: Protocol,
     pub response_code: u16,
@@ -294,6 +311,8 @@ pub struct LabelsRef<'a> {
     pub reporter: Reporter,
     pub source: &'a Arc<Peer>,
     pub destination: &'a Arc<Peer>,
+    pub source_principal: &'a Arc<str>,
+    pub destination_principal: &'a Arc<str>,
     pub service: &'a Arc<ServiceName>,
     pub protocol: Protocol,
     pub response_code: u16,
@@ -314,6 +333,8 @@ impl LabelsRef<'_> {
             && self.protocol == labels.protocol
             && *self.source == labels.source
             && *self.destination == labels.destination
+            && *self.source_principal == labels.source_principal
+            && *self.destination_principal == labels.destination_principal
             && *self.service == labels.service
     }
 
@@ -322,6 +343,8 @@ impl LabelsRef<'_> {
             reporter: self.reporter,
             source: self.source.clone(),
             destination: self.destination.clone(),
+            source_principal: self.source_principal.clone(),
+            destination_principal: self.destination_principal.clone(),
             service: self.service.clone(),
             protocol: self.protocol,
             response_code: self.response_code,
@@ -338,11 +361,14 @@ impl EncodeLabelSet for Labels {
         use prometheus_client::encoding::EncodeLabel;
         let (s, d) = (&*self.source, &*self.destination);
         ("reporter", self.reporter.as_str()).encode(encoder.encode_label())?;
-        for (prefix, peer) in [("source", s), ("destination", d)] {
+        for (prefix, peer, principal) in [
+            ("source", s, &self.source_principal),
+            ("destination", d, &self.destination_principal),
+        ] {
             let pairs: [(&str, &str); 8] = [
                 ("workload", &peer.workload),
                 ("workload_namespace", &peer.namespace),
-                ("principal", &peer.principal),
+                ("principal", principal),
                 ("app", &peer.app),
                 ("version", &peer.version),
                 ("canonical_service", &peer.canonical_service),
@@ -699,12 +725,15 @@ mod tests {
     });
     static HW_SERVICE: LazyLock<Arc<ServiceName>> =
         LazyLock::new(|| Arc::new(ServiceName::in_namespace("helloworld-service", "default")));
+    static UNKNOWN_PRINCIPAL: LazyLock<Arc<str>> = LazyLock::new(|| UNKNOWN.into());
 
     fn labels(code: u16, flags: ResponseFlags) -> LabelsRef<'static> {
         LabelsRef {
             reporter: Reporter::Source,
             source: &UI,
             destination: &HW,
+            source_principal: &UNKNOWN_PRINCIPAL,
+            destination_principal: &UNKNOWN_PRINCIPAL,
             service: &HW_SERVICE,
             protocol: Protocol::Http,
             response_code: code,
@@ -830,6 +859,83 @@ mod tests {
             ),
             "{page}"
         );
+    }
+
+    #[test]
+    fn an_mtls_hop_names_both_principals_and_they_make_their_own_series() {
+        let metrics = Metrics::new();
+        let cache = SeriesCache::default();
+        let ui: Arc<str> = "spiffe://cluster.local/ns/default/sa/guestbook-ui".into();
+        let hw: Arc<str> = "spiffe://cluster.local/ns/default/sa/helloworld-service".into();
+        let mtls = LabelsRef {
+            reporter: Reporter::Destination,
+            source_principal: &ui,
+            destination_principal: &hw,
+            security: SecurityPolicy::MutualTls,
+            ..labels(200, ResponseFlags::empty())
+        };
+        let plaintext = LabelsRef {
+            reporter: Reporter::Destination,
+            security: SecurityPolicy::None,
+            ..labels(200, ResponseFlags::empty())
+        };
+        for labels in [mtls, mtls, plaintext] {
+            metrics.record(
+                Some(&cache),
+                &Observation {
+                    labels,
+                    duration_ms: 1.0,
+                    request_bytes: 0,
+                    response_bytes: 0,
+                },
+            );
+        }
+        let page = metrics.render();
+        let requests = |principals: &str| {
+            page.lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| l.contains(principals))
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            requests("source_principal=\"spiffe://cluster.local/ns/default/sa/guestbook-ui\""),
+            ["2"],
+            "{page}"
+        );
+        assert_eq!(
+            requests(
+                "destination_principal=\"spiffe://cluster.local/ns/default/sa/helloworld-service\""
+            ),
+            ["2"],
+            "{page}"
+        );
+        assert_eq!(
+            requests("source_principal=\"unknown\""),
+            ["1"],
+            "plain text: unknown, its own series: {page}"
+        );
+        // Another connection of the same caller: its own `Arc`, equal text,
+        // the same series (the cache compares the text when the pointers
+        // differ).
+        let again: Arc<str> = (*ui).into();
+        assert!(
+            cache
+                .get(&LabelsRef {
+                    source_principal: &again,
+                    ..mtls
+                })
+                .is_none(),
+            "the last series used was the plain-text one"
+        );
+        let series = metrics.series(
+            &LabelsRef {
+                source_principal: &again,
+                ..mtls
+            }
+            .to_labels(),
+        );
+        assert_eq!(series.requests.get(), 2);
     }
 
     #[test]

@@ -45,6 +45,7 @@ use tokio::sync::Notify;
 use crate::body::{Req, ReqBody, Rsp, RspFuture};
 use crate::cluster::{ClusterRt, EndpointRt, EndpointState};
 use crate::error::ProxyError;
+use crate::log::RequestLog;
 
 /// How long to wait for a TCP connection (Istio's default `connectTimeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,10 +106,22 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
             limit: "too many requests in flight (connectionPool.http.http2MaxRequests)",
         })?;
 
+    // Toward a mutual-TLS endpoint, the request's record learns which
+    // identity the connection it goes out on proved (telemetry's
+    // `destination_principal`); a plaintext endpoint skips even the lookup.
+    let log = match endpoint.mtls {
+        Some(_) => req.extensions().get::<Arc<RequestLog>>().cloned(),
+        None => None,
+    };
+
     // HTTP/2 in, HTTP/2 out, over the endpoint's shared connection
     // (`h2.rs`); the request slot is held until the response body ends.
     if req.version() == http::Version::HTTP_2 {
-        let (parts, incoming) = crate::h2::send(endpoint, req).await?.into_parts();
+        let (rsp, identity) = crate::h2::send(endpoint, req).await?;
+        if let (Some(log), Some(identity)) = (&log, &identity) {
+            log.record_upstream_identity(identity);
+        }
+        let (parts, incoming) = rsp.into_parts();
         let body = PooledBody {
             inner: incoming,
             conn: None,
@@ -121,6 +134,9 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
     let mut upstream = to_upstream(req);
     loop {
         let (mut conn, reused) = checkout(cluster, endpoint).await?;
+        if let (Some(log), Some(identity)) = (&log, &conn.identity) {
+            log.record_upstream_identity(identity);
+        }
         match conn.sender.try_send_request(upstream).await {
             Ok(rsp) => {
                 conn.uses += 1;
@@ -214,6 +230,9 @@ impl ConnPool {
 struct Conn {
     sender: Sender,
     uses: u32,
+    /// The server's SPIFFE ID, as this connection's mutual-TLS handshake
+    /// proved it; `None` for plain text.
+    identity: Option<Arc<str>>,
 }
 
 /// An idle connection (reused: true) or a new one, or wait in the pending
@@ -242,7 +261,14 @@ async fn checkout(cluster: &ClusterRt, endpoint: &EndpointRt) -> Result<(Conn, b
 
         if increment_below(&pool.connections, max_connections) {
             return match connect(endpoint).await {
-                Ok(sender) => Ok((Conn { sender, uses: 0 }, false)),
+                Ok((sender, identity)) => Ok((
+                    Conn {
+                        sender,
+                        uses: 0,
+                        identity,
+                    },
+                    false,
+                )),
                 Err(source) => {
                     pool.connections.fetch_sub(1, Ordering::Relaxed);
                     pool.notify.notify_waiters();
@@ -287,17 +313,26 @@ async fn pop_ready(pool: &ConnPool) -> Option<Conn> {
 
 /// Open a connection (mutual TLS when the endpoint says so) and run its
 /// task; the task gives the connection's slot back when the connection
-/// ends, whoever ends it.
-async fn connect(endpoint: &EndpointRt) -> std::io::Result<Sender> {
+/// ends, whoever ends it. With mutual TLS, also the server identity the
+/// handshake proved.
+async fn connect(endpoint: &EndpointRt) -> std::io::Result<(Sender, Option<Arc<str>>)> {
     let tcp = connect_tcp(&endpoint.address).await?;
     match &endpoint.mtls {
-        None => handshake(tcp, endpoint.state.clone()).await,
+        None => Ok((handshake(tcp, endpoint.state.clone()).await?, None)),
         Some(mtls) => {
             let config = client_tls(mtls, crate::tls::Alpn::Http1)?;
             let tls = crate::tls::connect(config, tcp).await?;
-            handshake(tls, endpoint.state.clone()).await
+            let identity = server_identity(&tls);
+            Ok((handshake(tls, endpoint.state.clone()).await?, identity))
         }
     }
+}
+
+/// The SPIFFE ID a finished client handshake's server proved (our
+/// verifier accepted only the identity expected for the endpoint), as the
+/// text telemetry labels with: formatted once per connection.
+pub(crate) fn server_identity<S>(tls: &tokio_rustls::client::TlsStream<S>) -> Option<Arc<str>> {
+    crate::tls::peer_identity(tls.get_ref().1.peer_certificates()).map(|id| id.to_string().into())
 }
 
 /// The client config toward an ISTIO_MUTUAL endpoint; an error while this

@@ -333,6 +333,7 @@ mod tests {
             retries: 0,
             request_size: 0,
             response_size: 0,
+            principals: None,
         }
     }
 

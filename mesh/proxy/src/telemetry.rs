@@ -19,10 +19,19 @@
 //!    its trailers.
 //!
 //! Every label value a request needs was built before it arrived: this
-//! proxy's own [`Peer`] at start, each endpoint's and each cluster's service
-//! name once per snapshot, a caller's once per distinct header. A request
-//! only picks `Arc`s and compares them with the series its endpoint used
-//! last (`metrics.rs`'s `SeriesCache`); nothing is formatted per request.
+//! proxy's own [`Peer`] and SPIFFE ID at start, each endpoint's and each
+//! cluster's service name once per snapshot, a caller's once per distinct
+//! header, a peer's verified SPIFFE ID once per mutual-TLS connection
+//! (`listener.rs` for the caller's, `pool.rs`/`h2.rs` for the server's).
+//! A request only picks `Arc`s and compares them with the series its
+//! endpoint used last (`metrics.rs`'s `SeriesCache`); nothing is formatted
+//! per request.
+//!
+//! Who is who comes from two places, on purpose: the workload, app and
+//! version from the caller's `x-mesh-peer-metadata` (what it says about
+//! itself), the principals only from the hop's certificates (what it
+//! proved). Over plain text nothing was proved, and both principals are
+//! `unknown`, as Istio writes them.
 //!
 //! Recording happens when the exchange is dropped, so no path can forget it:
 //! a response streamed to the end, a local error reply, or a caller that
@@ -93,6 +102,11 @@ pub struct Telemetry {
     pub own_service: Arc<ServiceName>,
     /// A peer the proxy knows nothing about.
     pub unknown: Arc<Peer>,
+    /// This proxy's SPIFFE ID, the identity its certificate carries (the
+    /// CA signs no other): its side of every mutual-TLS hop.
+    pub own_principal: Arc<str>,
+    /// `unknown`, shared, for the principals of a plain-text hop.
+    pub unknown_principal: Arc<str>,
     /// `me`, as the header the outbound side sends.
     peer_header: HeaderValue,
     /// The last caller's header and what it says: callers are few, so
@@ -138,6 +152,13 @@ impl Telemetry {
                 &config.namespace,
             )),
             unknown: Arc::new(Peer::unknown()),
+            own_principal: mesh_api::identity::Identity::new(
+                &config.namespace,
+                &config.service_account,
+            )
+            .to_string()
+            .into(),
+            unknown_principal: UNKNOWN.into(),
             me,
             peer_header,
             last_caller: ArcSwapOption::empty(),
@@ -224,8 +245,9 @@ pub struct Exchange {
     user_agent: Option<String>,
     /// Inbound: the caller, as its sidecar named it.
     caller: Option<Arc<Peer>>,
-    /// Inbound: the caller's connection was mutual TLS.
-    mtls: bool,
+    /// Inbound: the caller's SPIFFE ID, when its connection was mutual TLS
+    /// (made once per connection, `listener.rs`).
+    client_identity: Option<Arc<str>>,
     protocol: Protocol,
     /// gRPC's `grpc-status`, once seen in the response headers or trailers.
     grpc_status: Option<u16>,
@@ -249,10 +271,11 @@ pub struct Arrival<'a> {
 }
 
 impl Exchange {
-    /// The request arrived over mutual TLS (inbound): the destination
-    /// reports `connection_security_policy="mutual_tls"`.
-    pub fn mutual_tls(&mut self) {
-        self.mtls = true;
+    /// The request arrived over mutual TLS (inbound) from a client that
+    /// proved `client` (its SPIFFE ID): the destination reports
+    /// `connection_security_policy="mutual_tls"` and the principals.
+    pub fn mutual_tls(&mut self, client: &Arc<str>) {
+        self.client_identity = Some(client.clone());
     }
 
     pub fn begin(shared: &Arc<Shared>, arrival: Arrival<'_>) -> Exchange {
@@ -282,7 +305,7 @@ impl Exchange {
             span: None,
             user_agent: None,
             caller,
-            mtls: false,
+            client_identity: None,
             protocol,
             grpc_status: None,
             status: None,
@@ -349,7 +372,11 @@ impl Exchange {
                 0
             }
         };
-        let (cluster, endpoint) = self.log.target();
+        let crate::log::Attempt {
+            cluster,
+            endpoint,
+            upstream_identity: server_identity,
+        } = self.log.attempt();
         let host = strip_port(&self.authority);
         let config = &self.shared.config;
         let unrouted: Arc<ServiceName>;
@@ -385,16 +412,29 @@ impl Exchange {
                 (Reporter::Source, &telemetry.me, destination, service, cache)
             }
         };
+        // The hop's identities (see the module docs): the peer's as its
+        // certificate proved it, this proxy's own; `unknown` over plain text.
+        let peer_identity = match reporter {
+            Reporter::Destination => self.client_identity.as_ref(),
+            Reporter::Source => server_identity.as_ref(),
+        };
+        let (source_principal, destination_principal) = match (reporter, peer_identity) {
+            (_, None) => (&telemetry.unknown_principal, &telemetry.unknown_principal),
+            (Reporter::Destination, Some(client)) => (client, &telemetry.own_principal),
+            (Reporter::Source, Some(server)) => (&telemetry.own_principal, server),
+        };
         let labels = LabelsRef {
             reporter,
             source,
             destination,
+            source_principal,
+            destination_principal,
             service,
             protocol: self.protocol,
             response_code: status,
             grpc_status: self.grpc_status,
             response_flags: flags,
-            security: crate::metrics::SecurityPolicy::of(reporter, self.mtls),
+            security: crate::metrics::SecurityPolicy::of(reporter, peer_identity.is_some()),
         };
         telemetry.metrics.record(
             cache,
@@ -466,6 +506,9 @@ impl Exchange {
             retries: (self.log.attempts() as u32).saturating_sub(1),
             request_size: self.log.request_bytes(),
             response_size: self.response_bytes,
+            principals: peer_identity
+                .is_some()
+                .then(|| (source_principal.clone(), destination_principal.clone())),
         });
     }
 }
@@ -516,7 +559,7 @@ fn is_label_value(value: &str) -> bool {
 }
 
 /// The fields of `x-mesh-peer-metadata`, in order. The principal is not
-/// among them: with mTLS it will come from the caller's certificate, which a
+/// among them: it comes from the caller's certificate (mutual TLS), which a
 /// header cannot forge.
 const PEER_FIELDS: [&str; 7] = [
     "workload",
@@ -685,8 +728,9 @@ mod tests {
              canonical_service=guestbook-ui;canonical_revision=v1;cluster=east"
         );
         assert_eq!(decode_peer(header.as_bytes()), ui);
-        // What a header cannot do: set the principal, inject label syntax,
-        // or send an unbounded name.
+        // What a header cannot do: inject label syntax or send an unbounded
+        // name (nor set the principal: `Peer` has none, it comes from the
+        // connection's certificate).
         let forged = decode_peer(
             format!(
                 "workload=a\"b;principal=spiffe://x;namespace={};app=x y;version=v2",
@@ -695,7 +739,6 @@ mod tests {
             .as_bytes(),
         );
         assert_eq!(&*forged.workload, "unknown");
-        assert_eq!(&*forged.principal, "unknown");
         assert_eq!(&*forged.namespace, "unknown");
         assert_eq!(&*forged.app, "unknown");
         assert_eq!(&*forged.version, "v2");

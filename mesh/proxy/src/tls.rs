@@ -493,6 +493,10 @@ impl MeshTls {
 pub struct PeerCertificate {
     /// The client's SPIFFE identity (the verifier made sure it has one).
     pub identity: Identity,
+    /// The same identity as text (`spiffe://cluster.local/ns/default/sa/x`),
+    /// written once per handshake: the metrics' `source_principal` and the
+    /// span's tag share it with every request on the connection.
+    pub spiffe_id: Arc<str>,
     /// SHA-256 of the client's leaf certificate (DER), lower-case hex:
     /// the `Hash` of `x-forwarded-client-cert`.
     pub hash: String,
@@ -502,8 +506,10 @@ impl PeerCertificate {
     /// From a finished handshake's peer certificates.
     pub fn of(certificates: Option<&[CertificateDer<'_>]>) -> Option<PeerCertificate> {
         let leaf = certificates?.first()?;
+        let identity = identity_of(leaf)?;
         Some(PeerCertificate {
-            identity: identity_of(leaf)?,
+            spiffe_id: identity.to_string().into(),
+            identity,
             hash: sha256_hex(leaf.as_ref()),
         })
     }
@@ -589,6 +595,7 @@ mod runtime_tests {
         let own = Identity::new("default", "helloworld-service");
         let peer = PeerCertificate {
             identity: Identity::new("default", "guestbook-ui"),
+            spiffe_id: "spiffe://cluster.local/ns/default/sa/guestbook-ui".into(),
             hash: "ab12".into(),
         };
         let spoofed = || {
