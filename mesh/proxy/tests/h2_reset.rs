@@ -79,7 +79,18 @@ async fn streams_reset_after_their_headers_open_no_upstream_connections() {
         .await
         .expect("answered within 10 s")
         .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = response.status();
+    if status != 200 {
+        let mut body = response.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            text.extend_from_slice(&chunk.unwrap_or_default());
+        }
+        panic!(
+            "the request after the resets got {status}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
 
     assert_eq!(
         upstream.connections(),

@@ -487,7 +487,17 @@ impl Upstream {
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |req: http::Request<Incoming>| answer(state.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // hyper's defence against rapid reset (GOAWAY
+                    // `too_many_resets` once more than 20 streams were reset
+                    // before the app took them; `None` would keep h2's 20)
+                    // is off: a fake app that cut its connection when a
+                    // sidecar forwards its client's resets would make the
+                    // sidecar look like it opened extra connections. The
+                    // sidecar's own listeners keep the defence.
+                    builder.http2().max_pending_accept_reset_streams(usize::MAX);
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
