@@ -1,7 +1,7 @@
 //! What happened to one request, and the access-log line that reports it.
 //!
 //! Every listener creates a [`RequestLog`] when a request arrives and puts it
-//! in the request's extensions; the layers below write into it (the chosen
+//! in the request's context (`body.rs`'s `RequestCtx`); the layers below write into it (the chosen
 //! endpoint, the endpoints already tried, response flags) and the request's
 //! exchange (`telemetry.rs`) prints one line when the response has ended,
 //! as Envoy does, target `access`:
@@ -181,7 +181,7 @@ pub struct Upstream {
     pub instance: Arc<str>,
 }
 
-/// Shared record of one request, in its extensions as `Arc<RequestLog>`.
+/// Shared record of one request, in its context as `Arc<RequestLog>`.
 ///
 /// Retries copy the request but share this record, so the balancer can see
 /// which endpoints earlier attempts used (Envoy's previous-hosts predicate).

@@ -119,9 +119,9 @@ pub async fn handle(
                 exchange.authority, exchange.authority
             )));
         }
+        // The log rides in the request's context (`body.rs`).
         let body = ReqBody::arriving(body, Some(log.clone()));
-        let mut req = http::Request::from_parts(parts, body);
-        req.extensions_mut().insert(log.clone());
+        let req = http::Request::from_parts(parts, body);
         // The one read of shared config on the request path.
         let compiled = shared.current.load_full().ok_or(ProxyError::NoConfig)?;
         let rng = shared.rng.clone();

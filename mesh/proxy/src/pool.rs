@@ -2,7 +2,7 @@
 //!
 //! `Pool` is the innermost service of the outbound stack (and the whole of the
 //! inbound one). It takes the endpoint the balancer chose (from the request's
-//! extensions), reuses an idle keep-alive connection to it or opens a new
+//! context, `body.rs`), reuses an idle keep-alive connection to it or opens a new
 //! one with `hyper::client::conn::http1`, and sends the request in origin form
 //! (`GET /hello/ray`), keeping the `Host` header the app wrote.
 //!
@@ -54,7 +54,7 @@ type Sender = SendRequest<ReqBody>;
 // === impl Pool ===
 
 /// The endpoint service: sends the request to the `Arc<EndpointRt>` found in
-/// its extensions, over a pooled connection.
+/// its context, over a pooled connection.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Pool;
 
@@ -77,20 +77,13 @@ impl tower::Service<Req> for Pool {
 
     fn call(&mut self, req: Req) -> RspFuture {
         Box::pin(async move {
-            let cluster =
-                req.extensions()
-                    .get::<Arc<ClusterRt>>()
-                    .cloned()
-                    .ok_or(ProxyError::Internal(
-                        "the pool needs a cluster in the request",
-                    ))?;
-            let endpoint =
-                req.extensions()
-                    .get::<Arc<EndpointRt>>()
-                    .cloned()
-                    .ok_or(ProxyError::Internal(
-                        "the pool needs an endpoint in the request",
-                    ))?;
+            let ctx = crate::body::ctx(&req);
+            let cluster = ctx.cluster.clone().ok_or(ProxyError::Internal(
+                "the pool needs a cluster in the request",
+            ))?;
+            let endpoint = ctx.endpoint.clone().ok_or(ProxyError::Internal(
+                "the pool needs an endpoint in the request",
+            ))?;
             send(&cluster, &endpoint, req).await
         })
     }

@@ -42,7 +42,7 @@ use tower::ServiceExt;
 
 use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request, number_value};
 use crate::error::ProxyError;
-use crate::log::{RequestLog, ResponseFlags};
+use crate::log::ResponseFlags;
 use crate::rng::Rng;
 use crate::table::CompileError;
 
@@ -172,7 +172,7 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
         let policy = self.policy.clone();
         let rng = self.rng.clone();
         Box::pin(async move {
-            let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+            let log = crate::body::ctx(&req).log.clone();
             let tries = policy.attempts.saturating_add(1);
             // Only a request that may be retried waits to fill the replay
             // buffer; with no retries the body streams straight through.
@@ -242,6 +242,7 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::RequestLog;
     use crate::test_util::*;
 
     fn policy(attempts: u32, retry_on: &[&str], codes: &[u16]) -> Arc<RetryPolicyRt> {
@@ -278,7 +279,7 @@ mod tests {
     fn logged() -> (Req, Arc<RequestLog>) {
         let mut req = request("/");
         let log = RequestLog::new();
-        req.extensions_mut().insert(log.clone());
+        crate::body::ctx_mut(&mut req).log = Some(log.clone());
         (req, log)
     }
 
