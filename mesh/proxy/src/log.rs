@@ -202,7 +202,11 @@ pub struct RequestLog {
 
 #[derive(Debug, Default)]
 struct LogState {
-    upstreams: Vec<Upstream>,
+    /// The endpoint of the latest attempt that picked one.
+    last: Option<Upstream>,
+    /// The endpoints of the attempts before it. Kept apart from `last` so
+    /// that a request tried once (nearly all) allocates no list.
+    earlier: Vec<Upstream>,
     /// The cluster of the latest attempt (or the route's first destination
     /// before an attempt picks one).
     cluster: Option<Arc<ClusterRt>>,
@@ -264,7 +268,7 @@ impl RequestLog {
 
     /// Record that an attempt goes to `upstream`.
     pub fn record_upstream(&self, upstream: Upstream) {
-        self.state().upstreams.push(upstream);
+        self.state().push_upstream(upstream);
     }
 
     /// Record the cluster an attempt (or, before any, the route) aims at;
@@ -279,7 +283,7 @@ impl RequestLog {
     /// as [`record_upstream`](Self::record_upstream) does).
     pub fn record_endpoint(&self, endpoint: &Arc<EndpointRt>) {
         let mut state = self.state();
-        state.upstreams.push(Upstream {
+        state.push_upstream(Upstream {
             address: endpoint.address.clone(),
             instance: endpoint.instance.clone(),
         });
@@ -294,20 +298,31 @@ impl RequestLog {
 
     /// The endpoint of the latest attempt.
     pub fn upstream(&self) -> Option<Upstream> {
-        self.state().upstreams.last().cloned()
+        self.state().last.clone()
     }
 
     /// Whether an earlier attempt of this request went to `address`.
     pub fn tried(&self, address: &str) -> bool {
-        self.state()
-            .upstreams
+        let state = self.state();
+        state
+            .last
             .iter()
+            .chain(&state.earlier)
             .any(|u| &*u.address == address)
     }
 
     /// How many attempts picked an endpoint.
     pub fn attempts(&self) -> usize {
-        self.state().upstreams.len()
+        let state = self.state();
+        usize::from(state.last.is_some()) + state.earlier.len()
+    }
+}
+
+impl LogState {
+    fn push_upstream(&mut self, upstream: Upstream) {
+        if let Some(previous) = self.last.replace(upstream) {
+            self.earlier.push(previous);
+        }
     }
 }
 

@@ -86,7 +86,7 @@ pub async fn handle(
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.to_string())
+        .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_string());
     // Open this proxy's CLIENT span (and name the source workload) on the
     // request that goes on; recorded when the response ends.

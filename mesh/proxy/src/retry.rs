@@ -190,7 +190,14 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
                 // none at all when the route allows no retries). A body
                 // over the replay buffer cannot be copied: the first
                 // attempt takes the request, and is the only one.
-                let mut try_req = match req.take() {
+                // The count goes on the request before it is copied: the
+                // copy's header map is made to measure, and one more
+                // header would grow (reallocate) it.
+                if let Some(req) = &mut req {
+                    req.headers_mut()
+                        .insert(ATTEMPT_COUNT, number_value(u64::from(attempt)));
+                }
+                let try_req = match req.take() {
                     Some(last) if attempt >= tries => last,
                     Some(kept) => match clone_request(&kept) {
                         Some(copy) => {
@@ -201,9 +208,6 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
                     },
                     None => unreachable!("the request is kept until the last attempt"),
                 };
-                try_req
-                    .headers_mut()
-                    .insert(ATTEMPT_COUNT, number_value(u64::from(attempt)));
                 let future = inner.clone().oneshot(try_req);
                 let result = match policy.per_try_timeout {
                     Some(limit) => tokio::time::timeout(limit, future)
