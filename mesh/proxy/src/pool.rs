@@ -101,7 +101,9 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
     // HTTP/2 in, HTTP/2 out, over the endpoint's shared connection
     // (`h2.rs`); the request slot is held until the response body ends.
     if req.version() == http::Version::HTTP_2 {
-        let (parts, incoming) = crate::h2::send(endpoint, req).await?.into_parts();
+        // Boxed: HTTP/2's future is large, and an unboxed one would make
+        // every HTTP/1.1 request's future as large (and copied as often).
+        let (parts, incoming) = Box::pin(crate::h2::send(endpoint, req)).await?.into_parts();
         let body = PooledBody {
             inner: incoming,
             conn: None,
@@ -234,7 +236,10 @@ async fn checkout(cluster: &ClusterRt, endpoint: &EndpointRt) -> Result<(Conn, b
         }
 
         if increment_below(&pool.connections, max_connections) {
-            return match connect(endpoint).await {
+            // Boxed: a new connection (TCP, maybe TLS, hyper's handshake)
+            // is rare, and its large future would otherwise be part of
+            // every request's, copied at each move.
+            return match Box::pin(connect(endpoint)).await {
                 Ok(sender) => Ok((Conn { sender, uses: 0 }, false)),
                 Err(source) => {
                     pool.connections.fetch_sub(1, Ordering::Relaxed);

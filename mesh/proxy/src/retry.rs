@@ -176,7 +176,7 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
             let tries = policy.attempts.saturating_add(1);
             // Only a request that may be retried waits to fill the replay
             // buffer; with no retries the body streams straight through.
-            let req = if tries > 1 {
+            let req = if tries > 1 && !req.body().is_replayable() {
                 let (parts, body) = req.into_parts();
                 Req::from_parts(parts, body.replayable(REPLAY_BUFFER).await?)
             } else {
