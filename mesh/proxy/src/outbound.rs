@@ -24,7 +24,6 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 use hyper::body::Incoming;
-use tower::ServiceExt;
 
 use crate::balance::Balance;
 use crate::body::{ProxyService, ReqBody, Rsp, number_value};
@@ -131,7 +130,7 @@ pub async fn handle(
             rng.clone(),
             move |route: &Arc<RouteRt>| route_stack(route, &rng),
         );
-        router.oneshot(req).await
+        crate::body::call_now(router, req).await
     }
     .await;
 

@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use http::HeaderName;
 use mesh_api::snapshot::RetryPolicy;
-use tower::ServiceExt;
 
 use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request, number_value};
 use crate::error::ProxyError;
@@ -208,7 +207,7 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
                     },
                     None => unreachable!("the request is kept until the last attempt"),
                 };
-                let future = inner.clone().oneshot(try_req);
+                let future = crate::body::call_now(inner.clone(), try_req);
                 let result = match policy.per_try_timeout {
                     Some(limit) => tokio::time::timeout(limit, future)
                         .await
@@ -248,6 +247,7 @@ mod tests {
     use super::*;
     use crate::log::RequestLog;
     use crate::test_util::*;
+    use tower::ServiceExt;
 
     fn policy(attempts: u32, retry_on: &[&str], codes: &[u16]) -> Arc<RetryPolicyRt> {
         let spec = RetryPolicy {

@@ -29,7 +29,9 @@ use http::{HeaderName, HeaderValue};
 use mesh_api::snapshot::{HeaderOps, HttpRoute, RouteMatch, StringMatch, VirtualHost};
 use tower::ServiceExt;
 
-use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request, ctx, ctx_mut};
+use crate::body::{
+    ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, call_now, clone_request, ctx, ctx_mut,
+};
 use crate::cluster::ClusterRt;
 use crate::error::ProxyError;
 use crate::fault::FaultPolicy;
@@ -544,7 +546,7 @@ where
                 req = Req::from_parts(parts, body.replayable(REPLAY_BUFFER).await?);
                 mirror(&req, cluster, rng);
             }
-            let mut rsp = stack.oneshot(req).await?;
+            let mut rsp = call_now(stack, req).await?;
             route.response_headers.apply(rsp.headers_mut());
             Ok(rsp)
         })
