@@ -22,14 +22,14 @@ use std::task::{Context, Poll};
 use mesh_api::snapshot::LoadBalancer;
 use tokio::time::Instant;
 
-use crate::body::{ProxyService, Req, Rsp, RspFuture};
+use crate::body::{ProxyService, Req, Rsp, RspFuture, ctx, ctx_mut};
 use crate::cluster::{ClusterRt, EndpointRt, EndpointState};
 use crate::error::ProxyError;
 use crate::log::RequestLog;
 use crate::rng::Rng;
 
-/// Picks an endpoint of the `Arc<ClusterRt>` in the request's extensions and
-/// puts the `Arc<EndpointRt>` next to it.
+/// Picks an endpoint of the cluster in the request's context (`body.rs`'s
+/// `RequestCtx`) and puts the chosen `Arc<EndpointRt>` next to it.
 #[derive(Clone, Debug)]
 pub struct Balance<S> {
     inner: S,
@@ -142,27 +142,27 @@ impl<S: ProxyService> tower::Service<Req> for Balance<S> {
     }
 
     fn call(&mut self, mut req: Req) -> RspFuture {
-        let Some(cluster) = req.extensions().get::<Arc<ClusterRt>>().cloned() else {
+        let Some(cluster) = ctx(&req).cluster.clone() else {
             return Box::pin(async {
                 Err(ProxyError::Internal(
                     "balance needs a cluster in the request",
                 ))
             });
         };
-        let log = req.extensions().get::<Arc<RequestLog>>().cloned();
-        let Some(index) = pick(&cluster, log.as_deref(), &self.rng, Instant::now()) else {
+        let log = ctx(&req).log.as_deref();
+        let Some(index) = pick(&cluster, log, &self.rng, Instant::now()) else {
             let error = ProxyError::NoHealthyUpstream {
                 cluster: cluster.name.to_string(),
             };
             return Box::pin(async move { Err(error) });
         };
         let endpoint = cluster.endpoints[index].clone();
-        if let Some(log) = &log {
+        if let Some(log) = log {
             log.record_endpoint(&endpoint);
         }
         // In flight until the response headers arrive.
         let in_flight = InFlight::new(&endpoint.state);
-        req.extensions_mut().insert(endpoint);
+        ctx_mut(&mut req).endpoint = Some(endpoint);
         let future = self.inner.call(req);
         Box::pin(async move {
             let result = future.await;
@@ -190,10 +190,8 @@ mod tests {
             Ok::<_, ProxyError>(rsp)
         }));
         let mut req = request("/");
-        req.extensions_mut().insert(cluster.clone());
-        if let Some(log) = log {
-            req.extensions_mut().insert(log);
-        }
+        crate::body::ctx_mut(&mut req).cluster = Some(cluster.clone());
+        crate::body::ctx_mut(&mut req).log = log;
         let rsp = Balance::new(upstream, Rng::seeded(5)).oneshot(req).await?;
         Ok(rsp.extensions().get::<Arc<str>>().unwrap().clone())
     }

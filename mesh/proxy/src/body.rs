@@ -15,6 +15,15 @@
 //! once, and the access log says the retry was skipped
 //! (`retry_skipped=body_over_replay_buffer`, see `log.rs`). Requests
 //! without a body (most GETs) never wait for anything.
+//!
+//! The body also carries the request's [`RequestCtx`]: the request log, and
+//! the cluster and endpoint the split and the balancer chose, which the
+//! layers below read. They could ride in the request's `http::Extensions`
+//! (they did), but that is a type-keyed map: a box for the map, a table,
+//! one box per value, and all of it again for each copy a retry makes,
+//! about eight allocations per request (callgrind). `ReqBody` is the one
+//! part of `http::Request` that is the proxy's own type, so it holds them
+//! as plain typed fields instead; [`ctx`] and [`ctx_mut`] reach them.
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -25,6 +34,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::cluster::{ClusterRt, EndpointRt};
 use crate::error::ProxyError;
 use crate::log::RequestLog;
 
@@ -40,10 +50,37 @@ pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 /// (linkerd2-proxy's limit). A larger body is streamed and not retried.
 pub const REPLAY_BUFFER: usize = 64 * 1024;
 
-/// A request body on its way through the proxy.
+/// A request body on its way through the proxy, and the request's context.
 #[derive(Debug)]
 pub struct ReqBody {
     kind: Kind,
+    /// What the layers tell each other about this request.
+    pub ctx: RequestCtx,
+}
+
+/// What the layers tell each other about one request, as typed fields
+/// (see the module's comment for why here and not in `http::Extensions`).
+/// A retry's copy of the request gets a copy of it: the same log (shared,
+/// so the balancer sees the endpoints earlier attempts used), and the
+/// cluster and endpoint that attempt's split and balancer choose again.
+#[derive(Clone, Debug, Default)]
+pub struct RequestCtx {
+    /// The request's shared record (`log.rs`): flags, attempts, bytes.
+    pub log: Option<Arc<RequestLog>>,
+    /// The cluster this attempt goes to, once the split chose it.
+    pub cluster: Option<Arc<ClusterRt>>,
+    /// The endpoint this attempt goes to, once the balancer chose it.
+    pub endpoint: Option<Arc<EndpointRt>>,
+}
+
+/// The context of `req` (its log, cluster and endpoint).
+pub fn ctx(req: &Req) -> &RequestCtx {
+    &req.body().ctx
+}
+
+/// The context of `req`, to fill in.
+pub fn ctx_mut(req: &mut Req) -> &mut RequestCtx {
+    &mut req.body_mut().ctx
 }
 
 #[derive(Debug)]
@@ -98,6 +135,7 @@ impl ReqBody {
                 data: (!data.is_empty()).then_some(data),
                 trailers: None,
             },
+            ctx: RequestCtx::default(),
         }
     }
 
@@ -107,17 +145,28 @@ impl ReqBody {
     }
 
     /// The client's body as hyper delivers it, streamed on as it arrives;
-    /// the bytes read are counted in `log`. A body that is already over
-    /// (a GET) is an empty buffered one, replayable for free.
+    /// the bytes read are counted in `log`, which is also the request's
+    /// context's log. A body that is already over (a GET) is an empty
+    /// buffered one, replayable for free.
     pub fn arriving(inner: hyper::body::Incoming, log: Option<Arc<RequestLog>>) -> ReqBody {
+        let ctx = RequestCtx {
+            log,
+            ..RequestCtx::default()
+        };
         if inner.is_end_stream() {
-            return ReqBody::empty();
+            let mut body = ReqBody::empty();
+            body.ctx = ctx;
+            return body;
         }
         ReqBody {
             kind: Kind::Streaming {
                 prefix: None,
-                rest: Arriving { inner, log },
+                rest: Arriving {
+                    inner,
+                    log: ctx.log.clone(),
+                },
             },
+            ctx,
         }
     }
 
@@ -135,6 +184,7 @@ impl ReqBody {
                     data: data.clone(),
                     trailers: trailers.clone(),
                 },
+                ctx: self.ctx.clone(),
             }),
             Kind::Streaming { .. } => None,
         }
@@ -146,8 +196,9 @@ impl ReqBody {
     /// replayable. Only what was read ahead is held, never more than `limit`
     /// plus one chunk.
     pub async fn replayable(self, limit: usize) -> Result<ReqBody, ProxyError> {
+        let ctx = self.ctx;
         let mut rest = match self.kind {
-            Kind::Buffered { .. } => return Ok(self),
+            kind @ Kind::Buffered { .. } => return Ok(ReqBody { kind, ctx }),
             // Read ahead once only; what was read is already the prefix.
             Kind::Streaming {
                 prefix: Some(prefix),
@@ -158,6 +209,7 @@ impl ReqBody {
                         prefix: Some(prefix),
                         rest,
                     },
+                    ctx,
                 });
             }
             Kind::Streaming { prefix: None, rest } => rest,
@@ -191,6 +243,7 @@ impl ReqBody {
                     data: (!data.is_empty()).then_some(data),
                     trailers,
                 },
+                ctx,
             });
         }
         Ok(ReqBody {
@@ -198,6 +251,7 @@ impl ReqBody {
                 prefix: Some(data),
                 rest,
             },
+            ctx,
         })
     }
 }
@@ -299,8 +353,8 @@ pub fn number_value(n: u64) -> http::HeaderValue {
     }
 }
 
-/// Copy a request whose body is in memory, extensions included (for
-/// retries and mirrors); `None` if its body is streaming.
+/// Copy a request whose body is in memory, its context and extensions
+/// included (for retries and mirrors); `None` if its body is streaming.
 pub fn clone_request(req: &Req) -> Option<Req> {
     let mut copy = http::Request::new(req.body().try_clone()?);
     *copy.method_mut() = req.method().clone();
@@ -335,6 +389,26 @@ impl<S> ProxyService for S where
 
 /// The future every layer returns.
 pub type RspFuture = futures::future::BoxFuture<'static, Result<Rsp, ProxyError>>;
+
+/// Hand `req` to `service` and return the service's own response future.
+///
+/// `tower::ServiceExt::oneshot` would do the same, but its future holds the
+/// service and the request until the first poll, so a caller awaiting it
+/// carries both in its own future, and every move of that future (into a
+/// box, across layers) copies them (callgrind: a few hundred bytes per
+/// layer, per request). Every layer of the proxy is ready at once (limits
+/// are checked per request, never by waiting in `poll_ready`), so the
+/// service is asked once, without waiting, and called at once; the caller
+/// then holds only the boxed future. A service that is not ready at once
+/// (a test's mock) is still waited for, through `oneshot`.
+pub fn call_now<S: ProxyService>(mut service: S, req: Req) -> RspFuture {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => service.call(req),
+        Poll::Ready(Err(error)) => Box::pin(async move { Err(error) }),
+        Poll::Pending => Box::pin(tower::ServiceExt::oneshot(service, req)),
+    }
+}
 
 #[cfg(test)]
 mod tests {

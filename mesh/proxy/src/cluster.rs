@@ -3,8 +3,8 @@
 //!
 //! A snapshot's `Cluster` is compiled into a [`ClusterRt`]: its policy plus a
 //! list of [`EndpointRt`]. The split layer puts the chosen `Arc<ClusterRt>`
-//! into the request's extensions and the balancer the chosen
-//! `Arc<EndpointRt>`, so the layers below know their target (linkerd2-proxy
+//! into the request's context (`body.rs`'s `RequestCtx`) and the balancer
+//! the chosen `Arc<EndpointRt>`, so the layers below know their target (linkerd2-proxy
 //! calls these "targets").
 //!
 //! Some state must survive a new snapshot: the round-robin position, each

@@ -28,7 +28,6 @@
 //! gRPC call. A plain HTTP caller gets a 200 whose body says `fault filter
 //! abort`; the access log's `FI` flag is how to tell it from a real answer.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ use mesh_api::snapshot::Fault as FaultSpec;
 
 use crate::body::{ProxyService, Req, Rsp, RspFuture, text_response};
 use crate::error::ProxyError;
-use crate::log::{RequestLog, ResponseFlags};
+use crate::log::ResponseFlags;
 use crate::rng::Rng;
 use crate::route::check_percentage;
 use crate::table::CompileError;
@@ -152,7 +151,7 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
             .abort
             .filter(|(_, percent)| self.rng.chance(*percent))
             .map(|(reply, _)| reply);
-        let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+        let log = crate::body::ctx(&req).log.clone();
         // A gRPC caller gets the abort as a gRPC status (`AbortReply`).
         let grpc = crate::error::is_grpc(req.headers());
         let inner = self.inner.clone();
@@ -177,7 +176,9 @@ impl<S: ProxyService> tower::Service<Req> for Fault<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::RequestLog;
     use crate::test_util::*;
+    use std::sync::Arc;
     use std::time::Duration;
     use tower::ServiceExt;
 
@@ -197,7 +198,7 @@ mod tests {
     fn logged(path: &str) -> (Req, Arc<RequestLog>) {
         let mut req = request(path);
         let log = RequestLog::new();
-        req.extensions_mut().insert(log.clone());
+        crate::body::ctx_mut(&mut req).log = Some(log.clone());
         (req, log)
     }
 

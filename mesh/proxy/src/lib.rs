@@ -24,7 +24,7 @@
 //! | fault injection: delay, abort | `fault.rs` |
 //! | route timeout | `timeout.rs` |
 //! | retries, per-try timeout, backoff | `retry.rs` |
-//! | request and response bodies: streaming, the 64 KiB replay buffer | `body.rs` |
+//! | request and response bodies: streaming, the 64 KiB replay buffer; the request's context (log, cluster, endpoint) the layers share | `body.rs` |
 //! | weighted split (canary) | `split.rs` |
 //! | load balancing | `balance.rs` |
 //! | outlier detection | `outlier.rs` |

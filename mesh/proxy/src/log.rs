@@ -1,7 +1,7 @@
 //! What happened to one request, and the access-log line that reports it.
 //!
 //! Every listener creates a [`RequestLog`] when a request arrives and puts it
-//! in the request's extensions; the layers below write into it (the chosen
+//! in the request's context (`body.rs`'s `RequestCtx`); the layers below write into it (the chosen
 //! endpoint, the endpoints already tried, response flags) and the request's
 //! exchange (`telemetry.rs`) prints one line when the response has ended,
 //! as Envoy does, target `access`:
@@ -191,7 +191,7 @@ pub struct Attempt {
     pub upstream_identity: Option<Arc<str>>,
 }
 
-/// Shared record of one request, in its extensions as `Arc<RequestLog>`.
+/// Shared record of one request, in its context as `Arc<RequestLog>`.
 ///
 /// Retries copy the request but share this record, so the balancer can see
 /// which endpoints earlier attempts used (Envoy's previous-hosts predicate).
@@ -212,7 +212,11 @@ pub struct RequestLog {
 
 #[derive(Debug, Default)]
 struct LogState {
-    upstreams: Vec<Upstream>,
+    /// The endpoint of the latest attempt that picked one.
+    last: Option<Upstream>,
+    /// The endpoints of the attempts before it. Kept apart from `last` so
+    /// that a request tried once (nearly all) allocates no list.
+    earlier: Vec<Upstream>,
     /// The cluster of the latest attempt (or the route's first destination
     /// before an attempt picks one).
     cluster: Option<Arc<ClusterRt>>,
@@ -277,7 +281,7 @@ impl RequestLog {
 
     /// Record that an attempt goes to `upstream`.
     pub fn record_upstream(&self, upstream: Upstream) {
-        self.state().upstreams.push(upstream);
+        self.state().push_upstream(upstream);
     }
 
     /// Record the cluster an attempt (or, before any, the route) aims at;
@@ -293,7 +297,7 @@ impl RequestLog {
     /// as [`record_upstream`](Self::record_upstream) does).
     pub fn record_endpoint(&self, endpoint: &Arc<EndpointRt>) {
         let mut state = self.state();
-        state.upstreams.push(Upstream {
+        state.push_upstream(Upstream {
             address: endpoint.address.clone(),
             instance: endpoint.instance.clone(),
         });
@@ -326,20 +330,31 @@ impl RequestLog {
 
     /// The endpoint of the latest attempt.
     pub fn upstream(&self) -> Option<Upstream> {
-        self.state().upstreams.last().cloned()
+        self.state().last.clone()
     }
 
     /// Whether an earlier attempt of this request went to `address`.
     pub fn tried(&self, address: &str) -> bool {
-        self.state()
-            .upstreams
+        let state = self.state();
+        state
+            .last
             .iter()
+            .chain(&state.earlier)
             .any(|u| &*u.address == address)
     }
 
     /// How many attempts picked an endpoint.
     pub fn attempts(&self) -> usize {
-        self.state().upstreams.len()
+        let state = self.state();
+        usize::from(state.last.is_some()) + state.earlier.len()
+    }
+}
+
+impl LogState {
+    fn push_upstream(&mut self, upstream: Upstream) {
+        if let Some(previous) = self.last.replace(upstream) {
+            self.earlier.push(previous);
+        }
     }
 }
 

@@ -24,7 +24,6 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 use hyper::body::Incoming;
-use tower::ServiceExt;
 
 use crate::balance::Balance;
 use crate::body::{ProxyService, ReqBody, Rsp, number_value};
@@ -86,7 +85,7 @@ pub async fn handle(
     let path = parts
         .uri
         .path_and_query()
-        .map(|p| p.to_string())
+        .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_string());
     // Open this proxy's CLIENT span (and name the source workload) on the
     // request that goes on; recorded when the response ends.
@@ -119,9 +118,9 @@ pub async fn handle(
                 exchange.authority, exchange.authority
             )));
         }
+        // The log rides in the request's context (`body.rs`).
         let body = ReqBody::arriving(body, Some(log.clone()));
-        let mut req = http::Request::from_parts(parts, body);
-        req.extensions_mut().insert(log.clone());
+        let req = http::Request::from_parts(parts, body);
         // The one read of shared config on the request path.
         let compiled = shared.current.load_full().ok_or(ProxyError::NoConfig)?;
         let rng = shared.rng.clone();
@@ -131,7 +130,7 @@ pub async fn handle(
             rng.clone(),
             move |route: &Arc<RouteRt>| route_stack(route, &rng),
         );
-        router.oneshot(req).await
+        crate::body::call_now(router, req).await
     }
     .await;
 

@@ -211,8 +211,9 @@ impl<S: ProxyService> tower::Service<Req> for Outlier<S> {
     }
 
     fn call(&mut self, req: Req) -> RspFuture {
-        let cluster = req.extensions().get::<Arc<ClusterRt>>().cloned();
-        let endpoint = req.extensions().get::<Arc<EndpointRt>>().cloned();
+        let crate::body::RequestCtx {
+            cluster, endpoint, ..
+        } = crate::body::ctx(&req).clone();
         let future = self.inner.call(req);
         match (cluster, endpoint) {
             (Some(cluster), Some(endpoint)) if cluster.outlier_detection.is_some() => {
@@ -358,8 +359,8 @@ mod tests {
         );
         let (inner, mut handle) = mock();
         let mut req = request("/");
-        req.extensions_mut().insert(cluster.clone());
-        req.extensions_mut().insert(cluster.endpoints[1].clone());
+        crate::body::ctx_mut(&mut req).cluster = Some(cluster.clone());
+        crate::body::ctx_mut(&mut req).endpoint = Some(cluster.endpoints[1].clone());
         let call = tokio::spawn(Outlier::new(inner).oneshot(req));
         let (_, send) = handle.next_request().await.unwrap();
         send.send_error(ProxyError::ConnectFailure {

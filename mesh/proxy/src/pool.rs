@@ -2,7 +2,7 @@
 //!
 //! `Pool` is the innermost service of the outbound stack (and the whole of the
 //! inbound one). It takes the endpoint the balancer chose (from the request's
-//! extensions), reuses an idle keep-alive connection to it or opens a new
+//! context, `body.rs`), reuses an idle keep-alive connection to it or opens a new
 //! one with `hyper::client::conn::http1`, and sends the request in origin form
 //! (`GET /hello/ray`), keeping the `Host` header the app wrote.
 //!
@@ -45,7 +45,6 @@ use tokio::sync::Notify;
 use crate::body::{Req, ReqBody, Rsp, RspFuture};
 use crate::cluster::{ClusterRt, EndpointRt, EndpointState};
 use crate::error::ProxyError;
-use crate::log::RequestLog;
 
 /// How long to wait for a TCP connection (Istio's default `connectTimeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +54,7 @@ type Sender = SendRequest<ReqBody>;
 // === impl Pool ===
 
 /// The endpoint service: sends the request to the `Arc<EndpointRt>` found in
-/// its extensions, over a pooled connection.
+/// its context, over a pooled connection.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Pool;
 
@@ -78,20 +77,13 @@ impl tower::Service<Req> for Pool {
 
     fn call(&mut self, req: Req) -> RspFuture {
         Box::pin(async move {
-            let cluster =
-                req.extensions()
-                    .get::<Arc<ClusterRt>>()
-                    .cloned()
-                    .ok_or(ProxyError::Internal(
-                        "the pool needs a cluster in the request",
-                    ))?;
-            let endpoint =
-                req.extensions()
-                    .get::<Arc<EndpointRt>>()
-                    .cloned()
-                    .ok_or(ProxyError::Internal(
-                        "the pool needs an endpoint in the request",
-                    ))?;
+            let ctx = crate::body::ctx(&req);
+            let cluster = ctx.cluster.clone().ok_or(ProxyError::Internal(
+                "the pool needs a cluster in the request",
+            ))?;
+            let endpoint = ctx.endpoint.clone().ok_or(ProxyError::Internal(
+                "the pool needs an endpoint in the request",
+            ))?;
             send(&cluster, &endpoint, req).await
         })
     }
@@ -110,14 +102,16 @@ pub async fn send(cluster: &ClusterRt, endpoint: &EndpointRt, req: Req) -> Resul
     // identity the connection it goes out on proved (telemetry's
     // `destination_principal`); a plaintext endpoint skips even the lookup.
     let log = match endpoint.mtls {
-        Some(_) => req.extensions().get::<Arc<RequestLog>>().cloned(),
+        Some(_) => crate::body::ctx(&req).log.clone(),
         None => None,
     };
 
     // HTTP/2 in, HTTP/2 out, over the endpoint's shared connection
     // (`h2.rs`); the request slot is held until the response body ends.
     if req.version() == http::Version::HTTP_2 {
-        let (rsp, identity) = crate::h2::send(endpoint, req).await?;
+        // Boxed: HTTP/2's future is large, and an unboxed one would make
+        // every HTTP/1.1 request's future as large (and copied as often).
+        let (rsp, identity) = Box::pin(crate::h2::send(endpoint, req)).await?;
         if let (Some(log), Some(identity)) = (&log, &identity) {
             log.record_upstream_identity(identity);
         }
@@ -260,7 +254,10 @@ async fn checkout(cluster: &ClusterRt, endpoint: &EndpointRt) -> Result<(Conn, b
         }
 
         if increment_below(&pool.connections, max_connections) {
-            return match connect(endpoint).await {
+            // Boxed: a new connection (TCP, maybe TLS, hyper's handshake)
+            // is rare, and its large future would otherwise be part of
+            // every request's, copied at each move.
+            return match Box::pin(connect(endpoint)).await {
                 Ok((sender, identity)) => Ok((
                     Conn {
                         sender,

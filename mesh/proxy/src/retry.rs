@@ -38,11 +38,10 @@ use std::time::Duration;
 
 use http::HeaderName;
 use mesh_api::snapshot::RetryPolicy;
-use tower::ServiceExt;
 
 use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request, number_value};
 use crate::error::ProxyError;
-use crate::log::{RequestLog, ResponseFlags};
+use crate::log::ResponseFlags;
 use crate::rng::Rng;
 use crate::table::CompileError;
 
@@ -172,11 +171,11 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
         let policy = self.policy.clone();
         let rng = self.rng.clone();
         Box::pin(async move {
-            let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+            let log = crate::body::ctx(&req).log.clone();
             let tries = policy.attempts.saturating_add(1);
             // Only a request that may be retried waits to fill the replay
             // buffer; with no retries the body streams straight through.
-            let req = if tries > 1 {
+            let req = if tries > 1 && !req.body().is_replayable() {
                 let (parts, body) = req.into_parts();
                 Req::from_parts(parts, body.replayable(REPLAY_BUFFER).await?)
             } else {
@@ -190,7 +189,14 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
                 // none at all when the route allows no retries). A body
                 // over the replay buffer cannot be copied: the first
                 // attempt takes the request, and is the only one.
-                let mut try_req = match req.take() {
+                // The count goes on the request before it is copied: the
+                // copy's header map is made to measure, and one more
+                // header would grow (reallocate) it.
+                if let Some(req) = &mut req {
+                    req.headers_mut()
+                        .insert(ATTEMPT_COUNT, number_value(u64::from(attempt)));
+                }
+                let try_req = match req.take() {
                     Some(last) if attempt >= tries => last,
                     Some(kept) => match clone_request(&kept) {
                         Some(copy) => {
@@ -201,10 +207,7 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
                     },
                     None => unreachable!("the request is kept until the last attempt"),
                 };
-                try_req
-                    .headers_mut()
-                    .insert(ATTEMPT_COUNT, number_value(u64::from(attempt)));
-                let future = inner.clone().oneshot(try_req);
+                let future = crate::body::call_now(inner.clone(), try_req);
                 let result = match policy.per_try_timeout {
                     Some(limit) => tokio::time::timeout(limit, future)
                         .await
@@ -242,7 +245,9 @@ impl<S: ProxyService> tower::Service<Req> for Retry<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::RequestLog;
     use crate::test_util::*;
+    use tower::ServiceExt;
 
     fn policy(attempts: u32, retry_on: &[&str], codes: &[u16]) -> Arc<RetryPolicyRt> {
         let spec = RetryPolicy {
@@ -278,7 +283,7 @@ mod tests {
     fn logged() -> (Req, Arc<RequestLog>) {
         let mut req = request("/");
         let log = RequestLog::new();
-        req.extensions_mut().insert(log.clone());
+        crate::body::ctx_mut(&mut req).log = Some(log.clone());
         (req, log)
     }
 

@@ -29,7 +29,9 @@ use http::{HeaderName, HeaderValue};
 use mesh_api::snapshot::{HeaderOps, HttpRoute, RouteMatch, StringMatch, VirtualHost};
 use tower::ServiceExt;
 
-use crate::body::{ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, clone_request};
+use crate::body::{
+    ProxyService, REPLAY_BUFFER, Req, Rsp, RspFuture, call_now, clone_request, ctx, ctx_mut,
+};
 use crate::cluster::ClusterRt;
 use crate::error::ProxyError;
 use crate::fault::FaultPolicy;
@@ -523,10 +525,7 @@ where
         let route = route.clone();
         // Until the split picks one, the request aims at the route's first
         // destination: telemetry names it when a fault aborts the request.
-        if let (Some(log), Some(first)) = (
-            req.extensions().get::<Arc<crate::log::RequestLog>>(),
-            route.destinations.first(),
-        ) {
+        if let (Some(log), Some(first)) = (&ctx(&req).log, route.destinations.first()) {
             log.record_cluster(&first.cluster);
         }
         route.request_headers.apply(req.headers_mut());
@@ -547,7 +546,7 @@ where
                 req = Req::from_parts(parts, body.replayable(REPLAY_BUFFER).await?);
                 mirror(&req, cluster, rng);
             }
-            let mut rsp = stack.oneshot(req).await?;
+            let mut rsp = call_now(stack, req).await?;
             route.response_headers.apply(rsp.headers_mut());
             Ok(rsp)
         })
@@ -564,8 +563,7 @@ fn mirror(req: &Req, cluster: Arc<ClusterRt>, rng: Rng) {
         );
         return;
     };
-    copy.extensions_mut()
-        .remove::<Arc<crate::log::RequestLog>>();
+    ctx_mut(&mut copy).log = None;
     if let Some(host) = copy
         .headers()
         .get(http::header::HOST)
@@ -579,7 +577,7 @@ fn mirror(req: &Req, cluster: Arc<ClusterRt>, rng: Rng) {
             copy.headers_mut().insert(http::header::HOST, value);
         }
     }
-    copy.extensions_mut().insert(cluster);
+    ctx_mut(&mut copy).cluster = Some(cluster);
     tokio::spawn(async move {
         let stack = crate::balance::Balance::new(crate::pool::Pool::new(), rng);
         if let Err(error) = stack.oneshot(copy).await {

@@ -3,8 +3,8 @@
 //!
 //! Weights are relative, as in Istio: 80 and 20, or 4 and 1, both send 80% of
 //! requests to the first destination. A destination of weight 0 gets nothing.
-//! The chosen `Arc<ClusterRt>` goes into the request's extensions for the
-//! balancer below.
+//! The chosen `Arc<ClusterRt>` goes into the request's context (`body.rs`)
+//! for the balancer below.
 //!
 //! In micromesh the split sits under the retry layer (linkerd2-proxy's
 //! order), so a retry draws again; Envoy picks the weighted cluster once per
@@ -13,10 +13,9 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::body::{ProxyService, Req, Rsp, RspFuture};
+use crate::body::{ProxyService, Req, Rsp, RspFuture, ctx_mut};
 use crate::cluster::ClusterRt;
 use crate::error::ProxyError;
-use crate::log::RequestLog;
 use crate::rng::Rng;
 
 /// One destination of a route.
@@ -78,10 +77,11 @@ impl<S: ProxyService> tower::Service<Req> for Split<S> {
     fn call(&mut self, mut req: Req) -> RspFuture {
         match self.choose() {
             Some(destination) => {
-                if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+                let ctx = ctx_mut(&mut req);
+                if let Some(log) = &ctx.log {
                     log.record_cluster(&destination.cluster);
                 }
-                req.extensions_mut().insert(destination.cluster.clone());
+                ctx.cluster = Some(destination.cluster.clone());
                 self.inner.call(req)
             }
             // The compiler rejects routes whose weights are all zero.
@@ -149,7 +149,7 @@ mod tests {
         );
         let call = tokio::spawn(split.oneshot(request("/")));
         let (req, send) = handle.next_request().await.unwrap();
-        let chosen = req.extensions().get::<Arc<ClusterRt>>().unwrap();
+        let chosen = crate::body::ctx(&req).cluster.as_ref().unwrap();
         assert!(Arc::ptr_eq(chosen, &only));
         send.send_response(response(200));
         call.await.unwrap().unwrap();

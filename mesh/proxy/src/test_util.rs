@@ -86,8 +86,9 @@ pub fn cluster_with(
 
 /// The endpoint a request was sent to, by its address.
 pub fn endpoint_of(req: &Req) -> Arc<str> {
-    req.extensions()
-        .get::<Arc<EndpointRt>>()
+    crate::body::ctx(req)
+        .endpoint
+        .as_ref()
         .expect("balance put an endpoint in the request")
         .address
         .clone()
