@@ -194,6 +194,12 @@ impl Ca {
         &self.root_pem
     }
 
+    /// The roots proxies trust, PEM, newest first: what every snapshot
+    /// carries (`watch.rs`) and every CSR's answer.
+    pub fn trust_bundle(&self) -> Vec<String> {
+        vec![self.root_pem.clone()]
+    }
+
     /// How long a leaf lives.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -277,7 +283,7 @@ impl Ca {
     pub fn response(&self, issued: &Issued) -> CertificateResponse {
         CertificateResponse {
             cert_chain: vec![issued.leaf_pem.clone(), self.root_pem.clone()],
-            trust_bundle: vec![self.root_pem.clone()],
+            trust_bundle: self.trust_bundle(),
             not_before_ms: unix_ms(issued.not_before),
             not_after_ms: unix_ms(issued.not_after),
         }

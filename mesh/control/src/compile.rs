@@ -205,6 +205,9 @@ pub fn compile(
         clusters: clusters.built.into_values().collect(),
         gateway,
         inbound: inbound_policy(config, proxy),
+        // The CA's roots: watch.rs adds them (they come from the CA, not
+        // from the config this function compiles).
+        trust_bundle: Vec::new(),
     }
 }
 

@@ -153,3 +153,32 @@ fn a_token_value_and_a_token_file_together_are_refused() {
         error.reason
     );
 }
+
+#[tokio::test]
+async fn the_trust_bundle_comes_with_the_snapshot() {
+    let mesh = Mesh::start().await.unwrap();
+    let reviews = mesh.instance("reviews", "v1").await.unwrap();
+    let sidecar = &reviews.sidecar;
+    let bundle = mesh_testkit::wait_for(
+        "a snapshot with a trust bundle",
+        Duration::from_secs(20),
+        || async {
+            Ok(sidecar
+                .current_snapshot()
+                .map(|s| s.trust_bundle.clone())
+                .filter(|b| !b.is_empty()))
+        },
+    )
+    .await
+    .unwrap();
+    // The control plane's one root, the same the CA's answer carries.
+    let certificate = mesh_testkit::wait_for("a certificate", Duration::from_secs(20), || async {
+        Ok(sidecar.identity().borrow().clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(bundle, certificate.trust_bundle_pem);
+    assert_eq!(bundle.len(), 1);
+    // And it is the one mTLS trusts.
+    assert_eq!(sidecar.trust_bundle(), Some(bundle));
+}
