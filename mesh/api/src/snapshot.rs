@@ -60,7 +60,9 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayConfig>,
     /// What this proxy's inbound listener enforces: compiled for this proxy
-    /// alone (its labels pick the policies), unlike the routes above.
+    /// alone (its labels pick the policies), unlike the routes above. A
+    /// gateway gets the AuthorizationPolicies that select it here (its
+    /// users' requests are its inbound), and no mTLS mode.
     #[serde(default, skip_serializing_if = "InboundPolicy::is_default")]
     pub inbound: InboundPolicy,
     /// The roots (PEM, one certificate each) this proxy's mutual TLS
