@@ -175,6 +175,17 @@ impl Shared {
         self.publish(model.version);
     }
 
+    /// The CA's roots changed (a rotation, `ca.rs`): every proxy gets them
+    /// in a new version, persisted by the registry writer like a registry
+    /// change. Returns that version.
+    pub fn trust_bundle_changed(&self, model: &mut Model, bundle: Vec<String>) -> u64 {
+        model.trust_bundle = Arc::new(bundle);
+        model.version += 1;
+        self.registry_dirty.notify_one();
+        self.publish(model.version);
+        model.version
+    }
+
     /// Replace the applied config: persisted first, then served. If the write
     /// fails nothing changes and the last good config keeps serving.
     pub async fn replace_config(
