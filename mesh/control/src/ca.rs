@@ -26,14 +26,14 @@
 //!
 //! ## Rotating the root
 //!
-//! `POST /v1/ca/rotate` (write token) replaces the root without failing a
-//! request, in the order Istio's "plug-in CA certificate rotation" guide
+//! `POST /v1/ca/rotate` (write token; `meshctl rotate-root`) replaces the
+//! root without failing a request, in the order Istio's "plug-in CA certificate rotation" guide
 //! has an operator follow by hand: trust first, then sign, then forget.
 //!
 //! ```text
 //! 1. announce  a new root is made; the trust bundle every snapshot carries
 //!              becomes [new, old], still signed with the old. Wait until
-//!              every live proxy has ACKed that version (at most 30 s):
+//!              every live proxy has ACKed that version (at most 10 s):
 //!              now every peer trusts a leaf of either root.
 //! 2. switch    the new root signs; the old one stays in the bundle until
 //!              its last leaf expires (now + the leaf lifetime). Proxies
@@ -81,7 +81,7 @@ pub const RETIRING_FILE: &str = "ca-retiring.json";
 
 /// How long a rotation waits for every proxy to ACK the bundle with the
 /// new root before the new root signs anyway.
-pub const ROTATION_ACK_WAIT: Duration = Duration::from_secs(30);
+pub const ROTATION_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Why the CA could not start or would not sign.
 #[derive(Debug, thiserror::Error)]

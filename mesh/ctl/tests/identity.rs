@@ -96,6 +96,16 @@ async fn every_proxy_meshctl_up_starts_holds_its_own_identity() {
     );
     assert!(!gateway.contains("BEGIN CERTIFICATE"), "--brief: {gateway}");
 
+    // The operator rotates the root: trusted first, then signing.
+    let rotated = up.meshctl_ok(&["rotate-root"]);
+    assert!(rotated.contains("A new root signs"), "{rotated}");
+    assert!(!rotated.contains("warning"), "every proxy ACKed: {rotated}");
+    // Traffic keeps flowing through the gateway and the sidecars behind it.
+    let gateway_url = format!("http://127.0.0.1:{}/", up.gateway_port);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = http.get(&gateway_url).send().await.unwrap().status();
+    assert_eq!(status, 200, "the Guestbook after the rotation");
+
     // A workload that does not exist is an error that lists what does.
     let unknown = up.meshctl(&["identity", "no-such-workload"]);
     assert!(!unknown.status.success());
