@@ -376,6 +376,7 @@ pub fn static_snapshot(instance: &str, upstream: SocketAddr) -> Snapshot {
         }],
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     }
 }
 

@@ -24,8 +24,13 @@
 //!                                                       and its SAN match
 //! ```
 //!
-//! The trust bundle (the mesh's root) is not repeated here: it comes with
-//! every certificate the CA issues (`identity.rs`), from the same CA.
+//! And one part every proxy shares: the **trust bundle**, the mesh's root
+//! certificates (PEM) a peer's chain must end at, as istiod pushes its
+//! root cert to every Envoy (SDS's `ROOTCA`). It rides in the snapshot so
+//! that a change of roots (a rotation, `mesh/control/src/ca.rs`) reaches
+//! every proxy with the next push, before any workload holds a leaf of the
+//! new root. The CA's answer to a CSR carries the bundle too; a proxy uses
+//! that one only until its first snapshot brings one (`tls.rs`).
 //!
 //! All durations are milliseconds, all percentages are 0.0..=100.0, as in Istio.
 
@@ -55,9 +60,16 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayConfig>,
     /// What this proxy's inbound listener enforces: compiled for this proxy
-    /// alone (its labels pick the policies), unlike the routes above.
+    /// alone (its labels pick the policies), unlike the routes above. A
+    /// gateway gets the AuthorizationPolicies that select it here (its
+    /// users' requests are its inbound), and no mTLS mode.
     #[serde(default, skip_serializing_if = "InboundPolicy::is_default")]
     pub inbound: InboundPolicy,
+    /// The roots (PEM, one certificate each) this proxy's mutual TLS
+    /// trusts, newest first: one root, or two while a rotation is under
+    /// way. Empty when the control plane runs no CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_bundle: Vec<String>,
 }
 
 /// The inbound side's security for one sidecar: the PeerAuthentication mode
@@ -512,6 +524,7 @@ mod tests {
             }],
             gateway: None,
             inbound: Default::default(),
+            trust_bundle: vec!["-----BEGIN CERTIFICATE-----\n...".into()],
         };
         let json = serde_json::to_string(&snapshot).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snapshot);

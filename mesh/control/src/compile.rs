@@ -99,7 +99,7 @@ use std::collections::BTreeMap;
 
 use mesh_api::config::destination_rule::ClientTlsMode;
 use mesh_api::config::virtual_service::{self as vs, VirtualService};
-use mesh_api::config::{ConfigSet, MtlsMode, Resource, names_of_service};
+use mesh_api::config::{ConfigSet, MtlsMode, ROOT_NAMESPACE, Resource, names_of_service};
 use mesh_api::identity::Identity;
 use mesh_api::snapshot::{
     AppliedAuthorizationPolicy, Cluster, Destination, Endpoint, Fault, FaultAbort, FaultDelay,
@@ -205,27 +205,51 @@ pub fn compile(
         clusters: clusters.built.into_values().collect(),
         gateway,
         inbound: inbound_policy(config, proxy),
+        // The CA's roots: watch.rs adds them (they come from the CA, not
+        // from the config this function compiles).
+        trust_bundle: Vec::new(),
     }
 }
 
-/// The part of a sidecar's snapshot that is its own: the mTLS mode its
-/// inbound listener runs and the AuthorizationPolicies that select it. A
-/// gateway has no inbound from the mesh: nothing.
+/// The part of a proxy's snapshot that is its own: for a sidecar, the mTLS
+/// mode its inbound listener runs and the AuthorizationPolicies that select
+/// it; for a gateway, the AuthorizationPolicies that select it (no mTLS:
+/// its callers are users, outside the mesh).
+///
+/// Which policies reach a gateway: Istio's ingress gateway runs in
+/// `istio-system`, the root namespace, so the policies that apply to it are
+/// the root namespace's, those whose selector picks its labels (`istio:
+/// ingressgateway`, the usual way) and those with no selector (mesh-wide).
+/// A policy of the workloads' namespace is not the gateway's, as in Istio
+/// (micromesh's gateway runs in `mesh-system` on a cluster, beside the
+/// control plane, in that role). The gateway enforces them where a user's
+/// request is admitted (mesh/proxy/src/outbound.rs).
 pub fn inbound_policy(config: &ConfigSet, proxy: &ProxyAnnounce) -> InboundPolicy {
-    if proxy.mode != ProxyMode::Sidecar {
-        return InboundPolicy::default();
-    }
-    let labels = endpoint_of(proxy).labels;
-    InboundPolicy {
-        mtls: config.effective_mtls(&labels),
-        authorization_policies: config
-            .authorization_policies_for(&labels)
+    let applied = |policies: Vec<(&Resource, &mesh_api::config::AuthorizationPolicy)>| {
+        policies
             .into_iter()
             .map(|(resource, spec)| AppliedAuthorizationPolicy {
                 name: format!("{}/{}", resource.metadata.namespace, resource.metadata.name),
                 spec: spec.clone(),
             })
-            .collect(),
+            .collect()
+    };
+    let labels = endpoint_of(proxy).labels;
+    match proxy.mode {
+        ProxyMode::Sidecar => InboundPolicy {
+            mtls: config.effective_mtls(&labels),
+            authorization_policies: applied(config.authorization_policies_for(&labels)),
+        },
+        ProxyMode::Gateway => InboundPolicy {
+            authorization_policies: applied(
+                config
+                    .authorization_policies_for(&labels)
+                    .into_iter()
+                    .filter(|(r, _)| r.metadata.namespace == ROOT_NAMESPACE)
+                    .collect(),
+            ),
+            ..InboundPolicy::default()
+        },
     }
 }
 
@@ -932,6 +956,61 @@ spec:
         assert!(vh.domains.contains(&"helloworld-service:8080".to_string()));
         assert_eq!(vh.routes[0].retries, istio_default_retries());
         assert!(snapshot.gateway.is_none(), "a sidecar serves no ingress");
+    }
+
+    #[test]
+    fn a_gateway_gets_the_root_namespaces_policies_that_select_it_and_no_mtls() {
+        let config = config(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec:
+  action: AUDIT
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: namespace-wide, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"#,
+        );
+        let names = |policy: &InboundPolicy| -> Vec<String> {
+            policy
+                .authorization_policies
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        let gateway = inbound_policy(&config, &gateway_proxy());
+        assert_eq!(
+            names(&gateway),
+            ["istio-system/ingress", "istio-system/mesh-wide"]
+        );
+        // Users are outside the mesh: no PeerAuthentication at the gateway.
+        assert_eq!(gateway.mtls, Default::default());
+        // A sidecar: the mesh-wide and its namespace's, never the gateway's.
+        let sidecar = inbound_policy(&config, &sidecar("ui-1", "guestbook-ui", "v1", 1));
+        assert_eq!(
+            names(&sidecar),
+            ["istio-system/mesh-wide", "default/namespace-wide"]
+        );
+        // And the gateway's snapshot carries them.
+        let snapshot = compile(&config, &guestbook(), &gateway_proxy(), 1);
+        assert_eq!(names(&snapshot.inbound), names(&gateway));
     }
 
     #[test]

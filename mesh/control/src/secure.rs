@@ -89,25 +89,109 @@ pub fn acceptor(shared: Arc<Shared>, identity: Identity) -> Result<TlsAcceptor, 
         return Err(SecureError::Tls("this control plane runs no CA".into()));
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for der in pem_certs(ca.root_pem())? {
-        roots
-            .add(der)
-            .map_err(|e| SecureError::Tls(format!("the mesh root: {e}")))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| SecureError::Tls(e.to_string()))?;
+    let bundle = ca.trust_bundle();
+    let verifier = BundleVerifier {
+        shared: shared.clone(),
+        current: Mutex::new((bundle.clone(), client_verifier(&bundle, &provider)?)),
+        provider: provider.clone(),
+    };
     let resolver = ControlCert::new(shared.clone(), identity, provider.clone())?;
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| SecureError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(resolver));
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// webpki's client verifier for the roots of `bundle`.
+fn client_verifier(
+    bundle: &[String],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, SecureError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in bundle {
+        for der in pem_certs(pem)? {
+            roots
+                .add(der)
+                .map_err(|e| SecureError::Tls(format!("the mesh root: {e}")))?;
+        }
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| SecureError::Tls(e.to_string()))
+}
+
+/// Client certificates chained to any root of the CA's trust bundle now:
+/// during a root rotation (`ca.rs`) a proxy may hold a leaf of either. The
+/// webpki verifier is made again when the bundle changes.
+struct BundleVerifier {
+    shared: Arc<Shared>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: Mutex<(
+        Vec<String>,
+        Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    )>,
+}
+
+impl std::fmt::Debug for BundleVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleVerifier").finish_non_exhaustive()
+    }
+}
+
+impl BundleVerifier {
+    fn verifier(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ca) = &self.shared.ca {
+            let bundle = ca.trust_bundle();
+            if bundle != current.0 {
+                match client_verifier(&bundle, &self.provider) {
+                    Ok(verifier) => *current = (bundle, verifier),
+                    Err(error) => tracing::warn!(%error, "secure port: keeping the last roots"),
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for BundleVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &pki_types::CertificateDer<'_>,
+        intermediates: &[pki_types::CertificateDer<'_>],
+        now: pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
 }
 
 fn pem_certs(pem: &str) -> Result<Vec<pki_types::CertificateDer<'static>>, SecureError> {
@@ -162,7 +246,7 @@ fn issue(
         .ok_or_else(|| SecureError::Tls("this control plane runs no CA".into()))?;
     let (issued, key_der) = ca.issue_own(identity)?;
     let mut chain = pem_certs(&issued.leaf_pem)?;
-    chain.extend(pem_certs(ca.root_pem())?);
+    chain.extend(pem_certs(&issued.root_pem)?);
     let key = provider
         .key_provider
         .load_private_key(pki_types::PrivateKeyDer::Pkcs8(key_der.into()))

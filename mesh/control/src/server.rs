@@ -255,6 +255,8 @@ impl Server {
         });
         let ticker = tokio::spawn(shared.clone().expire_leases());
         let writer = tokio::spawn(shared.clone().write_registry());
+        // Retired roots leave the trust bundle when their last leaf expires.
+        tokio::spawn(crate::ca::retire_roots(shared.clone()));
         let scraper = tokio::spawn(scrape::run(
             shared.clone(),
             graph.clone(),
@@ -331,8 +333,9 @@ impl ServerHandle {
         self.shared.secure.get()
     }
 
-    /// The mesh's root certificate (PEM), if the control plane runs a CA.
-    pub fn root_pem(&self) -> Option<&str> {
+    /// The mesh's signing root certificate (PEM), if the control plane runs
+    /// a CA.
+    pub fn root_pem(&self) -> Option<String> {
         self.shared.ca.as_ref().map(|ca| ca.root_pem())
     }
 

@@ -46,6 +46,9 @@ pub struct Model {
     /// EndpointSlices say. They then decide endpoints, not the registry,
     /// which keeps tracking the proxies themselves (ACKs, admin addresses).
     pub discovered: Option<Arc<Vec<Workload>>>,
+    /// The CA's roots, PEM, newest first (`ca.rs`): every snapshot carries
+    /// them, and a change of roots is a new version like any other change.
+    pub trust_bundle: Arc<Vec<String>>,
     pub version: u64,
 }
 
@@ -123,6 +126,7 @@ impl Shared {
             model: Mutex::new(Model {
                 workloads: served_workloads(settings.kubernetes.is_some(), None, &registry),
                 discovered: None,
+                trust_bundle: Arc::new(ca.as_ref().map(|ca| ca.trust_bundle()).unwrap_or_default()),
                 registry,
                 config: Arc::new(loaded.config.config),
                 version,
@@ -169,6 +173,17 @@ impl Shared {
         );
         self.registry_dirty.notify_one();
         self.publish(model.version);
+    }
+
+    /// The CA's roots changed (a rotation, `ca.rs`): every proxy gets them
+    /// in a new version, persisted by the registry writer like a registry
+    /// change. Returns that version.
+    pub fn trust_bundle_changed(&self, model: &mut Model, bundle: Vec<String>) -> u64 {
+        model.trust_bundle = Arc::new(bundle);
+        model.version += 1;
+        self.registry_dirty.notify_one();
+        self.publish(model.version);
+        model.version
     }
 
     /// Replace the applied config: persisted first, then served. If the write

@@ -222,13 +222,18 @@ pub async fn snapshot(
 struct Inputs {
     config: Arc<ConfigSet>,
     workloads: Arc<Vec<Workload>>,
+    /// The CA's roots at this version (`ca.rs`): every proxy gets them.
+    trust_bundle: Arc<Vec<String>>,
     proxy: ProxyAnnounce,
     version: u64,
 }
 
 impl Inputs {
     fn compile(&self) -> Snapshot {
-        compile::compile(&self.config, &self.workloads, &self.proxy, self.version)
+        let mut snapshot =
+            compile::compile(&self.config, &self.workloads, &self.proxy, self.version);
+        snapshot.trust_bundle = self.trust_bundle.to_vec();
+        snapshot
     }
 
     fn of(model: &Model, instance: &str) -> Result<Inputs, ApiFailure> {
@@ -239,6 +244,7 @@ impl Inputs {
         Ok(Inputs {
             config: model.config.clone(),
             workloads: model.workloads.clone(),
+            trust_bundle: model.trust_bundle.clone(),
             proxy: proxy.announce.clone(),
             version: model.version,
         })
@@ -270,6 +276,7 @@ pub struct SidecarPart {
     version: u64,
     virtual_hosts: Box<RawValue>,
     clusters: Box<RawValue>,
+    trust_bundle: Vec<String>,
 }
 
 /// A sidecar's snapshot on the wire: `Snapshot`'s fields, in its order and
@@ -285,6 +292,8 @@ struct SidecarWire<'a> {
     clusters: &'a RawValue,
     #[serde(skip_serializing_if = "InboundPolicy::is_default")]
     inbound: &'a InboundPolicy,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    trust_bundle: &'a [String],
 }
 
 impl SnapshotCache {
@@ -322,6 +331,7 @@ impl SidecarPart {
             version: snapshot.version,
             virtual_hosts: to_raw_value(&snapshot.virtual_hosts).map_err(serialize_failure)?,
             clusters: to_raw_value(&snapshot.clusters).map_err(serialize_failure)?,
+            trust_bundle: snapshot.trust_bundle.clone(),
         })
     }
 
@@ -334,6 +344,7 @@ impl SidecarPart {
             virtual_hosts: &self.virtual_hosts,
             clusters: &self.clusters,
             inbound,
+            trust_bundle: &self.trust_bundle,
         })
         .map_err(serialize_failure)
     }
@@ -467,7 +478,10 @@ spec:
 
     fn snapshot(version: u64) -> Snapshot {
         let proxy = sidecar("hw-1", "helloworld-service");
-        snapshot_for(&ConfigSet::default(), &proxy, version)
+        let mut snapshot = snapshot_for(&ConfigSet::default(), &proxy, version);
+        // The roots ride in every sidecar's copy.
+        snapshot.trust_bundle = vec!["new root".into(), "old root".into()];
+        snapshot
     }
 
     #[tokio::test]

@@ -135,6 +135,10 @@ pub enum Command {
     /// A workload's identity: its SPIFFE ID, certificate chain, validity and
     /// next rotation, from each of its sidecars (like `istioctl proxy-config secret`).
     Identity(crate::identity::IdentityArgs),
+    /// Rotate the mesh's root CA without dropping a request: trusted by every
+    /// proxy first, then signing; the old root is dropped when its last
+    /// certificate expires (docs/root-rotation.md).
+    RotateRoot,
 }
 
 impl Args {
@@ -171,6 +175,7 @@ impl Args {
             Command::Load(args) => load::run(args).await,
             Command::Inject(args) => inject::run(args),
             Command::Identity(args) => crate::identity::run(&ctx, args).await,
+            Command::RotateRoot => crate::identity::rotate_root(&ctx).await,
             Command::Exec(args) => exec::run(&ctx, args).await,
         }
     }

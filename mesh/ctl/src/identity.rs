@@ -36,6 +36,29 @@ pub struct IdentityArgs {
     pub brief: bool,
 }
 
+/// `meshctl rotate-root`: `POST /v1/ca/rotate` (mesh/control/src/ca.rs),
+/// and what it did, in a learner's words.
+pub async fn rotate_root(ctx: &Ctx) -> Result<ExitCode> {
+    let rotation: serde_json::Value = ctx.control().post("/v1/ca/rotate", &()).await?;
+    let retires = rotation["oldRootRetiresAtMs"].as_u64().unwrap_or(0);
+    let in_s = (UNIX_EPOCH + Duration::from_millis(retires))
+        .duration_since(SystemTime::now())
+        .map_or(0, |d| d.as_secs());
+    println!("A new root signs every certificate from now on; each proxy trusted it first.");
+    println!(
+        "Proxies move to certificates of the new root as they renew (at half-life). The old root \
+         stays trusted until its last certificate expires, in {in_s}s, then leaves every proxy's \
+         trust bundle."
+    );
+    if let Some(late) = rotation["lateProxies"].as_array().filter(|l| !l.is_empty()) {
+        println!(
+            "warning: these proxies had not acknowledged the new trust bundle when it started \
+             signing: {late:?} (`meshctl get proxies` shows their state)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(ctx: &Ctx, args: IdentityArgs) -> Result<ExitCode> {
     let proxies: Vec<ProxyStatus> = ctx.control().get("/v1/proxies").await?;
     let chosen: Vec<&ProxyStatus> = {

@@ -11,176 +11,17 @@
 //! Every wait polls with a deadline; no sleep stands in for a check.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::anyhow;
 use mesh_testkit::{retry_until_ok, wait_for, wait_until};
 use serde_json::Value;
 
-/// Starting the JVM (compiling Sentiment.java) on a busy two-core CI machine
-/// is the slow part.
-const START_TIMEOUT: Duration = Duration::from_secs(240);
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
-// === harness ===
+mod support;
 
-/// A running `meshctl up`. Dropping it (also when a check fails) stops the
-/// mesh, so a failing test leaves no process behind.
-struct Up {
-    child: Option<Child>,
-    workdir: PathBuf,
-    control_port: u16,
-    gateway_port: u16,
-    stdout_path: PathBuf,
-    stderr_path: PathBuf,
-}
-
-impl Up {
-    /// `meshctl up` in a new work dir, on free ports.
-    fn start() -> Up {
-        let workdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "meshctl-up-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        let _ = std::fs::remove_dir_all(&workdir);
-        std::fs::create_dir_all(&workdir).unwrap();
-        Up::start_in(workdir, free_port(), free_port(), &[])
-    }
-
-    /// `meshctl up` in `workdir` (which a previous run may have used), with
-    /// the control plane and the gateway on these ports, and `extra` flags.
-    fn start_in(workdir: PathBuf, control_port: u16, gateway_port: u16, extra: &[&str]) -> Up {
-        let bin = meshctl_bin();
-        let missing: Vec<_> = [
-            "mesh-control",
-            "mesh-proxy",
-            "guestbook-ui",
-            "guestbook-service",
-        ]
-        .into_iter()
-        .filter(|name| !bin.parent().unwrap().join(name).is_file())
-        .collect();
-        assert!(
-            missing.is_empty(),
-            "{missing:?} not built beside {}: this test runs the real binaries; \
-             run `cargo build --workspace --bins` first (./scripts/test.sh does)",
-            bin.display()
-        );
-
-        let stdout_path = workdir.with_extension("stdout");
-        let stderr_path = workdir.with_extension("stderr");
-        let child = Command::new(&bin)
-            .args(["up", "--control-port", &control_port.to_string()])
-            .args(["--gateway-port", &gateway_port.to_string()])
-            .args(extra)
-            .arg("--workdir")
-            .arg(&workdir)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path).unwrap())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("meshctl starts");
-        Up {
-            child: Some(child),
-            workdir,
-            control_port,
-            gateway_port,
-            stdout_path,
-            stderr_path,
-        }
-    }
-
-    /// Wait until `meshctl up` prints that the mesh is up.
-    async fn wait_up(&mut self) {
-        wait_until("meshctl up reports the mesh is up", START_TIMEOUT, || {
-            self.assert_running();
-            let stdout = std::fs::read_to_string(&self.stdout_path).unwrap_or_default();
-            async move { Ok(stdout.contains("micromesh is up")) }
-        })
-        .await
-        .unwrap();
-    }
-
-    fn gateway(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.gateway_port)
-    }
-
-    /// `meshctl ARGS` against this mesh's work dir.
-    fn meshctl(&self, args: &[&str]) -> Output {
-        Command::new(meshctl_bin())
-            .args(args)
-            .arg("--workdir")
-            .arg(&self.workdir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("meshctl runs")
-    }
-
-    /// `meshctl ARGS`, which must succeed; returns its stdout.
-    fn meshctl_ok(&self, args: &[&str]) -> String {
-        let out = self.meshctl(args);
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The run file `meshctl up` keeps current.
-    fn run_file(&self) -> Value {
-        let text = std::fs::read_to_string(self.workdir.join("run/up.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.workdir.join("logs").join(format!("{name}.log")))
-            .unwrap_or_default()
-    }
-
-    /// What `meshctl up` printed, for failure messages.
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// Fail at once, with its output, if `meshctl up` is gone.
-    fn assert_running(&mut self) {
-        let child = self.child.as_mut().unwrap();
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("meshctl up exited ({status}):\n{}", self.output());
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = self.meshctl(&["down"]);
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-fn meshctl_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_meshctl"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{START_TIMEOUT, Up};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -251,7 +92,7 @@ fn line_with<'a>(log: &'a str, parts: &[&str]) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
-    let mut up = Up::start();
+    let mut up = Up::start("up");
     let http = client();
 
     // --- meshctl up says the mesh is up; the page answers through the gateway ---
@@ -619,7 +460,7 @@ async fn guestbook_runs_meshed_scales_and_survives_the_control_plane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_up_after_a_killed_one_lists_only_live_endpoints() {
     let http = client();
-    let mut first = Up::start();
+    let mut first = Up::start("up");
     first.wait_up().await;
     let (workdir, control_port, gateway_port) = (
         first.workdir.clone(),

@@ -7,7 +7,18 @@
 //! ```text
 //! inbound listener: TLS (peer identity) -> admit.rs (the door, path
 //!   normalized) -> authorize.rs (DENY, then ALLOW) -> app
+//! gateway listener: admit.rs (the edge's door) -> authorize.rs (no peer
+//!   identity: a user holds no certificate) -> route (outbound.rs)
 //! ```
+//!
+//! At the gateway the policies are those of the root namespace that select
+//! it (`selector: {matchLabels: {istio: ingressgateway}}`, or none:
+//! mesh-wide), as for Istio's ingress gateway in `istio-system`
+//! (mesh/control/src/compile.rs `inbound_policy`), and the port is the
+//! gateway's own, 8080 (the container port of Istio's ingress gateway too).
+//! Istio's gateway policies often name `ipBlocks` or `remoteIpBlocks`;
+//! micromesh rejects both by name when they are applied, at a gateway as
+//! anywhere, until it implements them.
 //!
 //! What the decision reads, and where each piece comes from:
 //! - the peer's identity from its client certificate (`None` for a

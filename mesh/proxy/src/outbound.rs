@@ -68,7 +68,27 @@ pub async fn handle(
     // The door (`admit.rs`): untrusted headers sanitized, framing, one
     // authority, the path normalized, in place. A refused head goes no
     // further but is answered and logged below like any failed request.
-    let refused = crate::admit::admit(&shared.config.edge, direction, peer, &mut req).err();
+    // At a gateway, the AuthorizationPolicies that select it (`authorize.rs`):
+    // decided on the request as the door left it (its path normalized for
+    // them), before it is routed. A user has no certificate: no principal.
+    let table = (direction == Direction::Gateway)
+        .then(|| shared.current.load_full())
+        .flatten();
+    let policies = table
+        .as_deref()
+        .map_or(&[][..], |t| &t.snapshot.inbound.authorization_policies[..]);
+    let edge = crate::authorize::edge_settings(&shared.config.edge, !policies.is_empty());
+    let refused = crate::admit::admit(&edge, direction, peer, &mut req).err();
+    let denied = match refused {
+        Some(_) => None,
+        None => crate::authorize::authorize(
+            crate::authorize::applied(policies),
+            None,
+            mesh_api::xds::ports::GATEWAY,
+            &req,
+        )
+        .err(),
+    };
     // A WebSocket is routed like any request; its upgrade headers survive
     // the hop-by-hop strip (`upgrade.rs`).
     let upgrade = Upgrade::take(&mut req);
@@ -107,6 +127,9 @@ pub async fn handle(
     let result = async {
         if let Some(refusal) = refused {
             return Err(ProxyError::Refused(refusal));
+        }
+        if let Some(denied) = denied {
+            return Err(denied);
         }
         if parts.method == http::Method::CONNECT {
             // HTTPS through the proxy would be an opaque tunnel: nothing to

@@ -158,6 +158,13 @@ impl Shared {
         match Compiled::compile(snapshot, &self.store) {
             Ok(compiled) => {
                 let compiled = Arc::new(compiled);
+                // The roots mTLS trusts come with the snapshot (`tls.rs`).
+                if let Err(error) = self
+                    .mesh_tls
+                    .set_trust_bundle(&compiled.snapshot.trust_bundle)
+                {
+                    tracing::warn!(version, %error, "snapshot's trust bundle refused; keeping the last one");
+                }
                 self.current.store(Some(compiled.clone()));
                 self.store
                     .retain(compiled.clusters.values().map(|c| c.as_ref()));
@@ -478,6 +485,12 @@ impl ProxyHandle {
     /// (`identity.rs`): `None` until issued, or without a bootstrap token.
     pub fn identity(&self) -> crate::identity::Current {
         self.shared.identity.clone()
+    }
+
+    /// The roots mutual TLS trusts now (`tls.rs`): the last snapshot's
+    /// trust bundle, else the certificate's.
+    pub fn trust_bundle(&self) -> Option<Vec<String>> {
+        self.shared.mesh_tls.trust_bundle()
     }
 
     /// The outbound listener (sidecar): point the app's `HTTP_PROXY` here.

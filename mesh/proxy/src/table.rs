@@ -158,6 +158,7 @@ mod tests {
             }],
             gateway: None,
             inbound: Default::default(),
+            trust_bundle: Vec::new(),
         }
     }
 

@@ -23,10 +23,18 @@
 //!
 //! [`MeshTls`] holds the configs the listeners and pools use: one server
 //! config and one client config per expected identity, built from the
-//! newest [`CertifiedKey`] the worker published and rebuilt when it
-//! publishes another (a rotation). A handshake takes the config current at
-//! its start; a connection already open keeps its session, so rotation
-//! never cuts one.
+//! newest [`CertifiedKey`] the worker published and the newest trust
+//! bundle, and rebuilt when either changes (a rotation). A handshake takes
+//! the config current at its start; a connection already open keeps its
+//! session, so rotation never cuts one.
+//!
+//! Which roots? Exactly the trust bundle of the last snapshot
+//! ([`MeshTls::set_trust_bundle`]), as Envoy trusts the `ROOTCA` istiod
+//! pushes; before the first snapshot brings one, the bundle that came with
+//! the certificate. The snapshot is what carries a root rotation to every
+//! proxy at once (`mesh/control/src/ca.rs`): a second root is trusted
+//! before any peer presents a leaf of it, and a retired root stops being
+//! trusted when the control plane drops it.
 //!
 //! ALPN between sidecars, as Istio sets it: the client offers
 //! `istio-http/1.1` or `istio-h2` (Istio's ALPN filter marks in-mesh
@@ -318,14 +326,24 @@ fn chain_and_key(
 }
 
 /// The inbound side: present the workload's certificate, require a mesh
-/// client certificate of `trust_domain`.
+/// client certificate of `trust_domain`, chained to the certificate's own
+/// trust bundle.
 pub fn server_config(
     certified: &CertifiedKey,
     trust_domain: &str,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_trusting(certified, &certified.trust_bundle_pem, trust_domain)
+}
+
+/// [`server_config`], trusting the roots of `bundle`.
+fn server_config_trusting(
+    certified: &CertifiedKey,
+    bundle: &[String],
+    trust_domain: &str,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = SpiffeClientVerifier {
-        roots: Roots::from_pem(&certified.trust_bundle_pem)?,
+        roots: Roots::from_pem(bundle)?,
         trust_domain: trust_domain.to_string(),
         algorithms: provider.signature_verification_algorithms,
     };
@@ -339,14 +357,24 @@ pub fn server_config(
 }
 
 /// The outbound side, toward an endpoint that must be `expected`: present
-/// the workload's certificate, accept only that server identity.
+/// the workload's certificate, accept only that server identity, chained
+/// to the certificate's own trust bundle.
 pub fn client_config(
     certified: &CertifiedKey,
     expected: Identity,
 ) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_trusting(certified, &certified.trust_bundle_pem, expected)
+}
+
+/// [`client_config`], trusting the roots of `bundle`.
+fn client_config_trusting(
+    certified: &CertifiedKey,
+    bundle: &[String],
+    expected: Identity,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = SpiffeServerVerifier {
-        roots: Roots::from_pem(&certified.trust_bundle_pem)?,
+        roots: Roots::from_pem(bundle)?,
         expected,
         algorithms: provider.signature_verification_algorithms,
     };
@@ -388,17 +416,22 @@ fn server_alpn() -> Vec<Vec<u8>> {
 
 // === MeshTls ===
 
-/// The proxy's TLS configs, following its current certificate.
+/// The proxy's TLS configs, following its current certificate and the
+/// snapshot's trust bundle.
 pub struct MeshTls {
     current: Current,
     trust_domain: String,
+    /// The last snapshot's roots; `None` until a snapshot brought some.
+    bundle: Mutex<Option<Arc<Vec<String>>>>,
     configs: Mutex<Configs>,
 }
 
-/// The configs made from one certificate; thrown away when it changes.
+/// The configs made from one certificate and one bundle; thrown away when
+/// either changes.
 #[derive(Default)]
 struct Configs {
     from: Option<Arc<CertifiedKey>>,
+    bundle: Option<Arc<Vec<String>>>,
     server: Option<Arc<rustls::ServerConfig>>,
     clients: HashMap<(Identity, Alpn), Arc<rustls::ClientConfig>>,
 }
@@ -417,7 +450,45 @@ impl MeshTls {
         MeshTls {
             current,
             trust_domain: trust_domain.to_string(),
+            bundle: Mutex::new(None),
             configs: Mutex::new(Configs::default()),
+        }
+    }
+
+    /// Trust exactly `bundle` (a snapshot's roots, PEM) from the next
+    /// handshake on. An empty bundle (a control plane without a CA, a
+    /// snapshot written by hand) goes back to the certificate's own. A
+    /// bundle with no usable root is refused and the last one kept.
+    pub fn set_trust_bundle(&self, bundle: &[String]) -> Result<(), TlsError> {
+        let next = if bundle.is_empty() {
+            None
+        } else {
+            Roots::from_pem(bundle)?;
+            Some(Arc::new(bundle.to_vec()))
+        };
+        let mut current = self.bundle.lock().unwrap_or_else(|e| e.into_inner());
+        // Every snapshot carries the bundle; the configs are only made
+        // anew when it changed.
+        if current.as_deref() != next.as_deref() {
+            tracing::info!(
+                roots = next.as_ref().map_or(0, |b| b.len()),
+                "trust bundle changed"
+            );
+            *current = next;
+        }
+        Ok(())
+    }
+
+    /// The roots trusted now: the snapshot's, else the certificate's.
+    pub fn trust_bundle(&self) -> Option<Vec<String>> {
+        let bundle = self
+            .bundle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match bundle {
+            Some(bundle) => Some(bundle.to_vec()),
+            None => self.certified().map(|c| c.trust_bundle_pem.clone()),
         }
     }
 
@@ -431,33 +502,47 @@ impl MeshTls {
     /// identity for building a config; never across a handshake.
     fn with_configs<T>(
         &self,
-        f: impl FnOnce(&CertifiedKey, &mut Configs) -> Result<T, TlsError>,
+        f: impl FnOnce(&CertifiedKey, &[String], &mut Configs) -> Result<T, TlsError>,
     ) -> Result<Option<T>, TlsError> {
         let Some(certified) = self.certified() else {
             return Ok(None);
         };
+        let bundle = self
+            .bundle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-        if !configs
+        let same_certificate = configs
             .from
             .as_ref()
-            .is_some_and(|from| Arc::ptr_eq(from, &certified))
-        {
+            .is_some_and(|from| Arc::ptr_eq(from, &certified));
+        let same_bundle = match (&configs.bundle, &bundle) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_certificate || !same_bundle {
             *configs = Configs {
                 from: Some(certified.clone()),
+                bundle: bundle.clone(),
                 ..Configs::default()
             };
         }
-        f(&certified, &mut configs).map(Some)
+        let roots = bundle
+            .as_deref()
+            .map_or(certified.trust_bundle_pem.as_slice(), Vec::as_slice);
+        f(&certified, roots, &mut configs).map(Some)
     }
 
     /// The inbound config: `None` while the proxy has no certificate.
     pub fn server(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
         let trust_domain = &self.trust_domain;
-        self.with_configs(|certified, configs| {
+        self.with_configs(|certified, roots, configs| {
             if let Some(server) = &configs.server {
                 return Ok(server.clone());
             }
-            let mut config = server_config(certified, trust_domain)?;
+            let mut config = server_config_trusting(certified, roots, trust_domain)?;
             config.alpn_protocols = server_alpn();
             let config = Arc::new(config);
             configs.server = Some(config.clone());
@@ -472,12 +557,12 @@ impl MeshTls {
         expected: &Identity,
         alpn: Alpn,
     ) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
-        self.with_configs(|certified, configs| {
+        self.with_configs(|certified, roots, configs| {
             let key = (expected.clone(), alpn);
             if let Some(client) = configs.clients.get(&key) {
                 return Ok(client.clone());
             }
-            let mut config = client_config(certified, expected.clone())?;
+            let mut config = client_config_trusting(certified, roots, expected.clone())?;
             config.alpn_protocols = alpn.offer();
             let config = Arc::new(config);
             configs.clients.insert(key, config.clone());

@@ -6,6 +6,8 @@
 //!
 //! Run with `cargo test -p mesh-proxy --test identity`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mesh_api::identity::{Identity, WorkloadCerts};
@@ -107,16 +109,26 @@ async fn a_token_file_is_read_again_for_each_certificate_request() {
         mesh_proxy::identity::BootstrapToken::File(file.clone())
     );
 
-    let ca = mesh_proxy::identity::HttpCa {
-        http: mesh_testkit::plain_client(),
-        base: mesh.control_url(),
-        bootstrap_token: token,
+    let ca = CountRefusals {
+        ca: mesh_proxy::identity::HttpCa {
+            http: mesh_testkit::plain_client(),
+            base: mesh.control_url(),
+            bootstrap_token: token,
+        },
+        refused: Arc::default(),
     };
+    let refused = ca.refused.clone();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (mut current, _task) =
         mesh_proxy::identity::start(Identity::new("default", "reviews"), ca, shutdown.clone());
-    // Refused while the file holds ratings' token.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Refused while the file holds ratings' token: wait for two refusals
+    // (the first request and a retry that read the file again).
+    mesh_testkit::wait_until("two refused CSRs", Duration::from_secs(20), || {
+        let refused = refused.load(Ordering::SeqCst);
+        async move { Ok(refused >= 2) }
+    })
+    .await
+    .unwrap();
     assert!(
         current.borrow().is_none(),
         "another workload's token was accepted"
@@ -133,6 +145,25 @@ async fn a_token_file_is_read_again_for_each_certificate_request() {
         Identity::new("default", "reviews")
     );
     shutdown.cancel();
+}
+
+/// The real CA client, counting the answers that refused a CSR.
+struct CountRefusals {
+    ca: mesh_proxy::identity::HttpCa,
+    refused: Arc<AtomicU32>,
+}
+
+impl mesh_proxy::identity::CaClient for CountRefusals {
+    async fn sign(
+        &self,
+        request: mesh_api::identity::CertificateRequest,
+    ) -> Result<mesh_api::identity::CertificateResponse, mesh_proxy::identity::IdentityError> {
+        let answer = self.ca.sign(request).await;
+        if let Err(mesh_proxy::identity::IdentityError::Refused { .. }) = &answer {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        answer
+    }
 }
 
 #[test]
@@ -152,4 +183,33 @@ fn a_token_value_and_a_token_file_together_are_refused() {
         "{}",
         error.reason
     );
+}
+
+#[tokio::test]
+async fn the_trust_bundle_comes_with_the_snapshot() {
+    let mesh = Mesh::start().await.unwrap();
+    let reviews = mesh.instance("reviews", "v1").await.unwrap();
+    let sidecar = &reviews.sidecar;
+    let bundle = mesh_testkit::wait_for(
+        "a snapshot with a trust bundle",
+        Duration::from_secs(20),
+        || async {
+            Ok(sidecar
+                .current_snapshot()
+                .map(|s| s.trust_bundle.clone())
+                .filter(|b| !b.is_empty()))
+        },
+    )
+    .await
+    .unwrap();
+    // The control plane's one root, the same the CA's answer carries.
+    let certificate = mesh_testkit::wait_for("a certificate", Duration::from_secs(20), || async {
+        Ok(sidecar.identity().borrow().clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(bundle, certificate.trust_bundle_pem);
+    assert_eq!(bundle.len(), 1);
+    // And it is the one mTLS trusts.
+    assert_eq!(sidecar.trust_bundle(), Some(bundle));
 }

@@ -228,6 +228,7 @@ async fn a_trace_crosses_the_gateway_and_two_sidecars_as_one_tree() {
         )],
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     })
     .unwrap();
     ui_app(ui_listener, ui.outbound_addr().unwrap()).await;
@@ -424,6 +425,7 @@ fn one_route(proxy: &ProxyHandle, service: &str, endpoints: Vec<Endpoint>) -> Sn
         clusters: vec![cluster(service, None, endpoints)],
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     }
 }
 
@@ -727,6 +729,7 @@ async fn metrics_count_every_request_by_version_and_code_and_pass_promtool() {
         ],
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     })
     .unwrap();
 
@@ -997,6 +1000,7 @@ async fn aborts_and_callers_that_hang_up_are_counted_with_their_flags() {
         ],
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     })
     .unwrap();
     let via = client_via(ui.outbound_addr().unwrap());

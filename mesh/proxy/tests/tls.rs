@@ -195,3 +195,94 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
         assert!(result.is_err(), "{what} client: {result:?}");
     }
 }
+
+// === the snapshot's trust bundle (MeshTls) ===
+
+/// A handshake between two proxies' `MeshTls` (what the listeners and
+/// pools use), each holding `certified`, the client trusting what its
+/// `MeshTls` trusts now.
+async fn mesh_handshake(
+    server: &tls::MeshTls,
+    client: &tls::MeshTls,
+    expected: &str,
+) -> Result<(), String> {
+    let server = server.server().map_err(|e| e.to_string())?.unwrap();
+    let client = client
+        .client(&expected.parse().unwrap(), tls::Alpn::Http1)
+        .map_err(|e| e.to_string())?
+        .unwrap();
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let both = async {
+        tokio::join!(
+            TlsAcceptor::from(server).accept(server_io),
+            tls::connect(client, client_io)
+        )
+    };
+    let (accepted, connected) = tokio::time::timeout(Duration::from_secs(30), both)
+        .await
+        .map_err(|_| "the handshake hung".to_string())?;
+    accepted.map_err(|e| format!("server: {e}"))?;
+    connected.map_err(|e| format!("client: {e}"))?;
+    Ok(())
+}
+
+fn mesh_tls(certified: CertifiedKey) -> tls::MeshTls {
+    let (_tx, current) = tokio::sync::watch::channel(Some(Arc::new(certified)));
+    // The receiver keeps the last value after the sender is gone.
+    tls::MeshTls::new(current, "cluster.local")
+}
+
+#[tokio::test]
+async fn the_snapshots_trust_bundle_decides_which_roots_are_trusted() {
+    // A rotation in the middle: reviews already holds a leaf of the new
+    // root; productpage's certificate came with the old root only.
+    let old = ca();
+    let new = ca();
+    let reviews = mesh_tls(valid(&new, &new, REVIEWS));
+    let productpage = mesh_tls(valid(&old, &old, PRODUCTPAGE));
+    reviews
+        .set_trust_bundle(&[new.pem.clone(), old.pem.clone()])
+        .unwrap();
+
+    // Before a snapshot brings a bundle: the certificate's own (old only),
+    // so the new root's leaf is refused.
+    let before = mesh_handshake(&reviews, &productpage, REVIEWS).await;
+    assert!(
+        before.is_err(),
+        "the new root is not trusted yet: {before:?}"
+    );
+
+    // The snapshot's bundle carries both roots: trusted from the next
+    // handshake on (this fails if the proxy ignores the snapshot's bundle).
+    productpage
+        .set_trust_bundle(&[new.pem.clone(), old.pem.clone()])
+        .unwrap();
+    mesh_handshake(&reviews, &productpage, REVIEWS)
+        .await
+        .expect("both roots trusted");
+
+    // Exactly the snapshot's bundle: once it drops the old root, a leaf of
+    // the old root is refused, though the certificate's own bundle names it.
+    let old_server = mesh_tls(valid(&old, &old, REVIEWS));
+    old_server
+        .set_trust_bundle(&[new.pem.clone(), old.pem.clone()])
+        .unwrap();
+    productpage
+        .set_trust_bundle(std::slice::from_ref(&new.pem))
+        .unwrap();
+    let after = mesh_handshake(&old_server, &productpage, REVIEWS).await;
+    assert!(
+        after.is_err(),
+        "the retired root is still trusted: {after:?}"
+    );
+    mesh_handshake(&reviews, &productpage, REVIEWS)
+        .await
+        .expect("the new root's leaf still is");
+
+    // An empty bundle (a control plane without a CA) falls back to the
+    // certificate's; a bundle with no root is refused and the last kept.
+    assert!(productpage.set_trust_bundle(&["not a PEM".into()]).is_err());
+    assert_eq!(productpage.trust_bundle(), Some(vec![new.pem.clone()]));
+    productpage.set_trust_bundle(&[]).unwrap();
+    assert_eq!(productpage.trust_bundle(), Some(vec![old.pem.clone()]));
+}

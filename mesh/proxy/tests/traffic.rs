@@ -61,6 +61,7 @@ fn snap(virtual_host: VirtualHost, clusters: Vec<Cluster>) -> Snapshot {
         clusters,
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     }
 }
 

@@ -13,6 +13,10 @@
 //!                                          -> 409 AlreadyExists (another replica won): GET it, use that
 //! ```
 //!
+//! A third, optional key, `ca-retiring.json`, lists roots still trusted
+//! while they retire (`ca.rs`, root rotation); a Secret without it has one
+//! root, as before.
+//!
 //! RBAC: `get` on that one Secret by name, and `create` on secrets (the API
 //! server cannot restrict `create` by name: the name is not known before the
 //! object exists). See k8s/base/mesh-control.yaml.
@@ -30,6 +34,7 @@ use crate::ca::{Ca, CaError};
 pub const SECRET_NAME: &str = "mesh-ca-root";
 const CERT_KEY: &str = "ca-cert.pem";
 const KEY_KEY: &str = "ca-key.pem";
+const RETIRING_KEY: &str = crate::ca::RETIRING_FILE;
 
 /// The root in the Secret, or a new one stored there at the first start.
 pub async fn load_or_create(
@@ -99,5 +104,12 @@ fn from_secret(secret: &Secret, ttl: Duration) -> Result<Ca, String> {
                 )
             })
     };
-    Ca::from_pem(&field(CERT_KEY)?, &field(KEY_KEY)?, ttl)
+    // Roots being retired: an optional key (`ca.rs`), absent in a Secret
+    // written before rotation existed, which therefore reads as before.
+    let retiring = match secret.data.as_ref().and_then(|d| d.get(RETIRING_KEY)) {
+        Some(bytes) => serde_json::from_slice(&bytes.0)
+            .map_err(|e| format!("its {RETIRING_KEY} is unreadable: {e}"))?,
+        None => Vec::new(),
+    };
+    Ca::from_pem(&field(CERT_KEY)?, &field(KEY_KEY)?, retiring, ttl)
 }

@@ -172,6 +172,7 @@ pub fn sidecar_snapshot(app: SocketAddr) -> Snapshot {
         clusters: vec![cluster],
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     }
 }
 
@@ -188,6 +189,7 @@ pub fn gateway_snapshot(endpoint: SocketAddr) -> Snapshot {
             virtual_hosts: vec![vh],
         }),
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     }
 }
 

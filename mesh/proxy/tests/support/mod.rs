@@ -87,6 +87,7 @@ pub fn snapshot(version: u64, services: Vec<(VirtualHost, Cluster)>) -> Snapshot
         clusters,
         gateway: None,
         inbound: Default::default(),
+        trust_bundle: Vec::new(),
     }
 }
 
