@@ -16,9 +16,11 @@
 //! mesh-wide), as for Istio's ingress gateway in `istio-system`
 //! (mesh/control/src/compile.rs `inbound_policy`), and the port is the
 //! gateway's own, 8080 (the container port of Istio's ingress gateway too).
-//! Istio's gateway policies often name `ipBlocks` or `remoteIpBlocks`;
-//! micromesh rejects both by name when they are applied, at a gateway as
-//! anywhere, until it implements them.
+//! Istio's gateway policies often name `ipBlocks` (the address that
+//! connected: a user, or the load balancer in front) or `remoteIpBlocks`
+//! (the user as `x-forwarded-for` names them, counting
+//! `MESH_XFF_NUM_TRUSTED_HOPS` proxies in front as trusted;
+//! [`remote_address`]).
 //!
 //! What the decision reads, and where each piece comes from:
 //! - the peer's identity from its client certificate (`None` for a

@@ -334,6 +334,11 @@ pub struct Link {
     secure: std::sync::Mutex<Option<SecureControl>>,
     /// The mutual-TLS connection, made for one certificate and one port.
     mtls: tokio::sync::Mutex<Option<Mtls>>,
+    /// The roots the sidecars trust now (the snapshot's bundle), which a
+    /// new connection to the control plane trusts too: after a root
+    /// rotation the control plane's certificate is of the new root before
+    /// this proxy's own certificate is. `None`: its certificate's bundle.
+    trust: Option<Arc<crate::tls::MeshTls>>,
 }
 
 /// One HTTP/2 connection over mutual TLS, and what it was made with.
@@ -355,7 +360,14 @@ impl Link {
             certificate,
             secure: std::sync::Mutex::new(None),
             mtls: tokio::sync::Mutex::new(None),
+            trust: None,
         }
+    }
+
+    /// Trust what `tls` trusts (the snapshot's bundle) when connecting.
+    pub fn trusting(mut self, tls: Arc<crate::tls::MeshTls>) -> Link {
+        self.trust = Some(tls);
+        self
     }
 
     /// Where calls go now, for log lines.
@@ -456,7 +468,7 @@ impl Link {
             if !usable {
                 let sender = tokio::time::timeout(
                     Duration::from_secs(2),
-                    connect(&host, &certificate, &secure),
+                    connect(&host, &certificate, &secure, self.trust.as_deref()),
                 )
                 .await
                 .map_err(|_| format!("{url}: the TLS connection timed out"))?
@@ -500,8 +512,12 @@ async fn connect(
     host: &str,
     certificate: &CertifiedKey,
     secure: &SecureControl,
+    trust: Option<&crate::tls::MeshTls>,
 ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
-    let config = crate::tls::client_config(certificate, secure.identity.clone())
+    let bundle = trust
+        .and_then(crate::tls::MeshTls::trust_bundle)
+        .unwrap_or_else(|| certificate.trust_bundle_pem.clone());
+    let config = crate::tls::client_config_trusting(certificate, &bundle, secure.identity.clone())
         .map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect((host, secure.port))
         .await

@@ -83,7 +83,11 @@ pub async fn handle(
         Some(_) => None,
         None => crate::authorize::authorize(
             crate::authorize::applied(policies),
-            None,
+            crate::authorize::Caller {
+                identity: None,
+                address: peer,
+                direction,
+            },
             mesh_api::xds::ports::GATEWAY,
             &req,
         )

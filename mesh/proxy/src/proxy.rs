@@ -379,11 +379,10 @@ impl Proxy {
             Some(base) => {
                 let client = crate::control::client(shared.config.control_token.as_ref())?;
                 // Plaintext first, mutual TLS once it holds a certificate.
-                let link = Arc::new(crate::control::Link::new(
-                    client,
-                    base,
-                    shared.identity.clone(),
-                ));
+                let link = Arc::new(
+                    crate::control::Link::new(client, base, shared.identity.clone())
+                        .trusting(shared.mesh_tls.clone()),
+                );
                 tasks.spawn(crate::control::run(
                     shared.clone(),
                     link.clone(),

@@ -367,7 +367,7 @@ pub fn client_config(
 }
 
 /// [`client_config`], trusting the roots of `bundle`.
-fn client_config_trusting(
+pub fn client_config_trusting(
     certified: &CertifiedKey,
     bundle: &[String],
     expected: Identity,

@@ -9,8 +9,10 @@
 //! path to the decision.
 //!
 //! Users have no certificate, so at a gateway a policy matches on the
-//! request (`to.operation`, `when` on headers); `ipBlocks` and
-//! `remoteIpBlocks` are rejected by name when applied, as everywhere.
+//! request (`to.operation`, `when` on headers) and on addresses:
+//! `ipBlocks` is the address that connected, `remoteIpBlocks` the user
+//! as `x-forwarded-for` names them after the door (`trust.rs`), so a user
+//! cannot write themselves into a block.
 //!
 //! Run with `cargo test -p mesh-proxy --test authz_gateway`.
 
@@ -39,15 +41,20 @@ spec:
   rules: [{}]
 ";
 
-const IP_BLOCKS: &str = "\
+/// Only callers from `block` may use the gateway.
+fn office_only(block: &str) -> String {
+    format!(
+        "\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: office-only, namespace: istio-system}
+metadata: {{name: office-only, namespace: istio-system}}
 spec:
-  selector: {matchLabels: {istio: ingressgateway}}
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
   rules:
-  - from: [{source: {ipBlocks: [\"10.0.0.0/8\"]}}]
-";
+  - from: [{{source: {{ipBlocks: [\"{block}\"], notRemoteIpBlocks: [\"203.0.113.0/24\"]}}}}]
+"
+    )
+}
 
 #[tokio::test]
 async fn the_gateway_enforces_the_policies_that_select_it() {
@@ -80,27 +87,46 @@ async fn the_gateway_enforces_the_policies_that_select_it() {
     .await
     .unwrap();
 
-    // What a gateway policy often names, not implemented: refused by name,
-    // never silently ignored.
-    let ipblocks = mesh.apply(IP_BLOCKS).await;
-    assert!(
-        ipblocks
-            .as_ref()
-            .is_err_and(|e| format!("{e:#}").contains("ipBlocks")),
-        "ipBlocks is rejected by name: {ipblocks:?}"
+    // What a gateway policy often names: the callers' addresses. Every
+    // user here connects from 127.0.0.1, outside 10.0.0.0/8.
+    mesh.apply(&office_only("10.0.0.0/8")).await.unwrap();
+    wait_for_version(&gateway, mesh.version().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        status("/messages").await,
+        (403, "RBAC: access denied".into())
     );
+    mesh.apply(&office_only("127.0.0.0/8")).await.unwrap();
+    wait_for_version(&gateway, mesh.version().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status("/messages").await.0, 200);
+    // A user cannot name themselves the client from a denied block, nor
+    // out of one: the door replaced `x-forwarded-for` with the peer.
+    let spoofed = http
+        .get(format!("{base}/messages"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 200);
     mesh.apply(POLICIES).await.unwrap();
     wait_for_version(&gateway, mesh.version().unwrap())
         .await
         .unwrap();
     let snapshot = gateway.current_snapshot().unwrap();
-    let names: Vec<&str> = snapshot
+    let mut names: Vec<&str> = snapshot
         .inbound
         .authorization_policies
         .iter()
         .map(|p| p.name.as_str())
         .collect();
-    assert_eq!(names, ["istio-system/ingress-no-admin"]);
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["istio-system/ingress-no-admin", "istio-system/office-only"]
+    );
 
     let before = ui.upstream.hits();
     for denied in [
@@ -145,5 +171,9 @@ async fn the_gateway_enforces_the_policies_that_select_it() {
         "{}",
         denied[0]
     );
-    assert!(denied[0].ends_with(" 5"), "five denied: {}", denied[0]);
+    assert!(
+        denied[0].ends_with(" 6"),
+        "five paths and one address denied: {}",
+        denied[0]
+    );
 }
