@@ -102,13 +102,16 @@ const TABLE: &[(&str, Expect)] = &[
             ),
             (
                 "AuthorizationPolicy default/ext-authz",
-                "spec.rules[0].from[0].source.ipBlocks",
-                &["does not implement `ipBlocks`", "principals"],
+                "spec.rules[1].when[0].key",
+                &["request.auth.claims[groups]", "JWT"],
             ),
             (
                 "AuthorizationPolicy default/ext-authz",
-                "spec.rules[1].when[0].key",
-                &["request.auth.claims[groups]", "JWT"],
+                "spec.rules[1].when[1].key",
+                &[
+                    "does not implement the condition `connection.sni`",
+                    "TLS server name",
+                ],
             ),
             (
                 "PeerAuthentication default/default",
