@@ -39,6 +39,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::log::ResponseFlags;
@@ -151,11 +152,6 @@ fn hex64(n: u64, out: &mut [u8]) -> &str {
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
     std::str::from_utf8(&out[..16]).expect("hex digits are ASCII")
-}
-
-/// A header value from text known to be valid (hex digits and dashes).
-fn hex_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).expect("hex digits are a valid header value")
 }
 
 /// 16 hex digits and nothing else (`from_str_radix` alone would also take a
@@ -326,23 +322,42 @@ impl SpanContext {
     /// Write this span as the parent of the request being sent on, in every
     /// format. `tracestate` (vendor data) passes through untouched; a `b3`
     /// single header is removed, since it would name the previous span.
+    ///
+    /// Every id is written once, into one buffer, and each header's value
+    /// is a slice of it: `traceparent` already holds the trace id and the
+    /// span id in hex, so `x-b3-traceid` and `x-b3-spanid` are its middle,
+    /// and the parent's id follows it. That buffer is one allocation
+    /// (`Bytes::from_owner`: the counter and the bytes in one box), shared by
+    /// every header and by the retry layer's copy of the request; a
+    /// `HeaderValue` per header would copy each value into its own buffer,
+    /// and the copy of the request would then allocate again for each to
+    /// share it (eight allocations per request, instead of one).
     pub fn inject(&self, headers: &mut HeaderMap) {
-        // `00-{32 hex trace}-{16 hex span}-{flags}`, written in place.
-        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex64(self.trace_id.high, &mut traceparent[3..19]);
-        hex64(self.trace_id.low, &mut traceparent[19..35]);
-        hex64(self.span_id.0, &mut traceparent[36..52]);
+        // `00-{32 hex trace}-{16 hex span}-{flags}`, then the parent span.
+        let mut ids = *b"00-00000000000000000000000000000000-0000000000000000-000000000000000000";
+        hex64(self.trace_id.high, &mut ids[3..19]);
+        hex64(self.trace_id.low, &mut ids[19..35]);
+        hex64(self.span_id.0, &mut ids[36..52]);
         if self.sampled {
-            traceparent[54] = b'1';
+            ids[54] = b'1';
         }
-        let traceparent = std::str::from_utf8(&traceparent).expect("hex digits are ASCII");
-        headers.insert(TRACEPARENT, hex_value(traceparent));
-        // B3 multi: the same ids, the trace id as long as it came.
-        headers.insert(B3_TRACE_ID, hex_value(self.trace_id.hex(&mut [0; 32])));
-        headers.insert(B3_SPAN_ID, hex_value(&traceparent[36..52]));
+        if let Some(parent) = self.parent_id {
+            hex64(parent.0, &mut ids[55..71]);
+        }
+        let ids = Bytes::from_owner(ids);
+        let value = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(ids.slice(range))
+                .expect("hex digits are a valid header value")
+        };
+        headers.insert(TRACEPARENT, value(0..55));
+        // B3 multi: the same ids, the trace id as long as it came (a
+        // 64-bit id is the lower half, the last 16 digits).
+        let trace_start = if self.trace_id.high == 0 { 19 } else { 3 };
+        headers.insert(B3_TRACE_ID, value(trace_start..35));
+        headers.insert(B3_SPAN_ID, value(36..52));
         match self.parent_id {
-            Some(parent) => {
-                headers.insert(B3_PARENT_SPAN_ID, hex_value(hex64(parent.0, &mut [0; 16])));
+            Some(_) => {
+                headers.insert(B3_PARENT_SPAN_ID, value(55..71));
             }
             None => {
                 headers.remove(B3_PARENT_SPAN_ID);
