@@ -325,7 +325,10 @@ mod tests {
             path_and_query: "/".into(),
             status: 200,
             flags: ResponseFlags::empty(),
-            upstream_cluster: "inbound|8080||hw".into(),
+            upstream_cluster: crate::trace::UpstreamCluster::Inbound {
+                port: 8080,
+                service: "hw".into(),
+            },
             upstream_address: None,
             peer: None,
             request_id: "r".into(),

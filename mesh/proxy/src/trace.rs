@@ -102,13 +102,13 @@ impl TraceId {
 impl TraceId {
     /// The id as lowercase hex into `out` (32 bytes): the digits written,
     /// 16 for a 64-bit id, 32 for a 128-bit one.
-    fn hex<'a>(&self, out: &'a mut [u8; 32]) -> &'a str {
+    fn hex<'a>(&self, out: &'a mut [u8; 32]) -> &'a [u8] {
         if self.high == 0 {
             hex64(self.low, &mut out[..16])
         } else {
             hex64(self.high, &mut out[..16]);
             hex64(self.low, &mut out[16..]);
-            std::str::from_utf8(out).expect("hex digits are ASCII")
+            out
         }
     }
 }
@@ -116,7 +116,7 @@ impl TraceId {
 impl fmt::Display for TraceId {
     /// 16 lowercase hex digits for a 64-bit id, 32 for a 128-bit one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.hex(&mut [0; 32]))
+        f.write_str(std::str::from_utf8(self.hex(&mut [0; 32])).expect("hex digits are ASCII"))
     }
 }
 
@@ -137,21 +137,22 @@ impl SpanId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(hex64(self.0, &mut [0; 16]))
+        f.write_str(std::str::from_utf8(hex64(self.0, &mut [0; 16])).expect("hex digits are ASCII"))
     }
 }
 
 /// `n` as 16 lowercase hex digits into `out` (16 bytes). Every request
 /// writes five ids into its headers and three into its span: done by hand,
 /// it costs a few instructions per digit, where `format!("{:016x}")` costs
-/// a formatter and an allocation each.
-fn hex64(n: u64, out: &mut [u8]) -> &str {
+/// a formatter and an allocation each. Bytes, not `&str`: the JSON and the
+/// headers want bytes, and `str::from_utf8` would check every digit again.
+fn hex64(n: u64, out: &mut [u8]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out[..16].chunks_exact_mut(2).zip(n.to_be_bytes()) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    std::str::from_utf8(&out[..16]).expect("hex digits are ASCII")
+    &out[..16]
 }
 
 /// 16 hex digits and nothing else (`from_str_radix` alone would also take a
@@ -434,7 +435,7 @@ pub struct Span {
     pub status: u16,
     pub flags: ResponseFlags,
     /// `outbound|8080|v2|helloworld-service`, `inbound|8080||helloworld-service`.
-    pub upstream_cluster: String,
+    pub upstream_cluster: UpstreamCluster,
     /// CLIENT: the endpoint `ip:port` the (last) attempt went to.
     pub upstream_address: Option<Arc<str>>,
     /// Who connected to this proxy's listener.
@@ -448,6 +449,52 @@ pub struct Span {
     /// its mutual TLS proved them; `None` over plain text. The tags
     /// `source.principal` and `destination.principal` (see `write_tags`).
     pub principals: Option<(Arc<str>, Arc<str>)>,
+}
+
+/// The Envoy cluster a span's request went to, kept as its parts: the name
+/// is written only when the reporter serialises the span, so the request
+/// path formats (and allocates) nothing for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamCluster {
+    /// `inbound|{port}||{service}`: the app behind an inbound sidecar.
+    Inbound { port: u16, service: Arc<str> },
+    /// `outbound|{port}|{subset}|{service}`, the subset empty when none.
+    Outbound {
+        port: u16,
+        subset: Option<Arc<str>>,
+        service: Arc<str>,
+    },
+    /// No route, so no cluster: `-`, as Envoy prints it.
+    None,
+}
+
+impl UpstreamCluster {
+    /// The name's parts, for `json_str_parts`; `port` holds the digits.
+    fn parts<'a>(&'a self, port: &'a mut [u8; 20]) -> [&'a [u8]; 6] {
+        match self {
+            UpstreamCluster::Inbound { port: p, service } => [
+                b"inbound|",
+                decimal(u64::from(*p), port),
+                b"||",
+                service.as_bytes(),
+                b"",
+                b"",
+            ],
+            UpstreamCluster::Outbound {
+                port: p,
+                subset,
+                service,
+            } => [
+                b"outbound|",
+                decimal(u64::from(*p), port),
+                b"|",
+                subset.as_deref().unwrap_or("").as_bytes(),
+                b"|",
+                service.as_bytes(),
+            ],
+            UpstreamCluster::None => [b"-", b"", b"", b"", b"", b""],
+        }
+    }
 }
 
 impl Span {
@@ -482,19 +529,19 @@ impl Span {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut hex = [0u8; 32];
         out.extend_from_slice(b"{\"traceId\":\"");
-        out.extend_from_slice(self.context.trace_id.hex(&mut hex).as_bytes());
+        out.extend_from_slice(self.context.trace_id.hex(&mut hex));
         out.extend_from_slice(b"\",\"id\":\"");
-        out.extend_from_slice(hex64(self.context.span_id.0, &mut hex).as_bytes());
+        out.extend_from_slice(hex64(self.context.span_id.0, &mut hex));
         if let Some(parent) = self.context.parent_id {
             out.extend_from_slice(b"\",\"parentId\":\"");
-            out.extend_from_slice(hex64(parent.0, &mut hex).as_bytes());
+            out.extend_from_slice(hex64(parent.0, &mut hex));
         }
         out.extend_from_slice(b"\",\"kind\":\"");
         out.extend_from_slice(self.kind.as_str().as_bytes());
         // `{authority}{path}`, lowercase, as Zipkin stores names.
         out.extend_from_slice(b"\",\"name\":");
         let name_at = out.len();
-        json_str_parts(out, &[&self.authority, self.path()]);
+        json_str_parts(out, &[self.authority.as_bytes(), self.path().as_bytes()]);
         out[name_at..].make_ascii_lowercase();
         out.extend_from_slice(b",\"timestamp\":");
         json_u64(out, self.timestamp_us);
@@ -521,7 +568,7 @@ impl Span {
 
     /// The `tags` object: every value a string, as Zipkin requires.
     fn write_tags(&self, out: &mut Vec<u8>) {
-        let tag = |out: &mut Vec<u8>, key: &str, parts: &[&str]| {
+        let tag = |out: &mut Vec<u8>, key: &str, parts: &[&[u8]]| {
             if out.last() != Some(&b'{') {
                 out.push(b',');
             }
@@ -532,18 +579,30 @@ impl Span {
         };
         let mut number = [0u8; 20];
         out.push(b'{');
-        tag(out, "istio.canonical_service", &[&self.local.service]);
-        tag(out, "istio.canonical_revision", &[&self.local.version]);
-        tag(out, "instance", &[&self.local.instance]);
-        tag(out, "component", &["proxy"]);
-        tag(out, "guid:x-request-id", &[&self.request_id]);
-        tag(out, "http.method", &[self.method.as_str()]);
+        tag(
+            out,
+            "istio.canonical_service",
+            &[self.local.service.as_bytes()],
+        );
+        tag(
+            out,
+            "istio.canonical_revision",
+            &[self.local.version.as_bytes()],
+        );
+        tag(out, "instance", &[self.local.instance.as_bytes()]);
+        tag(out, "component", &[b"proxy"]);
+        tag(out, "guid:x-request-id", &[self.request_id.as_bytes()]);
+        tag(out, "http.method", &[self.method.as_str().as_bytes()]);
         tag(
             out,
             "http.url",
-            &["http://", &self.authority, &self.path_and_query],
+            &[
+                b"http://",
+                self.authority.as_bytes(),
+                self.path_and_query.as_bytes(),
+            ],
         );
-        tag(out, "http.path", &[self.path()]);
+        tag(out, "http.path", &[self.path().as_bytes()]);
         tag(
             out,
             "http.status_code",
@@ -555,9 +614,13 @@ impl Span {
             use std::io::Write;
             let _ = write!(out, "{}\"", self.flags);
         }
-        tag(out, "upstream_cluster", &[&self.upstream_cluster]);
+        tag(
+            out,
+            "upstream_cluster",
+            &self.upstream_cluster.parts(&mut number),
+        );
         if let Some(address) = &self.upstream_address {
-            tag(out, "upstream_address", &[address]);
+            tag(out, "upstream_address", &[address.as_bytes()]);
         }
         if let Some(peer) = self.peer {
             // An address is digits, dots, colons and brackets: nothing to escape.
@@ -585,8 +648,8 @@ impl Span {
         // source is the caller, on a CLIENT span this proxy. A plain-text
         // hop proved no identity, and its span has neither tag.
         if let Some((source, destination)) = &self.principals {
-            tag(out, "source.principal", &[source]);
-            tag(out, "destination.principal", &[destination]);
+            tag(out, "source.principal", &[source.as_bytes()]);
+            tag(out, "destination.principal", &[destination.as_bytes()]);
         }
         if self.retries > 0 {
             tag(
@@ -606,10 +669,10 @@ impl Span {
             &[decimal(self.response_size, &mut number)],
         );
         if let Some(agent) = &self.user_agent {
-            tag(out, "user_agent", &[agent]);
+            tag(out, "user_agent", &[agent.as_bytes()]);
         }
         if self.status == 0 || self.status >= 500 {
-            tag(out, "error", &["true"]);
+            tag(out, "error", &[b"true"]);
         }
         out.push(b'}');
     }
@@ -647,7 +710,7 @@ fn json_endpoint(
     if let Some(service) = service {
         key(out, b"serviceName");
         let at = out.len();
-        json_str_parts(out, &[service]);
+        json_str_parts(out, &[service.as_bytes()]);
         out[at..].make_ascii_lowercase();
     }
     // Writing into a Vec cannot fail.
@@ -685,8 +748,8 @@ fn write_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
     }
 }
 
-/// `n` in decimal, into `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, into `buf` (bytes, like `hex64`).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -696,19 +759,18 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    std::str::from_utf8(&buf[at..]).expect("decimal digits are ASCII")
+    &buf[at..]
 }
 
 fn json_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(decimal(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
 }
 
 /// One JSON string made of `parts`, escaped as JSON requires: `"` and `\`
 /// and control characters. Text needing none (nearly all) is copied as is.
-fn json_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
+fn json_str_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
     out.push(b'"');
-    for part in parts {
-        let bytes = part.as_bytes();
+    for &bytes in parts {
         // One pass without early exit (the compiler vectorises it) to find
         // whether anything needs escaping at all; usually nothing does.
         let clean = bytes.iter().fold(true, |clean, &b| {
@@ -1043,7 +1105,11 @@ mod tests {
             path_and_query: "/hello/Ray?x=1".into(),
             status: 200,
             flags: ResponseFlags::empty(),
-            upstream_cluster: "outbound|8080|v1|helloworld-service".into(),
+            upstream_cluster: UpstreamCluster::Outbound {
+                port: 8080,
+                subset: Some("v1".into()),
+                service: "helloworld-service".into(),
+            },
             upstream_address: Some("127.0.0.1:40123".into()),
             peer: Some("127.0.0.1:51234".parse().unwrap()),
             request_id: "9c1f5d8e-6c0b-4c53-9a57-0f3b8d1c2e4a".into(),
