@@ -140,12 +140,12 @@ impl Telemetry {
             sampling: config.trace_sampling,
             spans: None,
             counters,
-            local: Arc::new(LocalService {
-                service: config.service.to_ascii_lowercase().into(),
-                version: config.version.as_str().into(),
-                instance: config.instance.as_str().into(),
-                ip: ip.filter(|ip| !ip.is_unspecified()),
-            }),
+            local: Arc::new(LocalService::new(
+                &config.service,
+                &config.version,
+                &config.instance,
+                ip.filter(|ip| !ip.is_unspecified()),
+            )),
             inbound_series: SeriesCache::default(),
             app_port: config.app_addr.port(),
             app_service: config.service.as_str().into(),

@@ -398,6 +398,9 @@ impl Kind {
 }
 
 /// Who this proxy is, the same for every span it records.
+///
+/// Every span's JSON repeats the same `localEndpoint` and first four tags:
+/// they are written once, here, and each span copies the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalService {
     /// The workload, lowercase (`localEndpoint.serviceName`,
@@ -406,6 +409,41 @@ pub struct LocalService {
     pub version: Arc<str>,
     pub instance: Arc<str>,
     pub ip: Option<std::net::IpAddr>,
+    /// `{"serviceName":...,"ipv4":...}`.
+    endpoint_json: Box<[u8]>,
+    /// `{"istio.canonical_service":...,...,"component":"proxy"`: the tags
+    /// object, opened, with this proxy's own tags.
+    tags_json: Box<[u8]>,
+}
+
+impl LocalService {
+    /// `service` is lowercased, as Zipkin and Istio's canonical names are.
+    pub fn new(service: &str, version: &str, instance: &str, ip: Option<std::net::IpAddr>) -> Self {
+        let service: Arc<str> = service.to_ascii_lowercase().into();
+        let mut endpoint_json = Vec::new();
+        json_endpoint(&mut endpoint_json, Some(&service), ip, None);
+        let mut tags_json = vec![b'{'];
+        json_tag(
+            &mut tags_json,
+            "istio.canonical_service",
+            &[service.as_bytes()],
+        );
+        json_tag(
+            &mut tags_json,
+            "istio.canonical_revision",
+            &[version.as_bytes()],
+        );
+        json_tag(&mut tags_json, "instance", &[instance.as_bytes()]);
+        json_tag(&mut tags_json, "component", &[b"proxy"]);
+        LocalService {
+            service,
+            version: version.into(),
+            instance: instance.into(),
+            ip,
+            endpoint_json: endpoint_json.into(),
+            tags_json: tags_json.into(),
+        }
+    }
 }
 
 /// The other end of the span: the endpoint reached (CLIENT) or the caller
@@ -551,7 +589,7 @@ impl Span {
             out.extend_from_slice(b",\"debug\":true");
         }
         out.extend_from_slice(b",\"localEndpoint\":");
-        json_endpoint(out, Some(&self.local.service), self.local.ip, None);
+        out.extend_from_slice(&self.local.endpoint_json);
         if let Some(remote) = &self.remote {
             out.extend_from_slice(b",\"remoteEndpoint\":");
             json_endpoint(
@@ -568,29 +606,10 @@ impl Span {
 
     /// The `tags` object: every value a string, as Zipkin requires.
     fn write_tags(&self, out: &mut Vec<u8>) {
-        let tag = |out: &mut Vec<u8>, key: &str, parts: &[&[u8]]| {
-            if out.last() != Some(&b'{') {
-                out.push(b',');
-            }
-            out.push(b'"');
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
-            json_str_parts(out, parts);
-        };
+        let tag = json_tag;
         let mut number = [0u8; 20];
-        out.push(b'{');
-        tag(
-            out,
-            "istio.canonical_service",
-            &[self.local.service.as_bytes()],
-        );
-        tag(
-            out,
-            "istio.canonical_revision",
-            &[self.local.version.as_bytes()],
-        );
-        tag(out, "instance", &[self.local.instance.as_bytes()]);
-        tag(out, "component", &[b"proxy"]);
+        // `{` and this proxy's own tags, written once (`LocalService::new`).
+        out.extend_from_slice(&self.local.tags_json);
         tag(out, "guid:x-request-id", &[self.request_id.as_bytes()]);
         tag(out, "http.method", &[self.method.as_str().as_bytes()]);
         tag(
@@ -676,6 +695,17 @@ impl Span {
         }
         out.push(b'}');
     }
+}
+
+/// `"key":"parts"` of a tags object, after a comma unless it is the first.
+fn json_tag(out: &mut Vec<u8>, key: &str, parts: &[&[u8]]) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    json_str_parts(out, parts);
 }
 
 /// A batch of spans as the JSON array Zipkin's `POST /api/v2/spans` takes.
@@ -1088,12 +1118,12 @@ mod tests {
         Span {
             context,
             kind: Kind::Client,
-            local: Arc::new(LocalService {
-                service: "guestbook-ui".into(),
-                version: "v1".into(),
-                instance: "guestbook-ui-v1-1a2b3".into(),
-                ip: Some("127.0.0.1".parse().unwrap()),
-            }),
+            local: Arc::new(LocalService::new(
+                "guestbook-ui",
+                "v1",
+                "guestbook-ui-v1-1a2b3",
+                Some("127.0.0.1".parse().unwrap()),
+            )),
             remote: Some(Remote {
                 service: Some("helloworld-service".into()),
                 address: Some("127.0.0.1:40123".parse().unwrap()),
