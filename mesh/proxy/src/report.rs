@@ -311,12 +311,7 @@ mod tests {
         Span {
             context: SpanContext::open(Incoming::default(), 100.0, &Rng::seeded(1)),
             kind: Kind::Server,
-            local: Arc::new(LocalService {
-                service: "hw".into(),
-                version: "v1".into(),
-                instance: "hw-1".into(),
-                ip: None,
-            }),
+            local: Arc::new(LocalService::new("hw", "v1", "hw-1", None)),
             remote: None,
             timestamp_us: 1,
             duration_us: 1,
@@ -325,7 +320,10 @@ mod tests {
             path_and_query: "/".into(),
             status: 200,
             flags: ResponseFlags::empty(),
-            upstream_cluster: "inbound|8080||hw".into(),
+            upstream_cluster: crate::trace::UpstreamCluster::Inbound {
+                port: 8080,
+                service: "hw".into(),
+            },
             upstream_address: None,
             peer: None,
             request_id: "r".into(),

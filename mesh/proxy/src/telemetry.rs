@@ -65,7 +65,7 @@ use crate::metrics::{
 };
 use crate::proxy::Shared;
 use crate::report::{Counters, SpanQueue};
-use crate::trace::{Incoming, Kind, LocalService, Remote, Span, SpanContext};
+use crate::trace::{Incoming, Kind, LocalService, Remote, Span, SpanContext, UpstreamCluster};
 
 /// Set by the caller's sidecar: who calls, as
 /// `workload=guestbook-ui;namespace=default;app=guestbook-ui;version=v1;canonical_service=guestbook-ui;canonical_revision=v1;cluster=Kubernetes`.
@@ -94,8 +94,9 @@ pub struct Telemetry {
     /// The inbound side's series cache (its destination is always this
     /// workload; the callers vary).
     pub inbound_series: SeriesCache,
-    /// The app's port, for the inbound cluster's name.
+    /// The app's port and service, for the inbound cluster's name.
     pub app_port: u16,
+    pub app_service: Arc<str>,
     /// This proxy's workload, as both ends of its requests' labels name it.
     pub me: Arc<Peer>,
     /// The service the inbound side serves (`destination_service`).
@@ -139,14 +140,15 @@ impl Telemetry {
             sampling: config.trace_sampling,
             spans: None,
             counters,
-            local: Arc::new(LocalService {
-                service: config.service.to_ascii_lowercase().into(),
-                version: config.version.as_str().into(),
-                instance: config.instance.as_str().into(),
-                ip: ip.filter(|ip| !ip.is_unspecified()),
-            }),
+            local: Arc::new(LocalService::new(
+                &config.service,
+                &config.version,
+                &config.instance,
+                ip.filter(|ip| !ip.is_unspecified()),
+            )),
             inbound_series: SeriesCache::default(),
             app_port: config.app_addr.port(),
+            app_service: config.service.as_str().into(),
             own_service: Arc::new(ServiceName::in_namespace(
                 &config.service.to_ascii_lowercase(),
                 &config.namespace,
@@ -378,7 +380,6 @@ impl Exchange {
             upstream_identity: server_identity,
         } = self.log.attempt();
         let host = strip_port(&self.authority);
-        let config = &self.shared.config;
         let unrouted: Arc<ServiceName>;
 
         // --- metrics ---
@@ -461,7 +462,10 @@ impl Exchange {
                     service: self.caller.as_ref().map(|p| p.workload.clone()),
                     address: Some(self.peer),
                 },
-                format!("inbound|{}||{}", telemetry.app_port, config.service),
+                UpstreamCluster::Inbound {
+                    port: telemetry.app_port,
+                    service: telemetry.app_service.clone(),
+                },
                 Some(self.shared.app.1.address.clone()),
             ),
             Direction::Outbound | Direction::Gateway => (
@@ -474,14 +478,13 @@ impl Exchange {
                     address: endpoint.as_ref().and_then(|e| e.address.parse().ok()),
                 },
                 match &cluster {
-                    Some(c) => format!(
-                        "outbound|{}|{}|{}",
-                        port_of(&self.authority),
-                        c.subset.as_deref().unwrap_or(""),
-                        c.service
-                    ),
+                    Some(c) => UpstreamCluster::Outbound {
+                        port: port_of(&self.authority),
+                        subset: c.subset.clone(),
+                        service: c.service.clone(),
+                    },
                     // No route: no cluster, which Envoy prints as `-`.
-                    None => "-".to_string(),
+                    None => UpstreamCluster::None,
                 },
                 endpoint.as_ref().map(|e| e.address.clone()),
             ),

@@ -34,11 +34,18 @@
 //! certificates proved it: tags `source.principal` and
 //! `destination.principal`, the SPIFFE IDs (Envoy has no such tag; the names
 //! are Istio's Mixer attributes, see `write_tags`).
+//!
+//! Every request pays for this file, so parts of it are written for speed
+//! (callgrind, README's benchmark): the headers' values are slices of one
+//! buffer (`inject`), ids and numbers are written as bytes without a
+//! formatter, the span's JSON by hand, with this proxy's own fields
+//! rendered once (`LocalService::new`).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::log::ResponseFlags;
@@ -101,13 +108,13 @@ impl TraceId {
 impl TraceId {
     /// The id as lowercase hex into `out` (32 bytes): the digits written,
     /// 16 for a 64-bit id, 32 for a 128-bit one.
-    fn hex<'a>(&self, out: &'a mut [u8; 32]) -> &'a str {
+    fn hex<'a>(&self, out: &'a mut [u8; 32]) -> &'a [u8] {
         if self.high == 0 {
             hex64(self.low, &mut out[..16])
         } else {
             hex64(self.high, &mut out[..16]);
             hex64(self.low, &mut out[16..]);
-            std::str::from_utf8(out).expect("hex digits are ASCII")
+            out
         }
     }
 }
@@ -115,7 +122,7 @@ impl TraceId {
 impl fmt::Display for TraceId {
     /// 16 lowercase hex digits for a 64-bit id, 32 for a 128-bit one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.hex(&mut [0; 32]))
+        f.write_str(std::str::from_utf8(self.hex(&mut [0; 32])).expect("hex digits are ASCII"))
     }
 }
 
@@ -136,26 +143,22 @@ impl SpanId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(hex64(self.0, &mut [0; 16]))
+        f.write_str(std::str::from_utf8(hex64(self.0, &mut [0; 16])).expect("hex digits are ASCII"))
     }
 }
 
 /// `n` as 16 lowercase hex digits into `out` (16 bytes). Every request
 /// writes five ids into its headers and three into its span: done by hand,
 /// it costs a few instructions per digit, where `format!("{:016x}")` costs
-/// a formatter and an allocation each.
-fn hex64(n: u64, out: &mut [u8]) -> &str {
+/// a formatter and an allocation each. Bytes, not `&str`: the JSON and the
+/// headers want bytes, and `str::from_utf8` would check every digit again.
+fn hex64(n: u64, out: &mut [u8]) -> &[u8] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out[..16].chunks_exact_mut(2).zip(n.to_be_bytes()) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    std::str::from_utf8(&out[..16]).expect("hex digits are ASCII")
-}
-
-/// A header value from text known to be valid (hex digits and dashes).
-fn hex_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).expect("hex digits are a valid header value")
+    &out[..16]
 }
 
 /// 16 hex digits and nothing else (`from_str_radix` alone would also take a
@@ -185,6 +188,9 @@ impl Incoming {
     /// The first of W3C, B3 multi and B3 single that parses; nothing found
     /// (or only malformed headers) is a request without trace context.
     pub fn from_headers(headers: &HeaderMap) -> Incoming {
+        if !carries_trace_headers(headers) {
+            return Incoming::default();
+        }
         let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         text(TRACEPARENT)
             .and_then(parse_traceparent)
@@ -192,6 +198,17 @@ impl Incoming {
             .or_else(|| text(B3_SINGLE).and_then(parse_b3_single))
             .unwrap_or_default()
     }
+}
+
+/// Whether `headers` has any trace header at all, in one pass over its
+/// names. A request without trace context (the root of every trace) is
+/// then read and written without a lookup or removal per header name, each
+/// of which hashes the name: nine per request, about 1k instructions.
+fn carries_trace_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "traceparent" || name == "b3" || name.starts_with("x-b3-")
+    })
 }
 
 /// `00-{32 hex trace}-{16 hex parent}-{2 hex flags}` (W3C Trace Context).
@@ -326,37 +343,61 @@ impl SpanContext {
     /// Write this span as the parent of the request being sent on, in every
     /// format. `tracestate` (vendor data) passes through untouched; a `b3`
     /// single header is removed, since it would name the previous span.
+    ///
+    /// Every id is written once, into one buffer, and each header's value
+    /// is a slice of it: `traceparent` already holds the trace id and the
+    /// span id in hex, so `x-b3-traceid` and `x-b3-spanid` are its middle,
+    /// and the parent's id follows it. That buffer is one allocation
+    /// (`Bytes::from_owner`: the counter and the bytes in one box), shared by
+    /// every header and by the retry layer's copy of the request; a
+    /// `HeaderValue` per header would copy each value into its own buffer,
+    /// and the copy of the request would then allocate again for each to
+    /// share it (eight allocations per request, instead of one).
     pub fn inject(&self, headers: &mut HeaderMap) {
-        // `00-{32 hex trace}-{16 hex span}-{flags}`, written in place.
-        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex64(self.trace_id.high, &mut traceparent[3..19]);
-        hex64(self.trace_id.low, &mut traceparent[19..35]);
-        hex64(self.span_id.0, &mut traceparent[36..52]);
+        // Headers to remove can only be there if some trace header is.
+        let carried = carries_trace_headers(headers);
+        // `00-{32 hex trace}-{16 hex span}-{flags}`, then the parent span.
+        let mut ids = *b"00-00000000000000000000000000000000-0000000000000000-000000000000000000";
+        hex64(self.trace_id.high, &mut ids[3..19]);
+        hex64(self.trace_id.low, &mut ids[19..35]);
+        hex64(self.span_id.0, &mut ids[36..52]);
         if self.sampled {
-            traceparent[54] = b'1';
+            ids[54] = b'1';
         }
-        let traceparent = std::str::from_utf8(&traceparent).expect("hex digits are ASCII");
-        headers.insert(TRACEPARENT, hex_value(traceparent));
-        // B3 multi: the same ids, the trace id as long as it came.
-        headers.insert(B3_TRACE_ID, hex_value(self.trace_id.hex(&mut [0; 32])));
-        headers.insert(B3_SPAN_ID, hex_value(&traceparent[36..52]));
+        if let Some(parent) = self.parent_id {
+            hex64(parent.0, &mut ids[55..71]);
+        }
+        let ids = Bytes::from_owner(ids);
+        let value = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(ids.slice(range))
+                .expect("hex digits are a valid header value")
+        };
+        headers.insert(TRACEPARENT, value(0..55));
+        // B3 multi: the same ids, the trace id as long as it came (a
+        // 64-bit id is the lower half, the last 16 digits).
+        let trace_start = if self.trace_id.high == 0 { 19 } else { 3 };
+        headers.insert(B3_TRACE_ID, value(trace_start..35));
+        headers.insert(B3_SPAN_ID, value(36..52));
         match self.parent_id {
-            Some(parent) => {
-                headers.insert(B3_PARENT_SPAN_ID, hex_value(hex64(parent.0, &mut [0; 16])));
+            Some(_) => {
+                headers.insert(B3_PARENT_SPAN_ID, value(55..71));
             }
-            None => {
+            None if carried => {
                 headers.remove(B3_PARENT_SPAN_ID);
             }
+            None => {}
         }
         headers.insert(
             B3_SAMPLED,
             HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
         );
-        headers.remove(B3_SINGLE);
         if self.debug {
             headers.insert(B3_FLAGS, HeaderValue::from_static("1"));
-        } else {
+        } else if carried {
             headers.remove(B3_FLAGS);
+        }
+        if carried {
+            headers.remove(B3_SINGLE);
         }
     }
 }
@@ -382,6 +423,9 @@ impl Kind {
 }
 
 /// Who this proxy is, the same for every span it records.
+///
+/// Every span's JSON repeats the same `localEndpoint` and first four tags:
+/// they are written once, here, and each span copies the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalService {
     /// The workload, lowercase (`localEndpoint.serviceName`,
@@ -390,6 +434,41 @@ pub struct LocalService {
     pub version: Arc<str>,
     pub instance: Arc<str>,
     pub ip: Option<std::net::IpAddr>,
+    /// `{"serviceName":...,"ipv4":...}`.
+    endpoint_json: Box<[u8]>,
+    /// `{"istio.canonical_service":...,...,"component":"proxy"`: the tags
+    /// object, opened, with this proxy's own tags.
+    tags_json: Box<[u8]>,
+}
+
+impl LocalService {
+    /// `service` is lowercased, as Zipkin and Istio's canonical names are.
+    pub fn new(service: &str, version: &str, instance: &str, ip: Option<std::net::IpAddr>) -> Self {
+        let service: Arc<str> = service.to_ascii_lowercase().into();
+        let mut endpoint_json = Vec::new();
+        json_endpoint(&mut endpoint_json, Some(&service), ip, None);
+        let mut tags_json = vec![b'{'];
+        json_tag(
+            &mut tags_json,
+            "istio.canonical_service",
+            &[service.as_bytes()],
+        );
+        json_tag(
+            &mut tags_json,
+            "istio.canonical_revision",
+            &[version.as_bytes()],
+        );
+        json_tag(&mut tags_json, "instance", &[instance.as_bytes()]);
+        json_tag(&mut tags_json, "component", &[b"proxy"]);
+        LocalService {
+            service,
+            version: version.into(),
+            instance: instance.into(),
+            ip,
+            endpoint_json: endpoint_json.into(),
+            tags_json: tags_json.into(),
+        }
+    }
 }
 
 /// The other end of the span: the endpoint reached (CLIENT) or the caller
@@ -419,7 +498,7 @@ pub struct Span {
     pub status: u16,
     pub flags: ResponseFlags,
     /// `outbound|8080|v2|helloworld-service`, `inbound|8080||helloworld-service`.
-    pub upstream_cluster: String,
+    pub upstream_cluster: UpstreamCluster,
     /// CLIENT: the endpoint `ip:port` the (last) attempt went to.
     pub upstream_address: Option<Arc<str>>,
     /// Who connected to this proxy's listener.
@@ -433,6 +512,52 @@ pub struct Span {
     /// its mutual TLS proved them; `None` over plain text. The tags
     /// `source.principal` and `destination.principal` (see `write_tags`).
     pub principals: Option<(Arc<str>, Arc<str>)>,
+}
+
+/// The Envoy cluster a span's request went to, kept as its parts: the name
+/// is written only when the reporter serialises the span, so the request
+/// path formats (and allocates) nothing for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamCluster {
+    /// `inbound|{port}||{service}`: the app behind an inbound sidecar.
+    Inbound { port: u16, service: Arc<str> },
+    /// `outbound|{port}|{subset}|{service}`, the subset empty when none.
+    Outbound {
+        port: u16,
+        subset: Option<Arc<str>>,
+        service: Arc<str>,
+    },
+    /// No route, so no cluster: `-`, as Envoy prints it.
+    None,
+}
+
+impl UpstreamCluster {
+    /// The name's parts, for `json_str_parts`; `port` holds the digits.
+    fn parts<'a>(&'a self, port: &'a mut [u8; 20]) -> [&'a [u8]; 6] {
+        match self {
+            UpstreamCluster::Inbound { port: p, service } => [
+                b"inbound|",
+                decimal(u64::from(*p), port),
+                b"||",
+                service.as_bytes(),
+                b"",
+                b"",
+            ],
+            UpstreamCluster::Outbound {
+                port: p,
+                subset,
+                service,
+            } => [
+                b"outbound|",
+                decimal(u64::from(*p), port),
+                b"|",
+                subset.as_deref().unwrap_or("").as_bytes(),
+                b"|",
+                service.as_bytes(),
+            ],
+            UpstreamCluster::None => [b"-", b"", b"", b"", b"", b""],
+        }
+    }
 }
 
 impl Span {
@@ -467,19 +592,19 @@ impl Span {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut hex = [0u8; 32];
         out.extend_from_slice(b"{\"traceId\":\"");
-        out.extend_from_slice(self.context.trace_id.hex(&mut hex).as_bytes());
+        out.extend_from_slice(self.context.trace_id.hex(&mut hex));
         out.extend_from_slice(b"\",\"id\":\"");
-        out.extend_from_slice(hex64(self.context.span_id.0, &mut hex).as_bytes());
+        out.extend_from_slice(hex64(self.context.span_id.0, &mut hex));
         if let Some(parent) = self.context.parent_id {
             out.extend_from_slice(b"\",\"parentId\":\"");
-            out.extend_from_slice(hex64(parent.0, &mut hex).as_bytes());
+            out.extend_from_slice(hex64(parent.0, &mut hex));
         }
         out.extend_from_slice(b"\",\"kind\":\"");
         out.extend_from_slice(self.kind.as_str().as_bytes());
         // `{authority}{path}`, lowercase, as Zipkin stores names.
         out.extend_from_slice(b"\",\"name\":");
         let name_at = out.len();
-        json_str_parts(out, &[&self.authority, self.path()]);
+        json_str_parts(out, &[self.authority.as_bytes(), self.path().as_bytes()]);
         out[name_at..].make_ascii_lowercase();
         out.extend_from_slice(b",\"timestamp\":");
         json_u64(out, self.timestamp_us);
@@ -489,7 +614,7 @@ impl Span {
             out.extend_from_slice(b",\"debug\":true");
         }
         out.extend_from_slice(b",\"localEndpoint\":");
-        json_endpoint(out, Some(&self.local.service), self.local.ip, None);
+        out.extend_from_slice(&self.local.endpoint_json);
         if let Some(remote) = &self.remote {
             out.extend_from_slice(b",\"remoteEndpoint\":");
             json_endpoint(
@@ -506,29 +631,22 @@ impl Span {
 
     /// The `tags` object: every value a string, as Zipkin requires.
     fn write_tags(&self, out: &mut Vec<u8>) {
-        let tag = |out: &mut Vec<u8>, key: &str, parts: &[&str]| {
-            if out.last() != Some(&b'{') {
-                out.push(b',');
-            }
-            out.push(b'"');
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"\":");
-            json_str_parts(out, parts);
-        };
+        let tag = json_tag;
         let mut number = [0u8; 20];
-        out.push(b'{');
-        tag(out, "istio.canonical_service", &[&self.local.service]);
-        tag(out, "istio.canonical_revision", &[&self.local.version]);
-        tag(out, "instance", &[&self.local.instance]);
-        tag(out, "component", &["proxy"]);
-        tag(out, "guid:x-request-id", &[&self.request_id]);
-        tag(out, "http.method", &[self.method.as_str()]);
+        // `{` and this proxy's own tags, written once (`LocalService::new`).
+        out.extend_from_slice(&self.local.tags_json);
+        tag(out, "guid:x-request-id", &[self.request_id.as_bytes()]);
+        tag(out, "http.method", &[self.method.as_str().as_bytes()]);
         tag(
             out,
             "http.url",
-            &["http://", &self.authority, &self.path_and_query],
+            &[
+                b"http://",
+                self.authority.as_bytes(),
+                self.path_and_query.as_bytes(),
+            ],
         );
-        tag(out, "http.path", &[self.path()]);
+        tag(out, "http.path", &[self.path().as_bytes()]);
         tag(
             out,
             "http.status_code",
@@ -540,9 +658,13 @@ impl Span {
             use std::io::Write;
             let _ = write!(out, "{}\"", self.flags);
         }
-        tag(out, "upstream_cluster", &[&self.upstream_cluster]);
+        tag(
+            out,
+            "upstream_cluster",
+            &self.upstream_cluster.parts(&mut number),
+        );
         if let Some(address) = &self.upstream_address {
-            tag(out, "upstream_address", &[address]);
+            tag(out, "upstream_address", &[address.as_bytes()]);
         }
         if let Some(peer) = self.peer {
             // An address is digits, dots, colons and brackets: nothing to escape.
@@ -570,8 +692,8 @@ impl Span {
         // source is the caller, on a CLIENT span this proxy. A plain-text
         // hop proved no identity, and its span has neither tag.
         if let Some((source, destination)) = &self.principals {
-            tag(out, "source.principal", &[source]);
-            tag(out, "destination.principal", &[destination]);
+            tag(out, "source.principal", &[source.as_bytes()]);
+            tag(out, "destination.principal", &[destination.as_bytes()]);
         }
         if self.retries > 0 {
             tag(
@@ -591,13 +713,24 @@ impl Span {
             &[decimal(self.response_size, &mut number)],
         );
         if let Some(agent) = &self.user_agent {
-            tag(out, "user_agent", &[agent]);
+            tag(out, "user_agent", &[agent.as_bytes()]);
         }
         if self.status == 0 || self.status >= 500 {
-            tag(out, "error", &["true"]);
+            tag(out, "error", &[b"true"]);
         }
         out.push(b'}');
     }
+}
+
+/// `"key":"parts"` of a tags object, after a comma unless it is the first.
+fn json_tag(out: &mut Vec<u8>, key: &str, parts: &[&[u8]]) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    json_str_parts(out, parts);
 }
 
 /// A batch of spans as the JSON array Zipkin's `POST /api/v2/spans` takes.
@@ -632,7 +765,7 @@ fn json_endpoint(
     if let Some(service) = service {
         key(out, b"serviceName");
         let at = out.len();
-        json_str_parts(out, &[service]);
+        json_str_parts(out, &[service.as_bytes()]);
         out[at..].make_ascii_lowercase();
     }
     // Writing into a Vec cannot fail.
@@ -670,8 +803,8 @@ fn write_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
     }
 }
 
-/// `n` in decimal, into `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, into `buf` (bytes, like `hex64`).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -681,19 +814,18 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    std::str::from_utf8(&buf[at..]).expect("decimal digits are ASCII")
+    &buf[at..]
 }
 
 fn json_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(decimal(n, &mut [0; 20]).as_bytes());
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
 }
 
 /// One JSON string made of `parts`, escaped as JSON requires: `"` and `\`
 /// and control characters. Text needing none (nearly all) is copied as is.
-fn json_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
+fn json_str_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
     out.push(b'"');
-    for part in parts {
-        let bytes = part.as_bytes();
+    for &bytes in parts {
         // One pass without early exit (the compiler vectorises it) to find
         // whether anything needs escaping at all; usually nothing does.
         let clean = bytes.iter().fold(true, |clean, &b| {
@@ -1011,12 +1143,12 @@ mod tests {
         Span {
             context,
             kind: Kind::Client,
-            local: Arc::new(LocalService {
-                service: "guestbook-ui".into(),
-                version: "v1".into(),
-                instance: "guestbook-ui-v1-1a2b3".into(),
-                ip: Some("127.0.0.1".parse().unwrap()),
-            }),
+            local: Arc::new(LocalService::new(
+                "guestbook-ui",
+                "v1",
+                "guestbook-ui-v1-1a2b3",
+                Some("127.0.0.1".parse().unwrap()),
+            )),
             remote: Some(Remote {
                 service: Some("helloworld-service".into()),
                 address: Some("127.0.0.1:40123".parse().unwrap()),
@@ -1028,7 +1160,11 @@ mod tests {
             path_and_query: "/hello/Ray?x=1".into(),
             status: 200,
             flags: ResponseFlags::empty(),
-            upstream_cluster: "outbound|8080|v1|helloworld-service".into(),
+            upstream_cluster: UpstreamCluster::Outbound {
+                port: 8080,
+                subset: Some("v1".into()),
+                service: "helloworld-service".into(),
+            },
             upstream_address: Some("127.0.0.1:40123".into()),
             peer: Some("127.0.0.1:51234".parse().unwrap()),
             request_id: "9c1f5d8e-6c0b-4c53-9a57-0f3b8d1c2e4a".into(),
