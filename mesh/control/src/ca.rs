@@ -667,6 +667,11 @@ async fn rotate(
     let deadline = tokio::time::Instant::now() + ROTATION_ACK_WAIT;
     let mut versions = shared.subscribe();
     let late_proxies = loop {
+        // Registered before looking, so an ACK between the look and the
+        // wait is not missed.
+        let acked = shared.acks.notified();
+        tokio::pin!(acked);
+        acked.as_mut().enable();
         let late: Vec<String> = {
             let model = shared.lock().await;
             model
@@ -680,10 +685,11 @@ async fn rotate(
         if late.is_empty() || tokio::time::Instant::now() >= deadline {
             break late;
         }
-        // An ACK moves no version: look again at the next version or soon.
+        // Look again at the next ACK (or a proxy that leaves: a version).
         tokio::select! {
+            _ = &mut acked => {}
             _ = versions.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
             _ = shared.shutdown.cancelled() => {
                 ca.abandon_next();
                 return Err(ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));

@@ -62,6 +62,9 @@ pub struct Shared {
     durable: watch::Sender<u64>,
     /// Wakes the registry writer.
     registry_dirty: Notify,
+    /// Wakes whoever waits for proxies to ACK a version (a root rotation):
+    /// an ACK moves no version, so `versions` does not tell.
+    pub acks: Notify,
     store: Store,
     pub settings: Settings,
     /// Cancelled on shutdown: long-polls return at once instead of holding
@@ -134,6 +137,7 @@ impl Shared {
             versions,
             durable,
             registry_dirty: Notify::new(),
+            acks: Notify::new(),
             store,
             settings,
             shutdown,

@@ -369,6 +369,7 @@ pub async fn ack(
     if model.registry.ack(&instance, &ack).is_none() {
         return Err(unknown_instance(&instance));
     }
+    shared.acks.notify_waiters();
     if ack.accepted {
         tracing::debug!(instance, version = ack.version, "proxy accepted snapshot");
     } else {
