@@ -23,13 +23,15 @@
 //! The suite's one slow test (a minute). Run with
 //! `cargo test -p mesh-proxy --test mtls_rotation`.
 
+mod rotation_support;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mesh_proxy::identity::{CertifiedKey, Current};
 use mesh_proxy::tls::PeerCertificate;
-use mesh_testkit::{Mesh, retry_until_ok};
+use mesh_testkit::Mesh;
 use rustls::pki_types::CertificateDer;
 
 const RUN: Duration = Duration::from_secs(60);
@@ -96,40 +98,11 @@ async fn rotated_certificates_are_used_by_new_handshakes_and_no_attempt_fails() 
     let hw = mesh.instance("helloworld-service", "v1").await.unwrap();
     let client = mesh.client().await.unwrap();
     let url = "http://helloworld-service:8080/hello";
-    // Wait until the client's sidecar talks mTLS to helloworld's.
-    retry_until_ok("mTLS between the sidecars", Duration::from_secs(20), || {
-        let http = client.http();
-        async move {
-            let answer: serde_json::Value = http.get(url).send().await?.json().await?;
-            anyhow::ensure!(
-                answer["headers"].get("x-forwarded-client-cert").is_some(),
-                "not mTLS yet: {answer}"
-            );
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
-
-    // New connections all the time (a connection closes after 10
-    // requests), so handshakes keep happening across every rotation.
-    mesh.apply(
-        "
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: helloworld-service}
-spec:
-  host: helloworld-service
-  trafficPolicy:
-    connectionPool: {http: {maxRequestsPerConnection: 10}}
-",
-    )
-    .await
-    .unwrap();
-    let version = mesh.version().expect("the control plane runs");
-    mesh_testkit::wait_for_version(&client.sidecar, version)
-        .await
-        .unwrap();
+    // mTLS between the sidecars, and new connections all the time (a
+    // connection closes after 10 requests), so handshakes keep happening
+    // across every rotation.
+    rotation_support::mtls_with_short_connections(&mesh, &client, url, Duration::from_secs(20))
+        .await;
 
     // Watch both sidecars' certificates change while the load runs.
     let client_certs = follow(client.sidecar.identity());

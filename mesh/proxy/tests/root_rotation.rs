@@ -16,13 +16,15 @@
 //!
 //! Run with `cargo test -p mesh-proxy --test root_rotation`.
 
+mod rotation_support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mesh_api::identity::Identity;
 use mesh_proxy::identity::{CertifiedKey, Current};
-use mesh_testkit::{Mesh, retry_until_ok, wait_for_version, wait_until};
+use mesh_testkit::{Mesh, wait_until};
 use rcgen::{
     CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -128,35 +130,7 @@ async fn a_root_rotation_fails_no_request_and_the_old_root_is_refused_after() {
     .unwrap();
     let hw = mesh.instance("helloworld-service", "v1").await.unwrap();
     let client = mesh.client().await.unwrap();
-    retry_until_ok("mTLS between the sidecars", STEP, || {
-        let http = client.http();
-        async move {
-            let answer: serde_json::Value = http.get(URL).send().await?.json().await?;
-            anyhow::ensure!(
-                answer["headers"].get("x-forwarded-client-cert").is_some(),
-                "not mTLS yet: {answer}"
-            );
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
-    mesh.apply(
-        "
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: helloworld-service}
-spec:
-  host: helloworld-service
-  trafficPolicy:
-    connectionPool: {http: {maxRequestsPerConnection: 10}}
-",
-    )
-    .await
-    .unwrap();
-    wait_for_version(&client.sidecar, mesh.version().unwrap())
-        .await
-        .unwrap();
+    rotation_support::mtls_with_short_connections(&mesh, &client, URL, STEP).await;
     let old_root = std::fs::read_to_string(state.path().join("ca-cert.pem")).unwrap();
     // A leaf of the old root, made while its key is still on disk.
     let old_leaf = leaf_from(state.path(), &Identity::new("default", "test-client"), "");
