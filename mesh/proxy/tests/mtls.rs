@@ -13,27 +13,17 @@
 //!
 //! Run with `cargo test -p mesh-proxy --test mtls`.
 
+mod mtls_support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_api::identity::Identity;
-use mesh_testkit::{Instance, Mesh, plain_client, retry_until_ok, wait_for_version};
+use mesh_testkit::{Mesh, plain_client, wait_for_version};
+use mtls_support::{XFCC, echoed, spiffe, two_sidecars};
 use serde_json::Value;
 
-const XFCC: &str = "x-forwarded-client-cert";
 const FORGED: &str = "By=spiffe://cluster.local/ns/default/sa/helloworld-service;\
                       Hash=00;URI=spiffe://cluster.local/ns/default/sa/admin";
-
-/// What the echo app saw of one request: its headers.
-async fn echoed(response: reqwest::Response) -> anyhow::Result<Value> {
-    anyhow::ensure!(
-        response.status().is_success(),
-        "status {}",
-        response.status()
-    );
-    let body: Value = response.json().await?;
-    Ok(body["headers"].clone())
-}
 
 /// The XFCC the server sidecar writes for `caller` calling `server`.
 fn xfcc_names(headers: &Value) -> Option<(String, String)> {
@@ -45,38 +35,6 @@ fn xfcc_names(headers: &Value) -> Option<(String, String)> {
             .map(str::to_string)
     };
     Some((field("By=")?, field("URI=")?))
-}
-
-fn spiffe(service: &str) -> String {
-    Identity::new("default", service).to_string()
-}
-
-/// A helloworld instance and a client sidecar, both certified, the
-/// client's snapshot sending mTLS to helloworld.
-async fn two_sidecars(mesh: &Mesh) -> (Instance, Instance) {
-    let hw = mesh.instance("helloworld-service", "v1").await.unwrap();
-    let client = mesh.client().await.unwrap();
-    // Auto mTLS starts once helloworld's sidecar announced the identity of
-    // its certificate and the client's snapshot says so.
-    retry_until_ok(
-        "the client sidecar talks mTLS to helloworld",
-        Duration::from_secs(20),
-        || {
-            let http = client.http();
-            async move {
-                let headers = echoed(
-                    http.get("http://helloworld-service:8080/hello")
-                        .send()
-                        .await?,
-                )
-                .await?;
-                xfcc_names(&headers).ok_or_else(|| anyhow::anyhow!("no XFCC yet: {headers}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
-    (hw, client)
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@
 //! The suite's one slow test (a minute). Run with
 //! `cargo test -p mesh-proxy --test mtls_rotation`.
 
-mod rotation_support;
+mod mtls_support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -101,8 +101,7 @@ async fn rotated_certificates_are_used_by_new_handshakes_and_no_attempt_fails() 
     // mTLS between the sidecars, and new connections all the time (a
     // connection closes after 10 requests), so handshakes keep happening
     // across every rotation.
-    rotation_support::mtls_with_short_connections(&mesh, &client, url, Duration::from_secs(20))
-        .await;
+    mtls_support::mtls_with_short_connections(&mesh, &client, url, Duration::from_secs(20)).await;
 
     // Watch both sidecars' certificates change while the load runs.
     let client_certs = follow(client.sidecar.identity());

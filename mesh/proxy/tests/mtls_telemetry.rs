@@ -15,57 +15,16 @@
 //!
 //! Run with `cargo test -p mesh-proxy --test mtls_telemetry`.
 
+mod mtls_support;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_api::identity::Identity;
-use mesh_testkit::{Instance, Mesh, plain_client, retry_until_ok, wait_for, wait_for_version};
+use mesh_testkit::{Instance, Mesh, plain_client, wait_for, wait_for_version};
+use mtls_support::{HELLO, XFCC, echoed, spiffe, two_sidecars};
 use serde_json::Value;
-
-const XFCC: &str = "x-forwarded-client-cert";
-const HELLO: &str = "http://helloworld-service:8080/hello";
-
-fn spiffe(service: &str) -> String {
-    Identity::new("default", service).to_string()
-}
-
-/// The headers the echo app saw.
-async fn echoed(response: reqwest::Response) -> anyhow::Result<Value> {
-    anyhow::ensure!(
-        response.status().is_success(),
-        "status {}",
-        response.status()
-    );
-    let body: Value = response.json().await?;
-    Ok(body["headers"].clone())
-}
-
-/// A helloworld instance and a client sidecar, both certified; returns
-/// once a request from the client reaches helloworld over mutual TLS (its
-/// app gets `x-forwarded-client-cert`).
-async fn two_sidecars(mesh: &Mesh) -> (Instance, Instance) {
-    let hw = mesh.instance("helloworld-service", "v1").await.unwrap();
-    let client = mesh.client().await.unwrap();
-    retry_until_ok(
-        "the client sidecar talks mTLS to helloworld",
-        Duration::from_secs(20),
-        || {
-            let http = client.http();
-            async move {
-                let headers = echoed(http.get(HELLO).send().await?).await?;
-                headers
-                    .get(XFCC)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("no XFCC yet: {headers}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
-    (hw, client)
-}
 
 /// A proxy's metrics page.
 async fn metrics(instance: &Instance) -> String {

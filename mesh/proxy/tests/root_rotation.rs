@@ -16,7 +16,7 @@
 //!
 //! Run with `cargo test -p mesh-proxy --test root_rotation`.
 
-mod rotation_support;
+mod mtls_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,7 @@ async fn a_root_rotation_fails_no_request_and_the_old_root_is_refused_after() {
     .unwrap();
     let hw = mesh.instance("helloworld-service", "v1").await.unwrap();
     let client = mesh.client().await.unwrap();
-    rotation_support::mtls_with_short_connections(&mesh, &client, URL, STEP).await;
+    mtls_support::mtls_with_short_connections(&mesh, &client, URL, STEP).await;
     let old_root = std::fs::read_to_string(state.path().join("ca-cert.pem")).unwrap();
     // A leaf of the old root, made while its key is still on disk.
     let old_leaf = leaf_from(state.path(), &Identity::new("default", "test-client"), "");
