@@ -29,10 +29,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::trace::Span;
 
-/// Spans waiting to be sent, at most (about 1 kB each).
-pub const QUEUE_CAPACITY: usize = 4096;
-/// A batch is sent as soon as it holds this many spans...
-pub const BATCH_SIZE: usize = 100;
+/// Spans waiting to be sent, at most (about 0.6 kB each, with their
+/// strings). The queue fills only when spans are made faster than the
+/// collector takes them (every request sampled at full load): then it is
+/// the sidecar's largest memory, so it is OpenTelemetry's default batch
+/// span processor's queue (`maxQueueSize` 2048), not more. 4096 took a
+/// sidecar under the benchmark's full load from 11 to 14 MB.
+pub const QUEUE_CAPACITY: usize = 2048;
+/// A batch is sent as soon as it holds this many spans (OpenTelemetry's
+/// `maxExportBatchSize`, 512): fewer, larger POSTs let a busy collector
+/// keep up with a sidecar sampling everything...
+pub const BATCH_SIZE: usize = 512;
 /// ...or this long after the previous send, whichever comes first.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one POST may take.
@@ -184,7 +191,8 @@ pub async fn run(
     counters: Counters,
     stop: CancellationToken,
 ) {
-    let mut batch: Vec<Span> = Vec::with_capacity(BATCH_SIZE);
+    // Grown as spans arrive, not reserved: a full batch is a few hundred kB.
+    let mut batch: Vec<Span> = Vec::new();
     let mut log = RateLimitedLog::default();
     let mut deadline = Instant::now() + BATCH_INTERVAL;
     loop {
@@ -225,7 +233,7 @@ async fn flush(
     counters: &Counters,
     log: &mut RateLimitedLog,
 ) {
-    let spans = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
+    let spans = std::mem::take(batch);
     let n = spans.len() as u64;
     match sink.send(spans).await {
         Ok(()) => {
@@ -361,23 +369,25 @@ mod tests {
         let task = tokio::spawn(run(rx, recorder.clone(), counters.clone(), stop.clone()));
         let start = Instant::now();
 
-        for _ in 0..250 {
+        let rest = BATCH_SIZE / 2;
+        for _ in 0..2 * BATCH_SIZE + rest {
             queue.push(span());
         }
         settle().await;
-        assert_eq!(sizes(&recorder), vec![100, 100], "two full batches at once");
-        assert_eq!(counters.sent.get(), 200);
+        let full = vec![BATCH_SIZE, BATCH_SIZE];
+        assert_eq!(sizes(&recorder), full, "two full batches at once");
+        assert_eq!(counters.sent.get(), 2 * BATCH_SIZE as u64);
 
-        // The 50 left wait for the interval, no longer.
+        // The rest wait for the interval, no longer.
         tokio::time::sleep(BATCH_INTERVAL - Duration::from_millis(10)).await;
         settle().await;
-        assert_eq!(sizes(&recorder), vec![100, 100]);
+        assert_eq!(sizes(&recorder), full);
         tokio::time::sleep(Duration::from_millis(20)).await;
         settle().await;
-        assert_eq!(sizes(&recorder), vec![100, 100, 50]);
+        assert_eq!(sizes(&recorder), vec![BATCH_SIZE, BATCH_SIZE, rest]);
         let (at, _) = recorder.batches.lock().unwrap()[2];
         assert!(at - start <= BATCH_INTERVAL + Duration::from_millis(10));
-        assert_eq!(counters.sent.get(), 250);
+        assert_eq!(counters.sent.get(), (2 * BATCH_SIZE + rest) as u64);
         assert_eq!(counters.dropped.get(), 0);
 
         // Nothing queued: nothing sent.
@@ -389,7 +399,7 @@ mod tests {
         queue.push(span());
         stop.cancel();
         task.await.unwrap();
-        assert_eq!(sizes(&recorder), vec![100, 100, 50, 1]);
+        assert_eq!(sizes(&recorder), vec![BATCH_SIZE, BATCH_SIZE, rest, 1]);
     }
 
     #[tokio::test(start_paused = true)]
