@@ -18,8 +18,8 @@ mod mtls_support;
 use std::sync::Arc;
 
 use mesh_api::identity::Identity;
-use mesh_testkit::{Mesh, plain_client, wait_for_version};
-use mtls_support::{XFCC, echoed, spiffe, two_sidecars};
+use mesh_testkit::{Mesh, plain_client};
+use mtls_support::{XFCC, echoed, helloworld_mtls_mode, spiffe, two_sidecars};
 use serde_json::Value;
 
 const FORGED: &str = "By=spiffe://cluster.local/ns/default/sa/helloworld-service;\
@@ -133,20 +133,7 @@ async fn permissive_serves_plaintext_on_the_same_port_without_a_client_certifica
 async fn strict_refuses_every_plaintext_connection_and_keeps_serving_mtls() {
     let mesh = Mesh::start().await.unwrap();
     let (hw, client) = two_sidecars(&mesh).await;
-    mesh.apply(
-        "
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: hw-strict, namespace: default}
-spec:
-  selector: {matchLabels: {app: helloworld-service}}
-  mtls: {mode: STRICT}
-",
-    )
-    .await
-    .unwrap();
-    let version = mesh.version().expect("the control plane runs");
-    wait_for_version(&hw.sidecar, version).await.unwrap();
+    helloworld_mtls_mode(&mesh, "STRICT", &[&hw]).await;
     let inbound = hw.sidecar.inbound_addr().unwrap();
     const N: usize = 100;
     let mut served = 0;

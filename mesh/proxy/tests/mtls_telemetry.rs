@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_testkit::{Instance, Mesh, plain_client, wait_for, wait_for_version};
-use mtls_support::{HELLO, XFCC, echoed, spiffe, two_sidecars};
+use mesh_testkit::{Instance, Mesh, plain_client, wait_for};
+use mtls_support::{HELLO, XFCC, echoed, helloworld_mtls_mode, spiffe, two_sidecars};
 use serde_json::Value;
 
 /// A proxy's metrics page.
@@ -232,21 +232,7 @@ async fn a_plain_text_hop_proves_no_identity_so_its_principals_are_unknown() {
     let mesh = Mesh::start().await.unwrap();
     let (hw, client) = two_sidecars(&mesh).await;
     // helloworld takes plain text only: auto mTLS sends it plain text.
-    mesh.apply(
-        "
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: hw-plain, namespace: default}
-spec:
-  selector: {matchLabels: {app: helloworld-service}}
-  mtls: {mode: DISABLE}
-",
-    )
-    .await
-    .unwrap();
-    let version = mesh.version().expect("the control plane runs");
-    wait_for_version(&hw.sidecar, version).await.unwrap();
-    wait_for_version(&client.sidecar, version).await.unwrap();
+    helloworld_mtls_mode(&mesh, "DISABLE", &[&hw, &client]).await;
     let headers = echoed(client.http().get(HELLO).send().await.unwrap())
         .await
         .unwrap();

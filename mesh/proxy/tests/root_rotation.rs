@@ -25,9 +25,7 @@ use std::time::{Duration, SystemTime};
 use mesh_api::identity::Identity;
 use mesh_proxy::identity::{CertifiedKey, Current};
 use mesh_testkit::{Mesh, wait_until};
-use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use rcgen::{Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TTL: Duration = Duration::from_secs(4);
@@ -57,31 +55,15 @@ fn leaf_from(dir: &std::path::Path, identity: &Identity, trusting: &str) -> Cert
     let root_key =
         KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&root, root_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(identity.spiffe_id().try_into().unwrap())];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
     let now = SystemTime::now();
-    params.not_before = (now - Duration::from_secs(60)).into();
-    params.not_after = (now + Duration::from_secs(3600)).into();
-    let leaf = params.signed_by(&key, &issuer).unwrap();
-    CertifiedKey {
-        identity: identity.clone(),
-        key_der: key.serialize_der(),
-        chain_pem: vec![leaf.pem(), root],
-        trust_bundle_pem: vec![trusting.to_string()],
-        not_before: now,
-        not_after: now + Duration::from_secs(3600),
-        renew_at: now + Duration::from_secs(3600),
-    }
+    mtls_support::workload_leaf(
+        &issuer,
+        &root,
+        trusting,
+        &identity.spiffe_id(),
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    )
 }
 
 /// One request over mutual TLS, straight at a sidecar's inbound port, as a

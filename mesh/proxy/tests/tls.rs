@@ -7,6 +7,8 @@
 //!
 //! Run with `cargo test -p mesh-proxy --test tls`.
 
+mod mtls_support;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,8 +16,8 @@ use mesh_api::identity::Identity;
 use mesh_proxy::identity::CertifiedKey;
 use mesh_proxy::tls;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -55,32 +57,15 @@ fn workload(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> CertifiedKey {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(uri.to_string().try_into().unwrap())];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.not_before = not_before.into();
-    params.not_after = not_after.into();
-    let leaf = params
-        .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
-        .unwrap();
-    CertifiedKey {
-        identity: uri.parse().unwrap_or_else(|_| Identity::new("x", "x")),
-        key_der: key.serialize_der(),
-        chain_pem: vec![leaf.pem(), issuer.pem.clone()],
-        trust_bundle_pem: vec![trusted.pem.clone()],
+    let signer = Issuer::from_params(&issuer.params, &issuer.key);
+    mtls_support::workload_leaf(
+        &signer,
+        &issuer.pem,
+        &trusted.pem,
+        uri,
         not_before,
         not_after,
-        renew_at: not_after,
-    }
+    )
 }
 
 fn valid(issuer: &Ca, trusted: &Ca, uri: &str) -> CertifiedKey {

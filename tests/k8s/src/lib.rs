@@ -91,6 +91,42 @@ pub fn render(overlay: &str) -> Result<String, RenderError> {
     Ok(String::from_utf8_lossy(&out.stdout).into())
 }
 
+/// The Kubernetes versions every rendered object must validate against:
+/// 1.29, the oldest with native sidecars on by default, and
+/// kubernetes-validate's newest (kind's current node image is between).
+pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+
+/// `kubernetes-validate --strict` of the YAML rendered from `overlay`
+/// (written to a file in `dir`) against each of [`KUBERNETES_VERSIONS`]:
+/// the problems it reports, as one message per version that refused it.
+/// A missing kubernetes-validate is a panic that says how to install it.
+pub fn validate_strictly(dir: &Path, overlay: &str, yaml: &str) -> Vec<String> {
+    let path = dir.join(format!("{overlay}.yaml"));
+    std::fs::write(&path, yaml).expect("rendered YAML written");
+    let mut problems = Vec::new();
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", version])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "kubernetes-validate could not run ({e}); install it with \
+                     `python3 -m pip install kubernetes-validate` or run \
+                     scripts/setup-test-machine.sh"
+                )
+            });
+        if !out.status.success() {
+            problems.push(format!(
+                "k8s/overlays/{overlay} does not validate against Kubernetes {version}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    problems
+}
+
 // === the objects ===
 
 /// One rendered object: its kind, namespace and name, and its JSON.

@@ -5,9 +5,10 @@
 
 #![allow(dead_code)] // each test file uses its own share
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mesh_api::identity::Identity;
+use mesh_proxy::identity::CertifiedKey;
 use mesh_testkit::{Instance, Mesh, retry_until_ok, wait_for_version};
 use serde_json::Value;
 
@@ -84,4 +85,68 @@ spec:
     )
     .await
     .unwrap();
+}
+
+/// A PeerAuthentication for helloworld-service's workload in `mode`
+/// (`STRICT`, `PERMISSIVE`, `DISABLE`), applied and then held by each of
+/// `sidecars`.
+pub async fn helloworld_mtls_mode(mesh: &Mesh, mode: &str, sidecars: &[&Instance]) {
+    mesh.apply(&format!(
+        "
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: hw-{}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: helloworld-service}}}}
+  mtls: {{mode: {mode}}}
+",
+        mode.to_ascii_lowercase()
+    ))
+    .await
+    .unwrap();
+    let version = mesh.version().expect("the control plane runs");
+    for instance in sidecars {
+        wait_for_version(&instance.sidecar, version).await.unwrap();
+    }
+}
+
+/// A workload certificate for `uri` (a SPIFFE ID, or anything else a test
+/// wants refused), valid from `not_before` to `not_after`, signed by
+/// `issuer` (whose certificate is `issuer_pem`) and trusting `trusted_pem`:
+/// what a sidecar holds after the CA signed its CSR, made by the test.
+pub fn workload_leaf(
+    issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
+    issuer_pem: &str,
+    trusted_pem: &str,
+    uri: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> CertifiedKey {
+    use rcgen::{
+        CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri.to_string().try_into().unwrap())];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    let leaf = params.signed_by(&key, issuer).unwrap();
+    CertifiedKey {
+        identity: uri.parse().unwrap_or_else(|_| Identity::new("x", "x")),
+        key_der: key.serialize_der(),
+        chain_pem: vec![leaf.pem(), issuer_pem.to_string()],
+        trust_bundle_pem: vec![trusted_pem.to_string()],
+        not_before,
+        not_after,
+        renew_at: not_after,
+    }
 }
