@@ -29,9 +29,14 @@
 //! environment, `config.rs`):
 //!
 //! - **request headers timeout** (`MESH_REQUEST_HEADERS_TIMEOUT`, 60 s): a
-//!   client sending its head one byte a second (slowloris) is closed. hyper
-//!   runs this clock, so it needs a timer (`TokioTimer`); it also counts the
-//!   wait of an idle HTTP/1.1 keep-alive connection for its next request.
+//!   client sending its head one byte a second (slowloris) is closed. As
+//!   Envoy's, the clock starts at the head's first byte, so an idle
+//!   keep-alive connection waiting for its next request is the idle
+//!   timeout's business, not this one's. The connection's watchdog runs it
+//!   beside the idle clocks, not hyper: hyper's own header timer is a boxed
+//!   `Sleep` armed and dropped again for every request (an allocation and
+//!   two trips through the timer wheel), where the watchdog's look costs a
+//!   load and a store per read.
 //! - **idle timeout** (`MESH_IDLE_TIMEOUT`, Envoy's 1 h): a connection with no
 //!   request in flight and no byte moving is closed (GOAWAY for HTTP/2).
 //! - **stream idle timeout** (`MESH_STREAM_IDLE_TIMEOUT`, Envoy's 5 min): a
@@ -208,7 +213,7 @@ pub fn serve_admitting<F, Fut>(
     F: Fn(Peer, http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Rsp, Infallible>> + Send + 'static,
 {
-    let builder = builder(&limits);
+    let builder = builder();
     let accept_tasks = tasks.clone();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     tasks.spawn(async move {
@@ -280,12 +285,12 @@ pub fn serve_admitting<F, Fut>(
 }
 
 /// One hyper builder per listener, shared by its connections.
-fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_headers_timeout)
+        // The watchdog runs the request headers timeout (`ConnState`).
+        .header_read_timeout(None)
         .max_buf_size(H1_MAX_BUF);
     builder
         .http2()
@@ -526,6 +531,14 @@ async fn connection<F, Fut>(
                     );
                     break Ok(());
                 }
+                // As hyper did: no response, the connection is closed.
+                Verdict::HeadersTimeout => {
+                    tracing::debug!(
+                        listener = name, peer = %address,
+                        "request headers timeout (MESH_REQUEST_HEADERS_TIMEOUT): closing"
+                    );
+                    break Ok(());
+                }
             },
         }
     };
@@ -594,6 +607,11 @@ struct ConnState {
     born: Instant,
     /// Milliseconds after `born` when a byte last moved either way.
     last_activity_ms: AtomicU64,
+    /// Milliseconds after `born` when the first byte of a request head
+    /// arrived, while that head is incomplete; [`NO_HEAD`] otherwise. Set
+    /// by a read with nothing in flight (HTTP/1.1), cleared when the head
+    /// became a request ([`InFlight::enter`]).
+    head_since_ms: AtomicU64,
     /// Requests whose response has not ended yet.
     in_flight: AtomicUsize,
     /// The connection speaks HTTP/2 (seen on its first request).
@@ -606,13 +624,18 @@ enum Verdict {
     Alive,
     Idle,
     StreamIdle,
+    HeadersTimeout,
 }
+
+/// `head_since_ms` when no request head is on its way.
+const NO_HEAD: u64 = u64::MAX;
 
 impl ConnState {
     fn new() -> Self {
         ConnState {
             born: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(NO_HEAD),
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
             goaway: Notify::new(),
@@ -622,6 +645,26 @@ impl ConnState {
     fn touch(&self) {
         let ms = self.born.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: with nothing in flight on an HTTP/1.1 connection they
+    /// begin a request head, unless one is already on its way.
+    fn read(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD
+        {
+            self.head_since_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// When the request head on its way (if any) must be complete.
+    fn head_deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
+        let since = self.head_since_ms.load(Ordering::Relaxed);
+        let limit = limits.request_headers_timeout?;
+        (since != NO_HEAD).then(|| self.born + Duration::from_millis(since) + limit)
     }
 
     fn last_activity(&self) -> Instant {
@@ -643,18 +686,37 @@ impl ConnState {
     /// flight, which changes without waking this task; looking at the
     /// shorter one costs a spare wake-up per stream idle timeout (5 min) on
     /// an idle connection, and no work per request.
+    ///
+    /// A head may begin at any read without waking this task, so the
+    /// request headers timeout counts among the shorter ones too: at worst
+    /// the first look comes one headers timeout after the last byte before
+    /// the head, and from then on the head's own deadline is known.
     fn deadline(&self, limits: &ListenerLimits) -> Option<Instant> {
-        let shorter = match (limits.idle_timeout, limits.stream_idle_timeout) {
+        let shorter = [
+            limits.idle_timeout,
+            limits.stream_idle_timeout,
+            limits.request_headers_timeout,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        // A timeout far beyond any process's life: no timer at all.
+        let idle = shorter
+            .filter(|t| *t < Duration::from_secs(100 * 365 * 24 * 3600))
+            .map(|t| self.last_activity() + t);
+        match (idle, self.head_deadline(limits)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
-        // A timeout far beyond any process's life: no timer at all.
-        shorter
-            .filter(|t| *t < Duration::from_secs(100 * 365 * 24 * 3600))
-            .map(|t| self.last_activity() + t)
+        }
     }
 
     fn verdict(&self, limits: &ListenerLimits) -> Verdict {
+        if self
+            .head_deadline(limits)
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return Verdict::HeadersTimeout;
+        }
         let (timeout, verdict) = self.timeout(limits);
         match timeout {
             Some(t) if self.last_activity().elapsed() >= t => verdict,
@@ -669,6 +731,8 @@ struct InFlight(Arc<ConnState>);
 impl InFlight {
     fn enter(state: &Arc<ConnState>) -> InFlight {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The head is complete: it became this request.
+        state.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
         state.touch();
         InFlight(state.clone())
     }
@@ -793,8 +857,13 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.note(&poll);
+        if let Poll::Ready(Ok(())) = poll
+            && buf.filled().len() > before
+        {
+            self.state.read();
+        }
         poll
     }
 }
@@ -902,6 +971,7 @@ mod tests {
         let off = ListenerLimits {
             idle_timeout: None,
             stream_idle_timeout: None,
+            request_headers_timeout: None,
             ..limits
         };
         assert_eq!(
@@ -909,5 +979,58 @@ mod tests {
             None,
             "a timeout turned off sets no timer"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_headers_clock_runs_from_a_heads_first_byte_until_its_request() {
+        let limits = ListenerLimits {
+            request_headers_timeout: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            stream_idle_timeout: Some(Duration::from_secs(60)),
+            ..ListenerLimits::default()
+        };
+        let state = Arc::new(ConnState::new());
+        // Idle, no byte yet: the headers clock is not running, but the
+        // watchdog looks again after one headers timeout (a head may start).
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+        assert_eq!(
+            state.deadline(&limits),
+            Some(state.born + Duration::from_secs(5))
+        );
+
+        // The head's first byte, then more trickling in: the clock keeps
+        // its start.
+        state.read();
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        state.read();
+        assert_eq!(
+            state.deadline(&limits),
+            Some(started + Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::HeadersTimeout));
+
+        // A head that became a request stops the clock; the next one
+        // starts it again, from its own first byte.
+        let request = InFlight::enter(&state);
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+        state.read(); // its body
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+        drop(request);
+        state.read();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::Alive));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(state.verdict(&limits), Verdict::HeadersTimeout));
+
+        // HTTP/2 has no head between requests to time: frames keep coming.
+        let h2 = Arc::new(ConnState::new());
+        h2.h2.store(true, Ordering::Relaxed);
+        h2.read();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(h2.verdict(&limits), Verdict::Alive));
     }
 }
