@@ -642,16 +642,18 @@ impl ConnState {
         }
     }
 
-    fn touch(&self) {
+    /// A byte moved: the idle clocks start again. Returns when, in
+    /// milliseconds after `born`.
+    fn touch(&self) -> u64 {
         let ms = self.born.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
+        ms
     }
 
     /// Bytes arrived: with nothing in flight on an HTTP/1.1 connection they
     /// begin a request head, unless one is already on its way.
     fn read(&self) {
-        let ms = self.born.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        let ms = self.touch();
         if self.in_flight.load(Ordering::Relaxed) == 0
             && !self.h2.load(Ordering::Relaxed)
             && self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD

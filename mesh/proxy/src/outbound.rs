@@ -405,6 +405,15 @@ mod tests {
     }
 
     #[test]
+    fn the_match_and_the_list_of_hop_by_hop_names_agree() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&http::header::HOST), None);
+        assert_eq!(hop_by_hop_index(&REQUEST_ID), None);
+    }
+
+    #[test]
     fn an_existing_request_id_is_kept() {
         let mut headers = http::HeaderMap::new();
         headers.insert(REQUEST_ID, HeaderValue::from_static("abc"));

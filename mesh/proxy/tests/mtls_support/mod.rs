@@ -1,7 +1,9 @@
 //! What the mutual-TLS tests (`mtls.rs`, `mtls_telemetry.rs`,
-//! `mtls_rotation.rs`, `root_rotation.rs`) set up alike: a client sidecar
-//! and helloworld-service's, waited on until the hop is mutual TLS, and
-//! what the echo app saw of a request.
+//! `mtls_rotation.rs`, `root_rotation.rs`, `tls.rs`) set up alike: a client
+//! sidecar and helloworld-service's, waited on until the hop is mutual TLS;
+//! helloworld's PeerAuthentication mode; what the echo app saw of a
+//! request; and workload certificates made by the test itself (apart from
+//! the CA's code, so a test does not lean on what it checks).
 
 #![allow(dead_code)] // each test file uses its own share
 
